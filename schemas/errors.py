@@ -1,0 +1,67 @@
+"""Every error modelwatch raises, in one tree.
+
+    ModelwatchError                 root: catch this to catch them all
+    ├── ConfigError                 bad modelwatch.toml or MODELWATCH_* value
+    ├── ContractError               an event breaks its JSON Schema (names the field)
+    ├── BrokerError                 the local broker could not be fetched, started or reached
+    ├── KafkaClientError            a Kafka client call failed (topic admin, produce, commit)
+    ├── RegistryError               the model registry
+    │   ├── VersionNotFound         no such version
+    │   └── VerificationError       digest or signature mismatch: the artifact is not unpickled
+    ├── ModelError                  training or scoring failed
+    └── CommandError                a model command is malformed, unsigned or forged
+
+The CLI prints any of them as one line (``modelwatch: error: ...``) and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class ModelwatchError(Exception):
+    """Root of every error modelwatch raises on purpose."""
+
+
+class ConfigError(ModelwatchError):
+    """A configuration value is missing or malformed."""
+
+
+class ContractError(ModelwatchError):
+    """An event does not match its schema.
+
+    ``field`` is the dotted path of the offending field ("" for the whole event) and ``reason`` says why.
+    """
+
+    def __init__(self, event: str, field: str, reason: str) -> None:
+        self.event = event
+        self.field = field
+        self.reason = reason
+        where = field or "<event>"
+        super().__init__(f"{event}: {where}: {reason}")
+
+
+class BrokerError(ModelwatchError):
+    """The local Kafka broker could not be fetched, started, stopped or reached."""
+
+
+class KafkaClientError(ModelwatchError):
+    """A Kafka client operation failed."""
+
+
+class RegistryError(ModelwatchError):
+    """The model registry could not store or load a version."""
+
+
+class VersionNotFound(RegistryError):
+    """The registry holds no such version."""
+
+
+class VerificationError(RegistryError):
+    """A version's artifact digest or manifest signature does not verify; nothing was unpickled."""
+
+
+class ModelError(ModelwatchError):
+    """Training or scoring failed."""
+
+
+class CommandError(ModelwatchError):
+    """A model command is malformed, unsigned or carries a forged signature."""

@@ -1,0 +1,1 @@
+"""modelwatch's services: configuration, the Kafka layer, the local broker, serving and the registry."""

@@ -1,0 +1,26 @@
+"""``modelwatch topics``: create and list the contract's topics."""
+
+from __future__ import annotations
+
+import typer
+
+from services.cli.common import console, current_settings
+from services.topics import create_topics
+
+app = typer.Typer(help="Create the contract's topics.", no_args_is_help=True)
+
+
+@app.command()
+def create(
+    partitions: int = typer.Option(
+        6, "--partitions", min=1, help="Partitions of requests, predictions and outcomes (co-partitioned)."
+    ),
+    replication: int | None = typer.Option(
+        None, "--replication", min=1, help="Replication factor [default: 1 on one broker, 3 on three]."
+    ),
+) -> None:
+    """Create every topic under the prefix (idempotent)."""
+    settings = current_settings()
+    for state in create_topics(settings, partitions=partitions, replication=replication):
+        word = "created" if state.created else "exists "
+        console.print(f"{word} {state.name} ({state.partitions} partitions)")

@@ -1,0 +1,169 @@
+"""Configuration: one optional ``modelwatch.toml`` plus ``MODELWATCH_*`` environment overrides.
+
+Precedence, highest first: arguments given in code (the CLI's flags), environment variables, the TOML
+file, defaults. The file is ``$MODELWATCH_CONFIG`` if set, else ``./modelwatch.toml`` if present. Nested
+sections are overridden with a double underscore: ``MODELWATCH_SERVE__BATCH_SIZE=500``.
+
+Kafka security settings (SASL, SSL) are passed to every client: producers, consumers, the admin client and
+the Faust worker.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.errors import ConfigError
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "modelwatch"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelwatch"
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get("MODELWATCH_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"MODELWATCH_CONFIG names {path}, which is not a file")
+        return path
+    local = Path("modelwatch.toml")
+    return local if local.is_file() else None
+
+
+class BrokerSettings(BaseModel):
+    """The local broker that ``modelwatch broker start`` runs when no cluster is named."""
+
+    port: int = Field(9092, ge=1, le=65535, description="Client port of the first node.")
+    data_dir: Path = Field(default_factory=lambda: _data_home() / "broker")
+    jar_cache: Path = Field(default_factory=lambda: _cache_home() / "kafka")
+    kafka_version: str = "3.9.1"
+    heap: str = Field("512m", description="JVM heap per node (-Xmx).")
+
+
+class ServeSettings(BaseModel):
+    """The prediction service."""
+
+    batch_size: int = Field(500, ge=1, le=100_000, description="Most requests taken per poll.")
+    poll_timeout_s: float = Field(0.05, gt=0, description="How long one poll waits for the first message.")
+    default_k: int = Field(5, ge=1, description="Items recommended when a request gives no k.")
+    heartbeat_s: float = Field(5.0, gt=0)
+    metrics_port: int | None = Field(None, description="Prometheus port; none serves no metrics.")
+
+
+class MonitorSettings(BaseModel):
+    """The Faust monitor."""
+
+    label_window_s: float = Field(1800.0, gt=0, description="How long a prediction waits for its outcome.")
+    unlabelled: Literal["no_purchase", "drop"] = "no_purchase"
+    count_window: int = Field(1000, ge=1, description="Labelled requests in the count window.")
+    time_window_s: int = Field(300, ge=1, description="Seconds of event time in the time window.")
+    emit_every_n: int = Field(200, ge=1, description="Emit metrics every N labelled requests per version...")
+    emit_every_s: float = Field(5.0, gt=0, description="...or every S seconds, whichever comes first.")
+    rollback_cooldown_s: float = Field(60.0, ge=0)
+
+
+class AlertRule(BaseModel):
+    """One ``[[alerts]]`` table."""
+
+    name: str
+    metric: Literal["accuracy", "precision", "recall", "f1"]
+    window: Literal["count", "time"] = "count"
+    below: float | None = Field(None, description="Absolute threshold.")
+    below_baseline: float | None = Field(None, description="Relative drop from the registry baseline.")
+    resolve_above: float | None = Field(None, description="Hysteresis: resolve only above this.")
+    min_samples: int = Field(100, ge=1)
+    for_: int = Field(1, ge=1, alias="for", description="Consecutive breaching evaluations to fire.")
+    severity: str = "warning"
+    action: Literal["notify", "rollback"] = "notify"
+
+    model_config = {"populate_by_name": True}
+
+
+class Settings(BaseSettings):
+    """Everything configurable, from one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELWATCH_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; unset means the local broker on 127.0.0.1."
+    )
+    topic_prefix: str = Field("rec.", pattern=r"^[A-Za-z0-9._-]*$")
+    registry: str = Field(
+        default_factory=lambda: str(_data_home() / "registry"),
+        description="Model registry: a directory or any fsspec URL (s3://, hdfs://, memory://).",
+    )
+    signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key for manifests and commands.")
+    model_name: str = Field("recommender", description="Key of the model-command topic.")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+
+    broker: BrokerSettings = Field(default_factory=lambda: BrokerSettings())
+    serve: ServeSettings = Field(default_factory=lambda: ServeSettings())
+    monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
+    alerts: list[AlertRule] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.bootstrap or f"127.0.0.1:{self.broker.port}"
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}{suffix}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation failure into one readable :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+    except ValueError as exc:  # a malformed TOML file
+        raise ConfigError(f"cannot read configuration: {exc}") from exc
+
+
+@cache
+def settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,140 @@
+"""The thin layer over confluent-kafka: client configs from settings, and the few calls everyone needs.
+
+Every client gets the same bootstrap and security settings, so a cluster with SASL or SSL needs to be
+described once, in ``modelwatch.toml`` or ``MODELWATCH_*``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from schemas.errors import KafkaClientError
+from services.config import Settings
+
+
+def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings shared by every client, plus ``overrides``."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    if settings.security_protocol != "PLAINTEXT":
+        conf["security.protocol"] = settings.security_protocol
+    if settings.sasl_mechanism:
+        conf["sasl.mechanism"] = settings.sasl_mechanism
+    if settings.sasl_username:
+        conf["sasl.username"] = settings.sasl_username
+    if settings.sasl_password:
+        # Revealed only here, where the client needs it.
+        conf["sasl.password"] = settings.sasl_password.get_secret_value()
+    if settings.ssl_ca_location:
+        conf["ssl.ca.location"] = settings.ssl_ca_location
+    if settings.ssl_certificate_location:
+        conf["ssl.certificate.location"] = settings.ssl_certificate_location
+    if settings.ssl_key_location:
+        conf["ssl.key.location"] = settings.ssl_key_location
+    if settings.ssl_key_password:
+        conf["ssl.key.password"] = settings.ssl_key_password.get_secret_value()
+    conf.update(overrides)
+    return conf
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(client_config(settings))
+
+
+def producer(settings: Settings, **overrides: Any) -> Producer:
+    """A reliable producer: acks from all in-sync replicas, idempotent so retries add no duplicates."""
+    conf = client_config(
+        settings,
+        **{
+            "enable.idempotence": True,  # retries never duplicate or reorder
+            "acks": "all",  # a write survives the loss of the leader
+            "linger.ms": 5,  # small batches cost little latency and save many requests
+            **overrides,
+        },
+    )
+    return Producer(conf)
+
+
+def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    conf = client_config(
+        settings,
+        **{
+            "group.id": group_id,
+            "enable.auto.commit": False,  # commit only after the work is done
+            "auto.offset.reset": "earliest",  # a new group reads what was written before it joined
+            **overrides,
+        },
+    )
+    return Consumer(conf)
+
+
+def wait_for_cluster(settings: Settings, timeout: float = 30.0) -> dict[int, str]:
+    """Block until the cluster answers a metadata request; return its brokers."""
+    client = admin(settings)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            meta = client.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            if meta.brokers:
+                return {b.id: f"{b.host}:{b.port}" for b in meta.brokers.values()}
+        except KafkaException as exc:
+            last = exc
+        time.sleep(0.2)
+    raise KafkaClientError(
+        f"no Kafka cluster answered at {settings.bootstrap_servers} within {timeout:.0f}s"
+        + (f" ({last})" if last else "")
+    )
+
+
+def read_topic(
+    settings: Settings, topic: str, timeout: float = 10.0, **overrides: Any
+) -> list[tuple[bytes | None, bytes | None, int]]:
+    """Read a whole topic from the beginning to its current end: (key, value, timestamp ms) in order
+    per partition. For small control topics (commands, events), not for the request stream."""
+    c = Consumer(
+        client_config(
+            settings,
+            **{
+                "group.id": "modelwatch-reader",  # never committed: assign() below, not subscribe()
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                **overrides,
+            },
+        )
+    )
+    try:
+        meta = c.list_topics(topic, timeout=timeout)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise KafkaClientError(f"topic {topic} does not exist (run `modelwatch topics create`)")
+        ends: dict[int, int] = {}
+        for p in tmeta.partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if hi > lo:
+                ends[p] = hi
+        if not ends:
+            return []
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        out: list[tuple[bytes | None, bytes | None, int]] = []
+        remaining = set(ends)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for msg in c.consume(500, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(msg.partition())
+                    continue
+                out.append((msg.key(), msg.value(), msg.timestamp()[1]))
+                partition, offset = msg.partition(), msg.offset()
+                if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+                    remaining.discard(partition)
+        if remaining:
+            raise KafkaClientError(f"timed out reading {topic}")
+        return out
+    finally:
+        c.close()

@@ -1,0 +1,86 @@
+"""Create the contract's topics, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+
+from schemas import topics as contract
+from schemas.errors import KafkaClientError
+from services import kafka
+from services.config import Settings
+
+
+@dataclass(frozen=True)
+class TopicState:
+    name: str
+    partitions: int
+    created: bool
+
+
+def create_topics(
+    settings: Settings, partitions: int = 6, replication: int | None = None, timeout: float = 30.0
+) -> list[TopicState]:
+    """Create every contract topic under ``settings.topic_prefix``; existing ones are left as they are.
+
+    ``replication`` defaults to 1 on a one-broker cluster and 3 (with min.insync.replicas=2) on larger ones.
+    Requests, predictions and outcomes get ``partitions`` partitions so the monitor's join is
+    co-partitioned; control topics get fewer.
+    """
+    client = kafka.admin(settings)
+    try:
+        brokers = len(client.list_topics(timeout=timeout).brokers)
+    except KafkaException as exc:
+        raise KafkaClientError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    if replication is None:
+        replication = 1 if brokers < 3 else 3
+    if replication > brokers:
+        raise KafkaClientError(
+            f"replication {replication} needs {replication} brokers; the cluster has {brokers}"
+        )
+    wanted = []
+    for t in contract.ALL:
+        config = {"cleanup.policy": t.cleanup.value}
+        if t.retention_ms is not None:
+            config["retention.ms"] = str(t.retention_ms)
+        if replication >= 3:
+            config["min.insync.replicas"] = "2"  # an acked write is on two brokers: one may die
+        wanted.append(
+            NewTopic(
+                t.name(settings.topic_prefix),
+                num_partitions=partitions if t.joined else min(partitions, 3),
+                replication_factor=replication,
+                config=config,
+            )
+        )
+    futures = client.create_topics(wanted, request_timeout=timeout)
+    created: dict[str, bool] = {}
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created[name] = True
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+            created[name] = False
+    meta = client.list_topics(timeout=timeout)
+    return [
+        TopicState(
+            t.topic, len(meta.topics[t.topic].partitions) if t.topic in meta.topics else 0, created[t.topic]
+        )
+        for t in wanted
+    ]
+
+
+def delete_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Delete every contract topic under the prefix (tests clean up with it)."""
+    client = kafka.admin(settings)
+    names = [t.name(settings.topic_prefix) for t in contract.ALL]
+    for fut in client.delete_topics(names, request_timeout=timeout).values():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaClientError(f"cannot delete topics: {exc.args[0].str()}") from exc

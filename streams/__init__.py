@@ -1,0 +1,1 @@
+"""The Faust monitor: joins predictions with outcomes and watches each model version."""
