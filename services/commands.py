@@ -1,0 +1,177 @@
+"""Model commands: the deployment audit log on ``rec.model-commands``.
+
+A command orders every replica to activate a version (``deploy``, or ``rollback`` to an earlier one).
+With a signing key set, commands carry an HMAC-SHA256 ``signature`` over their canonical JSON (sorted keys,
+no whitespace, the signature field left out), and an unsigned or forged command is ignored by every reader.
+
+The history is read in log order (all commands share one key, so one partition). A ``command_id`` counts
+once, at its first appearance, so a replayed command changes nothing; a command older (by ``ts``) than the
+one in force does not move anybody back in time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from schemas import codec
+from schemas.errors import CommandError, ContractError
+from services import kafka
+from services.config import Settings
+
+Action = Literal["deploy", "rollback"]
+
+
+def _canonical(command: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in command.items() if k != "signature"}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def sign(command: dict[str, Any], key: str) -> dict[str, Any]:
+    """``command`` with its signature set."""
+    digest = hmac.new(key.encode(), _canonical(command), hashlib.sha256).hexdigest()
+    return {**command, "signature": digest}
+
+
+def verify(command: dict[str, Any], key: str | None) -> None:
+    """Raise :class:`CommandError` unless ``command`` is validly signed (a no-op without a key)."""
+    if key is None:
+        return
+    given = command.get("signature")
+    if not given:
+        raise CommandError(f"command {command.get('command_id')} is not signed, and a signing key is set")
+    expected = hmac.new(key.encode(), _canonical(command), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(str(given), expected):
+        raise CommandError(f"command {command.get('command_id')} has a forged or stale signature")
+
+
+def make(
+    action: Action,
+    model_version: str,
+    reason: str,
+    *,
+    key: str | None = None,
+    command_id: str | None = None,
+    issued_by: str | None = None,
+    alert_id: str | None = None,
+    ts: int | None = None,
+) -> dict[str, Any]:
+    """A valid (and, with ``key``, signed) model-command event."""
+    command: dict[str, Any] = {
+        "command_id": command_id or f"c-{uuid.uuid4().hex}",
+        "action": action,
+        "model_version": model_version,
+        "reason": reason,
+        "ts": ts if ts is not None else int(time.time() * 1000),
+    }
+    if issued_by:
+        command["issued_by"] = issued_by
+    if alert_id:
+        command["alert_id"] = alert_id
+    if key:
+        command = sign(command, key)
+    codec("model-command").validate(command)
+    return command
+
+
+def publish(settings: Settings, command: dict[str, Any], timeout: float = 10.0) -> None:
+    """Write one command to the command topic and wait for the broker's acknowledgement."""
+    producer = kafka.producer(settings)
+    errors: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    producer.produce(
+        settings.topic("model-commands"),
+        key=settings.model_name.encode(),
+        value=codec("model-command").encode(command),
+        on_delivery=on_delivery,
+    )
+    if producer.flush(timeout) != 0 or errors:
+        raise CommandError(f"command {command['command_id']} was not acknowledged: {errors or 'timeout'}")
+
+
+@dataclass
+class History:
+    """The deployment history, built by feeding commands in log order."""
+
+    key: str | None = None
+    #: Applied commands, in order.
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    #: Commands ignored, with the reason (unsigned, forged, replayed, stale, malformed).
+    ignored: list[tuple[dict[str, Any] | None, str]] = field(default_factory=list)
+    _seen: set[str] = field(default_factory=set)
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        return self.applied[-1] if self.applied else None
+
+    @property
+    def active_version(self) -> str | None:
+        return self.current["model_version"] if self.current else None
+
+    def previous_version(self) -> str | None:
+        """The version that was active before the current one (``rollback`` without ``--to``)."""
+        current = self.active_version
+        for command in reversed(self.applied):
+            if command["model_version"] != current:
+                return str(command["model_version"])
+        return None
+
+    def judge(self, command: dict[str, Any]) -> str | None:
+        """Why ``command`` would not be applied now, or ``None`` if it would."""
+        if command["command_id"] in self._seen:
+            return f"command {command['command_id']} was already applied"
+        try:
+            verify(command, self.key)
+        except CommandError as exc:
+            return str(exc)
+        current = self.current
+        if current is not None and command["ts"] < current["ts"]:
+            in_force = current["command_id"]
+            return f"command {command['command_id']} is older than the command in force ({in_force})"
+        return None
+
+    def feed(self, command: dict[str, Any]) -> bool:
+        """Apply ``command`` if it is valid and new; return whether it was applied."""
+        reason = self.judge(command)
+        if reason is not None:
+            self.ignored.append((command, reason))
+            return False
+        self._seen.add(command["command_id"])
+        self.applied.append(command)
+        return True
+
+    def feed_raw(self, value: bytes | None) -> bool:
+        try:
+            command = codec("model-command").decode(value)
+        except ContractError as exc:
+            self.ignored.append((None, str(exc)))
+            return False
+        return self.feed(command)
+
+    @classmethod
+    def of(cls, commands: Iterable[dict[str, Any]], key: str | None = None) -> History:
+        history = cls(key=key)
+        for c in commands:
+            history.feed(c)
+        return history
+
+
+def read_history(settings: Settings, timeout: float = 10.0) -> History:
+    """The deployment history as the command topic holds it now."""
+    key = settings.signing_key.get_secret_value() if settings.signing_key else None
+    history = History(key=key)
+    records = kafka.read_topic(settings, settings.topic("model-commands"), timeout=timeout)
+    for _key, value, _ts in records:
+        history.feed_raw(value)
+    return history
