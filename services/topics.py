@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -65,7 +66,14 @@ def create_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
             created[name] = False
-    meta = client.list_topics(timeout=timeout)
+    # A new topic reaches the metadata cache a moment after CreateTopics returns.
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = client.list_topics(timeout=timeout)
+        ready = all(t.topic in meta.topics and meta.topics[t.topic].partitions for t in wanted)
+        if ready or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     return [
         TopicState(
             t.topic, len(meta.topics[t.topic].partitions) if t.topic in meta.topics else 0, created[t.topic]
