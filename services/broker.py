@@ -165,6 +165,9 @@ class LocalCluster:
             )
             for i in range(1, nodes + 1)
         ]
+        if scram_users is None and state and state.get("secure"):
+            # A cluster formatted with SCRAM users stays secure on every later start.
+            scram_users = json.loads((self.dir / "scram-users.json").read_text())
         if scram_users is not None and "admin" not in scram_users:
             raise BrokerError("SCRAM users must include 'admin', the brokers' own principal")
         self.sasl = scram_users
@@ -198,6 +201,7 @@ class LocalCluster:
             "port": self.settings.port,
             "cluster_id": self.cluster_id,
             "kafka_version": self.settings.kafka_version,
+            "secure": bool(self.sasl),
             "pids": {str(n.node_id): n.pid for n in self.nodes if n.pid},
         }
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -241,7 +245,9 @@ class LocalCluster:
                 "sasl.enabled.mechanisms=SCRAM-SHA-256",
                 "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
                 "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                "super.users=User:admin",
+                # The controller quorum talks PLAINTEXT on loopback, as User:ANONYMOUS; that listener
+                # serves only controller APIs, never produce or fetch.
+                "super.users=User:admin;User:ANONYMOUS",
                 "allow.everyone.if.no.acl.found=false",
                 "listener.name.client.scram-sha-256.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required "

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from schemas.errors import BrokerError
+from services import security
 from services.broker import LocalCluster
 from services.cli.common import console, current_settings, err
 from services.config import BrokerSettings
@@ -45,16 +46,26 @@ def start(
     nodes: int = typer.Option(
         1, "--nodes", help="1, or 3 for a replicated cluster (ports PORT, PORT+2, PORT+4)."
     ),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="SASL/SCRAM-SHA-256 with ACLs: creates the users admin, storefront, service, monitor and "
+        "operator (passwords in DATA_DIR/scram-users.json); then run `modelwatch acls apply` as admin.",
+    ),
 ) -> None:
     """Start the broker (idempotent); return once it answers metadata requests."""
     _refuse_if_remote()
-    cluster = LocalCluster(_broker_settings(port, data_dir), nodes=nodes)
+    broker_settings = _broker_settings(port, data_dir)
+    users = security.ensure_users(broker_settings.data_dir) if secure else None
+    cluster = LocalCluster(broker_settings, nodes=nodes, scram_users=users)
     already = all(n.running for n in cluster.nodes)
     bootstrap = cluster.start(say=lambda m: err.print(m))
     word = "already running" if already else "started"
     console.print(
         f"Kafka {cluster.settings.kafka_version} {word}: {bootstrap} ({nodes} node(s), data in {cluster.dir})"
     )
+    if cluster.sasl:
+        console.print(f"SASL/SCRAM-SHA-256 and ACLs are on; users: {security.users_file(cluster.dir)}")
 
 
 @app.command()
