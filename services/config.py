@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,6 +75,14 @@ class MonitorSettings(BaseModel):
     emit_every_n: int = Field(200, ge=1, description="Emit metrics every N labelled requests per version...")
     emit_every_s: float = Field(5.0, gt=0, description="...or every S seconds, whichever comes first.")
     rollback_cooldown_s: float = Field(60.0, ge=0)
+    batch_size: int = Field(1000, ge=1, description="Most events an agent takes per batch (stream.take).")
+    batch_within_s: float = Field(0.1, gt=0, description="How long a batch waits to fill.")
+    commit_interval_s: float = Field(1.0, gt=0, description="Offset commits; less is redone after a crash.")
+    session_timeout_s: float = Field(30.0, ge=6, description="A dead worker's partitions move after this.")
+    drift_delta: float | None = Field(None, gt=0, lt=1, description="ADWIN's delta; unset: no drift warning.")
+    web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web server; unset: none.")
+    data_dir: Path = Field(default_factory=lambda: _data_home() / "monitor")
+    log_level: str = "info"
 
 
 class AlertRule(BaseModel):
@@ -92,6 +100,16 @@ class AlertRule(BaseModel):
     action: Literal["notify", "rollback"] = "notify"
 
     model_config = {"populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> AlertRule:
+        if (self.below is None) == (self.below_baseline is None):
+            raise ValueError(f"alert {self.name!r}: give exactly one of below and below_baseline")
+        if self.below_baseline is not None and not 0 < self.below_baseline < 1:
+            raise ValueError(f"alert {self.name!r}: below_baseline is a relative drop in (0, 1)")
+        if self.below is not None and self.resolve_above is not None and self.resolve_above < self.below:
+            raise ValueError(f"alert {self.name!r}: resolve_above must not be below the threshold")
+        return self
 
 
 class Settings(BaseSettings):
