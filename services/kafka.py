@@ -52,6 +52,9 @@ def producer(settings: Settings, **overrides: Any) -> Producer:
             "enable.idempotence": True,  # retries never duplicate or reorder
             "acks": "all",  # a write survives the loss of the leader
             "linger.ms": 5,  # small batches cost little latency and save many requests
+            # Java clients, aiokafka and so Faust hash keys with murmur2; librdkafka's default (crc32) would
+            # put a prediction and its outcome, keyed by the same request_id, on different partitions.
+            "partitioner": "murmur2_random",
             **overrides,
         },
     )
