@@ -9,7 +9,8 @@
     │   ├── VersionNotFound         no such version
     │   └── VerificationError       digest or signature mismatch: the artifact is not unpickled
     ├── ModelError                  training or scoring failed
-    └── CommandError                a model command is malformed, unsigned or forged
+    ├── CommandError                a model command is malformed, unsigned or forged
+    └── ServingError                a prediction replica cannot go on (fenced, fatal producer error)
 
 The CLI prints any of them as one line (``modelwatch: error: ...``) and exits 1.
 """
@@ -65,3 +66,8 @@ class ModelError(ModelwatchError):
 
 class CommandError(ModelwatchError):
     """A model command is malformed, unsigned or carries a forged signature."""
+
+
+class ServingError(ModelwatchError):
+    """A prediction replica cannot go on: another replica took its transactional id, or its producer hit a
+    fatal error. Nothing past the last commit was acknowledged, so a restart loses nothing."""

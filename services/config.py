@@ -61,8 +61,24 @@ class ServeSettings(BaseModel):
     batch_size: int = Field(500, ge=1, le=100_000, description="Most requests taken per poll.")
     poll_timeout_s: float = Field(0.05, gt=0, description="How long one poll waits for the first message.")
     default_k: int = Field(5, ge=1, description="Items recommended when a request gives no k.")
-    heartbeat_s: float = Field(5.0, gt=0)
+    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between a replica's heartbeat events.")
     metrics_port: int | None = Field(None, description="Prometheus port; none serves no metrics.")
+    commit_interval_ms: int = Field(
+        1000, ge=10, description="At-least-once: how often offsets confirmed by the broker are committed."
+    )
+    transaction_ms: int = Field(
+        100, ge=1, description="--exactly-once: how long one transaction gathers batches before committing."
+    )
+    transaction_timeout_ms: int = Field(
+        10_000, ge=1000, description="A killed replica's open transaction blocks its partitions this long."
+    )
+    session_timeout_ms: int = Field(
+        10_000, ge=1000, description="A replica silent this long is dead: its partitions move to the others."
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000, description="Longest one batch may take (a slow model) before the group evicts."
+    )
+    retry_max_s: float = Field(10.0, gt=0, description="Longest wait between attempts to reach the broker.")
 
 
 class MonitorSettings(BaseModel):
