@@ -1,0 +1,472 @@
+"""The ops console behind ``modelwatch tail``: follow contract topics, one readable line per event.
+
+Each message becomes a :class:`TailEvent` (decoded and validated with the contract's codec, or marked bad
+with the reason), passes the :class:`Filters`, and is drawn by :class:`LineFormatter` as one line::
+
+    12:00:01.123 model-commands  ▶ deploy    20261124T034100-3f2a9c1b  c-5b1e0d  by ops: weekly retrain
+    12:00:01.423 model-events    ✓ activated 20261124T034100-3f2a9c1b  c-5b1e0d  serve-1  +300 ms
+    12:01:30.002 alerts          FIRING      20261124T034100-3f2a9c1b  critical f1-drop: f1 0.210 < 0.350
+
+Commands and acknowledgements share their columns (action or event, version, command id) so a deploy and
+its acks read side by side. The console reads with its own consumer and ``assign()``: it joins no group and
+commits nothing, so it can never take partitions from, or move the offsets of, the services it watches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from rich.console import Console
+from rich.text import Text
+
+from schemas import codec
+from schemas import topics as contract
+from schemas.errors import ContractError, KafkaClientError
+from services import kafka
+from services.config import Settings
+
+State = Literal["firing", "resolved"]
+
+#: Widths of the shared columns; longer values push the line right rather than being cut.
+TOPIC_WIDTH = max(len(t.suffix) for t in contract.ALL)
+KIND_WIDTH = 11
+VERSION_WIDTH = 24
+ID_WIDTH = 10
+PAYLOAD_CHARS = 120
+
+#: Acks are matched to commands seen earlier in the same run; bounded so a long session stays small.
+REMEMBERED_COMMANDS = 10_000
+
+TOPIC_STYLES = {
+    "requests": "cyan",
+    "predictions": "blue",
+    "outcomes": "magenta",
+    "metrics": "bright_cyan",
+    "alerts": "bold yellow",
+    "model-commands": "bold bright_blue",
+    "model-events": "bright_blue",
+    "requests.dlq": "red",
+}
+
+
+def resolve_topics(names: Sequence[str], prefix: str) -> list[contract.Topic]:
+    """The contract topics named by ``names`` (with or without ``prefix``); all of them when empty.
+
+    Raises ``ValueError`` naming the unknown topic and the known ones.
+    """
+    if not names:
+        return list(contract.ALL)
+    chosen: list[contract.Topic] = []
+    for name in names:
+        topic = contract.resolve(name, prefix) or contract.BY_SUFFIX.get(name)
+        if topic is None:
+            known = ", ".join(t.suffix for t in contract.ALL)
+            raise ValueError(f"{name!r} is not a contract topic (known: {known}, with or without {prefix!r})")
+        if topic not in chosen:
+            chosen.append(topic)
+    return chosen
+
+
+@dataclass(frozen=True)
+class TailEvent:
+    """One message as the console sees it: a valid contract event, or a bad one with the reason."""
+
+    topic: contract.Topic
+    partition: int
+    offset: int
+    key: bytes | None
+    #: The Kafka message timestamp (ms), used when the event itself has no readable ``ts``.
+    timestamp_ms: int | None
+    raw: bytes | None
+    #: The decoded event when it is valid, else ``None``.
+    event: dict[str, Any] | None
+    #: Why the message is bad, else ``None``.
+    error: str | None = None
+    #: A bad message's JSON object, when it parsed: filters still look at its fields.
+    loose: dict[str, Any] | None = None
+
+    @classmethod
+    def decode(
+        cls,
+        topic: contract.Topic,
+        value: bytes | None,
+        *,
+        partition: int = 0,
+        offset: int = 0,
+        key: bytes | None = None,
+        timestamp_ms: int | None = None,
+    ) -> TailEvent:
+        try:
+            event = codec(topic.event).decode(value)
+        except ContractError as exc:
+            loose: dict[str, Any] | None = None
+            try:
+                parsed = orjson.loads(value) if value is not None else None
+                loose = parsed if isinstance(parsed, dict) else None
+            except orjson.JSONDecodeError:
+                pass
+            return cls(topic, partition, offset, key, timestamp_ms, value, None, str(exc), loose)
+        return cls(topic, partition, offset, key, timestamp_ms, value, event)
+
+    @property
+    def bad(self) -> bool:
+        return self.event is None
+
+    @property
+    def ts_ms(self) -> int | None:
+        if self.event is not None:
+            return int(self.event["ts"])
+        return self.timestamp_ms
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which events to show. An unset filter admits everything.
+
+    A valid event is shown only when it carries the filtered field with that value (``--version`` keeps
+    predictions, metrics, alerts, commands and acks of that version, and hides requests). A bad event is
+    shown unless its parsed fields visibly name another value: a filter cannot tell where an unreadable
+    message belongs, and bad messages are what an operator must not miss.
+    """
+
+    version: str | None = None
+    state: State | None = None
+    instance: str | None = None
+
+    def _wanted(self) -> list[tuple[str, str]]:
+        pairs = [("model_version", self.version), ("state", self.state), ("instance", self.instance)]
+        return [(field, value) for field, value in pairs if value is not None]
+
+    def admits(self, ev: TailEvent) -> bool:
+        wanted = self._wanted()
+        if ev.event is not None:
+            return all(ev.event.get(field) == value for field, value in wanted)
+        fields = ev.loose or {}
+        return all(field not in fields or fields[field] == value for field, value in wanted)
+
+
+def _clock(ts_ms: int | None) -> str:
+    if ts_ms is None:
+        return "--:--:--.---"
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000).strftime("%H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):  # a ts far outside what the platform can show
+        return f"ts={ts_ms}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "  -  " if value is None else f"{value:.{digits}f}"
+
+
+def _short(text: str, limit: int = PAYLOAD_CHARS) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _items(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" +{len(items) - limit}" if len(items) > limit else "")
+
+
+class LineFormatter:
+    """Draws events as one line each. Stateful only to show how long after its command an ack came."""
+
+    def __init__(self) -> None:
+        self._command_ts: OrderedDict[str, int] = OrderedDict()
+
+    def format(self, ev: TailEvent) -> Text:
+        line = Text()
+        line.append(_clock(ev.ts_ms), style="dim")
+        line.append(" ")
+        line.append(ev.topic.suffix.ljust(TOPIC_WIDTH), style=TOPIC_STYLES.get(ev.topic.suffix, ""))
+        line.append("  ")
+        if ev.event is None:
+            return self._bad(line, ev)
+        draw = getattr(self, "_" + ev.topic.event.replace("-", "_"))
+        draw(line, ev.event)
+        return line
+
+    def _kind(self, line: Text, label: str, style: str) -> None:
+        line.append(label.ljust(KIND_WIDTH), style=style)
+        line.append(" ")
+
+    def _version(self, line: Text, version: str | None) -> None:
+        line.append((version or "(none)").ljust(VERSION_WIDTH), style="bold")
+        line.append("  ")
+
+    def _bad(self, line: Text, ev: TailEvent) -> Text:
+        self._kind(line, "✗ BAD", "bold white on red")
+        line.append(f"p{ev.partition}@{ev.offset} ", style="dim")
+        line.append(ev.error or "unreadable", style="bold red")
+        payload = "null" if ev.raw is None else ev.raw.decode("utf-8", errors="replace")
+        line.append("  payload ", style="dim")
+        line.append(_short(payload), style="red")
+        return line
+
+    def _prediction_request(self, line: Text, e: dict[str, Any]) -> None:
+        self._kind(line, "request", "cyan")
+        line.append(f"{e['request_id']}  user {e['user_id']}  {len(e['items'])} candidates")
+        if "k" in e:
+            line.append(f"  k={e['k']}")
+        if e.get("context"):
+            context = " ".join(f"{k}={v}" for k, v in e["context"].items())
+            line.append(f"  {_short(context, 60)}", style="dim")
+
+    def _prediction(self, line: Text, e: dict[str, Any]) -> None:
+        self._kind(line, "prediction", "blue")
+        self._version(line, e["model_version"])
+        line.append(f"{e['request_id']}  user {e['user_id']}  → ")
+        line.append(_items(e["recommended"]) or "(nothing)", style="bold")
+        line.append(f"  of {len(e['scores'])}  {e['instance']}", style="dim")
+        if "latency_ms" in e:
+            line.append(f"  {e['latency_ms']:.1f} ms", style="dim")
+
+    def _outcome(self, line: Text, e: dict[str, Any]) -> None:
+        self._kind(line, "outcome", "magenta")
+        line.append(f"{e['request_id']}  ")
+        if e["purchased"]:
+            line.append("bought ")
+            line.append(_items(e["purchased"]), style="bold")
+        else:
+            line.append("bought nothing", style="dim")
+
+    def _metrics(self, line: Text, e: dict[str, Any]) -> None:
+        self._kind(line, "metrics", "bright_cyan")
+        self._version(line, e["model_version"])
+        window = e["window"]
+        size = f"{window['size']}s" if window["kind"] == "time" else str(window["size"])
+        line.append(f"{window['kind']:<5} {size:>6}  n {e['n']:>6}  ", style="dim")
+        for name, label in (("accuracy", "acc"), ("precision", "prec"), ("recall", "rec"), ("f1", "f1")):
+            line.append(f"{label} ", style="dim")
+            line.append(_num(e[name]), style="bold" if name == "f1" else "")
+            line.append("  ")
+        if e.get("expired"):
+            line.append(f"expired {e['expired']}", style="dim")
+
+    def _alert(self, line: Text, e: dict[str, Any]) -> None:
+        severity = str(e.get("severity") or "warning")
+        if e["state"] == "firing":
+            style = {"critical": "bold white on red", "warning": "bold black on yellow"}.get(
+                severity, "bold white on magenta"
+            )
+            self._kind(line, "FIRING", style)
+            compare = "<"
+        else:
+            self._kind(line, "resolved", "bold green")
+            compare = "≥"
+        self._version(line, e["model_version"])
+        severity_style = {"critical": "bold red", "warning": "yellow"}.get(severity, "magenta")
+        line.append(f"{severity} ", style=severity_style if e["state"] == "firing" else "green")
+        line.append(f"{e['rule']}: {e['metric']} {_num(e['value'])} {compare} {_num(e['threshold'])}")
+        if e.get("action") and e["state"] == "firing":
+            line.append(f"  → {e['action']}", style="bold")
+        if e.get("message"):
+            line.append(f"  {_short(e['message'], 80)}", style="dim")
+        line.append(f"  [{e['alert_id']}]", style="dim")
+
+    def _model_command(self, line: Text, e: dict[str, Any]) -> None:
+        if len(self._command_ts) >= REMEMBERED_COMMANDS:
+            self._command_ts.popitem(last=False)
+        self._command_ts[e["command_id"]] = e["ts"]
+        style = "bold bright_blue" if e["action"] == "deploy" else "bold dark_orange"
+        self._kind(line, f"▶ {e['action']}", style)
+        self._version(line, e["model_version"])
+        line.append(e["command_id"].ljust(ID_WIDTH), style=style.removeprefix("bold "))
+        line.append("  ")
+        if e.get("issued_by"):
+            line.append(f"by {e['issued_by']}: ", style="dim")
+        line.append(_short(e["reason"], 80))
+        if e.get("alert_id"):
+            line.append(f"  alert {e['alert_id']}", style="dim")
+        if e.get("signature"):
+            line.append("  signed", style="dim green")
+
+    def _model_event(self, line: Text, e: dict[str, Any]) -> None:
+        kind = e["event"]
+        if kind == "heartbeat":
+            self._kind(line, "· heartbeat", "dim")
+            self._version(line, e["model_version"])
+            line.append(e["instance"], style="dim")
+            return
+        ok = kind == "activated"
+        self._kind(line, f"{'✓' if ok else '✗'} {kind}", "green" if ok else "bold red")
+        self._version(line, e["model_version"])
+        line.append((e.get("command_id") or "-").ljust(ID_WIDTH), style="dim")
+        line.append("  ")
+        line.append(e["instance"], style="bold")
+        issued = self._command_ts.get(e.get("command_id") or "")
+        if issued is not None:
+            line.append(f"  +{e['ts'] - issued} ms", style="dim")
+        if e.get("error"):
+            line.append(f"  {_short(e['error'], 100)}", style="red")
+
+    def _dead_letter(self, line: Text, e: dict[str, Any]) -> None:
+        self._kind(line, "☠ dead", "bold red")
+        line.append(f"{e['source_topic']} p{e['partition']}@{e['offset']}: ", style="red")
+        line.append(e["error"], style="bold red")
+        line.append("  payload ", style="dim red")
+        line.append(_short(e["payload"]), style="red")
+
+
+@dataclass(frozen=True)
+class TailResult:
+    shown: int
+    bad: int
+    #: True when ``max_events`` was given and reached (False when the timeout or Ctrl-C came first).
+    reached_max: bool
+
+
+def _emit(
+    batch: list[TailEvent], formatter: LineFormatter, as_json: bool, out: Console, err: Console
+) -> None:
+    """Print one poll batch in one write: a busy request topic costs one print, not thousands."""
+    if as_json:
+        valid = [orjson.dumps(ev.event) for ev in batch if ev.event is not None]
+        for ev in batch:
+            if ev.event is None:
+                err.print(formatter.format(ev), soft_wrap=True)
+        if valid:
+            out.file.write(b"\n".join(valid).decode() + "\n")
+            out.file.flush()
+    elif batch:
+        # soft_wrap: one event stays one line whatever the console's width (grep, less -S).
+        out.print(Text("\n").join(formatter.format(ev) for ev in batch), soft_wrap=True)
+
+
+def _assignment(
+    consumer: Consumer, names: Iterable[str], from_beginning: bool, timeout: float
+) -> list[TopicPartition]:
+    """Every partition of ``names``, at the beginning or at the end as of now.
+
+    The end is read as concrete offsets rather than OFFSET_END, which librdkafka resolves only at the first
+    fetch: an event written between start-up and that fetch would be lost, and "new events" would not
+    mean "written after tail started".
+    """
+    wanted = list(names)
+    try:
+        meta = consumer.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaClientError(f"cannot read topic metadata: {exc.args[0].str()}") from exc
+    out: list[TopicPartition] = []
+    for name in wanted:
+        tmeta = meta.topics.get(name)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            raise KafkaClientError(f"topic {name} does not exist (run `modelwatch topics create`)")
+        for p in sorted(tmeta.partitions):
+            if from_beginning:
+                out.append(TopicPartition(name, p, OFFSET_BEGINNING))
+            else:
+                out.append(TopicPartition(name, p, _end_offset(consumer, name, p, timeout)))
+    return out
+
+
+_NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
+    # Right after a topic is created its leader may not be known yet (NOT_LEADER_FOR_PARTITION): retry.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            return int(hi)
+        except KafkaException as exc:
+            error = exc.args[0]
+            transient = error.retriable() or error.code() in _NO_LEADER_YET
+            if not transient or time.monotonic() > deadline:
+                raise KafkaClientError(f"cannot read the end of {topic}[{partition}]: {error.str()}") from exc
+        time.sleep(0.1)
+
+
+def tail(
+    settings: Settings,
+    topics: Sequence[str] = (),
+    *,
+    filters: Filters | None = None,
+    from_beginning: bool = False,
+    max_events: int | None = None,
+    timeout: float | None = None,
+    as_json: bool = False,
+    out: Console | None = None,
+    err: Console | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> TailResult:
+    """Follow ``topics`` (all contract topics when empty) and print one line per event to ``out``.
+
+    With ``as_json`` each valid event is printed as one compact JSON line, and bad messages go to ``err``
+    so stdout stays parseable. Stops after ``max_events`` shown events, after ``timeout`` seconds, or on
+    Ctrl-C, and always closes its consumer. ``on_ready`` is called once the start offsets are fixed:
+    every event written after it is seen.
+    """
+    chosen = resolve_topics(topics, settings.topic_prefix)
+    by_name = {t.name(settings.topic_prefix): t for t in chosen}
+    filters = filters or Filters()
+    out = out or Console(highlight=False, soft_wrap=True)
+    err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+    formatter = LineFormatter()
+    consumer = Consumer(
+        kafka.client_config(
+            settings,
+            **{
+                # Required by librdkafka, never used: assign() joins no group and nothing is committed.
+                "group.id": f"{settings.topic_prefix}tail",
+                "enable.auto.commit": False,  # a console leaves no committed offsets behind
+            },
+        )
+    )
+    shown = bad = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        consumer.assign(_assignment(consumer, by_name, from_beginning, timeout=10.0))
+        if on_ready is not None:
+            on_ready()
+        while max_events is None or shown < max_events:
+            wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            batch: list[TailEvent] = []
+            for msg in consumer.consume(500, timeout=wait):
+                error = msg.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaClientError(f"tail: {error.str()}")
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        err.print(f"modelwatch tail: kafka: {error.str()}", markup=False, style="dim")
+                    continue
+                topic = by_name.get(msg.topic() or "")
+                if topic is None:
+                    continue
+                ev = TailEvent.decode(
+                    topic,
+                    msg.value(),
+                    partition=msg.partition() or 0,
+                    offset=msg.offset() or 0,
+                    key=msg.key(),
+                    timestamp_ms=msg.timestamp()[1],
+                )
+                if filters.admits(ev):
+                    batch.append(ev)
+            # Topics arrive in no particular order; within a batch, time order puts a command before its
+            # acks (the sort is stable, so a partition's own order holds for equal times).
+            batch.sort(key=lambda ev: ev.ts_ms or 0)
+            if max_events is not None:
+                batch = batch[: max_events - shown]
+            shown += len(batch)
+            bad += sum(ev.bad for ev in batch)
+            _emit(batch, formatter, as_json, out, err)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return TailResult(shown, bad, max_events is not None and shown >= max_events)
