@@ -1,0 +1,52 @@
+"""``modelwatch monitor``: run the Faust monitor worker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from schemas.errors import ConfigError
+from services.cli.common import current_settings
+
+app = typer.Typer()
+
+
+@app.command()
+def monitor(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A TOML file with the settings and [[alerts]] rules (as modelwatch.toml; MODELWATCH_* "
+        "variables still override it).",
+    ),
+    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Run the monitor: a faust-streaming worker that joins predictions with outcomes, keeps rolling
+    accuracy, precision, recall and F1 per model version, raises alerts and rolls bad versions back.
+
+    It joins rec.predictions with rec.outcomes by request_id within the label window ([monitor]
+    label_window_s), re-keys labelled requests by model_version, and writes a metrics event per version
+    and window kind (the last count_window requests, the last time_window_s seconds) to rec.metrics every
+    emit_every_n requests or emit_every_s seconds. [[alerts]] rules (name, metric, window, below or
+    below_baseline, resolve_above, min_samples, for, severity, action) write firing and resolved events to
+    rec.alerts; a firing rule with action = "rollback" on the active version orders one rollback to the
+    previous healthy version on rec.model-commands.
+
+    Its state (pending joins, windows, alert states) lives in compacted changelog topics named
+    <prefix>monitor-*, so a killed worker resumes where it was. The same app runs with
+    `faust -A streams.app worker -l info`. Stop it with Ctrl-C.
+    """
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"--config names {config}, which is not a file")
+        os.environ["MODELWATCH_CONFIG"] = str(config)  # read by the settings, here and in Faust's worker
+    overrides = {}
+    if log_level is not None:
+        overrides["monitor"] = {**current_settings().monitor.model_dump(), "log_level": log_level}
+    settings = current_settings(**overrides)
+
+    from streams.app import run  # Faust is slow to import: only when the monitor really starts
+
+    run(settings)

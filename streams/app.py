@@ -1,0 +1,497 @@
+"""The Faust monitor: a thin layer that feeds Kafka to the plain modules beside it.
+
+Two agents, each with concurrency 1 and batches from ``stream.take_events``:
+
+``join``   reads predictions and outcomes (co-partitioned by request_id), joins them per partition
+           (:mod:`streams.join`) with the pending requests in the ``pending`` table, and sends each
+           labelled request to the internal topic ``<prefix>monitor-labelled``, keyed by model_version:
+           that repartition puts each version's whole stream in one place.
+``watch``  reads the labelled requests, counts them into the version's windows (:mod:`streams.tracker`),
+           emits metrics, judges the alert rules (:mod:`streams.alerts`) and orders rollbacks
+           (:mod:`streams.rollback`); its state lives in the ``windows`` table.
+
+A timer emits every ``emit_every_s`` seconds for versions with news since their last emission, and a
+background thread follows the command topic (:mod:`streams.history`).
+
+Names: the app id is ``<prefix>monitor`` (also its consumer group), so its topics are
+``<prefix>monitor-labelled``, ``<prefix>monitor-pending-changelog`` and ``<prefix>monitor-windows-changelog``.
+
+Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs): Faust flushes everything
+produced before it commits offsets; alerts, metrics and commands are acknowledged before the state that
+says they were sent is written, so a crash repeats an output (with the same alert_id / command_id) rather
+than lose it, and the state's offsets and markers keep redelivered events from being counted twice.
+
+Start it with ``modelwatch monitor`` or ``faust -A streams.app worker -l info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from datetime import timedelta
+from typing import Any, cast
+
+import faust
+import orjson
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+from faust.types.auth import CredentialsT
+
+from schemas import codec
+from schemas.errors import ConfigError, ContractError, KafkaClientError
+from services import kafka
+from services.config import Settings, load_settings
+from streams.alerts import RegistryBaselines
+from streams.history import CommandFollower
+from streams.join import Clocks, Joiner, JoinStats, Labelled
+from streams.rollback import RollbackPolicy
+from streams.tracker import Emission, TrackerConfig, VersionTracker
+
+log = logging.getLogger("modelwatch.monitor")
+
+READY = "modelwatch monitor ready"
+
+
+class PartitionedTable(faust.Table):
+    """A table whose writes name their changelog partition.
+
+    Faust takes it from the event being processed, but a batch from ``take_events`` mixes partitions and
+    timers have no event: the caller sets ``writing_partition`` (the source partition of the keys it
+    writes) so the changelog stays co-partitioned with the stream it mirrors.
+    """
+
+    writing_partition: int | None = None
+
+    def partition_for_key(self, key: Any) -> int | None:
+        if self.writing_partition is None:
+            raise RuntimeError(f"table {self.name}: set writing_partition before writing")
+        return self.writing_partition
+
+
+def broker_credentials(settings: Settings) -> CredentialsT | None:
+    """Faust's form of the Kafka security settings every other client gets from ``services.kafka``."""
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context: ssl.SSLContext | None = None
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(
+            cafile=settings.ssl_ca_location,
+            certfile=settings.ssl_certificate_location,
+            keyfile=settings.ssl_key_location,
+            password=settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None,
+        )
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+        )
+    return faust.SSLCredentials(context)
+
+
+def internal_topics(app_id: str) -> dict[str, str]:
+    """The monitor's own topics and their cleanup policy."""
+    return {
+        f"{app_id}-labelled": "delete",
+        f"{app_id}-pending-changelog": "compact",
+        f"{app_id}-windows-changelog": "compact",
+    }
+
+
+def ensure_internal_topics(
+    settings: Settings, app_id: str, partitions: int, replication: int, timeout: float = 30.0
+) -> None:
+    """Create the monitor's own topics before Faust subscribes to them.
+
+    Faust creates them too, but on a first start it subscribes before the new topics reach the metadata it
+    fetched, and then ignores them until its next metadata refresh (minutes): the watch agent would idle.
+    """
+    client = kafka.admin(settings)
+    wanted = []
+    for name, cleanup in internal_topics(app_id).items():
+        config = {"cleanup.policy": cleanup}
+        if cleanup == "delete":
+            config["retention.ms"] = str(24 * 3600 * 1000)  # read within seconds; a day covers an outage
+        if replication >= 3:
+            config["min.insync.replicas"] = "2"  # as the contract's topics: one broker may die
+        wanted.append(
+            NewTopic(name, num_partitions=partitions, replication_factor=replication, config=config)
+        )
+    for name, fut in client.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = client.list_topics(timeout=timeout).topics
+        if all(len(getattr(topics.get(t), "partitions", {})) == partitions for t in internal_topics(app_id)):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaClientError(f"the monitor's topics did not appear within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def source_layout(settings: Settings, timeout: float = 20.0) -> tuple[int, int]:
+    """(partitions, replication) of the joined topics, which must be co-partitioned."""
+    meta = kafka.admin(settings).list_topics(timeout=timeout)
+    counts: dict[str, int] = {}
+    replication = 1
+    for suffix in ("predictions", "outcomes"):
+        name = settings.topic(suffix)
+        topic = meta.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise KafkaClientError(f"topic {name} does not exist (run `modelwatch topics create`)")
+        counts[name] = len(topic.partitions)
+        replication = len(topic.partitions[0].replicas)
+    if len(set(counts.values())) != 1:
+        raise ConfigError(f"the join needs co-partitioned topics; partition counts differ: {counts}")
+    return next(iter(counts.values())), replication
+
+
+class Monitor:
+    """The Faust app, its topics and tables, and the plain state its agents share."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        m = settings.monitor
+        partitions, replication = source_layout(settings)
+        self.app_id = f"{settings.topic_prefix}monitor"
+        ensure_internal_topics(settings, self.app_id, partitions, replication)
+        self.app = faust.App(
+            self.app_id,
+            broker=[f"kafka://{host}" for host in settings.bootstrap_servers.split(",")],
+            broker_credentials=broker_credentials(settings),
+            autodiscover=False,
+            # Internal topics and changelogs match the joined topics: same partitions, same replication.
+            topic_partitions=partitions,
+            topic_replication_factor=replication,
+            # Short commit intervals leave less to redo after a crash; a commit is one small request.
+            broker_commit_interval=m.commit_interval_s,
+            # A SIGKILLed worker's partitions move to its successor after this, not after Faust's 60 s.
+            broker_session_timeout=m.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, m.session_timeout_s / 3),
+            consumer_auto_offset_reset="earliest",  # a new monitor judges what was produced before it
+            web_enabled=m.web_port is not None,  # tests run several workers on one host: no fixed port
+            web_port=m.web_port or 6066,
+            datadir=str(m.data_dir),
+            store="memory://",  # the changelogs are the durable copy; tables are rebuilt from them
+        )
+        # Each batch sends up to batch_size labelled requests and as many changelog records; Faust's
+        # default (100) makes the stream wait, and warn, several times per batch.
+        self.app.producer.buffer.max_messages = 4 * m.batch_size
+        self.partitions = partitions
+        self.predictions_topic = settings.topic("predictions")
+        self.outcomes_topic = settings.topic("outcomes")
+        raw: dict[str, Any] = {"key_type": str, "value_type": bytes, "value_serializer": "raw"}
+        self.sources = self.app.topic(self.predictions_topic, self.outcomes_topic, **raw)
+        self.labelled = self.app.topic(
+            f"{self.app_id}-labelled",
+            internal=True,
+            partitions=partitions,
+            # Read within seconds; a day covers a long outage of the watch agent.
+            retention=timedelta(days=1),
+            **raw,
+        )
+        self.metrics_out = self.app.topic(settings.topic("metrics"), **raw)
+        self.alerts_out = self.app.topic(settings.topic("alerts"), **raw)
+        self.commands_out = self.app.topic(settings.topic("model-commands"), **raw)
+        self.pending = self._table("pending", "the join's pending predictions, outcomes and markers")
+        self.windows = self._table("windows", "each version's windows, totals and alert states")
+
+        self.label_window_ms = int(m.label_window_s * 1000)
+        self.tracker_config = TrackerConfig.from_settings(m, settings.alerts)
+        self.baselines = RegistryBaselines(settings)
+        key = settings.signing_key.get_secret_value() if settings.signing_key else None
+        self.policy = RollbackPolicy(int(m.rollback_cooldown_s * 1000), signing_key=key)
+        self.follower = CommandFollower(settings)
+
+        self.joiners: dict[int, Joiner] = {}
+        self.trackers: dict[str, VersionTracker] = {}
+        self.join_stats = JoinStats()
+        self.invalid = 0
+        self._generation = 0  # bumped at each rebalance: the agents rebuild their plain state from the tables
+        self._join_generation = -1
+        self._watch_generation = -1
+        self._lock = asyncio.Lock()  # the watch agent and the timer share the trackers
+        self._last_stats = time.monotonic()
+
+        self.app.agent(self.sources, name=f"{self.app_id}.join", concurrency=1)(self.join)
+        self.app.agent(self.labelled, name=f"{self.app_id}.watch", concurrency=1)(self.watch)
+        self.app.timer(m.emit_every_s, name=f"{self.app_id}.tick")(self.tick)
+        self.app.task(self.follow_commands)
+        self.app.on_rebalance_complete.connect(cast(Any, self.on_rebalance_complete))  # mode's stubs
+        self.app.on_before_shutdown.connect(cast(Any, self.on_before_shutdown))
+
+    def _table(self, name: str, help: str) -> PartitionedTable:
+        table = PartitionedTable(
+            self.app,
+            name=name,
+            schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+            partitions=self.partitions,
+            help=help,
+            beacon=self.app.tables.beacon,
+        )
+        self.app.tables.add(table)
+        return table
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def follow_commands(self) -> None:
+        self._start_follower()
+
+    def _start_follower(self) -> None:
+        if not self.follower.started:
+            self.follower.start()
+
+    async def on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self._generation += 1
+        self._start_follower()  # the first rebalance may come before the app's tasks start
+        loop = asyncio.get_running_loop()
+        caught_up = await loop.run_in_executor(None, self.follower.ready.wait, 30.0)
+        assignment = sorted(str(tp) for tp in self.app.consumer.assignment())
+        log.info("%s: %d partitions, history %s", READY, len(assignment), "read" if caught_up else "LATE")
+
+    async def on_before_shutdown(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.follower.stop()
+
+    # -- the join ----------------------------------------------------------------------------------------
+
+    async def join(self, stream: faust.StreamT) -> None:
+        m = self.settings.monitor
+        async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
+            if self._join_generation != self._generation:
+                self._load_joiners()
+            stores: dict[int, _BatchStore] = {}
+            for event in events:
+                message = event.message
+                joiner = self._joiner(message.partition, stores)
+                try:
+                    if message.topic == self.predictions_topic:
+                        out = joiner.prediction(codec("prediction").decode(event.value))
+                    else:
+                        out = joiner.outcome(codec("outcome").decode(event.value))
+                except ContractError as exc:
+                    self.invalid += 1
+                    where = f"{message.topic}[{message.partition}]@{message.offset}"
+                    log.warning("skipped %s: %s", where, exc)
+                    continue
+                for item in out:
+                    self.labelled.send_soon(key=item.model_version, value=item.encode())
+            for partition, store in stores.items():
+                store.flush(self.joiners[partition].clocks)
+
+    def _joiner(self, partition: int, stores: dict[int, _BatchStore]) -> Joiner:
+        joiner = self.joiners.get(partition)
+        if joiner is None:
+            joiner = Joiner(
+                _BatchStore(self.pending, partition), self.label_window_ms, self.settings.monitor.unlabelled
+            )
+            joiner.stats = self.join_stats
+            self.joiners[partition] = joiner
+        store = joiner.store
+        assert isinstance(store, _BatchStore)
+        stores[partition] = store
+        return joiner
+
+    def _load_joiners(self) -> None:
+        """Rebuild each partition's join bookkeeping from the ``pending`` table (after recovery)."""
+        by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        clocks: dict[int, Clocks] = {}
+        for key, value in self.pending.items():
+            kind, _, rest = key.partition(":")
+            if kind == "c":
+                clocks[int(rest)] = Clocks(**orjson.loads(value))
+            elif kind == "r":
+                partition, _, rid = rest.partition(":")
+                by_partition.setdefault(int(partition), []).append((rid, orjson.loads(value)))
+        self.joiners = {}
+        for partition in set(by_partition) | set(clocks):
+            joiner = self._joiner(partition, {})
+            joiner.clocks = clocks.get(partition, Clocks())
+            joiner.rebuild(by_partition.get(partition, []))
+        self._join_generation = self._generation
+        pending = sum(len(v) for v in by_partition.values())
+        log.info("join state: %d partitions, %d pending or recent requests", len(self.joiners), pending)
+
+    # -- the windows -------------------------------------------------------------------------------------
+
+    async def watch(self, stream: faust.StreamT) -> None:
+        m = self.settings.monitor
+        async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
+            async with self._lock:
+                if self._watch_generation != self._generation:
+                    self._load_trackers()
+                emissions: list[tuple[VersionTracker, Emission]] = []
+                touched: dict[str, VersionTracker] = {}
+                for event in events:
+                    try:
+                        item = Labelled.decode(event.value)
+                    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                        self.invalid += 1
+                        log.warning("skipped a labelled event at offset %d: %r", event.message.offset, exc)
+                        continue
+                    tracker = self.trackers.get(item.model_version)
+                    if tracker is None:
+                        tracker = VersionTracker(
+                            item.model_version, self.tracker_config, event.message.partition
+                        )
+                        self.trackers[item.model_version] = tracker
+                    emission = tracker.add(item, event.message.offset, self.baselines)
+                    touched[tracker.version] = tracker
+                    if emission is not None:
+                        emissions.append((tracker, emission))
+                await self._publish(emissions)
+                self._persist(touched.values())
+
+    async def tick(self, *_: Any) -> None:
+        """Emit for versions with news since their last emission; log the counters now and then."""
+        async with self._lock:
+            if self._watch_generation != self._generation:
+                return
+            due = [t for t in self.trackers.values() if t.pending_emission()]
+            await self._publish([(t, t.emit(self.baselines)) for t in due])
+            self._persist(due)
+        if time.monotonic() - self._last_stats > 30:
+            self._last_stats = time.monotonic()
+            s = self.join_stats
+            log.info(
+                "joined %d (outcome first %d), expired %d, duplicates %d, late %d, orphan outcomes %d, "
+                "invalid %d; %d versions",
+                s.joined, s.outcome_first, s.expired, s.duplicates, s.late, s.orphan_outcomes,
+                self.invalid, len(self.trackers),
+            )  # fmt: skip
+
+    def _load_trackers(self) -> None:
+        """Rebuild each version's tracker from the ``windows`` table (after recovery)."""
+        records: dict[str, list[dict[str, Any]]] = {}
+        for key, value in self.windows.items():
+            version = key.rpartition("|")[0]
+            records.setdefault(version, []).append(orjson.loads(value))
+        self.trackers = {v: VersionTracker.restore(v, r, self.tracker_config) for v, r in records.items()}
+        self._watch_generation = self._generation
+        for t in self.trackers.values():
+            firing = ", ".join(t.firing()) or "nothing"
+            log.info("restored %s: %d labelled, %d expired; firing %s", t.version, t.total, t.expired, firing)
+
+    async def _publish(self, emissions: list[tuple[VersionTracker, Emission]]) -> None:
+        """Send metrics, alerts and commands, and wait for the broker's acknowledgement."""
+        sent = []
+        for tracker, emission in emissions:
+            for event in emission.metrics:
+                fut = await self.metrics_out.send(
+                    key=tracker.version, value=codec("metrics").encode(event), force=True
+                )
+                sent.append(fut)
+            for rule, alert in emission.alerts:
+                if rule is not None and rule.action == "rollback" and alert["state"] == "firing":
+                    command = await self._rollback(alert)
+                    if command is not None:
+                        fut = await self.commands_out.send(
+                            key=self.settings.model_name,
+                            value=codec("model-command").encode(command),
+                            force=True,
+                        )
+                        sent.append(fut)
+                log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
+                fut = await self.alerts_out.send(
+                    key=tracker.version, value=codec("alert").encode(alert), force=True
+                )
+                sent.append(fut)
+        if sent:
+            await asyncio.gather(*sent)
+
+    async def _rollback(self, alert: dict[str, Any]) -> dict[str, Any] | None:
+        """Decide on a firing rollback alert; say what was decided in its message."""
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.follower.ready.wait, 30.0):
+            alert["message"] += "; no rollback: the deployment history could not be read"
+            return None
+        unhealthy = {v for v, t in self.trackers.items() if t.firing("rollback")}
+        decision = self.policy.decide(
+            alert=alert, applied=self.follower.applied(), unhealthy=unhealthy, now_ms=int(time.time() * 1000)
+        )
+        alert["message"] += f"; {decision.reason}"
+        return decision.command
+
+    def _persist(self, trackers: Any) -> None:
+        for tracker in trackers:
+            self.windows.writing_partition = tracker.partition
+            for key, value in tracker.changes():
+                if value is not None:
+                    self.windows[key] = orjson.dumps(value)
+                elif key in self.windows:
+                    del self.windows[key]
+
+
+class _BatchStore:
+    """The join's pending store for one partition: the ``pending`` table, written back once per batch.
+
+    Keys are ``r:<partition>:<request_id>``; the partition's clocks are ``c:<partition>``, written last so a
+    crash never leaves the clocks ahead of the requests they account for.
+    """
+
+    def __init__(self, table: PartitionedTable, partition: int) -> None:
+        self.table = table
+        self.partition = partition
+        self.prefix = f"r:{partition}:"
+        self.dirty: dict[str, dict[str, Any] | None] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key in self.dirty:
+            return self.dirty[key]
+        raw = self.table.get(self.prefix + key)
+        return None if raw is None else orjson.loads(raw)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.dirty[key] = value
+
+    def delete(self, key: str) -> None:
+        self.dirty[key] = None
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        n = len(self.prefix)
+        return [(k[n:], orjson.loads(v)) for k, v in self.table.items() if k.startswith(self.prefix)]
+
+    def flush(self, clocks: Clocks) -> None:
+        if not self.dirty:
+            return
+        table = self.table
+        table.writing_partition = self.partition
+        for key, value in self.dirty.items():
+            full = self.prefix + key
+            if value is not None:
+                table[full] = orjson.dumps(value)
+            elif full in table:
+                del table[full]
+        self.dirty.clear()
+        table[f"c:{self.partition}"] = orjson.dumps(clocks.as_dict())
+
+
+def create_monitor(settings: Settings | None = None) -> Monitor:
+    return Monitor(settings or load_settings())
+
+
+def run(settings: Settings) -> None:
+    """Run a monitor worker until it is stopped (SIGINT/SIGTERM stop it cleanly)."""
+    monitor = create_monitor(settings)
+    worker = faust.Worker(monitor.app, loglevel=settings.monitor.log_level, quiet=True)
+    worker.execute_from_commandline()
+
+
+def __getattr__(name: str) -> Any:
+    # `faust -A streams.app worker` looks up `app` here; build it on first use so that importing this module
+    # (for `--help`, or the tests) needs no broker.
+    if name == "app":
+        monitor = create_monitor()
+        globals()["monitor"] = monitor
+        globals()["app"] = monitor.app
+        return monitor.app
+    raise AttributeError(name)

@@ -1,0 +1,274 @@
+"""Join predictions with outcomes by request_id, on one partition, in event time.
+
+Predictions and outcomes are keyed by request_id and co-partitioned, so one partition's join is whole in
+one place. Either may arrive first: whichever comes first waits in the pending store (a Faust table with a
+changelog, in the worker) until the other comes or the label window closes.
+
+Clocks. Each partition keeps two event-time watermarks, the highest ``ts`` seen on each stream. A
+prediction's label window closes when the *outcome* stream has passed ``ts + window``: outcomes arrive
+in time order, so by then any outcome within the window has been seen, however far the two topics'
+consumers drift apart (after a restart one topic may be read ahead of the other). Symmetrically, an
+outcome waiting for its prediction is given up when the *prediction* stream has passed ``ts + window``.
+
+Expired predictions are resolved by config: counted as "no purchase" (the storefront's usual meaning) or
+dropped as unlabelled. Either way they are reported as expired.
+
+Duplicates. The monitor is at-least-once: after a crash it reads again what it had not committed, with
+state that may already include it. A joined or expired request therefore leaves a marker for two windows
+of event time; a prediction or outcome that finds a marker is a duplicate and is ignored. An event older
+than the markers live (``ts + 2 * window`` behind the clock) cannot be told from a duplicate, so it is
+ignored too and counted as late.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from schemas.metrics import Counts, request_counts
+
+Unlabelled = Literal["no_purchase", "drop"]
+
+PREDICTION, OUTCOME, DONE = "p", "o", "d"
+
+
+class PendingStore(Protocol):
+    """Where pending requests live: a dict in tests and in the plain baseline, a Faust table in the worker."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, value: dict[str, Any]) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def items(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
+
+
+class DictStore:
+    """A :class:`PendingStore` in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return iter(list(self.data.items()))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A prediction with its label: what the join hands to the per-version windows.
+
+    ``counts`` is ``None`` for an expired prediction that config says to drop (it is still reported).
+    """
+
+    request_id: str
+    model_version: str
+    ts: int
+    counts: Counts | None
+    expired: bool = False
+
+    def encode(self) -> bytes:
+        c = self.counts
+        return orjson.dumps(
+            {
+                "request_id": self.request_id,
+                "model_version": self.model_version,
+                "ts": self.ts,
+                "counts": None if c is None else [c.tp, c.fp, c.fn, c.tn],
+                "expired": self.expired,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Labelled:
+        d = orjson.loads(data)
+        c = d["counts"]
+        return cls(
+            d["request_id"], d["model_version"], int(d["ts"]), None if c is None else Counts(*c), d["expired"]
+        )
+
+
+@dataclass
+class JoinStats:
+    joined: int = 0
+    outcome_first: int = 0
+    expired: int = 0
+    duplicates: int = 0
+    late: int = 0
+    orphan_outcomes: int = 0
+
+    def add(self, other: JoinStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Clocks:
+    """A partition's event-time watermarks (ms); ``-1`` before the first event."""
+
+    predictions: int = -1
+    outcomes: int = -1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"predictions": self.predictions, "outcomes": self.outcomes}
+
+
+@dataclass
+class Joiner:
+    """The join of one partition. Feed it events in the partition's order; it returns labelled requests."""
+
+    store: PendingStore
+    label_window_ms: int
+    unlabelled: Unlabelled = "no_purchase"
+    clocks: Clocks = field(default_factory=Clocks)
+    stats: JoinStats = field(default_factory=JoinStats)
+    # (deadline, request_id) per kind; entries may be stale (the request moved on), so each is checked.
+    _predictions: list[tuple[int, str]] = field(default_factory=list)
+    _outcomes: list[tuple[int, str]] = field(default_factory=list)
+    _markers: list[tuple[int, str]] = field(default_factory=list)
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def prediction(self, p: dict[str, Any]) -> list[Labelled]:
+        rid, ts = p["request_id"], int(p["ts"])
+        out: list[Labelled] = []
+        entry = self.store.get(rid)
+        kind = entry["k"] if entry else None
+        if kind in (PREDICTION, DONE):
+            self.stats.duplicates += 1
+        elif ts + 2 * self.label_window_ms < self.clocks.outcomes:
+            self.stats.late += 1
+            if kind == OUTCOME:
+                self.store.delete(rid)
+        elif kind == OUTCOME:
+            assert entry is not None
+            self.stats.outcome_first += 1
+            out.append(self._resolve(rid, _pending_prediction(p), entry))
+        elif ts + self.label_window_ms < self.clocks.outcomes:
+            # Every outcome within its window has been seen already, and none was this one's.
+            out.append(self._resolve(rid, _pending_prediction(p), None))
+        else:
+            self.store.put(rid, _pending_prediction(p))
+            heapq.heappush(self._predictions, (ts + self.label_window_ms, rid))
+        if ts > self.clocks.predictions:
+            self.clocks.predictions = ts
+            self._expire_outcomes()
+            self._forget_markers()
+        return out
+
+    def outcome(self, o: dict[str, Any]) -> list[Labelled]:
+        rid, ts = o["request_id"], int(o["ts"])
+        out: list[Labelled] = []
+        entry = self.store.get(rid)
+        kind = entry["k"] if entry else None
+        if kind in (OUTCOME, DONE):
+            self.stats.duplicates += 1
+        elif kind == PREDICTION:
+            assert entry is not None
+            out.append(self._resolve(rid, entry, {"k": OUTCOME, "ts": ts, "b": o["purchased"]}))
+        elif ts + self.label_window_ms < self.clocks.predictions:
+            # Its prediction would have come by now: nothing can be judged with it.
+            self.stats.orphan_outcomes += 1
+        else:
+            self.store.put(rid, {"k": OUTCOME, "ts": ts, "b": o["purchased"]})
+            heapq.heappush(self._outcomes, (ts + self.label_window_ms, rid))
+        if ts > self.clocks.outcomes:
+            self.clocks.outcomes = ts
+            out += self._expire_predictions()
+            self._forget_markers()
+        return out
+
+    # -- bookkeeping -------------------------------------------------------------------------------------
+
+    def _resolve(self, rid: str, pred: dict[str, Any], outcome: dict[str, Any] | None) -> Labelled:
+        """Label ``pred`` with ``outcome`` (``None``: the window closed without one), leave a marker."""
+        ts = int(pred["ts"])
+        self.store.put(rid, {"k": DONE, "ts": ts})
+        heapq.heappush(self._markers, (ts + 2 * self.label_window_ms, rid))
+        if outcome is not None and int(outcome["ts"]) <= ts + self.label_window_ms:
+            self.stats.joined += 1
+            return Labelled(rid, pred["v"], ts, request_counts(pred["c"], pred["r"], outcome["b"]))
+        self.stats.expired += 1
+        counts = request_counts(pred["c"], pred["r"], ()) if self.unlabelled == "no_purchase" else None
+        return Labelled(rid, pred["v"], ts, counts, expired=True)
+
+    def _expire_predictions(self) -> list[Labelled]:
+        out: list[Labelled] = []
+        heap, now = self._predictions, self.clocks.outcomes
+        while heap and heap[0][0] < now:
+            deadline, rid = heapq.heappop(heap)
+            entry = self.store.get(rid)
+            if (
+                entry is not None
+                and entry["k"] == PREDICTION
+                and entry["ts"] + self.label_window_ms == deadline
+            ):
+                out.append(self._resolve(rid, entry, None))
+        return out
+
+    def _expire_outcomes(self) -> None:
+        heap, now = self._outcomes, self.clocks.predictions
+        while heap and heap[0][0] < now:
+            deadline, rid = heapq.heappop(heap)
+            entry = self.store.get(rid)
+            if entry is not None and entry["k"] == OUTCOME and entry["ts"] + self.label_window_ms == deadline:
+                self.store.delete(rid)
+                self.stats.orphan_outcomes += 1
+
+    def _forget_markers(self) -> None:
+        heap, now = self._markers, min(self.clocks.predictions, self.clocks.outcomes)
+        while heap and heap[0][0] < now:
+            deadline, rid = heapq.heappop(heap)
+            entry = self.store.get(rid)
+            if (
+                entry is not None
+                and entry["k"] == DONE
+                and entry["ts"] + 2 * self.label_window_ms == deadline
+            ):
+                self.store.delete(rid)
+
+    def rebuild(self, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Rebuild the deadline heaps from the store's entries of this partition (after a restart)."""
+        w = self.label_window_ms
+        self._predictions, self._outcomes, self._markers = [], [], []
+        for rid, entry in entries:
+            kind, ts = entry["k"], int(entry["ts"])
+            if kind == PREDICTION:
+                self._predictions.append((ts + w, rid))
+            elif kind == OUTCOME:
+                self._outcomes.append((ts + w, rid))
+            elif kind == DONE:
+                self._markers.append((ts + 2 * w, rid))
+        for heap in (self._predictions, self._outcomes, self._markers):
+            heapq.heapify(heap)
+
+    def pending(self) -> int:
+        """Requests waiting for their other half (markers excluded); heaps may hold stale entries."""
+        return len(self._predictions) + len(self._outcomes)
+
+
+def _pending_prediction(p: dict[str, Any]) -> dict[str, Any]:
+    # Only what the counts need: the candidates (the score keys), the recommended ones, the version.
+    return {
+        "k": PREDICTION,
+        "ts": int(p["ts"]),
+        "v": p["model_version"],
+        "c": list(p["scores"]),
+        "r": p["recommended"],
+    }

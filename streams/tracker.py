@@ -1,0 +1,279 @@
+"""Everything the monitor knows about one model version: its windows, totals, alerts, and how they persist.
+
+A :class:`VersionTracker` takes the version's labelled requests in the order its partition delivers them
+and says when to emit: every ``emit_every_n`` labelled requests (and whenever the worker's timer asks,
+every ``emit_every_s`` seconds). An emission is one metrics event per window kind, each judged by the
+alert rules of that window.
+
+Persistence, for a worker killed at any moment. The state goes to a compacted changelog as records:
+
+- ``<version>|<block>``: the labelled requests ``BLOCK * block + 1 ...`` in order, written again while the
+  block fills;
+- ``<version>|meta``: totals, alert states, the time window's clock, and the offset of the last labelled
+  event counted.
+
+:meth:`VersionTracker.changes` lists them in the order to write: blocks, then meta, then tombstones of
+blocks no longer needed. One version's records share a partition, so whatever prefix of them survives a
+crash, the surviving meta names a state the surviving blocks can rebuild exactly: requests beyond its total
+are ignored (they will be counted again from the offset after it), and blocks are deleted only after a
+meta that no longer needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.config import AlertRule, MonitorSettings
+from streams.alerts import AlertState, Baseline, DriftWatch, judge, no_baseline, threshold_of
+from streams.join import Labelled
+from streams.windows import CountWindow, Entry, TimeWindow
+
+BLOCK = 256
+
+Record = tuple[str, dict[str, Any] | None]  # (key, value); None deletes
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    count_window: int = 1000
+    time_window_s: int = 300
+    emit_every_n: int = 200
+    rules: tuple[AlertRule, ...] = ()
+    drift_delta: float | None = None
+
+    @classmethod
+    def from_settings(cls, monitor: MonitorSettings, rules: Iterable[AlertRule]) -> TrackerConfig:
+        return cls(
+            count_window=monitor.count_window,
+            time_window_s=monitor.time_window_s,
+            emit_every_n=monitor.emit_every_n,
+            rules=tuple(rules),
+            drift_delta=monitor.drift_delta,
+        )
+
+
+@dataclass
+class Emission:
+    """What one emission produces: metrics events, and alert transitions with the rule that made them
+    (``None`` for the drift warning)."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[tuple[AlertRule | None, dict[str, Any]]] = field(default_factory=list)
+
+
+class VersionTracker:
+    def __init__(self, version: str, config: TrackerConfig, partition: int = 0) -> None:
+        self.version = version
+        self.config = config
+        self.partition = partition  # of the labelled stream: where the version's changelog records go
+        self.count = CountWindow(config.count_window)
+        self.time = TimeWindow(config.time_window_s)
+        self.total = 0  # labelled requests counted (expired ones included unless dropped)
+        self.expired = 0  # predictions whose outcome never came within the label window
+        self.last_offset = -1  # in the labelled stream's partition: what a redelivery must not count again
+        self.emitted = (0, 0)  # (total, expired) at the last emission
+        self.alerts: dict[str, AlertState] = {r.name: AlertState() for r in config.rules}
+        self.drift = DriftWatch(config.drift_delta) if config.drift_delta else None
+        self.duplicates = 0
+        self._ids: dict[str, int] = {}  # request ids in either window -> how many windows hold it
+        self._open: dict[int, list[Entry]] = {}  # blocks not yet written in full
+        self._first_block = 0  # older blocks are deleted
+        self._stale: list[int] = []  # blocks found below first_block at restore
+        self._changed = False
+
+    # -- counting ----------------------------------------------------------------------------------------
+
+    def add(
+        self, item: Labelled, offset: int | None = None, baseline: Baseline = no_baseline
+    ) -> Emission | None:
+        """Count one labelled request; return an emission when one is due."""
+        if offset is not None:
+            if offset <= self.last_offset:
+                self.duplicates += 1
+                return None
+            self.last_offset = offset
+        self._changed = True
+        if item.request_id in self._ids:  # the join sent it twice (it was replayed after a crash)
+            self.duplicates += 1
+            return None
+        if item.expired:
+            self.expired += 1
+        if item.counts is None:
+            return None
+        self.total += 1
+        entry = Entry(self.total, item.ts, item.request_id, item.counts)
+        self._open.setdefault((entry.seq - 1) // BLOCK, []).append(entry)
+        self._place(entry)
+        alerts: list[tuple[AlertRule | None, dict[str, Any]]] = []
+        if self.drift is not None and entry.counts.items:
+            c = entry.counts
+            drift = self.drift.update(
+                (c.fp + c.fn) / c.items, version=self.version, position=self.total, ts=self.time.max_ts or 0
+            )
+            if drift is not None:
+                alerts.append((None, drift))
+        if self.total % self.config.emit_every_n == 0:
+            emission = self.emit(baseline)
+            emission.alerts[:0] = alerts
+            return emission
+        return Emission(alerts=alerts) if alerts else None
+
+    def _place(self, entry: Entry) -> None:
+        ids = self._ids
+        ids[entry.request_id] = ids.get(entry.request_id, 0) + 1
+        pushed = self.count.add(entry)
+        entered, left = self.time.add(entry)
+        if entered:
+            ids[entry.request_id] += 1
+        if pushed is not None:
+            left.append(pushed)
+        for old in left:
+            ids[old.request_id] -= 1
+            if ids[old.request_id] == 0:
+                del ids[old.request_id]
+
+    # -- emitting ----------------------------------------------------------------------------------------
+
+    def pending_emission(self) -> bool:
+        """Whether anything was counted since the last emission."""
+        return self.emitted != (self.total, self.expired)
+
+    def snapshot(self, kind: str) -> dict[str, Any]:
+        window: CountWindow | TimeWindow = self.count if kind == "count" else self.time
+        size = self.config.count_window if kind == "count" else self.config.time_window_s
+        c = window.counts
+        return {
+            "model_version": self.version,
+            "window": {"kind": kind, "size": size},
+            "n": len(window),
+            **c.as_dict(),
+            "ts": max(self.time.max_ts or 0, 0),
+            "expired": self.expired,
+            # Beyond the schema's required fields: the position of this snapshot in the version's stream of
+            # labelled requests, and the item-level counts behind the metrics.
+            "total": self.total,
+            "counts": {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn},
+        }
+
+    def emit(self, baseline: Baseline = no_baseline) -> Emission:
+        """Metrics events for both windows, judged by the rules."""
+        self._changed = True
+        self.emitted = (self.total, self.expired)
+        by_kind = {kind: self.snapshot(kind) for kind in ("count", "time")}
+        emission = Emission(metrics=list(by_kind.values()))
+        for rule in self.config.rules:
+            snap = by_kind[rule.window]
+            threshold, _why = threshold_of(rule, self.version, baseline)
+            event = judge(
+                rule,
+                self.alerts.setdefault(rule.name, AlertState()),
+                version=self.version,
+                value=snap[rule.metric],
+                n=snap["n"],
+                position=self.total,
+                threshold=threshold,
+                ts=snap["ts"],
+            )
+            if event is not None:
+                emission.alerts.append((rule, event))
+        return emission
+
+    def firing(self, action: str | None = None) -> list[str]:
+        """Names of the rules firing now (of ``action`` only, if given)."""
+        actions = {r.name: r.action for r in self.config.rules}
+        return [
+            name
+            for name, s in self.alerts.items()
+            if s.firing and (action is None or actions.get(name) == action)
+        ]
+
+    # -- persistence -------------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "total": self.total,
+            "expired": self.expired,
+            "max_ts": self.time.max_ts,
+            "last_offset": self.last_offset,
+            "partition": self.partition,
+            "emitted": list(self.emitted),
+            "first_block": self._first_block,
+            "alerts": {name: s.as_dict() for name, s in self.alerts.items()},
+            "drift": self.drift.state.as_dict() if self.drift else None,
+        }
+
+    def block_key(self, block: int) -> str:
+        return f"{self.version}|{block:012d}"
+
+    @property
+    def meta_key(self) -> str:
+        return f"{self.version}|meta"
+
+    def changes(self) -> list[Record]:
+        """The records to write since the last call, in order: blocks, meta, then deletions."""
+        if not self._changed:
+            return []
+        self._changed = False
+        current = self.total // BLOCK  # the block the next request goes to
+        records: list[Record] = []
+        for b in sorted(self._open):
+            rows = [e.as_list() for e in self._open[b]]
+            records.append((self.block_key(b), {"v": self.version, "b": b, "e": rows}))
+            if b < current:
+                del self._open[b]  # full, and now written in full
+        oldest = [s for s in (self.count.oldest_seq(), self.time.oldest_seq()) if s is not None]
+        live = (min(oldest) - 1) // BLOCK if oldest else current
+        dead = [*self._stale, *range(self._first_block, live)]
+        self._stale = []
+        self._first_block = max(self._first_block, live)
+        records.append((self.meta_key, self.meta()))
+        records += [(self.block_key(b), None) for b in dead]
+        return records
+
+    @classmethod
+    def restore(
+        cls, version: str, records: Iterable[dict[str, Any]], config: TrackerConfig
+    ) -> VersionTracker:
+        """Rebuild a tracker from its changelog records' values (blocks and meta, any order)."""
+        meta: dict[str, Any] | None = None
+        blocks: list[dict[str, Any]] = []
+        for value in records:
+            if "b" in value:
+                blocks.append(value)
+            else:
+                meta = value
+        if meta is None:  # killed before its first meta: nothing was counted for good
+            return cls(version, config)
+        tracker = cls(version, config, partition=int(meta["partition"]))
+        total, first = int(meta["total"]), int(meta["first_block"])
+        tracker.time.max_ts = meta["max_ts"]  # the window's clock as it was, whatever the replay sees
+        entries: list[Entry] = []
+        for record in blocks:
+            if int(record["b"]) < first:
+                tracker._stale.append(int(record["b"]))
+                continue
+            entries += (e for e in map(Entry.from_list, record["e"]) if e.seq <= total)
+        entries.sort(key=lambda e: e.seq)
+        for entry in entries:
+            tracker._place(entry)
+            block = (entry.seq - 1) // BLOCK
+            if block == total // BLOCK:
+                tracker._open.setdefault(block, []).append(entry)
+            if tracker.drift is not None and entry.counts.items:
+                c = entry.counts
+                err = (c.fp + c.fn) / c.items
+                tracker.drift.update(err, version=version, position=entry.seq, ts=0, quiet=True)
+        tracker.total = total
+        tracker.expired = int(meta["expired"])
+        tracker.last_offset = int(meta["last_offset"])
+        tracker.emitted = (int(meta["emitted"][0]), int(meta["emitted"][1]))
+        tracker._first_block = first
+        for name, state in meta["alerts"].items():
+            tracker.alerts[name] = AlertState.from_dict(state)
+        if tracker.drift is not None and meta.get("drift"):
+            tracker.drift.state = AlertState.from_dict(meta["drift"])
+        tracker._changed = bool(tracker._stale)
+        return tracker
