@@ -1,0 +1,208 @@
+"""The model registry: immutable, verified versions on a local directory or any fsspec URL.
+
+Layout under the registry root (``MODELWATCH_REGISTRY``)::
+
+    <root>/<version>/model.joblib     the fitted model, as joblib wrote it
+    <root>/<version>/manifest.json    its Manifest (written last: a version exists once it has one)
+
+A version name is ``<UTC time>-<8 hex>``, e.g. ``20261124T034100-3f2a9c1b``; the hex comes from the
+artifact's digest, the creation time and a random salt, so two identical models never share a version.
+
+joblib is pickle, and unpickling runs code, so :meth:`Registry.load` reads the artifact's bytes, checks
+their sha256 against the manifest (and, with a signing key, the manifest's HMAC signature) and only then
+unpickles them, from memory. A model built with other library versions loads with a
+:class:`LibraryMismatchWarning`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import secrets
+import warnings
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import joblib
+from fsspec.implementations.local import LocalFileSystem
+
+from schemas.errors import RegistryError, VerificationError, VersionNotFound
+from services.config import Settings
+from services.model.recommender import Recommender
+from services.registry.manifest import VERSION_PATTERN, Manifest, library_mismatches, running_libraries
+
+ARTIFACT = "model.joblib"
+MANIFEST = "manifest.json"
+
+
+class LibraryMismatchWarning(UserWarning):
+    """A version was built with other library versions than the running ones; its scores may differ."""
+
+
+class Registry:
+    """Versions of the recommender, stored under ``url`` (a directory or an fsspec URL)."""
+
+    def __init__(self, url: str, signing_key: str | None = None) -> None:
+        self.url = url
+        self.signing_key = signing_key or None
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.root = self.root.rstrip("/") or "/"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        key = settings.signing_key.get_secret_value() if settings.signing_key else None
+        return cls(settings.registry, key)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r}, signed={self.signing_key is not None})"
+
+    # ------------------------------------------------------------------ paths
+    def _dir(self, version: str) -> str:
+        if not VERSION_PATTERN.fullmatch(version):
+            raise VersionNotFound(f"{version!r} is not a valid version name")
+        return f"{self.root}/{version}"
+
+    def _path(self, version: str, name: str) -> str:
+        return f"{self._dir(version)}/{name}"
+
+    # ------------------------------------------------------------------ writing
+    def register(
+        self,
+        model: Any,
+        *,
+        metrics: dict[str, float | None],
+        data_summary: dict[str, Any],
+        parent: str | None = None,
+        baseline: dict[str, float | None] | None = None,
+    ) -> Manifest:
+        """Store ``model`` as a new immutable version and return its manifest."""
+        buffer = io.BytesIO()
+        joblib.dump(model, buffer)
+        artifact = buffer.getvalue()
+        digest = hashlib.sha256(artifact).hexdigest()
+        now = datetime.now(UTC)
+        salt = secrets.token_hex(8)
+        tag = hashlib.sha256(f"{digest}{now.isoformat()}{salt}".encode()).hexdigest()[:8]
+        version = f"{now:%Y%m%dT%H%M%S}-{tag}"
+        describe = getattr(model, "describe", None)
+        manifest = Manifest(
+            version=version,
+            created=now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            sha256=digest,
+            size=len(artifact),
+            metrics=dict(metrics),
+            data=dict(data_summary),
+            parent=parent,
+            libraries=running_libraries(),
+            model=describe() if callable(describe) else {"class": type(model).__qualname__},
+            baseline=dict(baseline or {}),
+        )
+        if self.signing_key:
+            manifest = manifest.signed(self.signing_key)
+        directory = self._dir(version)
+        if self.fs.exists(self._path(version, MANIFEST)):
+            raise RegistryError(f"version {version} already exists; versions are immutable")
+        try:
+            self.fs.makedirs(directory, exist_ok=True)
+            self.fs.pipe_file(self._path(version, ARTIFACT), artifact)
+            # The manifest goes last, under a temporary name then moved, so a reader never sees a
+            # version whose manifest is half written or whose artifact is missing.
+            staging = self._path(version, f".{MANIFEST}.{salt}")
+            self.fs.pipe_file(staging, manifest.to_json())
+            self.fs.mv(staging, self._path(version, MANIFEST))
+        except OSError as exc:
+            raise RegistryError(f"cannot write version {version} to {self.url}: {exc}") from exc
+        if isinstance(self.fs, LocalFileSystem):
+            # Read-only files: an accidental overwrite fails instead of silently changing a version.
+            for name in (ARTIFACT, MANIFEST):
+                self.fs.chmod(self._path(version, name), 0o444)
+        return manifest
+
+    # ------------------------------------------------------------------ reading
+    def _names(self) -> list[str]:
+        if not self.fs.exists(self.root):
+            return []
+        names = []
+        for entry in self.fs.ls(self.root, detail=True):
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if entry.get("type") == "directory" and VERSION_PATTERN.fullmatch(name):
+                names.append(name)
+        return names
+
+    def scan(self) -> tuple[list[Manifest], list[tuple[str, str]]]:
+        """(manifests that verify, oldest first; (version, reason) for those that do not)."""
+        good: list[Manifest] = []
+        bad: list[tuple[str, str]] = []
+        for name in self._names():
+            if not self.fs.exists(self._path(name, MANIFEST)):
+                continue  # being written, or abandoned before its manifest: not a version
+            try:
+                good.append(self.manifest(name))
+            except VerificationError as exc:
+                bad.append((name, str(exc)))
+        good.sort(key=lambda m: (m.created, m.version))
+        return good, sorted(bad)
+
+    def versions(self) -> list[Manifest]:
+        """Every version whose manifest verifies, oldest first."""
+        return self.scan()[0]
+
+    def latest(self) -> Manifest | None:
+        found = self.versions()
+        return found[-1] if found else None
+
+    def manifest(self, version: str) -> Manifest:
+        """The manifest of ``version``, its signature verified when a signing key is set."""
+        path = self._path(version, MANIFEST)
+        try:
+            raw = self.fs.cat_file(path)
+        except FileNotFoundError as exc:
+            raise VersionNotFound(f"no version {version} in registry {self.url}") from exc
+        manifest = Manifest.from_json(raw, version)
+        if self.signing_key:
+            manifest.check_signature(self.signing_key)
+        return manifest
+
+    def _verified_artifact(self, version: str) -> tuple[Manifest, bytes]:
+        manifest = self.manifest(version)
+        try:
+            artifact = self.fs.cat_file(self._path(version, ARTIFACT))
+        except FileNotFoundError as exc:
+            raise VerificationError(f"version {version}: artifact {ARTIFACT} is missing") from exc
+        if len(artifact) != manifest.size:
+            raise VerificationError(
+                f"version {version}: artifact is {len(artifact)} bytes, the manifest says {manifest.size}; "
+                "not loaded"
+            )
+        actual = hashlib.sha256(artifact).hexdigest()
+        if not hmac.compare_digest(actual, manifest.sha256):
+            raise VerificationError(
+                f"version {version}: artifact sha256 {actual[:16]}… does not match the manifest's "
+                f"{manifest.sha256[:16]}…; not loaded"
+            )
+        return manifest, artifact
+
+    def verify(self, version: str) -> Manifest:
+        """Check the manifest (and its signature with a key) and the artifact's digest; unpickle nothing."""
+        return self._verified_artifact(version)[0]
+
+    def load(self, version: str) -> Recommender:
+        """The model of ``version``, unpickled only after its digest (and signature) verified."""
+        manifest, artifact = self._verified_artifact(version)
+        mismatches = library_mismatches(manifest.libraries)
+        if mismatches:
+            warnings.warn(
+                f"version {version} was built with {', '.join(mismatches)}; its scores may differ",
+                LibraryMismatchWarning,
+                stacklevel=2,
+            )
+        try:
+            model = joblib.load(io.BytesIO(artifact))
+        except Exception as exc:  # a verified artifact that still fails: a library or code change
+            raise RegistryError(f"version {version}: verified, but cannot be unpickled: {exc}") from exc
+        if not (callable(getattr(model, "score_batch", None)) and callable(getattr(model, "select", None))):
+            raise RegistryError(f"version {version}: the artifact is a {type(model).__name__}, not a model")
+        loaded: Recommender = model
+        return loaded
