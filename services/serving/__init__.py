@@ -1,0 +1,16 @@
+"""The prediction service: consume requests, score them with the commanded model, publish predictions.
+
+    from services.serving import Service
+    replica = Service(settings, instance="serve-1").start()   # in-process, in a background thread
+    ...
+    replica.stop()                                            # finishes the batch, commits, closes
+
+``modelwatch serve --instance serve-1 [--exactly-once]`` runs one replica as a process (SIGTERM stops it
+the same way). Modules: :mod:`.service` (the poll loop), :mod:`.intake` (decode, validate, dead letters),
+:mod:`.scoring` (one model call per batch, failures isolated), :mod:`.delivery` (at-least-once and
+exactly-once), :mod:`.control` (commands, model swaps, model events), :mod:`.metrics`, :mod:`.logs`.
+"""
+
+from services.serving.service import Counts, Service, default_instance, serve, wait_for_broker
+
+__all__ = ["Counts", "Service", "default_instance", "serve", "wait_for_broker"]

@@ -1,0 +1,299 @@
+"""Control: the replica's own reader of the command topic, the model it loads, and what it tells the others.
+
+Each replica reads *every* command: its consumer is assigned all partitions of the command topic (no
+group, nothing committed) and starts at the beginning. What is in the topic when the replica starts is its
+history, judged by :class:`services.commands.History` exactly as ``read_history`` does, so a replica
+starts with the version last commanded, not with the one it was built or started with. Reading history
+and live commands with one consumer leaves no gap between the two for a command to fall into.
+
+Loading and verifying a version (the registry checks the digest and signature before unpickling) happen
+on this thread, off the hot path. The loaded model is handed to the poll loop through a
+:class:`ModelSlot`; the loop swaps it in between two batches and only then acknowledges, so every
+prediction is tagged with the version that computed it, and the acknowledgement's ``ts`` separates the
+two versions' predictions. Events on ``rec.model-events`` (key: instance):
+
+- ``activated``: version and command_id, after the swap;
+- ``rejected``: the command's version and command_id with the reason: the version is missing or fails its
+  digest or signature, the command is malformed, unsigned or forged when a key is set, replayed, or
+  older than the one in force. The current model keeps serving;
+- ``heartbeat``: every ``serve.heartbeat_s``, with the active version (null before the first deploy) and
+  the partitions this replica serves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from schemas import codec
+from schemas.errors import ContractError
+from services import kafka
+from services.commands import History
+from services.config import Settings
+from services.serving.logs import EventLog, KafkaReporter
+from services.serving.metrics import ServeMetrics
+from services.serving.scoring import Scorer
+
+
+class ModelSource(Protocol):
+    """Where versions come from (:class:`services.registry.Registry`): verified before unpickled."""
+
+    def load(self, version: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A loaded, verified version, and the command that ordered it."""
+
+    version: str
+    model: Scorer
+    command: dict[str, Any]
+
+
+class ModelSlot:
+    """The hand-over between the control thread (offers) and the poll loop (swaps between batches)."""
+
+    def __init__(self) -> None:
+        self.active: Activation | None = None
+        self.pending: Activation | None = None
+        self._changed = threading.Condition()
+
+    def offer(self, activation: Activation, stop: threading.Event, idle: Any = None) -> bool:
+        """Hand ``activation`` to the poll loop and wait until it is swapped in (or ``stop``)."""
+        with self._changed:
+            self.pending = activation
+            self._changed.notify_all()
+            while self.pending is activation and not stop.is_set():
+                self._changed.wait(0.1)
+                if idle is not None:
+                    idle()
+            return self.pending is not activation
+
+    def swap(self) -> Activation:
+        """Poll loop only, between batches: make the pending version the active one."""
+        with self._changed:
+            activation = self.pending
+            assert activation is not None, "swap() with nothing pending"
+            self.active, self.pending = activation, None
+            self._changed.notify_all()
+            return activation
+
+    def wait_offered(self, timeout: float) -> bool:
+        with self._changed:
+            if self.pending is None:
+                self._changed.wait(timeout)
+            return self.pending is not None
+
+
+class Control(threading.Thread):
+    """Follows the command topic, loads versions, and publishes the replica's model events."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str,
+        registry: ModelSource,
+        slot: ModelSlot,
+        log: EventLog,
+        metrics: ServeMetrics,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"control-{instance}", daemon=True)
+        self.settings, self.instance, self.registry, self.slot = settings, instance, registry, slot
+        self.log, self.metrics, self.stop_event = log, metrics, stop
+        self.topic = settings.topic("model-commands")
+        self.events_topic = settings.topic("model-events")
+        key = settings.signing_key.get_secret_value() if settings.signing_key else None
+        self.history = History(key=key)
+        self.partitions: list[int] = []  # the request partitions this replica serves (the poll loop sets it)
+        self.ready = threading.Event()  # history read and the starting version (if any) offered
+        self.failure: BaseException | None = None
+        reporter = KafkaReporter(log.bind(client="control"))
+        self.events = kafka.producer(
+            settings,
+            **reporter.client_settings(),
+            **{"linger.ms": 0},  # acknowledgements are few and someone is waiting for each
+        )
+        self._reporter = reporter
+        self._next_heartbeat = 0.0
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def _publish(self, event: str, version: str | None, ts: int | None = None, **extra: Any) -> None:
+        body: dict[str, Any] = {
+            "instance": self.instance,
+            "event": event,
+            "model_version": version,
+            "ts": ts if ts is not None else int(time.time() * 1000),
+            **{k: v for k, v in extra.items() if v is not None},
+        }
+        try:
+            value = codec("model-event").encode(body)
+        except ContractError as exc:  # e.g. a hostile command's over-long version: say so, without it
+            body = {**body, "model_version": None, "error": f"{extra.get('error', '')} ({exc})"[:2000]}
+            body.pop("command_id", None)
+            value = codec("model-event").encode(body)
+        try:
+            self.events.produce(
+                self.events_topic, value, key=self.instance.encode(), on_delivery=self._on_event
+            )
+        except BufferError:
+            self.events.poll(1.0)
+            self.events.produce(
+                self.events_topic, value, key=self.instance.encode(), on_delivery=self._on_event
+            )
+        self.events.poll(0)
+
+    def _on_event(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.log.error("model_event_lost", error=err.str())
+
+    def acknowledge(self, activation: Activation, ts: int) -> None:
+        """Called by the poll loop right after the swap; ``ts`` is later than every earlier prediction's."""
+        command = activation.command
+        self.metrics.activated(activation.version)
+        self.metrics.commands.labels("activated").inc()
+        self.log.info(
+            "activated",
+            version=activation.version,
+            command_id=command.get("command_id"),
+            action=command.get("action"),
+        )
+        self._publish("activated", activation.version, ts=ts, command_id=command.get("command_id"))
+
+    def _reject(self, command: dict[str, Any] | None, reason: str) -> None:
+        version = command.get("model_version") if command else None
+        command_id = command.get("command_id") if command else None
+        self.metrics.commands.labels("rejected").inc()
+        self.log.warning("rejected", version=version, command_id=command_id, reason=reason)
+        self._publish(
+            "rejected",
+            version if isinstance(version, str) else None,
+            command_id=command_id if isinstance(command_id, str) else None,
+            error=reason[:2000],
+        )
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.settings.serve.heartbeat_s
+        active = self.slot.active
+        self._publish("heartbeat", active.version if active else None, partitions=sorted(self.partitions))
+
+    # -- the thread -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        consumer: Consumer | None = None
+        try:
+            consumer = self._reader()
+            if consumer is None:
+                return
+            self._catch_up(consumer)
+            self.ready.set()
+            while not self.stop_event.is_set():
+                for msg in consumer.consume(100, timeout=0.1):
+                    err = msg.error()
+                    if err is None:
+                        self._handle(msg.value())
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        self.log.warning("command_read_error", error=err.str())
+                self.heartbeat()
+                self.events.poll(0)
+        except BaseException as exc:  # the poll loop checks and re-raises: a dead control thread is fatal
+            self.failure = exc
+            self.log.error("control_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.ready.set()
+            if consumer is not None:
+                consumer.close()
+            self.heartbeat(force=True)
+            self.events.flush(10)
+
+    def _reader(self) -> Consumer | None:
+        """A consumer assigned every partition of the command topic from the start; waits for the topic."""
+        consumer = kafka.consumer(
+            self.settings,
+            # Never joins the group: assign(), not subscribe(), so every replica reads every command.
+            f"{self.settings.topic_prefix}serve-control-{self.instance}",
+            **self._reporter.client_settings(),
+            **{
+                "enable.partition.eof": True,  # tells when the history has been read
+                "fetch.wait.max.ms": 50,  # a command is rare and urgent: do not let the broker sit on it
+            },
+        )
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                meta = consumer.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
+                if meta is not None and meta.error is None and meta.partitions:
+                    consumer.assign(
+                        [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+                    )
+                    return consumer
+                problem = meta.error.str() if meta is not None and meta.error else "no partitions"
+            except KafkaException as exc:
+                problem = exc.args[0].str()
+            self.log.warning("command_topic_unavailable", topic=self.topic, error=problem, retry_in_s=backoff)
+            self.stop_event.wait(backoff)
+            backoff = min(backoff * 2, self.settings.serve.retry_max_s)
+        consumer.close()
+        return None
+
+    def _catch_up(self, consumer: Consumer) -> None:
+        """Read the topic to its end as history, then offer the last commanded version that loads."""
+        waiting = {tp.partition for tp in consumer.assignment()}
+        while waiting and not self.stop_event.is_set():
+            for msg in consumer.consume(500, timeout=0.2):
+                err = msg.error()
+                if err is None:
+                    self.history.feed_raw(msg.value())
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    waiting.discard(msg.partition())
+                else:
+                    self.log.warning("command_read_error", error=err.str())
+            self.heartbeat()
+        for command in reversed(self.history.applied):
+            version = command["model_version"]
+            try:
+                model = self.registry.load(version)
+            except Exception as exc:  # missing, tampered, unloadable: say so and try the one before it
+                self._reject(command, f"cannot load {version}: {exc}")
+                continue
+            self.log.info("history_read", commands=len(self.history.applied), version=version)
+            self.slot.offer(Activation(version, model, command), self.stop_event, idle=self.heartbeat)
+            return
+        self.log.warning(
+            "no_model",
+            message="no version was ever deployed (or none loads): waiting for a deploy command",
+            commands=len(self.history.applied),
+        )
+        self.heartbeat(force=True)
+
+    def _handle(self, value: bytes | None) -> None:
+        try:
+            command = codec("model-command").decode(value)
+        except ContractError as exc:
+            self._reject(None, str(exc))
+            return
+        reason = self.history.judge(command)
+        if reason is not None:
+            self._reject(command, reason)
+            return
+        self.history.feed(command)
+        version = command["model_version"]
+        active = self.slot.active
+        if active is not None and active.version == version:
+            model = active.model  # already serving it: obey (and acknowledge) without reloading
+        else:
+            self.log.info("loading", version=version, command_id=command["command_id"])
+            try:
+                model = self.registry.load(version)
+            except Exception as exc:  # the registry verifies before unpickling; anything else is refused too
+                self._reject(command, f"cannot load {version}: {exc}")
+                return
+        self.slot.offer(Activation(version, model, command), self.stop_event, idle=self.heartbeat)

@@ -1,0 +1,431 @@
+"""The prediction service: one replica's poll loop.
+
+A replica waits for the broker (retrying with backoff, saying so), starts its :class:`Control` thread,
+waits for a model (it consumes nothing without one), then joins the consumer group ``<prefix>serve`` on
+the request topic and loops:
+
+1. poll: wait up to ``poll_timeout_s`` for the first request, then take whatever else is already fetched,
+   up to ``batch_size`` (``consume(n, timeout)`` would wait out its timeout for a full batch: at 1,000
+   requests/s that is the whole latency budget);
+2. between two batches, swap in a newly commanded model if one is ready, and acknowledge it;
+3. decode and validate the batch (:mod:`~services.serving.intake`), dead-letter what is bad;
+4. score every valid request in one call (:mod:`~services.serving.scoring`), dead-letter what the model
+   fails on;
+5. produce the predictions keyed by request_id, under the delivery mode's rules
+   (:mod:`~services.serving.delivery`), and commit what is confirmed.
+
+``stop`` (SIGTERM/SIGINT in the CLI) ends the loop after the batch in hand: its predictions are flushed,
+offsets committed (or the transaction committed) and the consumer closed, which hands its partitions to
+the other replicas at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from schemas.errors import ConfigError, ServingError
+from services import kafka
+from services.config import Settings
+from services.serving.control import Activation, Control, ModelSlot, ModelSource
+from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, ExactlyOnce
+from services.serving.intake import Decoder, dead_letter
+from services.serving.logs import EventLog, KafkaReporter
+from services.serving.metrics import ServeMetrics
+from services.serving.scoring import score
+
+_INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def default_instance() -> str:
+    """``<host>-<pid>``: unique per process, so no two replicas share a transactional id by accident."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+@dataclass
+class Counts:
+    """What a replica has done so far (the Prometheus metrics say the same, for people)."""
+
+    requests: int = 0
+    predictions: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+def wait_for_broker(settings: Settings, stop: threading.Event, log: EventLog) -> bool:
+    """Block until the cluster answers, retrying with exponential backoff and saying so; False if stopped."""
+    # A quiet client: its connection failures are reported here, once per attempt, not by librdkafka.
+    client = AdminClient(kafka.client_config(settings, log_level=0, error_cb=lambda _e: None))
+    backoff, attempt = 0.5, 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            meta = client.list_topics(timeout=min(5.0, 1.0 + backoff))
+            if meta.brokers:
+                if attempt > 1:
+                    log.info("broker_reachable", bootstrap=settings.bootstrap_servers, attempts=attempt)
+                return True
+            problem = "no brokers in metadata"
+        except KafkaException as exc:
+            problem = exc.args[0].str()
+        log.warning(
+            "broker_unreachable",
+            bootstrap=settings.bootstrap_servers,
+            attempt=attempt,
+            retry_in_s=backoff,
+            error=problem,
+        )
+        stop.wait(backoff)
+        backoff = min(backoff * 2, settings.serve.retry_max_s)
+    return False
+
+
+class Service:
+    """One prediction-service replica.
+
+    Run it in this thread with :meth:`run` (until ``stop`` is set), or in the background with
+    :meth:`start` / :meth:`stop`. ``modelwatch serve`` runs it in its own process.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance: str | None = None,
+        exactly_once: bool = False,
+        registry: ModelSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.instance = instance or default_instance()
+        if not _INSTANCE.match(self.instance):
+            raise ConfigError(f"instance id {self.instance!r}: use 1-100 letters, digits, '.', '_' or '-'")
+        self.exactly_once = exactly_once
+        if registry is None:
+            from services.registry import Registry
+
+            registry = Registry.from_settings(settings)
+        self.registry = registry
+        self.log = EventLog("serve", instance=self.instance)
+        self.metrics = ServeMetrics()
+        self.counts = Counts()
+        self.slot = ModelSlot()
+        self.stop_event = threading.Event()
+        self.serving = threading.Event()  # set once the replica has a model and has joined the group
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._last_ts = 0
+        self._partitions: set[int] = set()
+        self.requests_topic = settings.topic("requests")
+        self.predictions_topic = settings.topic("predictions")
+        self.dlq_topic = settings.topic("requests.dlq")
+
+    # -- in-process control ---------------------------------------------------------------------------
+
+    def start(self) -> Service:
+        """Run in a background thread; :meth:`stop` ends it."""
+        self._thread = threading.Thread(target=self._run_captured, name=f"serve-{self.instance}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the batch in hand, commit, close; re-raise what ended the loop, if anything."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise ServingError(f"replica {self.instance} did not stop within {timeout:.0f}s")
+        if self._error is not None:
+            raise self._error
+
+    def _run_captured(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self._error = exc
+
+    @property
+    def active_version(self) -> str | None:
+        active = self.slot.active
+        return active.version if active else None
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve until ``stop`` (or :meth:`stop`) is set."""
+        if stop is not None:
+            self.stop_event = stop
+        stop = self.stop_event
+        serve = self.settings.serve
+        self.log.info(
+            "starting",
+            mode="exactly-once" if self.exactly_once else "at-least-once",
+            bootstrap=self.settings.bootstrap_servers,
+            requests=self.requests_topic,
+            group=self.group_id,
+            batch_size=serve.batch_size,
+        )
+        if serve.metrics_port is not None:
+            self.metrics.start_http(serve.metrics_port)
+            self.log.info("metrics", port=serve.metrics_port)
+        control: Control | None = None
+        try:
+            if not wait_for_broker(self.settings, stop, self.log):
+                return
+            control = Control(
+                self.settings, self.instance, self.registry, self.slot, self.log, self.metrics, stop
+            )
+            control.start()
+            while not stop.is_set() and self.slot.active is None:
+                if self.slot.wait_offered(0.1):
+                    self._swap(control)
+                self._check(control)
+            if stop.is_set():
+                return
+            self._serve(control, stop)
+        finally:
+            stop.set()
+            if control is not None:
+                control.join(30)
+            self.metrics.stop_http()
+            self.log.info("stopped", **vars(self.counts))
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.settings.topic_prefix}serve"
+
+    def _check(self, control: Control) -> None:
+        if control.failure is not None:
+            raise ServingError(f"the control thread failed: {control.failure}") from control.failure
+
+    def _swap(self, control: Control) -> None:
+        activation: Activation = self.slot.swap()
+        # Strictly later than every prediction so far, and no later than any to come: the ack's ts
+        # separates the versions.
+        self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
+        control.acknowledge(activation, self._last_ts)
+
+    def _clients(self, reporter: KafkaReporter) -> tuple[Consumer, Producer]:
+        serve = self.settings.serve
+        consumer_settings: dict[str, Any] = {
+            **reporter.client_settings(),
+            "client.id": f"{self.group_id}-{self.instance}",
+            "session.timeout.ms": serve.session_timeout_ms,  # how soon a dead replica's partitions move
+            "heartbeat.interval.ms": max(serve.session_timeout_ms // 3, 100),  # three beats per session
+            "max.poll.interval.ms": serve.max_poll_interval_ms,  # a slow model's batch is not a dead replica
+            "fetch.wait.max.ms": 20,  # at low rates do not let the broker hold a fetch: latency budget
+        }
+        if self.exactly_once:
+            # Offsets go in the transactions; requests are read committed (the librdkafka default).
+            consumer_settings["enable.auto.commit"] = False
+        else:
+            consumer_settings.update(
+                {
+                    "enable.auto.commit": True,  # commits in the background what we stored...
+                    "enable.auto.offset.store": False,  # ...which is only what the broker acknowledged
+                    "auto.commit.interval.ms": serve.commit_interval_ms,
+                }
+            )
+        consumer = kafka.consumer(self.settings, self.group_id, **consumer_settings)
+        producer_settings: dict[str, Any] = {
+            **reporter.client_settings(),
+            "client.id": f"{self.group_id}-{self.instance}",
+        }
+        if self.exactly_once:
+            producer_settings.update(
+                {
+                    # Unique per replica and prefix: a restarted replica fences its former self.
+                    "transactional.id": f"{self.group_id}-{self.instance}",
+                    # A killed replica's open transaction blocks its partitions' next owner until it expires.
+                    "transaction.timeout.ms": serve.transaction_timeout_ms,
+                }
+            )
+        producer = kafka.producer(self.settings, **producer_settings)
+        return consumer, producer
+
+    def _serve(self, control: Control, stop: threading.Event) -> None:
+        serve = self.settings.serve
+        reporter = KafkaReporter(self.log.bind(client="serve"))
+        consumer, producer = self._clients(reporter)
+        delivery: Delivery
+        if self.exactly_once:
+            eos = ExactlyOnce(
+                consumer,
+                producer,
+                self.log,
+                self.metrics,
+                serve.transaction_ms,
+                stop,
+                retry_max_s=serve.retry_max_s,
+            )
+            eos.init()
+            delivery = eos
+        else:
+            delivery = AtLeastOnce(consumer, producer, self.requests_topic, self.log, self.metrics)
+
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            self._partitions.update(tp.partition for tp in partitions)
+            control.partitions = sorted(self._partitions)
+            self.log.info("assigned", partitions=",".join(str(tp.partition) for tp in partitions))
+            delivery.on_assign(c, partitions)
+
+        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            delivery.on_revoke(c, partitions)
+            self._partitions.difference_update(tp.partition for tp in partitions)
+            control.partitions = sorted(self._partitions)
+            self.log.info("revoked", partitions=",".join(str(tp.partition) for tp in partitions))
+
+        def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+            delivery.on_lost(c, partitions)
+            self._partitions.difference_update(tp.partition for tp in partitions)
+            control.partitions = sorted(self._partitions)
+            self.log.warning("lost", partitions=",".join(str(tp.partition) for tp in partitions))
+
+        consumer.subscribe([self.requests_topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+        self.serving.set()
+        decoder = Decoder()
+        closed = False
+        try:
+            while not stop.is_set():
+                messages = self._poll(consumer, serve.batch_size, serve.poll_timeout_s)
+                if self.slot.pending is not None:
+                    self._swap(control)
+                if messages:
+                    self._handle(messages, decoder, producer, delivery)
+                delivery.tick()
+                self._check(control)
+            delivery.close()
+            consumer.close()  # leaves the group now: the others take the partitions without waiting
+            closed = True
+        finally:
+            if not closed:
+                # Leaving on an error: nothing more is committed (what was is safe); just let go.
+                with contextlib.suppress(KafkaException, RuntimeError):
+                    consumer.close()
+            self._partitions.clear()
+            control.partitions = []
+            self.serving.clear()
+
+    @staticmethod
+    def _poll(consumer: Consumer, batch_size: int, timeout: float) -> list[Message]:
+        first = consumer.poll(timeout)
+        if first is None:
+            return []
+        if batch_size == 1:
+            return [first]
+        rest = consumer.consume(batch_size - 1, 0)
+        rest.insert(0, first)
+        return rest
+
+    def _handle(
+        self, messages: list[Message], decoder: Decoder, producer: Producer, delivery: Delivery
+    ) -> None:
+        arrived = time.perf_counter()
+        intake = decoder.decode(messages)
+        for problem in intake.errors:
+            self.log.warning("consume_error", error=problem)
+        active = self.slot.active
+        assert active is not None, "serving without a model"
+        requests, sources = intake.requests, intake.sources
+        dead = intake.dead
+        scored = score(active.model, requests, self.settings.serve.default_k)
+        model_dead = 0
+        if scored.failures:
+            now_ms = int(time.time() * 1000)
+            for position, error in scored.failures:
+                dead.append(dead_letter(sources[position], error, now_ms))
+            model_dead = len(scored.failures)
+            self.log.warning("model_failed", requests=model_dead, first_error=scored.failures[0][1])
+
+        callback = delivery.begin()
+        produced = 0
+        now_ms = max(int(time.time() * 1000), self._last_ts)
+        self._last_ts = now_ms
+        latency_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
+        version, instance, topic = active.version, self.instance, self.predictions_topic
+        produce, dumps = producer.produce, orjson.dumps
+        all_scores, all_selected = scored.scores, scored.selected
+        for i, request in enumerate(requests):
+            scores = all_scores[i]
+            selected = all_selected[i]
+            if scores is None or selected is None:
+                continue
+            items = request["items"]
+            rid = request["request_id"]
+            value = dumps(
+                {
+                    "request_id": rid,
+                    "user_id": request["user_id"],
+                    "model_version": version,
+                    "scores": dict(zip(items, scores, strict=True)),
+                    "recommended": [items[j] for j in selected],
+                    "instance": instance,
+                    "ts": now_ms,
+                    "latency_ms": latency_ms,
+                }
+            )
+            try:
+                produce(topic, value, rid, on_delivery=callback)
+            except BufferError:
+                self._produce_when_room(producer, topic, value, rid.encode(), callback)
+            produced += 1
+        predictions = produced
+        for key, value in dead:
+            try:
+                produce(self.dlq_topic, value, key, on_delivery=callback)
+            except BufferError:
+                self._produce_when_room(producer, self.dlq_topic, value, key, callback)
+            produced += 1
+        delivery.end(messages, produced)
+
+        n = len(messages) - len(intake.errors)
+        self.counts.requests += n
+        self.counts.predictions += predictions
+        self.counts.dead_letters += len(dead)
+        self.counts.batches += 1
+        m = self.metrics
+        m.requests.inc(n)
+        if predictions:
+            m.predictions.labels(version).inc(predictions)
+        if len(dead) > model_dead:
+            m.dead_letters.labels("contract").inc(len(dead) - model_dead)
+        if model_dead:
+            m.dead_letters.labels("model").inc(model_dead)
+        m.batch_size.observe(n)
+        m.latency.observe(latency_ms / 1000.0, predictions)
+
+    @staticmethod
+    def _produce_when_room(
+        producer: Producer, topic: str, value: bytes, key: bytes | None, callback: DeliveryCallback | None
+    ) -> None:
+        # The local queue is full: serve delivery reports until there is room (the broker is slow or away).
+        while True:
+            producer.poll(0.1)
+            try:
+                producer.produce(topic, value, key, on_delivery=callback)
+                return
+            except BufferError:
+                continue
+
+
+def serve(
+    settings: Settings,
+    *,
+    instance: str | None = None,
+    exactly_once: bool = False,
+    stop: threading.Event | None = None,
+) -> Counts:
+    """Run one replica in this thread until ``stop`` is set; what the CLI and subprocess tests call."""
+    service = Service(settings, instance=instance, exactly_once=exactly_once)
+    service.run(stop)
+    return service.counts
