@@ -102,7 +102,8 @@ def judge(
         if state.streak < rule.for_:
             return None
         state.firing = True
-        state.alert_id = alert_id(rule.name, version, state.streak_start or position)
+        start = position if state.streak_start is None else state.streak_start
+        state.alert_id = alert_id(rule.name, version, start)
         return _event(rule, state.alert_id, "firing", version, value, threshold, n, position, ts)
     level = rule.resolve_above if rule.resolve_above is not None else threshold
     resolved = value > level if rule.resolve_above is not None else value >= level

@@ -14,10 +14,11 @@ Expired predictions are resolved by config: counted as "no purchase" (the storef
 dropped as unlabelled. Either way they are reported as expired.
 
 Duplicates. The monitor is at-least-once: after a crash it reads again what it had not committed, with
-state that may already include it. A joined or expired request therefore leaves a marker for two windows
-of event time; a prediction or outcome that finds a marker is a duplicate and is ignored. An event older
-than the markers live (``ts + 2 * window`` behind the clock) cannot be told from a duplicate, so it is
-ignored too and counted as late.
+state that may already include it. A joined or expired request therefore leaves a marker until both clocks
+are two windows past it; a prediction or outcome that finds a marker is a duplicate and is ignored. A
+prediction two windows behind the prediction clock (or an outcome a window behind it) may be a replay
+whose marker is gone: it is ignored too, counted as late (or orphan). Each rule compares a stream with its
+own clock, so none misfires when one topic's consumer runs ahead of the other's.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class Joiner:
         kind = entry["k"] if entry else None
         if kind in (PREDICTION, DONE):
             self.stats.duplicates += 1
-        elif ts + 2 * self.label_window_ms < self.clocks.outcomes:
+        elif ts + 2 * self.label_window_ms < self.clocks.predictions:
             self.stats.late += 1
             if kind == OUTCOME:
                 self.store.delete(rid)
