@@ -13,6 +13,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 
 from schemas.errors import ModelwatchError
 from services.cli import acls, broker, demo, monitor, serve, tail, topics
+from services.cli import report as report_cli
 from services.cli.common import console, err
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(acls.app, name="acls")
 app.registered_commands += demo.app.registered_commands
 app.registered_commands += tail.app.registered_commands
+app.registered_commands += report_cli.app.registered_commands
 app.registered_commands += monitor.app.registered_commands
 app.registered_commands += serve.app.registered_commands
 
