@@ -12,7 +12,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
 from schemas.errors import ModelwatchError
-from services.cli import acls, broker, demo, monitor, serve, tail, topics
+from services.cli import acls, broker, demo, deploy, models, monitor, serve, tail, topics, train
 from services.cli import report as report_cli
 from services.cli.common import console, err
 
@@ -29,6 +29,9 @@ app = typer.Typer(
 app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
 app.add_typer(acls.app, name="acls")
+app.add_typer(models.app, name="models")
+app.registered_commands += train.app.registered_commands
+app.registered_commands += deploy.app.registered_commands
 app.registered_commands += demo.app.registered_commands
 app.registered_commands += tail.app.registered_commands
 app.registered_commands += report_cli.app.registered_commands

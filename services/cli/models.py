@@ -1,0 +1,178 @@
+"""``modelwatch models``: the registry's versions, their verification, and the deployment history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import typer
+
+from schemas.errors import KafkaClientError
+from services import commands
+from services.cli.common import console, current_settings, err
+from services.deployment import iso, read_history, timeline
+from services.registry import Manifest, Registry
+
+app = typer.Typer(help="The model registry's versions and the deployment history.", no_args_is_help=True)
+
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout, for scripts.")
+
+
+def _echo_json(doc: Any) -> None:
+    typer.echo(orjson.dumps(doc).decode())
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _active_version(timeout: float) -> tuple[str | None, str | None]:
+    """(active version, why it is unknown): the registry works without a broker, so listing does too."""
+    try:
+        return read_history(current_settings(), timeout=timeout).active_version, None
+    except KafkaClientError as exc:
+        return None, str(exc)
+
+
+def list_versions(registry: Registry, active: str | None) -> list[dict[str, Any]]:
+    """One row per verified version, oldest first, then the versions that failed verification."""
+    good, bad = registry.scan()
+    rows: list[dict[str, Any]] = [
+        {
+            "version": m.version,
+            "created": m.created,
+            "f1": m.metrics.get("f1"),
+            "precision": m.metrics.get("precision"),
+            "sha256": m.sha256,
+            "parent": m.parent,
+            "signed": m.signature is not None,
+            "active": m.version == active,
+            "verified": True,
+        }
+        for m in good
+    ]
+    rows += [{"version": v, "verified": False, "error": reason, "active": v == active} for v, reason in bad]
+    return rows
+
+
+@app.command(name="list")
+def list_command(
+    as_json: bool = JsonOption,
+    timeout: float = typer.Option(
+        5.0, "--timeout", min=0.1, help="Seconds to wait for the command topic (which version is active)."
+    ),
+) -> None:
+    """Every version: created, held-out F1 (the monitor's baseline), digest, and which one is active."""
+    registry = Registry.from_settings(current_settings())
+    active, unknown = _active_version(timeout)
+    rows = list_versions(registry, active)
+    if as_json:
+        _echo_json(rows)
+        return
+    if unknown:
+        err.print(f"modelwatch: active version unknown: {unknown}", markup=False)
+    if not rows:
+        console.print(f"no versions in {registry.url} (run `modelwatch train`)")
+        return
+    width = max(len(r["version"]) for r in rows)
+    console.print(
+        f"  {'version':<{width}}  {'created (UTC)':<19}  {'f1':>5}  {'prec':>5}  {'sha256':<12}  parent"
+    )
+    for r in rows:
+        if not r["verified"]:
+            console.print(f"! {r['version']:<{width}}  does not verify: {r['error']}", markup=False)
+            continue
+        console.print(
+            f"{'*' if r['active'] else ' '} {r['version']:<{width}}  {r['created'][:19].replace('T', ' ')}  "
+            f"{_fmt(r['f1']):>5}  {_fmt(r['precision']):>5}  {r['sha256'][:12]}  {r['parent'] or '-'}",
+            markup=False,
+        )
+    if active:
+        console.print(f"* active: {active}")
+
+
+@app.command()
+def show(
+    version: str = typer.Argument(..., help="The version to describe."), as_json: bool = JsonOption
+) -> None:
+    """One version's manifest: digest, data, held-out metrics next to popularity, libraries, parent."""
+    manifest = Registry.from_settings(current_settings()).manifest(version)
+    if as_json:
+        _echo_json(manifest.as_dict())
+        return
+    _print_manifest(manifest)
+
+
+def _print_manifest(m: Manifest) -> None:
+    console.print(f"version   {m.version}")
+    console.print(f"created   {m.created}")
+    console.print(f"parent    {m.parent or '-'}")
+    console.print(f"sha256    {m.sha256} ({m.size:,} bytes)")
+    console.print(f"signed    {'yes' if m.signature else 'no'}")
+    data = m.data
+    console.print(
+        f"data      {data.get('source', '?')}: {data.get('rows', '?'):,} rows, {data.get('sessions', '?'):,} "
+        f"sessions, {data.get('users', '?'):,} users, {data.get('items', '?'):,} items"
+        + (f", labels degraded {data['degrade']:.0%}" if data.get("degrade") else "")
+    )
+    console.print(f"model     {m.model.get('class', '?')} threshold {m.model.get('threshold')}")
+    console.print(f"{'held-out':<10}{'model':>8}{'popularity':>12}")
+    for name in ("accuracy", "precision", "recall", "f1"):
+        console.print(f"{name:<10}{_fmt(m.metrics.get(name)):>8}{_fmt(m.baseline.get(name)):>12}")
+    console.print("libraries " + ", ".join(f"{k} {v}" for k, v in sorted(m.libraries.items())))
+
+
+@app.command()
+def verify(version: str = typer.Argument(..., help="The version to check.")) -> None:
+    """Check a version's manifest signature (with a key) and artifact digest, unpickling nothing.
+
+    Exits 1 with the reason when it does not verify."""
+    registry = Registry.from_settings(current_settings())
+    manifest = registry.verify(version)
+    how = "signature and sha256" if registry.signing_key else "sha256 (no signing key set)"
+    console.print(f"{manifest.version}: verified ({how} {manifest.sha256[:16]}…)")
+
+
+def history_document(history: commands.History) -> dict[str, Any]:
+    return {
+        "active": history.active_version,
+        "periods": [p.as_dict() for p in timeline(history)],
+        "ignored": [
+            {
+                "command_id": (c or {}).get("command_id"),
+                "model_version": (c or {}).get("model_version"),
+                "why": why,
+            }
+            for c, why in history.ignored
+        ],
+    }
+
+
+@app.command()
+def history(
+    as_json: bool = JsonOption,
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for the command topic."),
+) -> None:
+    """Which version was active when, and why: the command topic, which is the deployment audit log.
+
+    Unsigned, forged, replayed or out-of-date commands are listed apart, with the reason they count for
+    nothing."""
+    settings = current_settings()
+    doc = history_document(read_history(settings, timeout=timeout))
+    if as_json:
+        _echo_json(doc)
+        return
+    if not doc["periods"]:
+        console.print(f"no commands on {settings.topic('model-commands')}: nothing was ever deployed")
+    for p in doc["periods"]:
+        until = iso(p["until"]) if p["until"] is not None else "now"
+        why = p["reason"] + (f" (alert {p['alert_id']})" if p["alert_id"] else "")
+        console.print(
+            f"{iso(p['since'])} .. {until:<20}  {p['action']:<8}  {p['version']}  "
+            f"by {p['issued_by'] or '-'}: {why}",
+            markup=False,
+        )
+    if doc["periods"]:
+        console.print(f"active: {doc['active']}")
+    for ignored in doc["ignored"]:
+        console.print(f"ignored {ignored['command_id'] or '<malformed>'}: {ignored['why']}", markup=False)
