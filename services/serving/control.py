@@ -196,7 +196,9 @@ class Control(threading.Thread):
             self._catch_up(consumer)
             self.ready.set()
             while not self.stop_event.is_set():
-                for msg in consumer.consume(100, timeout=0.1):
+                # poll() returns at the first command; consume(n, timeout) would sit out its timeout.
+                first = consumer.poll(0.1)
+                for msg in [first, *consumer.consume(100, 0)] if first is not None else []:
                     err = msg.error()
                     if err is None:
                         self._handle(msg.value())
@@ -280,6 +282,13 @@ class Control(threading.Thread):
         except ContractError as exc:
             self._reject(None, str(exc))
             return
+        self.log.info(
+            "command",
+            command_id=command["command_id"],
+            action=command["action"],
+            version=command["model_version"],
+            age_ms=int(time.time() * 1000) - command["ts"],
+        )
         reason = self.history.judge(command)
         if reason is not None:
             self._reject(command, reason)
