@@ -93,6 +93,31 @@ def wait_for_cluster(settings: Settings, timeout: float = 30.0) -> dict[int, str
     )
 
 
+_LEADER_RACE = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
+    """(low, high) offsets of one partition. Right after a topic is created its leader may not be known
+    yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): those are retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lo, hi = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=max(0.5, deadline - time.monotonic())
+            )
+            return int(lo), int(hi)
+        except KafkaException as exc:
+            error = exc.args[0]
+            passing = error.retriable() or error.code() in _LEADER_RACE
+            if not passing or time.monotonic() > deadline:
+                raise KafkaClientError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from exc
+            time.sleep(0.1)
+
+
 def read_topic(
     settings: Settings, topic: str, timeout: float = 10.0, **overrides: Any
 ) -> list[tuple[bytes | None, bytes | None, int]]:
@@ -116,7 +141,7 @@ def read_topic(
             raise KafkaClientError(f"topic {topic} does not exist (run `modelwatch topics create`)")
         ends: dict[int, int] = {}
         for p in tmeta.partitions:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            lo, hi = watermarks(c, topic, p, timeout=timeout)
             if hi > lo:
                 ends[p] = hi
         if not ends:
