@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -87,6 +88,17 @@ class ModelSlot:
             if self.pending is None:
                 self._changed.wait(timeout)
             return self.pending is not None
+
+
+def load_logged(registry: ModelSource, version: str, log: EventLog) -> Any:
+    """``registry.load(version)``, its warnings (a version built with other library versions) logged as
+    events rather than printed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = registry.load(version)
+    for w in caught:
+        log.warning("load_warning", version=version, category=w.category.__name__, message=str(w.message))
+    return model
 
 
 class Control(threading.Thread):
@@ -262,7 +274,7 @@ class Control(threading.Thread):
         for command in reversed(self.history.applied):
             version = command["model_version"]
             try:
-                model = self.registry.load(version)
+                model = load_logged(self.registry, version, self.log)
             except Exception as exc:  # missing, tampered, unloadable: say so and try the one before it
                 self._reject(command, f"cannot load {version}: {exc}")
                 continue
@@ -301,7 +313,7 @@ class Control(threading.Thread):
         else:
             self.log.info("loading", version=version, command_id=command["command_id"])
             try:
-                model = self.registry.load(version)
+                model = load_logged(self.registry, version, self.log)
             except Exception as exc:  # the registry verifies before unpickling; anything else is refused too
                 self._reject(command, f"cannot load {version}: {exc}")
                 return

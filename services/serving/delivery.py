@@ -71,6 +71,10 @@ class Delivery:
         """Once per loop turn: serve delivery reports, commit what is due."""
         raise NotImplementedError
 
+    def failed(self, error: KafkaError) -> None:
+        """The producer refused an output of the current batch: it must be redone."""
+        raise NotImplementedError
+
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         pass
 
@@ -109,11 +113,14 @@ class AtLeastOnce(Delivery):
         topic: str,
         log: EventLog,
         metrics: ServeMetrics,
+        stop: threading.Event,
+        retry_max_s: float = 10.0,
         flush_timeout_s: float = 30.0,
     ) -> None:
         self.consumer, self.producer, self.topic = consumer, producer, topic
-        self.log, self.metrics = log, metrics
-        self.flush_timeout_s = flush_timeout_s
+        self.log, self.metrics, self.stop = log, metrics, stop
+        self.retry_max_s, self.flush_timeout_s = retry_max_s, flush_timeout_s
+        self.backoff_s = 0.0
         self.in_flight: deque[_Batch] = deque()
         self._current: _Batch | None = None
 
@@ -135,6 +142,12 @@ class AtLeastOnce(Delivery):
         self.producer.poll(0)
         self._store_confirmed()
 
+    def failed(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise ServingError(f"the producer failed fatally: {error.str()}")
+        if self._current is not None and self._current.error is None:
+            self._current.error = error  # replayed, with everything after it, once it reaches the front
+
     def _store_confirmed(self) -> None:
         done: dict[int, int] = {}
         while self.in_flight and self.in_flight[0].pending <= 0:
@@ -144,6 +157,7 @@ class AtLeastOnce(Delivery):
                 return
             self.in_flight.popleft()
             done.update(batch.after)
+            self.backoff_s = 0.0
         if done:
             try:
                 self.consumer.store_offsets(
@@ -163,12 +177,20 @@ class AtLeastOnce(Delivery):
                 rewind[p] = min(o, rewind.get(p, o))
         self.in_flight.clear()
         self.metrics.rewinds.inc()
-        self.log.error("delivery_failed", error=error.str(), replay_from=rewind)
+        # A failure that persists (a topic's ACL, a lost broker) must not become a hot replay loop.
+        self.backoff_s = min(max(2 * self.backoff_s, 0.1), self.retry_max_s)
+        self.log.error(
+            "delivery_failed",
+            error=error.str(),
+            replay_from=",".join(f"{p}:{o}" for p, o in sorted(rewind.items())),
+            retry_in_s=self.backoff_s,
+        )
         for p, o in rewind.items():
             try:
                 self.consumer.seek(TopicPartition(self.topic, p, o))
             except KafkaException as exc:
                 self.log.warning("seek_failed", partition=p, error=exc.args[0].str())
+        self.stop.wait(self.backoff_s)
 
     def _drain(self) -> None:
         """Wait for every delivery report, then store what was confirmed."""
@@ -243,6 +265,12 @@ class ExactlyOnce(Delivery):
 
     def end(self, messages: Sequence[Message], produced: int) -> None:
         pass
+
+    def failed(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise ServingError(f"the transactional producer failed fatally: {error.str()}")
+        self.log.warning("transaction_aborted", error=error.str())
+        self.abort(rewind=True)
 
     def tick(self) -> None:
         self.producer.poll(0)

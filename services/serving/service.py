@@ -176,7 +176,10 @@ class Service:
             batch_size=serve.batch_size,
         )
         if serve.metrics_port is not None:
-            self.metrics.start_http(serve.metrics_port)
+            try:
+                self.metrics.start_http(serve.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"cannot serve metrics on port {serve.metrics_port}: {exc}") from exc
             self.log.info("metrics", port=serve.metrics_port)
         control: Control | None = None
         try:
@@ -271,7 +274,15 @@ class Service:
             eos.init()
             delivery = eos
         else:
-            delivery = AtLeastOnce(consumer, producer, self.requests_topic, self.log, self.metrics)
+            delivery = AtLeastOnce(
+                consumer,
+                producer,
+                self.requests_topic,
+                self.log,
+                self.metrics,
+                stop,
+                retry_max_s=serve.retry_max_s,
+            )
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             self._partitions.update(tp.partition for tp in partitions)
@@ -348,44 +359,48 @@ class Service:
             self.log.warning("model_failed", requests=model_dead, first_error=scored.failures[0][1])
 
         callback = delivery.begin()
-        produced = 0
+        produced = predictions = 0
         now_ms = max(int(time.time() * 1000), self._last_ts)
         self._last_ts = now_ms
         latency_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
         version, instance, topic = active.version, self.instance, self.predictions_topic
         produce, dumps = producer.produce, orjson.dumps
         all_scores, all_selected = scored.scores, scored.selected
-        for i, request in enumerate(requests):
-            scores = all_scores[i]
-            selected = all_selected[i]
-            if scores is None or selected is None:
-                continue
-            items = request["items"]
-            rid = request["request_id"]
-            value = dumps(
-                {
-                    "request_id": rid,
-                    "user_id": request["user_id"],
-                    "model_version": version,
-                    "scores": dict(zip(items, scores, strict=True)),
-                    "recommended": [items[j] for j in selected],
-                    "instance": instance,
-                    "ts": now_ms,
-                    "latency_ms": latency_ms,
-                }
-            )
-            try:
-                produce(topic, value, rid, on_delivery=callback)
-            except BufferError:
-                self._produce_when_room(producer, topic, value, rid.encode(), callback)
-            produced += 1
-        predictions = produced
-        for key, value in dead:
-            try:
-                produce(self.dlq_topic, value, key, on_delivery=callback)
-            except BufferError:
-                self._produce_when_room(producer, self.dlq_topic, value, key, callback)
-            produced += 1
+        try:
+            for i, request in enumerate(requests):
+                scores = all_scores[i]
+                selected = all_selected[i]
+                if scores is None or selected is None:
+                    continue
+                items = request["items"]
+                rid = request["request_id"]
+                value = dumps(
+                    {
+                        "request_id": rid,
+                        "user_id": request["user_id"],
+                        "model_version": version,
+                        "scores": dict(zip(items, scores, strict=False)),  # lengths checked in scoring
+                        "recommended": [items[j] for j in selected],
+                        "instance": instance,
+                        "ts": now_ms,
+                        "latency_ms": latency_ms,
+                    }
+                )
+                try:
+                    produce(topic, value, rid, on_delivery=callback)
+                except BufferError:
+                    self._produce_when_room(producer, topic, value, rid.encode(), callback)
+                produced += 1
+            predictions = produced
+            for key, value in dead:
+                try:
+                    produce(self.dlq_topic, value, key, on_delivery=callback)
+                except BufferError:
+                    self._produce_when_room(producer, self.dlq_topic, value, key, callback)
+                produced += 1
+        except KafkaException as exc:
+            # The producer refused (a transaction in error, a fatal producer): the batch is redone.
+            delivery.failed(exc.args[0])
         delivery.end(messages, produced)
 
         n = len(messages) - len(intake.errors)
