@@ -1,24 +1,74 @@
-"""``modelwatch demo``: the main job, end to end."""
+"""``modelwatch demo``: the main job, end to end, with a live view and a timeline."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-from services.broker import LocalCluster
-from services.cli.common import console, current_settings, err
-from services.topics import create_topics
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from schemas.errors import ModelwatchError
+from services.cli.common import console, current_settings
+from services.demo import DemoPlan, Watcher, run_demo
 
 app = typer.Typer()
 
 
+class DemoFailed(ModelwatchError):
+    pass
+
+
+def _view(holder: dict[str, Watcher]) -> Table:
+    table = Table(title="live", title_justify="left", expand=False, show_edge=False)
+    for col in ("version", "predictions", "F1 (count)", "precision", "recall", "alerts firing"):
+        table.add_column(col)
+    watcher = holder.get("w")
+    if watcher is None:
+        return table
+    metrics = watcher.of("metrics")
+    for version, served in sorted(watcher.predictions.items()):
+        rows = [m for m in metrics if m["model_version"] == version and m["window"]["kind"] == "count"]
+        last = rows[-1] if rows else {}
+        firing = {a["rule"] for a in watcher.of("alerts", model_version=version, state="firing")}
+        table.add_row(
+            version,
+            f"{served:,}",
+            *(f"{last[k]:.3f}" if last.get(k) is not None else "-" for k in ("f1", "precision", "recall")),
+            ", ".join(sorted(firing)) or "-",
+        )
+    table.caption = f"dead letters: {watcher.dead_letters}"
+    return table
+
+
 @app.command()
-def demo() -> None:
-    """Start the local broker (unless MODELWATCH_BOOTSTRAP names one), create the topics, say what is up."""
+def demo(
+    warmup: float = typer.Option(35.0, "--warmup", min=5, help="Seconds the good version serves first."),
+    rate: float = typer.Option(150.0, "--rate", min=1, help="Storefront requests per second."),
+    out: Path = typer.Option(Path("modelwatch-demo"), "--out", help="Where logs and the report go."),
+    keep_running: bool = typer.Option(
+        False, "--keep-running", help="Leave everything running after the story (Ctrl-C stops)."
+    ),
+) -> None:
+    """Run the whole system end to end (about two and a half minutes): start the broker (unless
+    MODELWATCH_BOOTSTRAP names a cluster), create the topics, train a good and a degraded version, deploy
+    the good one, start two replicas and the monitor, play the storefront; then deploy the degraded
+    version and watch the alert, the automatic rollback and the recovery. Prints the timeline and writes
+    a report (PNG and HTML) to --out."""
     settings = current_settings()
-    if settings.bootstrap is None:
-        bootstrap = LocalCluster(settings.broker).start(say=lambda m: err.print(m))
-        console.print(f"broker: Kafka {settings.broker.kafka_version} at {bootstrap}")
-    else:
-        console.print(f"broker: using {settings.bootstrap}")
-    for state in create_topics(settings):
-        console.print(f"topic:  {state.name} ({state.partitions} partitions)")
+    plan = DemoPlan(rate=rate, warmup_s=warmup, out_dir=out, keep_running=keep_running)
+    holder: dict[str, Watcher] = {}
+    with Live(get_renderable=lambda: _view(holder), console=console, refresh_per_second=2, transient=True):
+        try:
+            result = run_demo(settings, plan, say=console.print, on_watch=lambda w: holder.update(w=w))
+        except TimeoutError as exc:
+            raise DemoFailed(f"the demo's story stopped: {exc} (logs in {out.resolve()})") from exc
+    console.print()
+    console.print("[bold]timeline[/bold]")
+    for at, what in result.timeline.rows:
+        console.print(f"  {at:7.1f} s  {what}")
+    served = ", ".join(f"{v}: {n:,}" for v, n in sorted(result.predictions.items()))
+    console.print(
+        f"requests sent {result.requests:,}; predictions served {served}; dead letters {result.dead_letters}"
+    )
+    console.print(f"report: {result.report_png}\n        {result.report_html}")
