@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -150,3 +153,25 @@ def test_max_not_reached_within_the_timeout_exits_1(
     captured = capsys.readouterr()
     assert code == 1
     assert "0 of 1 events within 1s" in captured.err
+
+
+def test_ctrl_c_exits_cleanly(settings: Settings) -> None:
+    produce(settings, [("alerts", encoded("alert"))])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "tail", "alerts", "--from-beginning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # A non-interactive shell may start us with SIGINT ignored; a terminal's Ctrl-C is not ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # following now: the old alert is on screen
+        assert b"FIRING" in first
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
