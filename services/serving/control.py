@@ -128,7 +128,10 @@ class Control(threading.Thread):
         self.events = kafka.producer(
             settings,
             **reporter.client_settings(),
-            **{"linger.ms": 0},  # acknowledgements are few and someone is waiting for each
+            **{
+                "client.id": f"{settings.topic_prefix}serve-{instance}-events",
+                "linger.ms": 0,  # acknowledgements are few and someone is waiting for each
+            },
         )
         self._reporter = reporter
         self._next_heartbeat = 0.0
@@ -236,6 +239,7 @@ class Control(threading.Thread):
             f"{self.settings.topic_prefix}serve-control-{self.instance}",
             **self._reporter.client_settings(),
             **{
+                "client.id": f"{self.settings.topic_prefix}serve-{self.instance}-control",
                 "enable.partition.eof": True,  # tells when the history has been read
                 "fetch.wait.max.ms": 50,  # a command is rare and urgent: do not let the broker sit on it
             },

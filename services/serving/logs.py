@@ -141,7 +141,7 @@ class _KafkaLogHandler(logging.Handler):
                 record.levelno,
                 "kafka_log",
                 facility=facility,
-                client=client,
+                kafka_client=client,
                 message=message,
                 suppressed=held or None,
             )
