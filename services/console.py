@@ -363,30 +363,8 @@ def _assignment(
             if from_beginning:
                 out.append(TopicPartition(name, p, OFFSET_BEGINNING))
             else:
-                out.append(TopicPartition(name, p, _end_offset(consumer, name, p, timeout)))
+                out.append(TopicPartition(name, p, kafka.watermarks(consumer, name, p, timeout)[1]))
     return out
-
-
-_NO_LEADER_YET = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
-
-
-def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
-    # Right after a topic is created its leader may not be known yet (NOT_LEADER_FOR_PARTITION): retry.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            return int(hi)
-        except KafkaException as exc:
-            error = exc.args[0]
-            transient = error.retriable() or error.code() in _NO_LEADER_YET
-            if not transient or time.monotonic() > deadline:
-                raise KafkaClientError(f"cannot read the end of {topic}[{partition}]: {error.str()}") from exc
-        time.sleep(0.1)
 
 
 def tail(

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import getpass
 import socket
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-
-from schemas.errors import CommandError, KafkaClientError
+from schemas.errors import CommandError
 from services import commands
 from services.commands import Action, History
 from services.config import Settings
@@ -34,29 +31,6 @@ def operator() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"cli:{user}@{socket.gethostname()}"[:128]
-
-
-_NO_LEADER_YET = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
-
-
-def read_history(settings: Settings, timeout: float = 10.0) -> History:
-    """:func:`services.commands.read_history`, retried while the command topic has no leader yet (right
-    after ``topics create``, or during a leader election); other failures become one clear error."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return commands.read_history(settings, timeout=max(0.5, deadline - time.monotonic()))
-        except KafkaException as exc:
-            error = exc.args[0]
-            transient = error.retriable() or error.code() in _NO_LEADER_YET
-            if not transient or time.monotonic() > deadline:
-                topic = settings.topic("model-commands")
-                raise KafkaClientError(f"cannot read {topic}: {error.str()}") from exc
-        time.sleep(0.1)
 
 
 def _publish(
@@ -97,7 +71,7 @@ def rollback(
 ) -> dict[str, Any]:
     """Publish a ``rollback`` to ``to``, by default the version active before the current one."""
     if to is None:
-        history = history or read_history(settings)
+        history = history or commands.read_history(settings)
         if history.active_version is None:
             raise CommandError("nothing is deployed yet, so there is nothing to roll back")
         to = history.previous_version()

@@ -135,7 +135,10 @@ def read_topic(
         )
     )
     try:
-        meta = c.list_topics(topic, timeout=timeout)
+        try:
+            meta = c.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaClientError(f"cannot read {topic}: {exc.args[0].str()}") from exc
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaClientError(f"topic {topic} does not exist (run `modelwatch topics create`)")

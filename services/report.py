@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
@@ -32,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from schemas import codec
-from schemas.errors import ContractError, KafkaClientError
+from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
 
@@ -103,25 +101,8 @@ def read_report_events(settings: Settings, timeout: float = 10.0) -> ReportEvent
     return found
 
 
-_NO_LEADER_YET = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
-
-
 def _read_values(settings: Settings, topic: str, timeout: float) -> list[bytes | None]:
-    # Right after a topic is created its partitions may have no leader yet (read_topic's watermark call
-    # fails with NOT_LEADER_FOR_PARTITION): retry that until the deadline, report anything else as one line.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return [value for _key, value, _ts in kafka.read_topic(settings, topic, timeout=timeout)]
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() not in _NO_LEADER_YET or time.monotonic() > deadline:
-                raise KafkaClientError(f"cannot read {topic}: {error.str()}") from exc
-        time.sleep(0.2)
+    return [value for _key, value, _ts in kafka.read_topic(settings, topic, timeout=timeout)]
 
 
 def write_report(
