@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
     """Poll ``condition`` until it returns something truthy and return it; raise ``TimeoutError`` naming
     ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
