@@ -241,7 +241,6 @@ class Control(threading.Thread):
             **{
                 "client.id": f"{self.settings.topic_prefix}serve-{self.instance}-control",
                 "enable.partition.eof": True,  # tells when the history has been read
-                "fetch.wait.max.ms": 50,  # a command is rare and urgent: do not let the broker sit on it
             },
         )
         backoff = 0.5

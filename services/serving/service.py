@@ -226,7 +226,6 @@ class Service:
             "session.timeout.ms": serve.session_timeout_ms,  # how soon a dead replica's partitions move
             "heartbeat.interval.ms": max(serve.session_timeout_ms // 3, 100),  # three beats per session
             "max.poll.interval.ms": serve.max_poll_interval_ms,  # a slow model's batch is not a dead replica
-            "fetch.wait.max.ms": 20,  # at low rates do not let the broker hold a fetch: latency budget
         }
         if self.exactly_once:
             # Offsets go in the transactions; requests are read committed (the librdkafka default).
