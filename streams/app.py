@@ -30,13 +30,14 @@ import asyncio
 import logging
 import ssl
 import time
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
 
 import faust
 import orjson
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types.auth import CredentialsT
 
 from schemas import codec
@@ -139,9 +140,9 @@ def ensure_internal_topics(
         time.sleep(0.1)
 
 
-def source_layout(settings: Settings, timeout: float = 20.0) -> tuple[int, int]:
+def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None) -> tuple[int, int]:
     """(partitions, replication) of the joined topics, which must be co-partitioned."""
-    meta = kafka.admin(settings).list_topics(timeout=timeout)
+    meta = (kafka.admin(settings) if client is None else client).list_topics(timeout=timeout)
     counts: dict[str, int] = {}
     replication = 1
     for suffix in ("predictions", "outcomes"):
@@ -156,13 +157,38 @@ def source_layout(settings: Settings, timeout: float = 20.0) -> tuple[int, int]:
     return next(iter(counts.values())), replication
 
 
+def wait_for_sources(settings: Settings, retry_max_s: float = 10.0) -> tuple[int, int]:
+    """:func:`source_layout`, retried with exponential backoff while the cluster or its topics are not
+    there yet, saying so once per attempt: a monitor started before its broker comes up by itself."""
+    # A quiet client: its connection failures are reported here, once per attempt, not by librdkafka.
+    client = AdminClient(kafka.client_config(settings, log_level=0, error_cb=lambda _e: None))
+    backoff, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        try:
+            layout = source_layout(settings, timeout=min(5.0, 1.0 + backoff), client=client)
+            if attempt > 1:
+                log.warning("Kafka answered at %s after %d attempts", settings.bootstrap_servers, attempt)
+            return layout
+        except KafkaException as exc:
+            problem = exc.args[0].str()
+        except KafkaClientError as exc:
+            problem = str(exc)
+        log.warning(
+            "waiting for Kafka at %s (attempt %d, retry in %.1fs): %s",
+            settings.bootstrap_servers, attempt, backoff, problem,
+        )  # fmt: skip
+        time.sleep(backoff)
+        backoff = min(backoff * 2, retry_max_s)
+
+
 class Monitor:
     """The Faust app, its topics and tables, and the plain state its agents share."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         m = settings.monitor
-        partitions, replication = source_layout(settings)
+        partitions, replication = wait_for_sources(settings)
         self.app_id = f"{settings.topic_prefix}monitor"
         ensure_internal_topics(settings, self.app_id, partitions, replication)
         self.app = faust.App(
@@ -234,7 +260,8 @@ class Monitor:
         table = PartitionedTable(
             self.app,
             name=name,
-            schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+            # JSON values (Faust encodes them with orjson): what a recovery decodes, too.
+            key_type=str,
             partitions=self.partitions,
             help=help,
             beacon=self.app.tables.beacon,
@@ -270,21 +297,29 @@ class Monitor:
             if self._join_generation != self._generation:
                 self._load_joiners()
             stores: dict[int, _BatchStore] = {}
+            sent: list[Any] = []
             for event in events:
                 message = event.message
                 joiner = self._joiner(message.partition, stores)
                 try:
                     if message.topic == self.predictions_topic:
                         out = joiner.prediction(codec("prediction").decode(event.value))
+                        source = f"p{message.partition}"
                     else:
                         out = joiner.outcome(codec("outcome").decode(event.value))
+                        source = f"o{message.partition}"
                 except ContractError as exc:
                     self.invalid += 1
                     where = f"{message.topic}[{message.partition}]@{message.offset}"
                     log.warning("skipped %s: %s", where, exc)
                     continue
                 for item in out:
-                    self.labelled.send_soon(key=item.model_version, value=item.encode())
+                    item = replace(item, source=source, offset=message.offset)
+                    sent.append(self.labelled.send_soon(key=item.model_version, value=item.encode()))
+            # The labelled requests must be on the broker before the markers that say they were sent: the
+            # other way round, a crash in between loses them (a replay finds the markers and sends nothing).
+            if sent:
+                await asyncio.gather(*sent)
             for partition, store in stores.items():
                 store.flush(self.joiners[partition].clocks)
 
@@ -308,10 +343,10 @@ class Monitor:
         for key, value in self.pending.items():
             kind, _, rest = key.partition(":")
             if kind == "c":
-                clocks[int(rest)] = Clocks(**orjson.loads(value))
+                clocks[int(rest)] = Clocks(**value)
             elif kind == "r":
                 partition, _, rid = rest.partition(":")
-                by_partition.setdefault(int(partition), []).append((rid, orjson.loads(value)))
+                by_partition.setdefault(int(partition), []).append((rid, value))
         self.joiners = {}
         for partition in set(by_partition) | set(clocks):
             joiner = self._joiner(partition, {})
@@ -374,7 +409,7 @@ class Monitor:
         records: dict[str, list[dict[str, Any]]] = {}
         for key, value in self.windows.items():
             version = key.rpartition("|")[0]
-            records.setdefault(version, []).append(orjson.loads(value))
+            records.setdefault(version, []).append(value)
         self.trackers = {v: VersionTracker.restore(v, r, self.tracker_config) for v, r in records.items()}
         self._watch_generation = self._generation
         for t in self.trackers.values():
@@ -426,7 +461,7 @@ class Monitor:
             self.windows.writing_partition = tracker.partition
             for key, value in tracker.changes():
                 if value is not None:
-                    self.windows[key] = orjson.dumps(value)
+                    self.windows[key] = value
                 elif key in self.windows:
                     del self.windows[key]
 
@@ -447,8 +482,8 @@ class _BatchStore:
     def get(self, key: str) -> dict[str, Any] | None:
         if key in self.dirty:
             return self.dirty[key]
-        raw = self.table.get(self.prefix + key)
-        return None if raw is None else orjson.loads(raw)
+        value: dict[str, Any] | None = self.table.get(self.prefix + key)
+        return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.dirty[key] = value
@@ -458,7 +493,7 @@ class _BatchStore:
 
     def items(self) -> list[tuple[str, dict[str, Any]]]:
         n = len(self.prefix)
-        return [(k[n:], orjson.loads(v)) for k, v in self.table.items() if k.startswith(self.prefix)]
+        return [(k[n:], v) for k, v in self.table.items() if k.startswith(self.prefix)]
 
     def flush(self, clocks: Clocks) -> None:
         if not self.dirty:
@@ -468,11 +503,11 @@ class _BatchStore:
         for key, value in self.dirty.items():
             full = self.prefix + key
             if value is not None:
-                table[full] = orjson.dumps(value)
+                table[full] = value
             elif full in table:
                 del table[full]
         self.dirty.clear()
-        table[f"c:{self.partition}"] = orjson.dumps(clocks.as_dict())
+        table[f"c:{self.partition}"] = clocks.as_dict()
 
 
 def create_monitor(settings: Settings | None = None) -> Monitor:

@@ -76,6 +76,9 @@ class Labelled:
     """A prediction with its label: what the join hands to the per-version windows.
 
     ``counts`` is ``None`` for an expired prediction that config says to drop (it is still reported).
+    ``source`` and ``offset`` name the input event whose processing produced it (``"p0"``: predictions
+    partition 0, ``"o0"``: outcomes). Replaying the inputs after a crash produces the same labelled request
+    at the same position, which is how the windows recognise a replay however late it comes.
     """
 
     request_id: str
@@ -83,6 +86,8 @@ class Labelled:
     ts: int
     counts: Counts | None
     expired: bool = False
+    source: str | None = None
+    offset: int | None = None
 
     def encode(self) -> bytes:
         c = self.counts
@@ -93,6 +98,8 @@ class Labelled:
                 "ts": self.ts,
                 "counts": None if c is None else [c.tp, c.fp, c.fn, c.tn],
                 "expired": self.expired,
+                "source": self.source,
+                "offset": self.offset,
             }
         )
 
@@ -100,8 +107,15 @@ class Labelled:
     def decode(cls, data: bytes) -> Labelled:
         d = orjson.loads(data)
         c = d["counts"]
+        counts = None if c is None else Counts(*c)
         return cls(
-            d["request_id"], d["model_version"], int(d["ts"]), None if c is None else Counts(*c), d["expired"]
+            d["request_id"],
+            d["model_version"],
+            int(d["ts"]),
+            counts,
+            d["expired"],
+            d.get("source"),
+            d.get("offset"),
         )
 
 

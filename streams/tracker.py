@@ -77,6 +77,9 @@ class VersionTracker:
         self.alerts: dict[str, AlertState] = {r.name: AlertState() for r in config.rules}
         self.drift = DriftWatch(config.drift_delta) if config.drift_delta else None
         self.duplicates = 0
+        # Per input partition of the join, the last input offset that produced a counted request, and the
+        # requests it produced: a replayed join re-emits at or below it (see Labelled).
+        self.positions: dict[str, tuple[int, list[str]]] = {}
         self._ids: dict[str, int] = {}  # request ids in either window -> how many windows hold it
         self._open: dict[int, list[Entry]] = {}  # blocks not yet written in full
         self._first_block = 0  # older blocks are deleted
@@ -95,7 +98,7 @@ class VersionTracker:
                 return None
             self.last_offset = offset
         self._changed = True
-        if item.request_id in self._ids:  # the join sent it twice (it was replayed after a crash)
+        if self._replayed(item) or item.request_id in self._ids:  # the join sent it again after a crash
             self.duplicates += 1
             return None
         if item.expired:
@@ -119,6 +122,20 @@ class VersionTracker:
             emission.alerts[:0] = alerts
             return emission
         return Emission(alerts=alerts) if alerts else None
+
+    def _replayed(self, item: Labelled) -> bool:
+        if item.source is None or item.offset is None:
+            return False
+        last = self.positions.get(item.source)
+        if last is not None:
+            offset, ids = last
+            if item.offset < offset or (item.offset == offset and item.request_id in ids):
+                return True
+            if item.offset == offset:
+                ids.append(item.request_id)
+                return False
+        self.positions[item.source] = (item.offset, [item.request_id])
+        return False
 
     def _place(self, entry: Entry) -> None:
         ids = self._ids
@@ -203,6 +220,7 @@ class VersionTracker:
             "first_block": self._first_block,
             "alerts": {name: s.as_dict() for name, s in self.alerts.items()},
             "drift": self.drift.state.as_dict() if self.drift else None,
+            "positions": {source: [offset, ids] for source, (offset, ids) in self.positions.items()},
         }
 
     def block_key(self, block: int) -> str:
@@ -271,6 +289,7 @@ class VersionTracker:
         tracker.last_offset = int(meta["last_offset"])
         tracker.emitted = (int(meta["emitted"][0]), int(meta["emitted"][1]))
         tracker._first_block = first
+        tracker.positions = {src: (int(o), list(ids)) for src, (o, ids) in meta.get("positions", {}).items()}
         for name, state in meta["alerts"].items():
             tracker.alerts[name] = AlertState.from_dict(state)
         if tracker.drift is not None and meta.get("drift"):

@@ -126,3 +126,19 @@ def test_redelivered_offsets_and_replayed_requests_count_once() -> None:
 def test_an_empty_changelog_restores_an_empty_tracker() -> None:
     t = VersionTracker.restore("v1", [], CONFIG)
     assert t.total == 0 and t.snapshot("count")["n"] == 0
+
+
+def test_a_replay_long_after_its_original_is_recognised_by_its_join_position() -> None:
+    t = VersionTracker("v1", TrackerConfig(count_window=3, time_window_s=1, emit_every_n=100))
+    first = Labelled("r0", "v1", 1000, Counts(1, 0, 0, 1), source="o2", offset=10)
+    t.add(first)
+    for i in range(1, 50):  # r0 leaves both windows
+        t.add(Labelled(f"r{i}", "v1", 1000 + 100 * i, Counts(0, 1, 0, 1), source="o2", offset=10 + i))
+    t.add(Labelled("x", "v1", 6000, Counts(0, 0, 1, 1), source="p1", offset=3))
+    total = t.total
+    t.add(first)  # the join, restarted, sends r0 again from the same input event
+    t.add(Labelled("y", "v1", 6001, Counts(0, 0, 1, 1), source="p1", offset=3))  # same event, new request
+    assert (t.total, t.duplicates) == (total + 1, 1)
+    restored = VersionTracker.restore("v1", [v for _, v in t.changes() if v is not None], t.config)
+    restored.add(Labelled("r5", "v1", 1500, Counts(0, 1, 0, 1), source="o2", offset=15))
+    assert (restored.total, restored.duplicates) == (t.total, 1)

@@ -1,0 +1,133 @@
+"""Automatic rollback by the monitor worker, on the real broker with signed commands.
+
+A healthy noisy version orders nothing; a bad version with no earlier one says so and orders nothing; a
+bad version deployed over a healthy one gets exactly one rollback to it, however long it stays bad.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from services.commands import History, make, publish, read_history
+from services.config import Settings
+from streams.rollback import ISSUER
+from tests.integration.monitor_support import (
+    MonitorProcess,
+    Req,
+    Storefront,
+    read_events,
+    topic_world,
+    traffic,
+    wait_for,
+    write_config,
+)
+
+PARTITIONS = 3
+W = 1000
+KEY = "test-signing-key"
+MONITOR = {
+    "label_window_s": W / 1000,
+    "count_window": 40,
+    "time_window_s": 2,
+    "emit_every_n": 20,
+    "emit_every_s": 1.0,
+    "commit_interval_s": 0.3,
+    "session_timeout_s": 6,
+    "rollback_cooldown_s": 300,
+}
+RULE = {"name": "f1-rollback", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20,
+        "for": 2, "severity": "critical", "action": "rollback"}  # fmt: skip
+
+
+@dataclass
+class World:
+    settings: Settings
+    next_ts: int
+    produced: dict[str, int]
+
+    def serve(self, version: str, n: int, seed: int, **quality: Any) -> None:
+        """``n`` requests served by ``version`` with their outcomes; wait until the monitor counted them."""
+        reqs: list[Req] = traffic(version, n, seed=seed, t0=self.next_ts, step_ms=10, **quality)
+        storefront = Storefront(self.settings)
+        storefront.predictions(reqs)
+        storefront.outcomes(reqs)
+        tick = reqs[-1].ts + 2 * W
+        storefront.tick(tick, PARTITIONS)
+        self.next_ts = tick + 1
+        self.produced[version] = self.produced.get(version, 0) + n
+        total = self.produced[version]
+
+        def counted() -> bool:
+            latest = {
+                m["model_version"]: m["total"] for m in read_events(self.settings, "metrics", "metrics")
+            }
+            return latest.get(version) == total
+
+        wait_for(counted, 60, f"the monitor to count {total} requests of {version}", every=0.5)
+
+    def deploy(self, version: str) -> None:
+        publish(self.settings, make("deploy", version, "release", key=KEY, issued_by="test"))
+
+    def alerts(self, version: str) -> list[dict[str, Any]]:
+        return [a for a in read_events(self.settings, "alerts", "alert") if a["model_version"] == version]
+
+    def history(self) -> History:
+        return read_history(self.settings)
+
+
+@pytest.fixture(scope="module")
+def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("monitor-rollback")
+    with topic_world(kafka_bootstrap, PARTITIONS) as plain:
+        settings = plain.model_copy(update={"signing_key": SecretStr(KEY)})
+        config = write_config(workdir / "monitor.toml", MONITOR, [RULE])
+        monitor = MonitorProcess(settings, config, workdir, {"MODELWATCH_SIGNING_KEY": KEY})
+        monitor.start()
+        try:
+            yield World(settings, int(time.time() * 1000), {})
+        finally:
+            monitor.stop()
+
+
+def test_a_healthy_noisy_version_orders_nothing(world: World) -> None:
+    world.deploy("v1")
+    world.serve("v1", 240, seed=1, hit=0.5, miss=0.05, missing=0.05)
+    assert world.alerts("v1") == []
+    assert [c["action"] for c in world.history().applied] == ["deploy"]
+
+
+def test_a_bad_only_version_alerts_but_has_nowhere_to_go(world: World) -> None:
+    world.serve("v1", 80, seed=2, hit=0, miss=0, exact=(0, 1))
+    [firing] = world.alerts("v1")
+    assert firing["state"] == "firing" and "no earlier version" in firing["message"]
+    assert [c["action"] for c in world.history().applied] == ["deploy"]
+    world.serve("v1", 100, seed=3, hit=0, miss=0, exact=(2, 0))  # healthy again
+    assert [a["state"] for a in world.alerts("v1")] == ["firing", "resolved"]
+
+
+def test_a_bad_deploy_is_rolled_back_once_to_the_previous_version(world: World) -> None:
+    world.deploy("v2")
+    world.serve("v2", 120, seed=4, hit=0, miss=0, exact=(0, 1))
+    history = wait_for(lambda: (h := world.history()).active_version == "v1" and h, 30, "the rollback")
+    world.serve("v2", 120, seed=5, hit=0, miss=0, exact=(0, 1))  # still bad, no longer active
+
+    history = world.history()  # verifies every signature with the key
+    assert not history.ignored
+    assert [(c["action"], c["model_version"]) for c in history.applied] == [
+        ("deploy", "v1"),
+        ("deploy", "v2"),
+        ("rollback", "v1"),
+    ]
+    command = history.applied[-1]
+    [firing] = world.alerts("v2")
+    assert firing["state"] == "firing" and firing["action"] == "rollback"
+    assert command["alert_id"] == firing["alert_id"] and command["issued_by"] == ISSUER
+    assert "rolling back to v1" in firing["message"] and firing["alert_id"] in command["reason"]
+    raw = read_events(world.settings, "model-commands", "model-command")
+    assert sum(c["action"] == "rollback" for c in raw) == 1  # not merely deduplicated: sent once
