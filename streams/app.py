@@ -45,9 +45,9 @@ from schemas.errors import ConfigError, ContractError, KafkaClientError
 from services import kafka
 from services.config import Settings, load_settings
 from streams.alerts import RegistryBaselines
-from streams.history import CommandFollower
+from streams.history import CommandFollower, published_alerts
 from streams.join import Clocks, Joiner, JoinStats, Labelled
-from streams.rollback import RollbackPolicy
+from streams.rollback import RollbackPolicy, command_id
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
 log = logging.getLogger("modelwatch.monitor")
@@ -238,6 +238,7 @@ class Monitor:
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
         self.policy = RollbackPolicy(int(m.rollback_cooldown_s * 1000), signing_key=key)
         self.follower = CommandFollower(settings)
+        self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
 
         self.joiners: dict[int, Joiner] = {}
         self.trackers: dict[str, VersionTracker] = {}
@@ -417,8 +418,16 @@ class Monitor:
             log.info("restored %s: %d labelled, %d expired; firing %s", t.version, t.total, t.expired, firing)
 
     async def _publish(self, emissions: list[tuple[VersionTracker, Emission]]) -> None:
-        """Send metrics, alerts and commands, and wait for the broker's acknowledgement."""
+        """Send metrics, alerts and commands, and wait for the broker's acknowledgement.
+
+        An alert transition already on the alert topic (sent just before a crash lost the state that
+        recorded it) is not sent again, nor is its rollback decided again.
+        """
+        if self.published is None:
+            loop = asyncio.get_running_loop()
+            self.published = await loop.run_in_executor(None, published_alerts, self.settings)
         sent = []
+        announced = []
         for tracker, emission in emissions:
             for event in emission.metrics:
                 fut = await self.metrics_out.send(
@@ -426,6 +435,11 @@ class Monitor:
                 )
                 sent.append(fut)
             for rule, alert in emission.alerts:
+                transition = (alert["alert_id"], alert["state"])
+                if transition in self.published:
+                    log.info("alert %s %s was sent before the restart; not again", *transition)
+                    continue
+                announced.append(transition)
                 if rule is not None and rule.action == "rollback" and alert["state"] == "firing":
                     command = await self._rollback(alert)
                     if command is not None:
@@ -442,6 +456,7 @@ class Monitor:
                 sent.append(fut)
         if sent:
             await asyncio.gather(*sent)
+        self.published.update(announced)
 
     async def _rollback(self, alert: dict[str, Any]) -> dict[str, Any] | None:
         """Decide on a firing rollback alert; say what was decided in its message."""
@@ -449,9 +464,16 @@ class Monitor:
         if not await loop.run_in_executor(None, self.follower.ready.wait, 30.0):
             alert["message"] += "; no rollback: the deployment history could not be read"
             return None
+        applied = self.follower.applied()
+        ordered = next((c for c in applied if c["command_id"] == command_id(alert["alert_id"])), None)
+        if ordered is not None:  # sent before a crash that lost the alert: not twice
+            alert["message"] += (
+                f"; rolled back to {ordered['model_version']} (command {ordered['command_id']})"
+            )
+            return None
         unhealthy = {v for v, t in self.trackers.items() if t.firing("rollback")}
         decision = self.policy.decide(
-            alert=alert, applied=self.follower.applied(), unhealthy=unhealthy, now_ms=int(time.time() * 1000)
+            alert=alert, applied=applied, unhealthy=unhealthy, now_ms=int(time.time() * 1000)
         )
         alert["message"] += f"; {decision.reason}"
         return decision.command

@@ -1,8 +1,8 @@
-"""Follow the command topic in the background: the deployment history the rollback policy needs.
+"""What the monitor reads of its own outputs' topics: the deployment history and the alerts it sent.
 
-Every worker reads the whole topic from the beginning on each start (the topic is small: one command per
-deploy or rollback) with a plain consumer that assigns itself all partitions and commits nothing, so no
-consumer-group offset can make it miss the start of the history after a restart.
+The command follower reads the whole command topic from the beginning on each start (the topic is small:
+one command per deploy or rollback) and then follows it, with a plain consumer that assigns itself all
+partitions and commits nothing, so no consumer-group offset can make it miss the start of the history.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from schemas import codec
+from schemas.errors import ContractError
 from services import kafka
 from services.commands import History
 from services.config import Settings
@@ -81,3 +83,17 @@ class CommandFollower:
             log.exception("the command follower stopped")
         finally:
             consumer.close()
+
+
+def published_alerts(settings: Settings, timeout: float = 30.0) -> set[tuple[str, str]]:
+    """Every (alert_id, state) on the alert topic now: transitions a restarted worker must not repeat."""
+    out: set[tuple[str, str]] = set()
+    # Read by assignment, never committed; the group name only has to fall under the monitor's ACL prefix.
+    group = {"group.id": f"{settings.topic_prefix}monitor-history"}
+    for _key, value, _ts in kafka.read_topic(settings, settings.topic("alerts"), timeout=timeout, **group):
+        try:
+            alert = codec("alert").decode(value)
+        except ContractError:
+            continue
+        out.add((alert["alert_id"], alert["state"]))
+    return out

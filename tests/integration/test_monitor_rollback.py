@@ -104,11 +104,12 @@ def test_a_healthy_noisy_version_orders_nothing(world: World) -> None:
 
 def test_a_bad_only_version_alerts_but_has_nowhere_to_go(world: World) -> None:
     world.serve("v1", 80, seed=2, hit=0, miss=0, exact=(0, 1))
-    [firing] = world.alerts("v1")
+    [firing] = wait_for(lambda: world.alerts("v1"), 20, "the alert on v1")
     assert firing["state"] == "firing" and "no earlier version" in firing["message"]
     assert [c["action"] for c in world.history().applied] == ["deploy"]
     world.serve("v1", 100, seed=3, hit=0, miss=0, exact=(2, 0))  # healthy again
-    assert [a["state"] for a in world.alerts("v1")] == ["firing", "resolved"]
+    resolved = wait_for(lambda: len(a := world.alerts("v1")) >= 2 and a, 20, "the alert on v1 to resolve")
+    assert [a["state"] for a in resolved] == ["firing", "resolved"]
 
 
 def test_a_bad_deploy_is_rolled_back_once_to_the_previous_version(world: World) -> None:
@@ -125,7 +126,7 @@ def test_a_bad_deploy_is_rolled_back_once_to_the_previous_version(world: World) 
         ("rollback", "v1"),
     ]
     command = history.applied[-1]
-    [firing] = world.alerts("v2")
+    [firing] = wait_for(lambda: world.alerts("v2"), 20, "the alert on v2")
     assert firing["state"] == "firing" and firing["action"] == "rollback"
     assert command["alert_id"] == firing["alert_id"] and command["issued_by"] == ISSUER
     assert "rolling back to v1" in firing["message"] and firing["alert_id"] in command["reason"]
