@@ -223,42 +223,94 @@ class AtLeastOnce(Delivery):
         self._commit_now()
 
 
+class _Stuck(Exception):
+    """A transactional call outlived its timeout by far: librdkafka can block past it when the group
+    coordinator vanishes (confluentinc/librdkafka#5456, #5511)."""
+
+
 class ExactlyOnce(Delivery):
     def __init__(
         self,
         consumer: Consumer,
-        producer: Producer,
+        make_producer: Callable[[], Producer],
         log: EventLog,
         metrics: ServeMetrics,
         transaction_ms: int,
         stop: threading.Event,
-        timeout_s: float = 30.0,
+        timeout_s: float = 15.0,  # per transactional call; a hung one is given up at timeout + 15 s
         retry_max_s: float = 10.0,
     ) -> None:
-        self.consumer, self.producer, self.log, self.metrics = consumer, producer, log, metrics
+        self.consumer, self.make_producer, self.log, self.metrics = consumer, make_producer, log, metrics
+        self.producer = make_producer()
         self.transaction_s = transaction_ms / 1000.0
         self.stop, self.timeout_s, self.retry_max_s = stop, timeout_s, retry_max_s
         self.in_transaction = False
         self.started = 0.0
+        #: Producers given up on while a call hung in them; kept so they are not destroyed under it.
+        self.abandoned: list[Producer] = []
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a helper thread, given up (:class:`_Stuck`) well after its own timeout."""
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["result"] = fn(*args)
+            except BaseException as exc:
+                box["error"] = exc
+
+        worker = threading.Thread(target=call, name=f"txn-{fn.__name__}", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s + 15.0)
+        if worker.is_alive():
+            raise _Stuck(f"{fn.__name__} did not return within {self.timeout_s + 15.0:.0f}s")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
 
     def init(self) -> None:
-        """Register the transactional id (fencing any previous holder), retrying while the broker is away."""
+        """Register the transactional id (fencing any previous holder, which aborts its open transaction),
+        retrying while the broker is away."""
         backoff = 0.5
         while True:
             try:
-                self.producer.init_transactions(self.timeout_s)
+                self._guarded(self.producer.init_transactions, self.timeout_s)
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if err.fatal() or not err.retriable() or self.stop.is_set():
                     raise ServingError(f"cannot start transactions: {err.str()}") from exc
                 self.log.warning("init_transactions_retry", error=err.str(), retry_in_s=backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, self.retry_max_s)
+            except _Stuck as exc:
+                if self.stop.is_set():
+                    raise ServingError(f"cannot start transactions: {exc}") from exc
+                self._abandon(str(exc))
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, self.retry_max_s)
+
+    def _abandon(self, why: str) -> None:
+        """Give up the current producer for a new one with the same transactional id."""
+        self.log.error("producer_renewed", reason=why)
+        self.abandoned.append(self.producer)
+        self.producer = self.make_producer()
+        self.in_transaction = False
+        self.metrics.rewinds.inc()
+
+    def _renew(self, why: str) -> None:
+        """A new producer, registered: its init_transactions fences the old one and aborts its work."""
+        self._abandon(why)
+        self.init()
 
     def begin(self) -> None:
         if not self.in_transaction:
-            self._call(self.producer.begin_transaction)
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    raise ServingError(f"begin_transaction failed: {exc.args[0].str()}") from exc
+                self._renew(f"begin_transaction failed: {exc.args[0].str()}")
+                self._rewind()
+                self.producer.begin_transaction()
             self.in_transaction = True
             self.started = time.monotonic()
         return None
@@ -290,13 +342,22 @@ class ExactlyOnce(Delivery):
                     assignment = self.consumer.assignment()
                     positions = self.consumer.position(assignment) if assignment else []
                     if positions:
-                        self.producer.send_offsets_to_transaction(
-                            positions, self.consumer.consumer_group_metadata(), self.timeout_s
+                        self._guarded(
+                            self.producer.send_offsets_to_transaction,
+                            positions,
+                            self.consumer.consumer_group_metadata(),
+                            self.timeout_s,
                         )
                     sent = True
-                self.producer.commit_transaction(self.timeout_s)
+                self._guarded(self.producer.commit_transaction, self.timeout_s)
                 self.in_transaction = False
                 return True
+            except _Stuck as exc:
+                # Nothing of it was committed: a new producer aborts it, and the work is redone.
+                self._renew(str(exc))
+                if rewind_on_abort:
+                    self._rewind()
+                return False
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if err.fatal():
@@ -311,9 +372,16 @@ class ExactlyOnce(Delivery):
 
     def abort(self, rewind: bool) -> None:
         if self.in_transaction:
-            self._call(self.producer.abort_transaction, self.timeout_s)
-            self.in_transaction = False
-            self.metrics.rewinds.inc()
+            try:
+                self._guarded(self.producer.abort_transaction, self.timeout_s)
+                self.in_transaction = False
+                self.metrics.rewinds.inc()
+            except (KafkaException, _Stuck) as exc:
+                error = exc.args[0] if isinstance(exc, KafkaException) else None
+                if error is not None and error.fatal():
+                    raise ServingError(f"abort_transaction failed: {error.str()}") from exc
+                # A broker away too long or a hung call: a new producer aborts the transaction by fencing.
+                self._renew(f"abort_transaction failed: {error.str() if error else exc}")
         if rewind:
             self._rewind()
 
@@ -333,12 +401,6 @@ class ExactlyOnce(Delivery):
                 self.log.warning("rewind_retry", error=exc.args[0].str(), retry_in_s=backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.retry_max_s)
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            fn(*args)
-        except KafkaException as exc:
-            raise ServingError(f"{fn.__name__} failed: {exc.args[0].str()}") from exc
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what was done for these partitions while they are still ours; if that fails, it is

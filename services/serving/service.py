@@ -27,6 +27,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,7 +219,7 @@ class Service:
         self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
         control.acknowledge(activation, self._last_ts)
 
-    def _clients(self, reporter: KafkaReporter) -> tuple[Consumer, Producer]:
+    def _clients(self, reporter: KafkaReporter) -> tuple[Consumer, Callable[[], Producer]]:
         serve = self.settings.serve
         consumer_settings: dict[str, Any] = {
             **reporter.client_settings(),
@@ -252,18 +253,17 @@ class Service:
                     "transaction.timeout.ms": serve.transaction_timeout_ms,
                 }
             )
-        producer = kafka.producer(self.settings, **producer_settings)
-        return consumer, producer
+        return consumer, lambda: kafka.producer(self.settings, **producer_settings)
 
     def _serve(self, control: Control, stop: threading.Event) -> None:
         serve = self.settings.serve
         reporter = KafkaReporter(self.log.bind(client="serve"))
-        consumer, producer = self._clients(reporter)
+        consumer, make_producer = self._clients(reporter)
         delivery: Delivery
         if self.exactly_once:
             eos = ExactlyOnce(
                 consumer,
-                producer,
+                make_producer,
                 self.log,
                 self.metrics,
                 serve.transaction_ms,
@@ -275,7 +275,7 @@ class Service:
         else:
             delivery = AtLeastOnce(
                 consumer,
-                producer,
+                make_producer(),
                 self.requests_topic,
                 self.log,
                 self.metrics,
@@ -311,7 +311,8 @@ class Service:
                 if self.slot.pending is not None:
                     self._swap(control)
                 if messages:
-                    self._handle(messages, decoder, producer, delivery)
+                    # The delivery's producer: exactly-once may replace one that hung.
+                    self._handle(messages, decoder, delivery.producer, delivery)
                 delivery.tick()
                 self._check(control)
             delivery.close()
