@@ -13,6 +13,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 
 from schemas.errors import ModelwatchError
 from services.cli import acls, broker, demo, deploy, models, monitor, serve, simulate, tail, topics, train
+from services.cli import bench as bench_cli
 from services.cli import report as report_cli
 from services.cli.common import console, err
 
@@ -38,6 +39,7 @@ app.registered_commands += tail.app.registered_commands
 app.registered_commands += report_cli.app.registered_commands
 app.registered_commands += monitor.app.registered_commands
 app.registered_commands += serve.app.registered_commands
+app.registered_commands += bench_cli.app.registered_commands
 
 
 def main(argv: list[str] | None = None) -> int:

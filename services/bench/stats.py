@@ -1,0 +1,158 @@
+"""The benchmark's arithmetic, kept pure so it can be unit-tested: percentiles, rates, ratios, CPU between two
+instants from a sampled counter, and the targets each figure is judged against.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks (numpy's default
+    method); ``None`` for no values."""
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], not {q}")
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 and max of latencies in milliseconds (``None`` where there are none)."""
+    return {
+        "p50_ms": percentile(values_ms, 50),
+        "p99_ms": percentile(values_ms, 99),
+        "max_ms": max(values_ms) if values_ms else None,
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or ``None`` when either is missing or the denominator is not positive."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def span_rate(points: Sequence[tuple[float, float]]) -> float | None:
+    """Items per second between the first and the last of ``(time_s, items_so_far)`` points.
+
+    Rates taken between two observations of a running counter leave start-up (imports, group joins,
+    recovery) out of every contender alike."""
+    if len(points) < 2:
+        return None
+    (t0, n0), (t1, n1) = points[0], points[-1]
+    return ratio(n1 - n0, t1 - t0)
+
+
+def rate_of_timestamps(timestamps_ms: Sequence[int]) -> tuple[float | None, float]:
+    """(items per second, seconds) over messages stamped ``timestamps_ms``: the messages after the first,
+    over the time from the first to the last."""
+    if len(timestamps_ms) < 2:
+        return None, 0.0
+    seconds = (max(timestamps_ms) - min(timestamps_ms)) / 1000.0
+    return ratio(len(timestamps_ms) - 1, seconds), seconds
+
+
+def interpolate(samples: Sequence[tuple[float, float]], at: float) -> float | None:
+    """The value of a sampled, non-decreasing counter (``(time, value)`` pairs, time-ordered) at ``at``,
+    linearly interpolated; clamped to the first or last sample outside their range."""
+    if not samples:
+        return None
+    times = [t for t, _ in samples]
+    i = bisect.bisect_left(times, at)
+    if i == 0:
+        return samples[0][1]
+    if i >= len(samples):
+        return samples[-1][1]
+    (t0, v0), (t1, v1) = samples[i - 1], samples[i]
+    if t1 == t0:
+        return v1
+    return v0 + (v1 - v0) * (at - t0) / (t1 - t0)
+
+
+def cpu_between(samples: Sequence[tuple[float, float]], start: float, end: float) -> float | None:
+    """CPU-seconds a process spent between ``start`` and ``end`` (wall-clock seconds), from samples of its
+    cumulative CPU time."""
+    a, b = interpolate(samples, start), interpolate(samples, end)
+    if a is None or b is None or end <= start:
+        return None
+    return max(0.0, b - a)
+
+
+def per_thousand(cpu_s: float | None, count: int) -> float | None:
+    """CPU-seconds per 1,000 items."""
+    return None if cpu_s is None or count <= 0 else cpu_s * 1000.0 / count
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure the benchmark is judged by: ``key`` in the summary, compared with ``threshold``."""
+
+    key: str
+    op: Literal[">=", "<="]
+    threshold: float
+    label: str
+
+    def judge(self, value: float | None) -> bool | None:
+        """Met, missed, or ``None`` when the figure could not be measured."""
+        if value is None:
+            return None
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+    def describe(self) -> str:
+        return f"{self.op} {self.threshold:g}"
+
+
+#: The issue's targets. An exactly-once cost of at most 30% means a throughput ratio of at least 0.7.
+TARGETS: tuple[Target, ...] = (
+    Target("service_vs_naive", ">=", 20.0, "service vs naive service"),
+    Target("service_vs_passthrough", ">=", 0.5, "service vs pass-through ceiling"),
+    Target("p99_ms", "<=", 50.0, "p99 latency at 1,000 requests/s (ms)"),
+    Target("exactly_once_ratio", ">=", 0.7, "exactly-once / at-least-once throughput"),
+    Target("monitor_per_s", ">=", 10_000.0, "monitor labelled requests/s"),
+    Target("monitor_vs_raw", ">=", 0.3, "monitor vs plain consumer"),
+    Target("ack_ms", "<=", 1000.0, "slowest replica acknowledgement (ms)"),
+)
+
+#: Keys every JSON result carries, measured or ``None``.
+REQUIRED_KEYS = (
+    "service_per_s",
+    "passthrough_per_s",
+    "naive_per_s",
+    "service_vs_passthrough",
+    "service_vs_naive",
+    "p99_ms",
+    "exactly_once_ratio",
+    "monitor_per_s",
+    "monitor_vs_raw",
+    "ack_ms",
+)
+
+
+def judge_targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured value and whether it is met (``None``: not measured)."""
+    out = []
+    for t in TARGETS:
+        value = summary.get(t.key)
+        out.append(
+            {"key": t.key, "label": t.label, "target": t.describe(), "value": value, "met": t.judge(value)}
+        )
+    return out
+
+
+def derived(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """The ratios the targets judge, computed from the measured rates in ``summary``."""
+    return {
+        "service_vs_passthrough": ratio(summary.get("service_per_s"), summary.get("passthrough_per_s")),
+        "service_vs_naive": ratio(summary.get("service_per_s"), summary.get("naive_per_s")),
+        "exactly_once_ratio": ratio(summary.get("exactly_once_per_s"), summary.get("service_per_s")),
+        "monitor_vs_raw": ratio(summary.get("monitor_per_s"), summary.get("monitor_raw_per_s")),
+    }

@@ -1,0 +1,135 @@
+"""The benchmark's figures as one rich table: each measure beside its reference, and the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from services.bench.stats import TARGETS
+
+
+def _n(value: float | None, digits: int = 0, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _cpu(value: float | None, then: str = "") -> str:
+    """CPU-seconds per 1,000, then ``then``."""
+    parts = ([] if value is None else [f"{value:.3f} CPU-s/1k"]) + ([then] if then else [])
+    return "; ".join(parts)
+
+
+def _verdict(summary: dict[str, Any], key: str) -> tuple[str, str]:
+    target = next((t for t in TARGETS if t.key == key), None)
+    if target is None:
+        return "", ""
+    met = target.judge(summary.get(key))
+    mark = "-" if met is None else "[green]met[/green]" if met else "[red]missed[/red]"
+    return target.describe(), mark
+
+
+def bench_table(summary: dict[str, Any]) -> Table:
+    machine = summary.get("machine", {})
+    pressure = machine.get("cpu_pressure_pct")
+    contended = "" if pressure is None else f"; tasks waited for a CPU {pressure:.0f}% of the run"
+    table = Table(
+        title=f"modelwatch bench --{summary.get('mode')}  {summary.get('date')}  "
+        f"({machine.get('nproc')} cores, {machine.get('memory_gib')} GiB{contended})",
+        title_justify="left",
+    )
+    for column in ("measure", "value", "beside", "ratio", "target", ""):
+        table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
+
+    def row(
+        measure: str, value: str, beside: str = "", ratio_key: str | None = None, digits: int = 2
+    ) -> None:
+        ratio = _n(summary.get(ratio_key), digits) if ratio_key else ""
+        target, mark = _verdict(summary, ratio_key) if ratio_key else ("", "")
+        table.add_row(measure, value, beside, ratio, target, mark)
+
+    s = summary
+    row(
+        "pass-through (ceiling)",
+        _n(s.get("passthrough_per_s"), unit="/s"),
+        _cpu(s.get("passthrough_cpu_s_per_1000")),
+    )
+    row(
+        "modelwatch serve",
+        _n(s.get("service_per_s"), unit="/s"),
+        _cpu(s.get("service_cpu_s_per_1000"), "vs pass-through"),
+        "service_vs_passthrough",
+    )
+    row(
+        f"naive service ({_n(s.get('naive_count'))} requests)",
+        _n(s.get("naive_per_s"), unit="/s"),
+        _cpu(s.get("naive_cpu_s_per_1000"), "service vs naive"),
+        "service_vs_naive",
+        digits=1,
+    )
+    row(
+        "serve --exactly-once",
+        _n(s.get("exactly_once_per_s"), unit="/s"),
+        _cpu(s.get("exactly_once_cpu_s_per_1000"), "vs at-least-once"),
+        "exactly_once_ratio",
+    )
+    for lat in s.get("latency", []):
+        key = "p99_ms" if lat["rate"] == 1000 else None
+        target, mark = _verdict(s, key) if key else ("", "")
+        table.add_row(
+            f"latency at {lat['rate']:,.0f}/s",
+            f"p99 {_n(lat['p99_ms'], 1)} ms",
+            f"p50 {_n(lat['p50_ms'], 1)} ms, max {_n(lat['max_ms'], 1)} ms; "
+            f"{lat['answered']:,}/{lat['sent']:,} answered; in the replica p99 "
+            f"{_n(lat.get('replica_p99_ms'), 1)} ms",
+            "",
+            target,
+            mark,
+        )
+    target, mark = _verdict(s, "monitor_per_s")
+    table.add_row(
+        f"monitor, Faust ({_n(s.get('monitor_labelled'))} labelled)",
+        _n(s.get("monitor_per_s"), unit="/s"),
+        _cpu(s.get("monitor_cpu_s_per_1000")),
+        "",
+        target,
+        mark,
+    )
+    row(
+        "monitor, plain consumer",
+        _n(s.get("monitor_raw_per_s"), unit="/s"),
+        _cpu(s.get("monitor_raw_cpu_s_per_1000"), "Faust vs plain"),
+        "monitor_vs_raw",
+    )
+    if s.get("monitor_lag_p50_messages") is not None:
+        table.add_row(
+            "monitor lag at the demo's rate",
+            f"p50 {_n(s.get('monitor_lag_p50_messages'))} msgs",
+            f"max {_n(s.get('monitor_lag_max_messages'))} msgs (≈{_n(s.get('monitor_lag_max_s'), 1)} s)",
+        )
+        table.add_row(
+            "bad version: labelled until alert",
+            _n(s.get("alert_after_labelled")),
+            f"{_n(s.get('deploy_to_alert_s'), 1)} s after its deploy",
+        )
+        gap = s.get("alert_to_command_ms")
+        when = "-" if gap is None else f"{abs(gap)} ms {'before' if gap < 0 else 'after'}"
+        table.add_row("rollback command vs alert", when, "the same emission publishes both")
+    target, mark = _verdict(s, "ack_ms")
+    table.add_row(
+        "command → last replica's ack",
+        _n(s.get("ack_ms"), unit=" ms"),
+        "deploy and rollback",
+        "",
+        target,
+        mark,
+    )
+    for name, value in s.get("codec_us", {}).items():
+        table.add_row(
+            f"codec: {name.removesuffix('_us').replace('_', ' ')}", _n(value, 1, " µs"), "per event"
+        )
+    for name, value in s.get("scoring_us", {}).items():
+        size = name.removeprefix("score_batch").removesuffix("_us")
+        table.add_row(f"scoring, batch of {size}", _n(value, 1, " µs"), "per request")
+    return table

@@ -1,0 +1,58 @@
+"""A tiny benchmark run on the real broker: the harness works end to end. It asserts what was measured and
+that everything was answered, never how fast (the figures of a test run on a shared machine mean nothing).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from services import kafka
+from services.bench import BenchPlan, run_bench
+from services.bench.stats import REQUIRED_KEYS
+from services.config import load_settings
+
+TINY = BenchPlan(
+    mode="tiny",
+    requests=3_000,
+    naive_requests=300,
+    latency_rates=(200.0,),
+    latency_s=3.0,
+    monitor_labelled=2_000,
+    micro_s=0.05,
+    faust=False,  # the worker's start-up alone takes longer than this whole test should
+    live=False,
+    train_sessions=5_000,
+)
+
+
+def test_tiny_bench_measures_everything_and_leaves_nothing_behind(kafka_bootstrap: str) -> None:
+    settings = load_settings(bootstrap=kafka_bootstrap)
+    steps: list[str] = []
+    result = run_bench(settings, TINY, step=steps.append)
+    s = orjson.loads(orjson.dumps(result.as_json()))  # what --json writes
+
+    assert steps == TINY.steps()
+    assert set(REQUIRED_KEYS) <= set(s)
+    assert s["machine"]["nproc"] >= 1 and s["date"]
+    # Every contender answered every request it was given, once each.
+    assert s["passthrough_answered"] == s["service_answered"] == s["exactly_once_answered"] == TINY.requests
+    assert s["naive_answered"] == s["naive_count"] == TINY.naive_requests
+    for key in ("passthrough_per_s", "service_per_s", "naive_per_s", "exactly_once_per_s"):
+        assert s[key] > 0, key
+    for key in ("service_vs_passthrough", "service_vs_naive", "exactly_once_ratio"):
+        assert s[key] > 0, key
+    assert s["service_cpu_s_per_1000"] > 0
+    # Latency: every paced request was answered; the percentiles are ordered.
+    (latency,) = s["latency"]
+    assert latency["answered"] == latency["sent"] == int(TINY.latency_rates[0] * TINY.latency_s)
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert s["p99_ms"] is None  # the target's rate, 1,000/s, was not offered
+    # The plain monitor counted every labelled request; the Faust worker was not run.
+    assert s["details"]["monitor_raw"]["labelled"] == TINY.monitor_labelled
+    assert s["monitor_raw_per_s"] > 0
+    assert s["monitor_per_s"] is None and s["monitor_vs_raw"] is None and s["ack_ms"] is None
+    assert set(s["codec_us"]) >= {"request_decode_us", "prediction_decode_us", "outcome_decode_us"}
+    assert all(v > 0 for v in (*s["codec_us"].values(), *s["scoring_us"].values()))
+    # The run's topics are gone.
+    topics = kafka.admin(settings).list_topics(timeout=10).topics
+    assert not [t for t in topics if t.startswith(s["topic_prefix"])]

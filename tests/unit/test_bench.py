@@ -1,0 +1,213 @@
+"""The benchmark's pure parts: percentiles, rates, ratios, CPU windows, targets, the JSON's keys, and that
+the table and the plot render whatever was (or was not) measured. Nothing here times anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from services.bench.cpu import cpu_pressure_us, process_cpu_seconds
+from services.bench.latency import Latency
+from services.bench.live import LiveRun
+from services.bench.monitor import MonitorRun
+from services.bench.plot import draw
+from services.bench.runner import QUICK, BenchPlan, summarize
+from services.bench.stats import (
+    REQUIRED_KEYS,
+    TARGETS,
+    cpu_between,
+    derived,
+    interpolate,
+    judge_targets,
+    latency_summary,
+    per_thousand,
+    percentile,
+    rate_of_timestamps,
+    ratio,
+    span_rate,
+)
+from services.bench.table import bench_table
+from services.bench.throughput import Throughput
+from services.config import load_settings
+
+finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(finite, min_size=1, max_size=200), st.floats(min_value=0, max_value=100))
+def test_percentile_matches_numpy(values: list[float], q: float) -> None:
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-9, abs=1e-6)
+
+
+def test_percentile_edges() -> None:
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5  # unsorted input
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_latency_summary() -> None:
+    values = [float(v) for v in range(1, 101)]
+    summary = latency_summary(values)
+    assert summary == {"p50_ms": 50.5, "p99_ms": pytest.approx(99.01), "max_ms": 100.0}
+    assert latency_summary([]) == {"p50_ms": None, "p99_ms": None, "max_ms": None}
+
+
+def test_ratios_and_rates() -> None:
+    assert ratio(10.0, 4.0) == 2.5
+    assert ratio(None, 4.0) is None
+    assert ratio(1.0, None) is None
+    assert ratio(1.0, 0.0) is None
+    # 1,001 messages over 2 s: 1,000 intervals.
+    assert rate_of_timestamps([1000 + 2 * i for i in range(1001)]) == (500.0, 2.0)
+    assert rate_of_timestamps([5]) == (None, 0.0)
+    assert rate_of_timestamps([5, 5]) == (None, 0.0)  # no time passed: no rate
+    assert span_rate([(10.0, 100), (11.0, 600), (12.0, 1100)]) == 500.0
+    assert span_rate([(10.0, 100)]) is None
+    assert per_thousand(0.5, 2000) == 0.25
+    assert per_thousand(None, 10) is None
+    assert per_thousand(1.0, 0) is None
+
+
+def test_cpu_between_interpolates_the_sampled_counter() -> None:
+    samples = [(0.0, 0.0), (1.0, 0.5), (2.0, 1.5), (3.0, 1.5)]
+    assert interpolate(samples, 1.5) == 1.0
+    assert interpolate(samples, -1.0) == 0.0  # clamped before the first sample
+    assert interpolate(samples, 9.0) == 1.5  # and after the last
+    assert interpolate([], 1.0) is None
+    assert cpu_between(samples, 0.5, 2.5) == pytest.approx(1.25)
+    assert cpu_between(samples, 2.0, 1.0) is None
+
+
+def test_targets_judge_each_way() -> None:
+    by_key = {t.key: t for t in TARGETS}
+    assert by_key["service_vs_naive"].judge(20.0) is True
+    assert by_key["service_vs_naive"].judge(19.9) is False
+    assert by_key["p99_ms"].judge(50.0) is True
+    assert by_key["p99_ms"].judge(50.1) is False
+    assert by_key["exactly_once_ratio"].judge(0.7) is True  # a 30% cost is allowed
+    assert by_key["ack_ms"].judge(None) is None
+    judged = judge_targets({"monitor_per_s": 12_000.0, "monitor_vs_raw": 0.2})
+    verdicts = {t["key"]: t["met"] for t in judged}
+    assert verdicts["monitor_per_s"] is True and verdicts["monitor_vs_raw"] is False
+    assert verdicts["p99_ms"] is None
+
+
+def test_derived_ratios() -> None:
+    got = derived(
+        {
+            "service_per_s": 10_000.0,
+            "passthrough_per_s": 40_000.0,
+            "naive_per_s": 500.0,
+            "exactly_once_per_s": 8_000.0,
+            "monitor_per_s": 3_000.0,
+            "monitor_raw_per_s": 12_000.0,
+        }
+    )
+    assert got == {
+        "service_vs_passthrough": 0.25,
+        "service_vs_naive": 20.0,
+        "exactly_once_ratio": 0.8,
+        "monitor_vs_raw": 0.25,
+    }
+
+
+def _run(name: str, per_s: float, outputs: int = 1000) -> Throughput:
+    return Throughput(name, outputs, outputs, outputs / per_s, per_s, 0.2, 0.2)
+
+
+def _details() -> dict[str, Any]:
+    live = LiveRun(rate=150.0, warmup_s=15.0, lag_samples=3, lag_p50_messages=200.0, lag_max_messages=300.0)
+    live.deploy_ack_ms, live.rollback_ack_ms = {"a": 400, "b": 900}, {"a": 30, "b": 50}
+    live.alert_after_labelled, live.deploy_to_alert_s, live.alert_to_command_ms = 250, 4.0, -5
+    return {
+        "codec": {"request_decode_us": 9.0},
+        "scoring": {"score_batch500_us": 11.0},
+        "passthrough": _run("pass-through", 100_000.0),
+        "naive": _run("naive", 1_000.0, outputs=200),
+        "service": _run("service", 25_000.0),
+        "exactly_once": _run("service --exactly-once", 20_000.0),
+        "latency": [Latency(1000.0, 999.0, 10.0, 10_000, 10_000, 10.0, 40.0, 90.0, 3.0, 2.0)],
+        "monitor": MonitorRun("faust", 20_000, 10.0, 2_000.0, 5.0, 0.25),
+        "monitor_raw": MonitorRun("plain", 20_000, 1.0, 20_000.0, 0.5, 0.025),
+        "live": live,
+    }
+
+
+def test_summary_carries_every_key_and_the_ratios() -> None:
+    summary = summarize(QUICK, _details(), load_settings())
+    for key in (*REQUIRED_KEYS, "date", "machine", "targets", "details", "exactly_once_per_s"):
+        assert key in summary
+    assert summary["machine"]["nproc"] == os.cpu_count()
+    assert summary["service_vs_passthrough"] == 0.25
+    assert summary["service_vs_naive"] == 25.0
+    assert summary["exactly_once_ratio"] == 0.8
+    assert summary["monitor_vs_raw"] == 0.1
+    assert summary["p99_ms"] == 40.0
+    assert summary["ack_ms"] == 900
+    assert summary["naive_count"] == 200
+    met = {t["key"]: t["met"] for t in summary["targets"]}
+    assert met == {
+        "service_vs_naive": True,
+        "service_vs_passthrough": False,
+        "p99_ms": True,
+        "exactly_once_ratio": True,
+        "monitor_per_s": False,
+        "monitor_vs_raw": False,
+        "ack_ms": True,
+    }
+    decoded = orjson.loads(orjson.dumps(summary))  # JSON all the way down
+    assert decoded["details"]["live"]["ack_ms"] == 900
+
+
+def test_summary_of_a_partial_run_says_what_was_not_measured() -> None:
+    plan = BenchPlan("tiny", 100, 10, (200.0,), 1.0, 100, 0.01, faust=False, live=False)
+    details = {k: v for k, v in _details().items() if k not in ("monitor", "live", "latency")}
+    summary = summarize(plan, details, load_settings())
+    assert summary["monitor_per_s"] is None and summary["monitor_vs_raw"] is None
+    assert summary["p99_ms"] is None and summary["ack_ms"] is None
+    assert {t["key"] for t in summary["targets"] if t["met"] is None} == {
+        "p99_ms",
+        "monitor_per_s",
+        "monitor_vs_raw",
+        "ack_ms",
+    }
+    assert "monitor (Faust)" not in plan.steps() and "live: lag and control loop" not in plan.steps()
+
+
+def test_table_and_plot_render_full_and_partial_results(tmp_path: Path) -> None:
+    full = summarize(QUICK, _details(), load_settings())
+    partial = summarize(QUICK, {"codec": {}, "scoring": {}}, load_settings())
+    texts = {}
+    for name, summary in (("full", full), ("partial", partial)):
+        console = Console(width=150, record=True)
+        console.print(bench_table(summary))
+        texts[name] = console.export_text()
+        assert "modelwatch serve" in texts[name] and "command → last replica's ack" in texts[name]
+        png = draw(summary, tmp_path / f"{name}.png")
+        assert matplotlib.image.imread(png).shape[1] > 1000
+    assert "missed" in texts["full"] and "met" in texts["full"]
+    assert "missed" not in texts["partial"]  # nothing measured, nothing judged
+
+
+def test_process_cpu_seconds_reads_a_live_child_only() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "sum(range(3_000_000))"])
+    child.wait()
+    assert process_cpu_seconds(os.getpid()) is not None
+    assert process_cpu_seconds(os.getpid()) > 0  # type: ignore[operator]
+    assert process_cpu_seconds(child.pid) is None  # reaped: gone
+    pressure = cpu_pressure_us()
+    assert pressure is None or pressure >= 0
