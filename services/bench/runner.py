@@ -231,9 +231,7 @@ def run_bench(
             )
         step("monitor (plain consumer)")
         gc.collect()
-        details["monitor_raw"] = plain_monitor(
-            monitor_settings, plan.monitor_labelled, emit_every_n, timeout=120
-        )
+        details["monitor_raw"] = plain_monitor(monitor_settings, plan.monitor_labelled, emit_every_n)
         if plan.live and bad is not None:
             step("live: lag and control loop")
             details["live"] = run_live(rig, good.version, bad.version, DEMO_RATE, plan.live_warmup_s)

@@ -155,4 +155,18 @@ def derived(summary: Mapping[str, Any]) -> dict[str, float | None]:
         "service_vs_naive": ratio(summary.get("service_per_s"), summary.get("naive_per_s")),
         "exactly_once_ratio": ratio(summary.get("exactly_once_per_s"), summary.get("service_per_s")),
         "monitor_vs_raw": ratio(summary.get("monitor_per_s"), summary.get("monitor_raw_per_s")),
+        # The same comparisons by CPU per item (how many times cheaper): on a contended machine, where the
+        # rates swing with what else runs, CPU time per item moves much less.
+        "service_vs_passthrough_cpu": ratio(
+            summary.get("passthrough_cpu_s_per_1000"), summary.get("service_cpu_s_per_1000")
+        ),
+        "service_vs_naive_cpu": ratio(
+            summary.get("naive_cpu_s_per_1000"), summary.get("service_cpu_s_per_1000")
+        ),
+        "exactly_once_ratio_cpu": ratio(
+            summary.get("service_cpu_s_per_1000"), summary.get("exactly_once_cpu_s_per_1000")
+        ),
+        "monitor_vs_raw_cpu": ratio(
+            summary.get("monitor_raw_cpu_s_per_1000"), summary.get("monitor_cpu_s_per_1000")
+        ),
     }

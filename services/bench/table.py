@@ -21,6 +21,11 @@ def _cpu(value: float | None, then: str = "") -> str:
     return "; ".join(parts)
 
 
+def _by_cpu(summary: dict[str, Any], key: str) -> str:
+    value = summary.get(key)
+    return "" if value is None else f"(by CPU per item: {value:.2f})"
+
+
 def _verdict(summary: dict[str, Any], key: str) -> tuple[str, str]:
     target = next((t for t in TARGETS if t.key == key), None)
     if target is None:
@@ -58,20 +63,22 @@ def bench_table(summary: dict[str, Any]) -> Table:
     row(
         "modelwatch serve",
         _n(s.get("service_per_s"), unit="/s"),
-        _cpu(s.get("service_cpu_s_per_1000"), "vs pass-through"),
+        _cpu(s.get("service_cpu_s_per_1000"), f"vs pass-through {_by_cpu(s, 'service_vs_passthrough_cpu')}"),
         "service_vs_passthrough",
     )
     row(
         f"naive service ({_n(s.get('naive_count'))} requests)",
         _n(s.get("naive_per_s"), unit="/s"),
-        _cpu(s.get("naive_cpu_s_per_1000"), "service vs naive"),
+        _cpu(s.get("naive_cpu_s_per_1000"), f"service vs naive {_by_cpu(s, 'service_vs_naive_cpu')}"),
         "service_vs_naive",
         digits=1,
     )
     row(
         "serve --exactly-once",
         _n(s.get("exactly_once_per_s"), unit="/s"),
-        _cpu(s.get("exactly_once_cpu_s_per_1000"), "vs at-least-once"),
+        _cpu(
+            s.get("exactly_once_cpu_s_per_1000"), f"vs at-least-once {_by_cpu(s, 'exactly_once_ratio_cpu')}"
+        ),
         "exactly_once_ratio",
     )
     for lat in s.get("latency", []):
@@ -99,7 +106,7 @@ def bench_table(summary: dict[str, Any]) -> Table:
     row(
         "monitor, plain consumer",
         _n(s.get("monitor_raw_per_s"), unit="/s"),
-        _cpu(s.get("monitor_raw_cpu_s_per_1000"), "Faust vs plain"),
+        _cpu(s.get("monitor_raw_cpu_s_per_1000"), f"Faust vs plain {_by_cpu(s, 'monitor_vs_raw_cpu')}"),
         "monitor_vs_raw",
     )
     if s.get("monitor_lag_p50_messages") is not None:

@@ -117,12 +117,29 @@ def test_derived_ratios() -> None:
             "monitor_raw_per_s": 12_000.0,
         }
     )
-    assert got == {
+    assert {k: v for k, v in got.items() if not k.endswith("_cpu")} == {
         "service_vs_passthrough": 0.25,
         "service_vs_naive": 20.0,
         "exactly_once_ratio": 0.8,
         "monitor_vs_raw": 0.25,
     }
+    assert {k: v for k, v in got.items() if k.endswith("_cpu")} == dict.fromkeys(
+        ("service_vs_passthrough_cpu", "service_vs_naive_cpu", "exactly_once_ratio_cpu", "monitor_vs_raw_cpu")
+    )  # no CPU figures given: none derived
+    by_cpu = derived(
+        {
+            "service_cpu_s_per_1000": 0.02,
+            "naive_cpu_s_per_1000": 0.3,
+            "passthrough_cpu_s_per_1000": 0.002,
+            "exactly_once_cpu_s_per_1000": 0.025,
+            "monitor_cpu_s_per_1000": 0.25,
+            "monitor_raw_cpu_s_per_1000": 0.05,
+        }
+    )
+    assert by_cpu["service_vs_naive_cpu"] == pytest.approx(15.0)  # 15 times cheaper per request
+    assert by_cpu["service_vs_passthrough_cpu"] == pytest.approx(0.1)
+    assert by_cpu["exactly_once_ratio_cpu"] == pytest.approx(0.8)
+    assert by_cpu["monitor_vs_raw_cpu"] == pytest.approx(0.2)
 
 
 def _run(name: str, per_s: float, outputs: int = 1000) -> Throughput:
