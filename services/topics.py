@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import topics as contract
 from schemas.errors import KafkaClientError
@@ -56,9 +56,15 @@ def create_topics(
                 config=config,
             )
         )
-    futures = client.create_topics(wanted, request_timeout=timeout)
+    return ensure_topics(client, wanted, timeout)
+
+
+def ensure_topics(client: AdminClient, wanted: list[NewTopic], timeout: float = 30.0) -> list[TopicState]:
+    """Create ``wanted`` where missing (existing topics are left as they are) and return once the cluster's
+    metadata shows every one with its partitions: a new topic reaches the metadata cache a moment after
+    CreateTopics returns. Used for the contract's topics, the monitor's internal topics and the bench's."""
     created: dict[str, bool] = {}
-    for name, fut in futures.items():
+    for name, fut in client.create_topics(wanted, request_timeout=timeout).items():
         try:
             fut.result()
             created[name] = True
@@ -66,20 +72,16 @@ def create_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
             created[name] = False
-    # A new topic reaches the metadata cache a moment after CreateTopics returns.
     deadline = time.monotonic() + timeout
     while True:
         meta = client.list_topics(timeout=timeout)
-        ready = all(t.topic in meta.topics and meta.topics[t.topic].partitions for t in wanted)
-        if ready or time.monotonic() > deadline:
+        if all(t.topic in meta.topics and meta.topics[t.topic].partitions for t in wanted):
             break
+        if time.monotonic() > deadline:
+            missing = [t.topic for t in wanted if t.topic not in meta.topics]
+            raise KafkaClientError(f"topics {', '.join(missing)} did not appear within {timeout:.0f}s")
         time.sleep(0.1)
-    return [
-        TopicState(
-            t.topic, len(meta.topics[t.topic].partitions) if t.topic in meta.topics else 0, created[t.topic]
-        )
-        for t in wanted
-    ]
+    return [TopicState(t.topic, len(meta.topics[t.topic].partitions), created[t.topic]) for t in wanted]
 
 
 def delete_topics(settings: Settings, timeout: float = 30.0) -> None:
