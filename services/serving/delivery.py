@@ -11,8 +11,12 @@ request may be answered twice, never zero times.
 **Exactly-once** (``--exactly-once``). Consume-transform-produce in Kafka transactions: predictions,
 dead letters and the consumer's positions (``send_offsets_to_transaction`` with the group metadata) commit
 atomically. One transaction gathers batches for ``transaction_ms`` to spread the commit's cost. An
-abortable error aborts and rewinds the consumer to the last committed offsets; a fenced producer (another
-replica took this instance id) is fatal. Readers of the output use ``isolation.level=read_committed``.
+abortable error aborts and rewinds the consumer to the last committed offsets. A fenced or otherwise
+fatally failed producer is replaced by a new one with the same transactional id and the work since the last
+commit is redone: the usual cause is a transaction that outlived ``transaction.timeout.ms`` while a broker
+failed over, which the coordinator aborts by bumping the epoch. Fenced more than
+``FENCINGS_PER_MINUTE`` times in a minute, the replica gives up: another one runs with its instance id.
+Readers of the output use ``isolation.level=read_committed``.
 """
 
 from __future__ import annotations
@@ -228,6 +232,10 @@ class _Stuck(Exception):
     coordinator vanishes (confluentinc/librdkafka#5456, #5511)."""
 
 
+#: More fatal producer errors than this within a minute end the replica (a duplicate instance id).
+FENCINGS_PER_MINUTE = 3
+
+
 class ExactlyOnce(Delivery):
     def __init__(
         self,
@@ -248,6 +256,7 @@ class ExactlyOnce(Delivery):
         self.started = 0.0
         #: Producers given up on while a call hung in them; kept so they are not destroyed under it.
         self.abandoned: list[Producer] = []
+        self._fatal_at: list[float] = []
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on a helper thread, given up (:class:`_Stuck`) well after its own timeout."""
@@ -301,14 +310,30 @@ class ExactlyOnce(Delivery):
         self._abandon(why)
         self.init()
 
+    def _replace_fatal(self, what: str, error: KafkaError) -> None:
+        """This producer is finished (fenced, or a fatal idempotence error): carry on with a new one. The
+        coordinator fences a producer whose transaction outlived transaction.timeout.ms (a broker failover
+        longer than that), and nothing of that transaction was committed. A real zombie stays fenced: the
+        consumer group's generation goes with the offsets of every commit. Fenced again and again, though,
+        another live replica shares this instance id, and the two would fence each other forever."""
+        now = time.monotonic()
+        self._fatal_at = [t for t in self._fatal_at if now - t < 60.0] + [now]
+        if len(self._fatal_at) > FENCINGS_PER_MINUTE:
+            raise ServingError(
+                f"{what}: {error.str()} ({len(self._fatal_at)} times within a minute: does another replica "
+                "run with this instance id?)"
+            )
+        self._renew(f"{what}: {error.str()}")
+
     def begin(self) -> None:
         if not self.in_transaction:
             try:
                 self.producer.begin_transaction()
             except KafkaException as exc:
                 if exc.args[0].fatal():
-                    raise ServingError(f"begin_transaction failed: {exc.args[0].str()}") from exc
-                self._renew(f"begin_transaction failed: {exc.args[0].str()}")
+                    self._replace_fatal("begin_transaction failed", exc.args[0])
+                else:
+                    self._renew(f"begin_transaction failed: {exc.args[0].str()}")
                 self._rewind()
                 self.producer.begin_transaction()
             self.in_transaction = True
@@ -320,7 +345,9 @@ class ExactlyOnce(Delivery):
 
     def failed(self, error: KafkaError) -> None:
         if error.fatal():
-            raise ServingError(f"the transactional producer failed fatally: {error.str()}")
+            self._replace_fatal("the transactional producer failed fatally", error)
+            self._rewind()
+            return
         self.log.warning("transaction_aborted", error=error.str())
         self.abort(rewind=True)
 
@@ -361,7 +388,10 @@ class ExactlyOnce(Delivery):
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if err.fatal():
-                    raise ServingError(f"transaction failed: {err.str()}") from exc
+                    self._replace_fatal("transaction failed", err)
+                    if rewind_on_abort:
+                        self._rewind()
+                    return False
                 if err.retriable() and time.monotonic() < deadline:
                     self.log.warning("transaction_commit_retry", error=err.str())
                     continue
@@ -379,9 +409,10 @@ class ExactlyOnce(Delivery):
             except (KafkaException, _Stuck) as exc:
                 error = exc.args[0] if isinstance(exc, KafkaException) else None
                 if error is not None and error.fatal():
-                    raise ServingError(f"abort_transaction failed: {error.str()}") from exc
-                # A broker away too long or a hung call: a new producer aborts the transaction by fencing.
-                self._renew(f"abort_transaction failed: {error.str() if error else exc}")
+                    self._replace_fatal("abort_transaction failed", error)
+                else:
+                    # A broker away too long or a hung call: a new producer aborts the transaction by fencing.
+                    self._renew(f"abort_transaction failed: {error.str() if error else exc}")
         if rewind:
             self._rewind()
 
