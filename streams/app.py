@@ -217,7 +217,11 @@ class Monitor:
         self.predictions_topic = settings.topic("predictions")
         self.outcomes_topic = settings.topic("outcomes")
         raw: dict[str, Any] = {"key_type": str, "value_type": bytes, "value_serializer": "raw"}
-        self.sources = self.app.topic(self.predictions_topic, self.outcomes_topic, **raw)
+        # Keys as bytes, never decoded: the join reads the request_id from the value, and a key that is not
+        # UTF-8 would otherwise raise in Faust's decoder and stall the join agent for good, silently.
+        self.sources = self.app.topic(
+            self.predictions_topic, self.outcomes_topic, **{**raw, "key_type": bytes, "key_serializer": "raw"}
+        )
         self.labelled = self.app.topic(
             f"{self.app_id}-labelled",
             internal=True,
