@@ -177,9 +177,12 @@ class Recommender(BaseEstimator):
     def score_pairs(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """Purchase probability of each (user, item) pair, as one flat array."""
         self._check_fitted()
-        unknown_user, unknown_item = len(self.user_index_), len(self.item_index_)
-        users = ranking.lookup(self.user_index_, user_ids, unknown_user)
-        items = ranking.lookup(self.item_index_, item_ids, unknown_item)
+        users = ranking.lookup(self.user_index_, user_ids, len(self.user_index_))
+        return self._score_rows(users, item_ids)
+
+    def _score_rows(self, users: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """Purchase probability of each (user row, item id) pair."""
+        items = ranking.lookup(self.item_index_, item_ids, len(self.item_index_))
         features = self._features(
             users, items, self.user_factors_, self.item_factors_, self.user_rate_, self.item_rate_
         )
@@ -189,9 +192,11 @@ class Recommender(BaseEstimator):
         """Per request, the purchase probability of each candidate: one vectorized pass over the batch."""
         if len(user_ids) != len(candidates):
             raise ModelError(f"{len(user_ids)} users but {len(candidates)} candidate lists")
+        self._check_fitted()
         flat_items, offsets = ranking.flatten(candidates)
-        flat_users = np.repeat(np.asarray(user_ids, dtype=object), np.diff(offsets)).tolist()
-        return ranking.split(self.score_pairs(flat_users, flat_items), offsets)
+        # Each request's user is looked up once, then repeated per candidate as a row index.
+        users = ranking.lookup(self.user_index_, user_ids, len(self.user_index_))
+        return ranking.split(self._score_rows(np.repeat(users, np.diff(offsets)), flat_items), offsets)
 
     def select(self, scores: Sequence[np.ndarray], ks: Sequence[int]) -> list[np.ndarray]:
         """Per request, the indices of the recommended candidates, best first: the top k, keeping only
