@@ -1,0 +1,205 @@
+"""The fault suite's ledger: each fault test records one row (requests sent, answered, lost, duplicated,
+whether the control loop still worked), and the session ends with the table, printed and written to
+``out/faults/summary.md`` and ``summary.json`` (``MODELWATCH_FAULT_REPORT_DIR`` to put them elsewhere).
+
+Faults that other suites already cover (the owners' integration tests) are listed in the same table with
+the test that covers them and its result in this session, so one table answers "what was tried".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.config import Settings
+from services.model.recommender import Recommender
+from services.world import World
+from tests.integration.serving_support import Collector, Replica
+
+
+@dataclass
+class FaultRow:
+    """One fault and what it cost. ``None`` means "not measured by this test"."""
+
+    fault: str
+    test: str
+    sent: int | None = None
+    answered: int | None = None
+    lost: int | None = None
+    duplicated: int | None = None
+    control_loop_ok: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    result: str = "not finished"
+    seconds: float = 0.0
+
+    def measured(
+        self, sent: int, answered: int, duplicated: int, control_loop_ok: bool | None = None
+    ) -> None:
+        """Set the counts: ``answered`` distinct requests out of ``sent``, ``duplicated`` extra answers."""
+        self.sent, self.answered, self.duplicated = sent, answered, duplicated
+        self.lost = sent - answered
+        if control_loop_ok is not None:
+            self.control_loop_ok = control_loop_ok
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+#: Faults whose tests live with their owners: (fault, test node id). Their result comes from this session.
+COVERED_ELSEWHERE: tuple[tuple[str, str], ...] = (
+    (
+        "tampered artifact, forged / unsigned command with a key, unknown version, replayed and older "
+        "commands: each rejected with a model-event, the current model keeps serving",
+        "tests/integration/test_serve.py::"
+        "test_tampered_forged_replayed_and_unknown_commands_are_rejected_and_serving_goes_on",
+    ),
+    (
+        "malformed requests of every kind (null, non-UTF-8, over 1 MB, schema breaks): dead-lettered with "
+        "the reason, every valid one answered",
+        "tests/integration/test_serve.py::"
+        "test_malformed_requests_are_dead_lettered_and_every_valid_one_answered",
+    ),
+    (
+        "storefront principal writes a model command on a SASL/SCRAM broker with ACLs: refused "
+        "(TOPIC_AUTHORIZATION_FAILED); operator and monitor may",
+        "tests/integration/test_security.py::test_only_operators_and_the_monitor_may_write_commands",
+    ),
+    (
+        "wrong SCRAM password: authentication refused",
+        "tests/integration/test_security.py::test_a_wrong_password_is_refused",
+    ),
+    (
+        "monitor SIGKILLed mid-stream, restarted with the faust CLI: windows continue, exact vs "
+        "scikit-learn, the firing alert neither lost nor repeated",
+        "tests/integration/test_monitor_restart.py::test_sigkill_mid_stream_then_restart",
+    ),
+)
+
+_ROWS = pytest.StashKey[list[FaultRow]]()
+_ROW = pytest.StashKey[FaultRow]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ROWS] = []
+
+
+@pytest.fixture(scope="session")
+def world() -> World:
+    return World.generate(11, n_users=400, n_items=150)
+
+
+@pytest.fixture(scope="session")
+def models(world: World) -> tuple[Recommender, Recommender]:
+    """Two real, quickly trained versions (different ranks, so their scores differ)."""
+    log = world.interactions(3000, seed=1)
+    return Recommender(n_components=4).fit(log), Recommender(n_components=2).fit(log)
+
+
+@pytest.fixture
+def collector(settings: Settings) -> Iterator[Collector]:
+    """Everything the replicas publish, read committed, from the start of the test's topics."""
+    c = Collector(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Any]:
+    """Starts ``modelwatch serve`` replicas (logs in tmp_path); kills what is left at the end."""
+    started: list[Replica] = []
+
+    def start(instance: str, *args: str, env: dict[str, str] | None = None) -> Replica:
+        replica = Replica(instance, tmp_path, *args, env=env)
+        started.append(replica)
+        return replica
+
+    yield start
+    for r in started:
+        r.close()
+
+
+@pytest.fixture
+def fault(request: pytest.FixtureRequest) -> Iterator[FaultRow]:
+    """This test's row in the table; the test names the fault and fills in what it measured."""
+    doc = (request.function.__doc__ or request.node.name).strip().splitlines()[0]
+    row = FaultRow(fault=doc.rstrip("."), test=request.node.nodeid)
+    request.node.stash[_ROW] = row
+    request.config.stash[_ROWS].append(row)
+    started = time.monotonic()
+    yield row
+    row.seconds = round(time.monotonic() - started, 1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report: Any = yield
+    row = item.stash.get(_ROW, None)
+    if row is not None:
+        if report.when == "call" or (report.when == "setup" and report.failed):
+            row.result = report.outcome
+        elif report.when == "teardown" and report.failed and row.result == "passed":
+            row.result = "failed in teardown"
+    return report
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
+def _outcomes(terminalreporter: Any) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", None)
+            if nodeid and getattr(report, "when", "call") in ("call", "setup"):
+                seen.setdefault(nodeid, outcome)
+    return seen
+
+
+def markdown(rows: list[FaultRow], elsewhere: list[dict[str, str]]) -> str:
+    lines = [
+        "| fault | sent | answered | lost | duplicated | control loop ok | result | s | notes |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
+    ]
+    for r in rows:
+        cells = [r.fault, r.sent, r.answered, r.lost, r.duplicated, r.control_loop_ok, r.result, r.seconds]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " | " + _cell("; ".join(r.notes)) + " |")
+    if elsewhere:
+        lines += ["", "| also covered (by the owners' tests) | test | result |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(e['fault'])} | `{e['test']}` | {e['result']} |" for e in elsewhere]
+    return "\n".join(lines) + "\n"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    rows: list[FaultRow] = config.stash.get(_ROWS, [])
+    if not rows:
+        return
+    outcomes = _outcomes(terminalreporter)
+    elsewhere = [
+        {"fault": fault, "test": test, "result": outcomes.get(test, "not run in this session")}
+        for fault, test in COVERED_ELSEWHERE
+    ]
+    table = markdown(rows, elsewhere)
+    out = Path(os.environ.get("MODELWATCH_FAULT_REPORT_DIR") or config.rootpath / "out" / "faults")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(table)
+    (out / "summary.json").write_text(
+        json.dumps({"faults": [asdict(r) for r in rows], "covered_elsewhere": elsewhere}, indent=2)
+    )
+    terminalreporter.write_sep("=", "fault suite")
+    for line in table.splitlines():
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"(written to {out / 'summary.md'} and summary.json)")

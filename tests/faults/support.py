@@ -1,0 +1,132 @@
+"""What the fault tests share beyond the serving and monitor suites' helpers: models and versions, counting
+what was answered, reading a cluster's state, and the memory the processes take."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import ConfigResource
+
+from services import commands, kafka
+from services.config import Settings
+from services.processes import wait_for
+from services.registry import Registry
+
+#: The repository root: replicas import test-only models (tests/faults/slow_model.py) from it.
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Key for the tests that run with signed commands and manifests.
+KEY = "fault-suite-signing-key"
+
+
+def register(settings: Settings, model: Any, key: str | None = None) -> str:
+    return Registry(settings.registry, signing_key=key).register(model, metrics={}, data_summary={}).version
+
+
+def deploy(
+    settings: Settings, version: str, key: str | None = None, reason: str = "fault test"
+) -> dict[str, Any]:
+    command = commands.make("deploy", version, reason, key=key, issued_by="fault-suite")
+    commands.publish(settings, command)
+    return command
+
+
+def tally(predictions: Iterable[dict[str, Any]], sent: Iterable[str]) -> tuple[int, int, int]:
+    """(answered, lost, duplicated) of the requests ``sent``: distinct ids answered, ids never answered,
+    answers beyond the first."""
+    counts = Counter(p["request_id"] for p in predictions)
+    wanted = set(sent)
+    answered = sum(1 for rid in wanted if counts.get(rid))
+    duplicated = sum(c - 1 for rid, c in counts.items() if rid in wanted)
+    return answered, len(wanted) - answered, duplicated
+
+
+def acked_by(events: list[dict[str, Any]], command_id: str, event: str = "activated") -> set[str]:
+    """Instances that answered ``command_id`` with ``event``."""
+    return {e["instance"] for e in events if e.get("command_id") == command_id and e["event"] == event}
+
+
+def topic_layout(settings: Settings, suffixes: Iterable[str]) -> dict[str, tuple[int, int, str | None]]:
+    """Per topic: (partitions, replicas, min.insync.replicas)."""
+    client = kafka.admin(settings)
+    names = [settings.topic(s) for s in suffixes]
+    # Each broker learns of new topics from the metadata log a moment after the controller: ask until
+    # the one answering knows them all.
+    meta = wait_for(
+        lambda: (m := client.list_topics(timeout=10)) and all(n in m.topics for n in names) and m,
+        30,
+        "every broker to know the new topics",
+    )
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    configs = {r.name: f.result() for r, f in client.describe_configs(resources).items()}
+    out = {}
+    for n in names:
+        parts = meta.topics[n].partitions
+        min_isr = configs[n].get("min.insync.replicas")
+        out[n] = (len(parts), len(parts[0].replicas), min_isr.value if min_isr else None)
+    return out
+
+
+def partitions_without(settings: Settings, node_id: int) -> list[str]:
+    """Replicated partitions whose in-sync replicas do not (yet) include ``node_id``."""
+    meta = kafka.admin(settings).list_topics(timeout=10)
+    missing = []
+    for name, topic in meta.topics.items():
+        for p, part in topic.partitions.items():
+            if node_id in part.replicas and node_id not in part.isrs:
+                missing.append(f"{name}[{p}]")
+    return missing
+
+
+def led_by(settings: Settings, node_id: int) -> list[str]:
+    """Partitions of the test's topics whose leader is ``node_id``."""
+    meta = kafka.admin(settings).list_topics(timeout=10)
+    return [
+        f"{name}[{p}]"
+        for name, topic in meta.topics.items()
+        if name.startswith(settings.topic_prefix)
+        for p, part in topic.partitions.items()
+        if part.leader == node_id
+    ]
+
+
+def leader_of(settings: Settings, suffix: str, partition: int = 0) -> int:
+    meta = kafka.admin(settings).list_topics(timeout=10)
+    return int(meta.topics[settings.topic(suffix)].partitions[partition].leader)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def repo_env() -> dict[str, str]:
+    """Environment that lets a child process import this repository's test modules."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
+
+
+def log_events(text: str, event: str) -> list[str]:
+    """The key=value log lines of ``event``."""
+    return [
+        line for line in text.splitlines() if f"event={event} " in line or line.endswith(f"event={event}")
+    ]

@@ -1,0 +1,162 @@
+"""No broker when the service and the monitor start, then the broker appears; later it is SIGKILLed and
+restarted mid-run. Both processes retry with backoff, say so in their logs, and recover by themselves.
+
+The broker here is a dedicated one-node cluster on its own port and data directory, so the shared test
+broker is never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.broker import LocalCluster
+from services.config import BrokerSettings, Settings, load_settings
+from services.model.recommender import Recommender
+from services.processes import ManagedProcess
+from services.storefront import SimulationPlan, SimulationStats, simulate
+from services.topics import create_topics
+from tests.faults.conftest import FaultRow
+from tests.faults.support import acked_by, deploy, log_events, register, tally
+from tests.integration.monitor_support import READY, read_events, write_config
+from tests.integration.serving_support import Collector, wait_for
+
+pytestmark = pytest.mark.faults
+
+PORT = int(os.environ.get("MODELWATCH_TEST_FAULT_PORT", "28092")) + 100
+MONITOR = {
+    "label_window_s": 60,
+    "count_window": 500,
+    "time_window_s": 30,
+    "emit_every_n": 200,
+    "emit_every_s": 1.0,
+    "commit_interval_s": 0.5,
+    "session_timeout_s": 6,
+}
+#: Quick retries and failure detection, so the test spends its time on the fault, not on waiting.
+FAST = {"MODELWATCH_SERVE__RETRY_MAX_S": "2", "MODELWATCH_SERVE__SESSION_TIMEOUT_MS": "6000"}
+
+
+@pytest.fixture
+def lone_broker(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(BrokerSettings(port=PORT, data_dir=tmp_path / "broker", heap="384m"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def retry_waits(lines: list[str]) -> list[float]:
+    return [float(m.group(1)) for line in lines if (m := re.search(r"retry_in_s=([0-9.]+)", line))]
+
+
+def latest_totals(settings: Settings) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for m in read_events(settings, "metrics", "metrics"):
+        totals[m["model_version"]] = max(totals.get(m["model_version"], 0), m["total"])
+    return totals
+
+
+def test_no_broker_at_start_then_a_broker_restart_mid_run(
+    lone_broker: LocalCluster,
+    models: tuple[Recommender, Recommender],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: FaultRow,
+) -> None:
+    """No broker at start, then the broker appears; later the broker is SIGKILLed and restarted mid-run."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = load_settings(bootstrap=lone_broker.bootstrap, topic_prefix=prefix)
+    monkeypatch.setenv("MODELWATCH_BOOTSTRAP", lone_broker.bootstrap)
+    monkeypatch.setenv("MODELWATCH_TOPIC_PREFIX", prefix)
+    config = write_config(tmp_path / "monitor.toml", MONITOR, [])
+    env = {**FAST, "MODELWATCH_MONITOR__DATA_DIR": str(tmp_path / "monitor-data")}
+    replica = ManagedProcess("serve-a", ["serve", "--instance", "serve-a"], tmp_path / "serve-a.log", env)
+    monitor = ManagedProcess("monitor", ["monitor", "--config", str(config)], tmp_path / "monitor.log", env)
+    collector: Collector | None = None
+    try:
+        # 1. Nobody home: both say so, with growing waits, and stay up.
+        wait_for(
+            lambda: len(log_events(replica.log(), "broker_unreachable")) >= 3, 60, "the replica's retries"
+        )
+        wait_for(lambda: monitor.log().count("waiting for Kafka") >= 3, 60, "the monitor's retries")
+        waits = retry_waits(log_events(replica.log(), "broker_unreachable"))
+        monitor_waits = [float(w) for w in re.findall(r"retry in ([0-9.]+)s", monitor.log())]
+        # Guards the backoff: each wait longer than the one before, up to the cap.
+        assert waits[:3] == sorted(waits[:3]) and waits[2] > waits[0], waits
+        assert monitor_waits[:3] == sorted(monitor_waits[:3]) and monitor_waits[2] > monitor_waits[0]
+
+        # 2. The broker appears, an operator creates the topics and deploys: nobody is restarted by hand.
+        lone_broker.start()
+        create_topics(settings)
+        v1, v2 = register(settings, models[0]), register(settings, models[1])
+        deploy(settings, v1)
+        collector = Collector(settings)
+        c = collector
+        wait_for(lambda: c.serving("serve-a") == list(range(6)), 90, "the replica to serve every partition")
+        monitor.wait_for_log(READY, 90)
+        assert "event=broker_reachable" in replica.log()
+        assert "Kafka answered" in monitor.log()
+
+        # 3. Traffic, and the broker SIGKILLed under it, then restarted.
+        stats: list[SimulationStats] = []
+        plan = SimulationPlan(
+            rate=250, duration_s=40, world_seed=11, candidates=10, outcome_delay_s=(0.3, 1.0)
+        )
+        storefront = threading.Thread(target=lambda: stats.append(simulate(settings, plan)))
+        storefront.start()
+        wait_for(lambda: len(c.answered()) >= 1500, 60, "traffic before the crash")
+        replica_before, monitor_before = len(replica.log()), len(monitor.log())
+        lone_broker.kill(1)
+        # Both notice (the replica through librdkafka's error callback, the monitor through aiokafka).
+        wait_for(
+            lambda: "kafka_error" in replica.log()[replica_before:], 60, "the replica to report the loss"
+        )
+        answered_at_kill = len(c.answered())
+        lone_broker.start()
+        wait_for(lambda: len(c.answered()) > answered_at_kill + 500, 90, "answers after the restart")
+        # The control loop after the restart: a deploy is obeyed while the storefront still plays.
+        command = deploy(settings, v2)
+        acked = wait_for(lambda: acked_by(c.events(), command["command_id"]), 60, "the deploy's ack")
+        storefront.join(120)
+        assert not storefront.is_alive() and stats
+        sent = stats[0].requests
+        wait_for(lambda: len(c.answered()) >= sent, 120, f"an answer to each of {sent:,} requests")
+        wait_for(lambda: sum(latest_totals(settings).values()) >= sent, 120, "the monitor to count them all")
+        totals = latest_totals(settings)
+
+        predictions = c.predictions()
+        answered, _lost, duplicated = tally(predictions, {p["request_id"] for p in predictions})
+        fault.measured(sent, answered, duplicated, control_loop_ok=acked == {"serve-a"} and v2 in totals)
+        fault.note(f"monitor counted {sum(totals.values()):,} labelled")
+        fault.note(f"replica retries {waits[:4]} s, monitor retries {monitor_waits[:4]} s")
+        monitor_after = monitor.log()[monitor_before:]
+        said = sorted(
+            {
+                w
+                for w in ("Connection", "NodeNotReady", "KafkaConnectionError", "Unable")
+                if w in monitor_after
+            }
+        )
+        fault.note(f"monitor said: {', '.join(said) or 'nothing'}")
+
+        # Guards the replica's and the monitor's reconnection (no restart by hand): same processes, alive.
+        assert replica.running and monitor.running
+        # Guards at-least-once delivery across the broker's crash: every request the storefront sent was
+        # answered (librdkafka retries the produce; offsets wait for the acks).
+        assert answered == sent
+        # Guards the monitor's at-least-once join and its deduplication of replayed predictions.
+        assert sum(totals.values()) == sent
+        # Guards the control thread's reader: it resumes after the broker comes back.
+        assert acked == {"serve-a"} and v2 in totals
+    finally:
+        if collector is not None:
+            collector.close()
+        for p in (replica, monitor):
+            p.stop()
