@@ -18,3 +18,44 @@ def test_compose_parses_and_names_the_services() -> None:
         env = services[name]["environment"]
         assert env["MODELWATCH_BOOTSTRAP"] == "kafka:9092"
         assert "topics" in services[name]["depends_on"]
+
+
+def test_the_secure_profile_mirrors_the_local_scram_broker_and_its_acls() -> None:
+    from services.security import ROLES
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    secure = {name: s for name, s in services.items() if "secure" in s.get("profiles", [])}
+    assert not any(
+        services[name].get("profiles") for name in ("kafka", "topics", "serve-1", "serve-2", "monitor")
+    )
+    broker = "\n".join(secure["kafka-secure"]["command"])
+    for line in (
+        "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        "super.users=User:admin;User:ANONYMOUS",
+    ):
+        assert line in broker
+    assert {user for user in ROLES if f"name={user}," in broker} == set(ROLES)  # every role's SCRAM user
+    assert "modelwatch acls apply" in secure["secure-setup"]["command"]
+    principals = {
+        name: s["environment"]["MODELWATCH_SASL_USERNAME"]
+        for name, s in secure.items()
+        if name != "kafka-secure"
+    }
+    assert principals == {
+        "secure-setup": "admin",
+        "secure-serve-1": "service",
+        "secure-serve-2": "service",
+        "secure-monitor": "monitor",
+        "secure-operator": "operator",
+        "secure-storefront": "storefront",
+    }
+    for name in principals:
+        env = secure[name]["environment"]
+        assert env["MODELWATCH_BOOTSTRAP"] == "kafka-secure:9092"
+        assert (env["MODELWATCH_SECURITY_PROTOCOL"], env["MODELWATCH_SASL_MECHANISM"]) == (
+            "SASL_PLAINTEXT",
+            "SCRAM-SHA-256",
+        )
+        assert "topics" not in secure[name].get("depends_on", {})  # never waits on the plain broker's setup
