@@ -57,7 +57,7 @@ def _met(summary: dict[str, Any], key: str) -> bool | None:
 
 
 def draw(summary: dict[str, Any], path: Path) -> Path:
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(3, 2, figsize=(15, 14))
     machine = summary.get("machine", {})
     fig.suptitle(
         f"modelwatch bench --{summary.get('mode')}, {summary.get('date')}: "
@@ -141,9 +141,10 @@ def draw(summary: dict[str, Any], path: Path) -> Path:
         _bars(ax, labels, values, [_color(_met(s, "ack_ms"))] * len(values), " ms", target=1000.0)
         _target_line(ax, 1000.0, "target 1 s")
         ax.set_title(
-            f"control loop: command → replica acknowledgement\nalert after {live['alert_after_labelled']} "
-            f"labelled requests of the bad version ({live['deploy_to_alert_s'] or 0:.1f} s); "
-            f"monitor lag p50 {live['lag_p50_messages'] or 0:,.0f} msgs at {live['rate']:.0f} req/s",
+            "control loop: command → replica acknowledgement\n"
+            f"the alert fired after {live['alert_after_labelled']} labelled requests of the bad version "
+            f"({live['deploy_to_alert_s'] or 0:.1f} s)\nmonitor lag p50 {live['lag_p50_messages'] or 0:,.0f} "
+            f"messages at {live['rate']:.0f} req/s",
             fontsize=10,
         )
         ax.set_xlabel("ms")
@@ -151,7 +152,40 @@ def draw(summary: dict[str, Any], path: Path) -> Path:
         ax.set_axis_off()
         ax.set_title("control loop: not measured in this run", fontsize=10)
 
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    ax = axes[2][0]
+    sweep = s.get("batch_sizes", [])
+    if sweep:
+        sizes = [str(p["batch_size"]) for p in sweep]
+        rates = [p["per_s"] or 0.0 for p in sweep]
+        ax.bar(sizes, rates, color=REFERENCE)
+        for x, v in zip(sizes, rates, strict=True):
+            ax.text(x, v, f"{v:,.0f}/s", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel("predictions/s (bars)")
+        twin = ax.twinx()
+        twin.plot(sizes, [p["p99_ms"] or 0.0 for p in sweep], color="#6a1b9a", marker="o")
+        twin.set_ylabel(f"p99 ms at {sweep[0]['rate']:,.0f} req/s (line)", color="#6a1b9a")
+        twin.set_ylim(0, max(60.0, max(p["p99_ms"] or 0.0 for p in sweep) * 1.3))
+        ax.set_xlabel("serve.batch_size")
+        ax.set_title("choosing serve.batch_size: throughput and p99 per setting", fontsize=10)
+    else:
+        ax.set_axis_off()
+        ax.set_title("batch-size sweep: measured by --full only", fontsize=10)
+
+    ax = axes[2][1]
+    costs: dict[str, float] = {}
+    for key, value in s.get("codec_us", {}).items():
+        if key == "request_fast_intake_us":
+            costs["service's fast intake (request)"] = value
+        else:
+            costs[f"decode+validate {key.removesuffix('_decode_us').replace('_', ' ')}"] = value
+    for key, value in s.get("scoring_us", {}).items():
+        costs[f"scoring, batch of {key.removeprefix('score_batch').removesuffix('_us')}"] = value
+    if costs:
+        _bars(ax, list(costs), list(costs.values()), [REFERENCE] * len(costs), " µs", log=True)
+        ax.set_xlabel("µs per event or request (log scale)")
+    ax.set_title("in-process costs: codec per event, scoring per request", fontsize=10)
+
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -24,6 +24,7 @@ from services.bench.micro import codec_costs, scoring_costs
 from services.bench.monitor import faust_monitor, plain_monitor, prepare
 from services.bench.rig import Rig, delete_group, end_offsets, stamp_on_append
 from services.bench.stats import REQUIRED_KEYS, derived, judge_targets
+from services.bench.sweep import sweep_batch_sizes
 from services.bench.throughput import Throughput, committed_through, measure, outputs_reached
 from services.config import Settings
 from services.model.training import DEFAULT_SESSIONS, train_version
@@ -52,12 +53,15 @@ class BenchPlan:
     live: bool = True  # lag behind the simulator, and the control loop
     live_warmup_s: float = 15.0
     train_sessions: int = DEFAULT_SESSIONS
+    #: serve.batch_size values to measure throughput and p99 at 1,000/s for (none: skipped).
+    batch_sizes: tuple[int, ...] = ()
 
     def steps(self) -> list[str]:
         """The steps :func:`run_bench` reports, in order."""
         out = ["broker and topics", "training", "recording requests", "codec and scoring"]
         out += ["pass-through", "naive service", "service at-least-once", "service exactly-once"]
         out += [f"latency at {rate:,.0f}/s" for rate in self.latency_rates]
+        out += ["batch sizes"] if self.batch_sizes else []
         out += ["monitor traffic", *(["monitor (Faust)"] if self.faust else []), "monitor (plain consumer)"]
         out += ["live: lag and control loop"] if self.live else []
         return [*out, "cleanup"]
@@ -82,6 +86,7 @@ FULL = BenchPlan(
     monitor_labelled=100_000,
     micro_s=2.0,
     live_warmup_s=40.0,
+    batch_sizes=(50, 200, 500, 1000, 2000),
 )
 
 
@@ -216,6 +221,18 @@ def run_bench(
         finally:
             replica.stop(30)
         details["latency"] = latencies
+        if plan.batch_sizes:
+            step("batch sizes")
+            details["batch_sizes"] = sweep_batch_sizes(
+                rig,
+                serve,
+                world,
+                plan.batch_sizes,
+                plan.requests,
+                TARGET_RATE,
+                min(plan.latency_s, 10.0),
+                timeout,
+            )
 
         step("monitor traffic")
         monitor_settings = prepare(rig, world, plan.monitor_labelled)
@@ -299,6 +316,7 @@ def summarize(plan: BenchPlan, details: dict[str, Any], base: Settings) -> dict[
             }
         )
     summary.update(derived(summary))
+    summary["batch_sizes"] = [p.as_dict() for p in details.get("batch_sizes", [])]
     summary["codec_us"] = details.get("codec", {})
     summary["scoring_us"] = details.get("scoring", {})
     for key in REQUIRED_KEYS:

@@ -132,6 +132,12 @@ def bench_table(summary: dict[str, Any]) -> Table:
         target,
         mark,
     )
+    for point in s.get("batch_sizes", []):
+        table.add_row(
+            f"serve --batch-size {point['batch_size']}",
+            _n(point["per_s"], unit="/s"),
+            f"{_cpu(point['cpu_per_1000'])}; p99 {_n(point['p99_ms'], 1)} ms at {point['rate']:,.0f}/s",
+        )
     for name, value in s.get("codec_us", {}).items():
         table.add_row(
             f"codec: {name.removesuffix('_us').replace('_', ' ')}", _n(value, 1, " µs"), "per event"
