@@ -70,7 +70,7 @@ class BenchPlan:
 QUICK = BenchPlan(
     mode="quick",
     requests=50_000,
-    naive_requests=2_000,
+    naive_requests=5_000,
     latency_rates=(TARGET_RATE,),
     latency_s=10.0,
     monitor_labelled=20_000,
