@@ -130,3 +130,10 @@ def log_events(text: str, event: str) -> list[str]:
     return [
         line for line in text.splitlines() if f"event={event} " in line or line.endswith(f"event={event}")
     ]
+
+
+def print_tails(*logs: tuple[str, str], lines: int = 40) -> None:
+    """The end of each (name, text) log, printed: pytest shows it when the test fails."""
+    for name, text in logs:
+        print(f"----- {name} (last {lines} lines) -----")
+        print("\n".join(text.splitlines()[-lines:]))

@@ -33,6 +33,7 @@ from tests.faults.support import (
     leader_of,
     led_by,
     partitions_without,
+    print_tails,
     register,
     rss_mb,
     tally,
@@ -142,6 +143,7 @@ def test_sigkill_of_one_of_three_brokers(
     finally:
         collector.close()
         monitor.stop()
+        print_tails(("monitor", monitor.log()), *((r.instance, r.log) for r in started))
 
     answered, _lost, duplicated = tally(predictions, {p["request_id"] for p in predictions})
     fault.measured(sent, answered, duplicated, control_loop_ok=acked == set(names) and v2 in totals)

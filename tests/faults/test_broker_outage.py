@@ -23,7 +23,7 @@ from services.processes import ManagedProcess
 from services.storefront import SimulationPlan, SimulationStats, simulate
 from services.topics import create_topics
 from tests.faults.conftest import FaultRow
-from tests.faults.support import acked_by, deploy, log_events, register, tally
+from tests.faults.support import acked_by, deploy, log_events, print_tails, register, tally
 from tests.integration.monitor_support import READY, read_events, write_config
 from tests.integration.serving_support import Collector, wait_for
 
@@ -160,3 +160,4 @@ def test_no_broker_at_start_then_a_broker_restart_mid_run(
             collector.close()
         for p in (replica, monitor):
             p.stop()
+        print_tails(("serve-a", replica.log()), ("monitor", monitor.log()))

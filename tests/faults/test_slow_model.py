@@ -82,9 +82,10 @@ def test_a_slow_model_degrades_latency_without_loss_or_rebalances(
     }
     rebalanced = {name: n - before[name] for name, n in moves().items()}
     fault.measured(N, answered, duplicated, control_loop_ok=acked == set(names))
+    in_replica = {v: np.median([p["latency_ms"] for p in ps]) for v, ps in by_version.items()}
     fault.note(
-        f"p50 latency slow {np.median(end_to_end[slow]) / 1000:.1f} s, after the fast deploy "
-        f"{np.median(end_to_end[fast]) / 1000:.1f} s; "
+        f"p50 in the replica {in_replica[slow]:,.0f} ms slow, {in_replica[fast]:,.0f} ms after the fast "
+        f"deploy; p50 end to end {np.median(end_to_end[slow]) / 1000:.1f} s while slow (backlog); "
         f"partition moves during the run {sum(rebalanced.values())}"
     )
 
