@@ -250,6 +250,29 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def caught_up(settings: Settings, group: str, topic: str, timeout: float) -> None:
+    """Wait until ``group`` has committed every message now in ``topic``: a replica that has worked off
+    its backlog, so what is measured next is not queued behind it."""
+    ends = OffsetProbe(settings)
+    committed = OffsetProbe(settings, group)
+    try:
+        target = ends.ends(topic)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = committed.committed(topic, list(target))
+            if all(done.get(p, 0) >= o for p, o in target.items()):
+                return
+            if time.monotonic() > deadline:
+                behind = sum(max(0, o - done.get(p, 0)) for p, o in target.items())
+                raise TimeoutError(
+                    f"{group} is still {behind} messages behind on {topic} after {timeout:.0f}s"
+                )
+            time.sleep(0.1)  # offsets are committed every serve.commit_interval_ms
+    finally:
+        ends.close()
+        committed.close()
+
+
 class OffsetProbe:
     """Cheap progress readings: a topic's end offsets, a group's committed offsets (no group is joined)."""
 

@@ -22,7 +22,7 @@ from services.bench.latency import Latency, measure_latency
 from services.bench.live import run_live
 from services.bench.micro import codec_costs, scoring_costs
 from services.bench.monitor import faust_monitor, plain_monitor, prepare
-from services.bench.rig import Rig, delete_group, end_offsets, stamp_on_append
+from services.bench.rig import Rig, caught_up, delete_group, end_offsets, stamp_on_append
 from services.bench.stats import REQUIRED_KEYS, derived, judge_targets
 from services.bench.sweep import sweep_batch_sizes
 from services.bench.throughput import Throughput, committed_through, measure, outputs_reached
@@ -213,8 +213,9 @@ def run_bench(
         # A fresh at-least-once replica resumes where the exactly-once one committed: nothing is queued.
         latencies: list[Latency] = []
         replica = rig.serve(serve, "bench-latency")
-        replica.wait_for_log("event=assigned", 120)
         try:
+            replica.wait_for_log("event=assigned", 120)
+            caught_up(serve, group, requests_topic, timeout)
             for i, rate in enumerate(plan.latency_rates):
                 step(f"latency at {rate:,.0f}/s")
                 latencies.append(measure_latency(serve, world, rate, plan.latency_s, seed=100 + i))

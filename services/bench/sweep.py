@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from services.bench.latency import measure_latency
-from services.bench.rig import Rig, delete_group
+from services.bench.rig import Rig, caught_up, delete_group
 from services.bench.throughput import measure, outputs_reached
 from services.config import Settings
 from services.processes import ManagedProcess
@@ -61,10 +61,11 @@ def sweep_batch_sizes(
             outputs_reached(predictions, requests),
             timeout,
         )
-        # The group now stands at the end of the requests: a new replica starts with nothing queued.
+        # A new replica first works off what is left (earlier latency runs' requests), then is measured.
         replica = rig.serve(settings, f"bench-sweep-latency-{size}", "--batch-size", str(size))
         try:
             replica.wait_for_log("event=assigned", 120)
+            caught_up(settings, group, settings.topic("requests"), timeout)
             latency = measure_latency(settings, world, rate, latency_s, seed=200 + i)
         finally:
             replica.stop(30)
