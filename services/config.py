@@ -99,6 +99,9 @@ class MonitorSettings(BaseModel):
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web server; unset: none.")
     data_dir: Path = Field(default_factory=lambda: _data_home() / "monitor")
     log_level: str = "info"
+    dedupe_horizon: int = Field(
+        50_000, ge=0, description="Recent requests per version remembered, so a replay is not counted twice."
+    )
 
 
 class AlertRule(BaseModel):

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -46,13 +45,15 @@ from services import kafka
 from services.config import Settings, load_settings
 from streams.alerts import RegistryBaselines
 from streams.history import CommandFollower, published_alerts
-from streams.join import Clocks, Joiner, JoinStats, Labelled
+from streams.join import Clocks, Joiner, JoinStats, Labelled, decode_bundle, encode_bundle
 from streams.rollback import RollbackPolicy, command_id
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
 log = logging.getLogger("modelwatch.monitor")
 
 READY = "modelwatch monitor ready"
+#: Labelled requests per message of the repartition topic (well under Kafka's 1 MB message limit).
+BUNDLE = 1000
 
 
 class PartitionedTable(faust.Table):
@@ -205,6 +206,9 @@ class Monitor:
             broker_session_timeout=m.session_timeout_s,
             broker_heartbeat_interval=min(3.0, m.session_timeout_s / 3),
             consumer_auto_offset_reset="earliest",  # a new monitor judges what was produced before it
+            # A batch's labelled requests and changelog records go out in a few large requests, not in
+            # Faust's default 16 kB ones (one round trip each: the join waits for them every batch).
+            producer_max_batch_size=512 * 1024,
             web_enabled=m.web_port is not None,  # tests run several workers on one host: no fixed port
             web_port=m.web_port or 6066,
             datadir=str(m.data_dir),
@@ -302,27 +306,29 @@ class Monitor:
             if self._join_generation != self._generation:
                 self._load_joiners()
             stores: dict[int, _BatchStore] = {}
-            sent: list[Any] = []
+            by_version: dict[str, list[Labelled]] = {}
             for event in events:
                 message = event.message
                 joiner = self._joiner(message.partition, stores)
                 try:
                     if message.topic == self.predictions_topic:
                         out = joiner.prediction(codec("prediction").decode(event.value))
-                        source = f"p{message.partition}"
                     else:
                         out = joiner.outcome(codec("outcome").decode(event.value))
-                        source = f"o{message.partition}"
                 except ContractError as exc:
                     self.invalid += 1
                     where = f"{message.topic}[{message.partition}]@{message.offset}"
                     log.warning("skipped %s: %s", where, exc)
                     continue
                 for item in out:
-                    item = replace(item, source=source, offset=message.offset)
-                    sent.append(self.labelled.send_soon(key=item.model_version, value=item.encode()))
+                    by_version.setdefault(item.model_version, []).append(item)
             # The labelled requests must be on the broker before the markers that say they were sent: the
             # other way round, a crash in between loses them (a replay finds the markers and sends nothing).
+            sent = [
+                await self.labelled.send(key=version, value=encode_bundle(items[i : i + BUNDLE]), force=True)
+                for version, items in by_version.items()
+                for i in range(0, len(items), BUNDLE)
+            ]
             if sent:
                 await asyncio.gather(*sent)
             for partition, store in stores.items():
@@ -373,21 +379,21 @@ class Monitor:
                 touched: dict[str, VersionTracker] = {}
                 for event in events:
                     try:
-                        item = Labelled.decode(event.value)
+                        items = decode_bundle(event.value)
                     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                         self.invalid += 1
-                        log.warning("skipped a labelled event at offset %d: %r", event.message.offset, exc)
+                        log.warning("skipped a labelled message at offset %d: %r", event.message.offset, exc)
                         continue
-                    tracker = self.trackers.get(item.model_version)
+                    if not items:
+                        continue
+                    version = items[0].model_version  # a bundle holds one version's requests
+                    tracker = self.trackers.get(version)
                     if tracker is None:
-                        tracker = VersionTracker(
-                            item.model_version, self.tracker_config, event.message.partition
-                        )
-                        self.trackers[item.model_version] = tracker
-                    emission = tracker.add(item, event.message.offset, self.baselines)
-                    touched[tracker.version] = tracker
-                    if emission is not None:
+                        tracker = VersionTracker(version, self.tracker_config, event.message.partition)
+                        self.trackers[version] = tracker
+                    for emission in tracker.add_bundle(items, event.message.offset, self.baselines):
                         emissions.append((tracker, emission))
+                    touched[version] = tracker
                 await self._publish(emissions)
                 self._persist(touched.values())
 
@@ -495,8 +501,11 @@ class Monitor:
 class _BatchStore:
     """The join's pending store for one partition: the ``pending`` table, written back once per batch.
 
-    Keys are ``r:<partition>:<request_id>``; the partition's clocks are ``c:<partition>``, written last so a
-    crash never leaves the clocks ahead of the requests they account for.
+    Keys are ``r:<partition>:<request_id>``; the partition's clocks are ``c:<partition>``. A batch's
+    records go out in this order, on one changelog partition: new and changed entries, then the clocks,
+    then deletions. Whatever prefix of them survives a crash, the clocks are never ahead of the entries
+    they account for, and never behind a deletion they justified (a deleted marker with an older clock
+    would let a replayed prediction through as new).
     """
 
     def __init__(self, table: PartitionedTable, partition: int) -> None:
@@ -526,14 +535,17 @@ class _BatchStore:
             return
         table = self.table
         table.writing_partition = self.partition
+        deleted = []
         for key, value in self.dirty.items():
-            full = self.prefix + key
             if value is not None:
-                table[full] = value
-            elif full in table:
+                table[self.prefix + key] = value
+            else:
+                deleted.append(self.prefix + key)
+        table[f"c:{self.partition}"] = clocks.as_dict()
+        for full in deleted:
+            if full in table:
                 del table[full]
         self.dirty.clear()
-        table[f"c:{self.partition}"] = clocks.as_dict()
 
 
 def create_monitor(settings: Settings | None = None) -> Monitor:

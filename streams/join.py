@@ -76,9 +76,6 @@ class Labelled:
     """A prediction with its label: what the join hands to the per-version windows.
 
     ``counts`` is ``None`` for an expired prediction that config says to drop (it is still reported).
-    ``source`` and ``offset`` name the input event whose processing produced it (``"p0"``: predictions
-    partition 0, ``"o0"``: outcomes). Replaying the inputs after a crash produces the same labelled request
-    at the same position, which is how the windows recognise a replay however late it comes.
     """
 
     request_id: str
@@ -86,8 +83,6 @@ class Labelled:
     ts: int
     counts: Counts | None
     expired: bool = False
-    source: str | None = None
-    offset: int | None = None
 
     def encode(self) -> bytes:
         c = self.counts
@@ -98,25 +93,28 @@ class Labelled:
                 "ts": self.ts,
                 "counts": None if c is None else [c.tp, c.fp, c.fn, c.tn],
                 "expired": self.expired,
-                "source": self.source,
-                "offset": self.offset,
             }
         )
 
     @classmethod
     def decode(cls, data: bytes) -> Labelled:
-        d = orjson.loads(data)
+        return cls.from_dict(orjson.loads(data))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Labelled:
         c = d["counts"]
         counts = None if c is None else Counts(*c)
-        return cls(
-            d["request_id"],
-            d["model_version"],
-            int(d["ts"]),
-            counts,
-            d["expired"],
-            d.get("source"),
-            d.get("offset"),
-        )
+        return cls(d["request_id"], d["model_version"], int(d["ts"]), counts, d["expired"])
+
+
+def encode_bundle(items: list[Labelled]) -> bytes:
+    """Labelled requests of one version as one message: the repartition costs a message per version and
+    batch, not per request."""
+    return b"[" + b",".join(item.encode() for item in items) + b"]"
+
+
+def decode_bundle(data: bytes) -> list[Labelled]:
+    return [Labelled.from_dict(d) for d in orjson.loads(data)]
 
 
 @dataclass

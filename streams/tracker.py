@@ -21,6 +21,7 @@ meta that no longer needs them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ class TrackerConfig:
     emit_every_n: int = 200
     rules: tuple[AlertRule, ...] = ()
     drift_delta: float | None = None
+    dedupe_horizon: int = 50_000
 
     @classmethod
     def from_settings(cls, monitor: MonitorSettings, rules: Iterable[AlertRule]) -> TrackerConfig:
@@ -51,6 +53,7 @@ class TrackerConfig:
             emit_every_n=monitor.emit_every_n,
             rules=tuple(rules),
             drift_delta=monitor.drift_delta,
+            dedupe_horizon=monitor.dedupe_horizon,
         )
 
 
@@ -77,10 +80,10 @@ class VersionTracker:
         self.alerts: dict[str, AlertState] = {r.name: AlertState() for r in config.rules}
         self.drift = DriftWatch(config.drift_delta) if config.drift_delta else None
         self.duplicates = 0
-        # Per input partition of the join, the last input offset that produced a counted request, and the
-        # requests it produced: a replayed join re-emits at or below it (see Labelled).
-        self.positions: dict[str, tuple[int, list[str]]] = {}
-        self._ids: dict[str, int] = {}  # request ids in either window -> how many windows hold it
+        # The last dedupe_horizon requests, kept (and persisted in the blocks) beyond the windows only so
+        # that a request the join sends again after a crash is recognised, however late it comes.
+        self._recent: deque[Entry] = deque()
+        self._ids: dict[str, int] = {}  # request ids held -> by how many of: count, time window, recent
         self._open: dict[int, list[Entry]] = {}  # blocks not yet written in full
         self._first_block = 0  # older blocks are deleted
         self._stale: list[int] = []  # blocks found below first_block at restore
@@ -88,17 +91,31 @@ class VersionTracker:
 
     # -- counting ----------------------------------------------------------------------------------------
 
+    def add_bundle(
+        self, items: Iterable[Labelled], offset: int, baseline: Baseline = no_baseline
+    ) -> list[Emission]:
+        """Count the labelled requests of one message of the labelled stream (at ``offset``), unless that
+        message was counted before (it is delivered again after a crash)."""
+        if offset <= self.last_offset:
+            self.duplicates += 1
+            return []
+        emissions = [e for e in (self.add(item, baseline=baseline) for item in items) if e is not None]
+        self.last_offset = offset
+        self._changed = True
+        return emissions
+
     def add(
         self, item: Labelled, offset: int | None = None, baseline: Baseline = no_baseline
     ) -> Emission | None:
-        """Count one labelled request; return an emission when one is due."""
+        """Count one labelled request (the message at ``offset``, if given); return an emission when one is
+        due."""
         if offset is not None:
             if offset <= self.last_offset:
                 self.duplicates += 1
                 return None
             self.last_offset = offset
         self._changed = True
-        if self._replayed(item) or item.request_id in self._ids:  # the join sent it again after a crash
+        if item.request_id in self._ids:  # the join sent it again after a crash
             self.duplicates += 1
             return None
         if item.expired:
@@ -123,29 +140,21 @@ class VersionTracker:
             return emission
         return Emission(alerts=alerts) if alerts else None
 
-    def _replayed(self, item: Labelled) -> bool:
-        if item.source is None or item.offset is None:
-            return False
-        last = self.positions.get(item.source)
-        if last is not None:
-            offset, ids = last
-            if item.offset < offset or (item.offset == offset and item.request_id in ids):
-                return True
-            if item.offset == offset:
-                ids.append(item.request_id)
-                return False
-        self.positions[item.source] = (item.offset, [item.request_id])
-        return False
-
     def _place(self, entry: Entry) -> None:
         ids = self._ids
-        ids[entry.request_id] = ids.get(entry.request_id, 0) + 1
+        rid = entry.request_id
+        ids[rid] = ids.get(rid, 0) + 1
         pushed = self.count.add(entry)
         entered, left = self.time.add(entry)
         if entered:
-            ids[entry.request_id] += 1
+            ids[rid] += 1
         if pushed is not None:
             left.append(pushed)
+        if self.config.dedupe_horizon:
+            ids[rid] += 1
+            self._recent.append(entry)
+            if len(self._recent) > self.config.dedupe_horizon:
+                left.append(self._recent.popleft())
         for old in left:
             ids[old.request_id] -= 1
             if ids[old.request_id] == 0:
@@ -220,7 +229,6 @@ class VersionTracker:
             "first_block": self._first_block,
             "alerts": {name: s.as_dict() for name, s in self.alerts.items()},
             "drift": self.drift.state.as_dict() if self.drift else None,
-            "positions": {source: [offset, ids] for source, (offset, ids) in self.positions.items()},
         }
 
     def block_key(self, block: int) -> str:
@@ -242,7 +250,8 @@ class VersionTracker:
             records.append((self.block_key(b), {"v": self.version, "b": b, "e": rows}))
             if b < current:
                 del self._open[b]  # full, and now written in full
-        oldest = [s for s in (self.count.oldest_seq(), self.time.oldest_seq()) if s is not None]
+        recent = self._recent[0].seq if self._recent else None
+        oldest = [s for s in (self.count.oldest_seq(), self.time.oldest_seq(), recent) if s is not None]
         live = (min(oldest) - 1) // BLOCK if oldest else current
         dead = [*self._stale, *range(self._first_block, live)]
         self._stale = []
@@ -289,7 +298,6 @@ class VersionTracker:
         tracker.last_offset = int(meta["last_offset"])
         tracker.emitted = (int(meta["emitted"][0]), int(meta["emitted"][1]))
         tracker._first_block = first
-        tracker.positions = {src: (int(o), list(ids)) for src, (o, ids) in meta.get("positions", {}).items()}
         for name, state in meta["alerts"].items():
             tracker.alerts[name] = AlertState.from_dict(state)
         if tracker.drift is not None and meta.get("drift"):

@@ -333,7 +333,10 @@ def read_events(settings: Settings, suffix: str, event: str) -> list[dict[str, A
 def read_labelled(settings: Settings) -> list[dict[str, Any]]:
     """The monitor's repartition topic, in each partition's order (so in each version's order)."""
     topic = f"{settings.topic_prefix}monitor-labelled"
-    return [orjson.loads(v) for _, v, _ in kafka.read_topic(settings, topic) if v is not None]
+    # Each message is a bundle: one version's labelled requests from one batch of the join.
+    return [
+        item for _, v, _ in kafka.read_topic(settings, topic) if v is not None for item in orjson.loads(v)
+    ]
 
 
 def sklearn_metrics(y_true: list[int], y_pred: list[int]) -> dict[str, float | None]:

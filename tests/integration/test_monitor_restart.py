@@ -4,6 +4,7 @@ firing alert is repeated or lost."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,33 +59,40 @@ def test_sigkill_mid_stream_then_restart(kafka_bootstrap: str, tmp_path: Path) -
         t0 = int(time.time() * 1000)
         phases: list[list[Req]] = []
 
-        def serve(n: int, exact: tuple[int, int], seed: int) -> list[Req]:
+        def serve(n: int, exact: tuple[int, int], seed: int, per_s: float | None = None) -> None:
+            """``n`` requests with their outcomes; at ``per_s`` requests a second, as a live stream."""
             start = t0 + 10 * sum(len(p) for p in phases)
             reqs = traffic("k1", n, seed=seed, t0=start, step_ms=10, hit=0, miss=0, exact=exact)
             phases.append(reqs)
-            storefront.predictions(reqs)
-            storefront.outcomes(reqs)
-            return reqs
+            step = 100 if per_s else n
+            for i in range(0, n, step):
+                storefront.predictions(reqs[i : i + step])
+                storefront.outcomes(reqs[i : i + step])
+                if per_s:
+                    time.sleep(step / per_s)  # pacing the producer, not waiting for the monitor
+
+        def live_stream() -> None:
+            # A long bad stretch then a long good one, still flowing while the worker is killed and back.
+            serve(3000, (0, 1), seed=3, per_s=800)
+            serve(3000, (2, 0), seed=4, per_s=800)
+            storefront.tick(phases[-1][-1].ts + 2 * W, PARTITIONS)
 
         monitor.start()
         try:
             serve(200, (2, 0), seed=1)  # good
             serve(200, (0, 1), seed=2)  # bad: f1-low fires
             wait_for(lambda: read_events(settings, "alerts", "alert"), 60, "the alert to fire", every=0.5)
-            # A long bad stretch then a long good one, and the kill while the bad stretch is being counted.
-            serve(3000, (0, 1), seed=3)
-            serve(3000, (2, 0), seed=4)
-            storefront.tick(phases[-1][-1].ts + 2 * W, PARTITIONS)
-            expected = sum(len(p) for p in phases)
-            wait_for(
-                lambda: latest_total(settings, "k1") >= 1000, 60, "the stream to be half counted", every=0.1
-            )
+            producer = threading.Thread(target=live_stream)
+            producer.start()
+            expected = 200 + 200 + 3000 + 3000
+            wait_for(lambda: latest_total(settings, "k1") >= 1000, 60, "the stream to be counted", every=0.1)
             monitor.kill()
             before = metrics_of(settings, "k1")
             killed_at = before[-1]["total"]
             assert killed_at < expected - 2000, "the kill should land mid-stream"
 
             monitor.start(faust_cli=True)
+            producer.join(timeout=60)
             wait_for(
                 lambda: latest_total(settings, "k1") == expected, 90, f"all {expected} counted", every=0.5
             )

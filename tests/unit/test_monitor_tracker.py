@@ -11,14 +11,14 @@ import pytest
 from schemas.metrics import Counts
 from services.config import AlertRule
 from streams import tracker as tracker_module
-from streams.join import Labelled
+from streams.join import Labelled, decode_bundle, encode_bundle
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
 RULES = (
     AlertRule(name="f1-low", metric="f1", below=0.45, resolve_above=0.55, min_samples=5, **{"for": 2}),
     AlertRule(name="acc-time", metric="accuracy", window="time", below=0.6, min_samples=3),
 )
-CONFIG = TrackerConfig(count_window=12, time_window_s=3, emit_every_n=5, rules=RULES)
+CONFIG = TrackerConfig(count_window=12, time_window_s=3, emit_every_n=5, rules=RULES, dedupe_horizon=30)
 
 
 def stream(seed: int, n: int = 300) -> list[Labelled]:
@@ -110,7 +110,7 @@ def test_restored_tracker_goes_on_as_if_never_stopped(seed: int, monkeypatch: py
     restored = VersionTracker.restore("v1", changelog.values(), CONFIG)
     assert {k: restored.snapshot(k) for k in ("count", "time")} == final
     blocks = [k for k in changelog if not k.endswith("|meta")]
-    assert len(blocks) <= (CONFIG.count_window + 60) // 8 + 2
+    assert len(blocks) <= (CONFIG.dedupe_horizon + 60) // 8 + 2
 
 
 def test_redelivered_offsets_and_replayed_requests_count_once() -> None:
@@ -128,17 +128,35 @@ def test_an_empty_changelog_restores_an_empty_tracker() -> None:
     assert t.total == 0 and t.snapshot("count")["n"] == 0
 
 
-def test_a_replay_long_after_its_original_is_recognised_by_its_join_position() -> None:
-    t = VersionTracker("v1", TrackerConfig(count_window=3, time_window_s=1, emit_every_n=100))
-    first = Labelled("r0", "v1", 1000, Counts(1, 0, 0, 1), source="o2", offset=10)
+def test_a_replay_long_after_its_original_is_recognised_within_the_horizon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tracker_module, "BLOCK", 8)
+    config = TrackerConfig(count_window=3, time_window_s=1, emit_every_n=100, dedupe_horizon=100)
+    t = VersionTracker("v1", config)
+    first = Labelled("r0", "v1", 1000, Counts(1, 0, 0, 1))
     t.add(first)
-    for i in range(1, 50):  # r0 leaves both windows
-        t.add(Labelled(f"r{i}", "v1", 1000 + 100 * i, Counts(0, 1, 0, 1), source="o2", offset=10 + i))
-    t.add(Labelled("x", "v1", 6000, Counts(0, 0, 1, 1), source="p1", offset=3))
-    total = t.total
-    t.add(first)  # the join, restarted, sends r0 again from the same input event
-    t.add(Labelled("y", "v1", 6001, Counts(0, 0, 1, 1), source="p1", offset=3))  # same event, new request
-    assert (t.total, t.duplicates) == (total + 1, 1)
-    restored = VersionTracker.restore("v1", [v for _, v in t.changes() if v is not None], t.config)
-    restored.add(Labelled("r5", "v1", 1500, Counts(0, 1, 0, 1), source="o2", offset=15))
-    assert (restored.total, restored.duplicates) == (t.total, 1)
+    for i in range(1, 50):  # r0 leaves both windows, not the horizon
+        t.add(Labelled(f"r{i}", "v1", 1000 + 100 * i, Counts(0, 1, 0, 1)))
+    t.add(first)  # the join, restarted, sends r0 again (from whichever of its two events came last)
+    assert (t.total, t.duplicates) == (50, 1)
+    restored = VersionTracker.restore("v1", [v for _, v in t.changes() if v is not None], config)
+    restored.add(Labelled("r5", "v1", 1500, Counts(0, 1, 0, 1)))
+    assert (restored.total, restored.duplicates) == (50, 1)
+    for i in range(50, 200):
+        restored.add(Labelled(f"r{i}", "v1", 1000 + 100 * i, Counts(0, 1, 0, 1)))
+    restored.add(first)  # beyond the horizon: counted again (the horizon is the bound)
+    assert restored.total == 201
+    # Blocks outside the windows and the horizon are deleted.
+    records = restored.changes()
+    deleted = {k for k, v in records if v is None}
+    assert deleted and all(k.startswith("v1|") for k in deleted)
+
+
+def test_a_bundle_redelivered_at_its_offset_counts_once() -> None:
+    items = [Labelled(f"r{i}", "v1", 1000 + i, Counts(1, 0, 0, 1)) for i in range(5)]
+    bundle = decode_bundle(encode_bundle(items))
+    assert bundle == items
+    t = VersionTracker("v1", TrackerConfig(count_window=10, time_window_s=60, emit_every_n=5))
+    assert [len(e.metrics) for e in t.add_bundle(bundle, offset=7)] == [2]  # one emission, both windows
+    assert t.add_bundle(bundle, offset=7) == [] and (t.total, t.last_offset) == (5, 7)
