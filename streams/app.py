@@ -3,9 +3,9 @@
 Two agents, each with concurrency 1 and batches from ``stream.take_events``:
 
 ``join``   reads predictions and outcomes (co-partitioned by request_id), joins them per partition
-           (:mod:`streams.join`) with the pending requests in the ``pending`` table, and sends each
-           labelled request to the internal topic ``<prefix>monitor-labelled``, keyed by model_version:
-           that repartition puts each version's whole stream in one place.
+           (:mod:`streams.join`) with the pending requests in the ``pending`` table, and sends the
+           labelled requests to the internal topic ``<prefix>monitor-labelled``, one message per version
+           and batch, keyed by model_version: that repartition puts each version's stream in one place.
 ``watch``  reads the labelled requests, counts them into the version's windows (:mod:`streams.tracker`),
            emits metrics, judges the alert rules (:mod:`streams.alerts`) and orders rollbacks
            (:mod:`streams.rollback`); its state lives in the ``windows`` table.
@@ -16,10 +16,11 @@ background thread follows the command topic (:mod:`streams.history`).
 Names: the app id is ``<prefix>monitor`` (also its consumer group), so its topics are
 ``<prefix>monitor-labelled``, ``<prefix>monitor-pending-changelog`` and ``<prefix>monitor-windows-changelog``.
 
-Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs): Faust flushes everything
-produced before it commits offsets; alerts, metrics and commands are acknowledged before the state that
-says they were sent is written, so a crash repeats an output (with the same alert_id / command_id) rather
-than lose it, and the state's offsets and markers keep redelivered events from being counted twice.
+Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs) with idempotent effects.
+Faust flushes everything produced before it commits offsets. Each output (labelled requests, metrics,
+alerts, commands) is acknowledged before the state that says it was sent is written, so a crash repeats
+work rather than lose it; the repeats are recognised: the join's markers, the windows' last counted
+offset and recent request ids, the alert transitions and commands already on their topics.
 
 Start it with ``modelwatch monitor`` or ``faust -A streams.app worker -l info``.
 """
