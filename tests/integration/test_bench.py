@@ -15,6 +15,7 @@ TINY = BenchPlan(
     mode="tiny",
     requests=3_000,
     naive_requests=300,
+    rounds=1,  # a round starts four processes; best_of is unit-tested
     latency_rates=(200.0,),
     latency_s=3.0,
     monitor_labelled=2_000,
@@ -37,6 +38,9 @@ def test_tiny_bench_measures_everything_and_leaves_nothing_behind(kafka_bootstra
     # Every contender answered every request it was given, once each.
     assert s["passthrough_answered"] == s["service_answered"] == s["exactly_once_answered"] == TINY.requests
     assert s["naive_answered"] == s["naive_count"] == TINY.naive_requests
+    for key, runs in s["throughput_rounds"].items():
+        assert len(runs) == TINY.rounds, key
+        assert all(run["unique"] == run["outputs"] for run in runs), key  # nobody answered twice
     for key in ("passthrough_per_s", "service_per_s", "naive_per_s", "exactly_once_per_s"):
         assert s[key] > 0, key
     for key in ("service_vs_passthrough", "service_vs_naive", "exactly_once_ratio"):

@@ -38,7 +38,7 @@ from services.bench.stats import (
     span_rate,
 )
 from services.bench.table import bench_table
-from services.bench.throughput import Throughput
+from services.bench.throughput import Throughput, best_of
 from services.config import load_settings
 
 finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
@@ -228,3 +228,14 @@ def test_process_cpu_seconds_reads_a_live_child_only() -> None:
     assert process_cpu_seconds(child.pid) is None  # reaped: gone
     pressure = cpu_pressure_us()
     assert pressure is None or pressure >= 0
+
+
+def test_best_of_keeps_the_fastest_run_and_the_lowest_cpu() -> None:
+    runs = [
+        Throughput("service", 1000, 1000, 2.0, 500.0, 0.8, 0.8),
+        Throughput("service", 1000, 1000, 1.0, 1000.0, 1.0, 1.0),
+        Throughput("service", 1000, 1000, 4.0, 250.0, 0.5, 0.5),
+    ]
+    best = best_of(runs)
+    assert (best.per_s, best.seconds, best.cpu_per_1000) == (1000.0, 1.0, 0.5)
+    assert best_of([Throughput("x", 1, 1, 0.0, None, None, None)]).cpu_per_1000 is None
