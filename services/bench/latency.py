@@ -20,6 +20,7 @@ from confluent_kafka import TopicPartition
 
 from services import kafka
 from services.bench import workload
+from services.bench.cpu import cpu_pressure_us
 from services.bench.stats import latency_summary, percentile
 from services.config import Settings
 from services.world import World
@@ -41,6 +42,9 @@ class Latency:
     #: production), and from the broker appending the prediction to the reader receiving it.
     replica_p99_ms: float | None = None
     read_p99_ms: float | None = None
+    #: Share of the measurement in which some task on this machine waited for a CPU (Linux PSI): the tail
+    #: of a latency measured on a shared machine moves with it.
+    cpu_pressure_pct: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +112,7 @@ def measure_latency(
     def on_send(i: int, at: float) -> None:
         sent[i] = at
 
+    pressure, started = cpu_pressure_us(), time.monotonic()
     try:
         achieved = workload.paced(settings, settings.topic("requests"), records, rate, on_send)
         deadline = time.monotonic() + drain_s
@@ -115,6 +120,10 @@ def measure_latency(
             time.sleep(0.05)  # waiting out the last predictions, bounded by drain_s
     finally:
         reader.stop()
+    pressure_end = cpu_pressure_us()
+    busy = None
+    if pressure is not None and pressure_end is not None:
+        busy = (pressure_end - pressure) / 1e4 / (time.monotonic() - started)
     start = sent[0] + WARMUP_S
     measured = [
         (at, reader.arrived[rid])
@@ -133,4 +142,5 @@ def measure_latency(
         max_ms=summary["max_ms"],
         replica_p99_ms=percentile([got[2] for _, got in measured], 99),
         read_p99_ms=percentile([got[0] * 1000.0 - got[1] for _, got in measured], 99),
+        cpu_pressure_pct=busy,
     )

@@ -89,7 +89,7 @@ def bench_table(summary: dict[str, Any]) -> Table:
             f"p99 {_n(lat['p99_ms'], 1)} ms",
             f"p50 {_n(lat['p50_ms'], 1)} ms, max {_n(lat['max_ms'], 1)} ms; "
             f"{lat['answered']:,}/{lat['sent']:,} answered; in the replica p99 "
-            f"{_n(lat.get('replica_p99_ms'), 1)} ms",
+            f"{_n(lat.get('replica_p99_ms'), 1)} ms; CPU pressure {_n(lat.get('cpu_pressure_pct'))}%",
             "",
             target,
             mark,
