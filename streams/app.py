@@ -333,7 +333,9 @@ class Monitor:
             if sent:
                 await asyncio.gather(*sent)
             for partition, store in stores.items():
-                store.flush(self.joiners[partition].clocks)
+                joiner = self.joiners[partition]
+                joiner.sync()
+                store.flush(joiner.clocks)
 
     def _joiner(self, partition: int, stores: dict[int, _BatchStore]) -> Joiner:
         joiner = self.joiners.get(partition)
@@ -351,6 +353,7 @@ class Monitor:
     def _load_joiners(self) -> None:
         """Rebuild each partition's join bookkeeping from the ``pending`` table (after recovery)."""
         by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        markers: dict[int, list[tuple[int, list[str]]]] = {}
         clocks: dict[int, Clocks] = {}
         for key, value in self.pending.items():
             kind, _, rest = key.partition(":")
@@ -359,11 +362,14 @@ class Monitor:
             elif kind == "r":
                 partition, _, rid = rest.partition(":")
                 by_partition.setdefault(int(partition), []).append((rid, value))
+            elif kind == "m":
+                partition, _, bucket = rest.partition(":")
+                markers.setdefault(int(partition), []).append((int(bucket), value["ids"]))
         self.joiners = {}
-        for partition in set(by_partition) | set(clocks):
+        for partition in set(by_partition) | set(clocks) | set(markers):
             joiner = self._joiner(partition, {})
             joiner.clocks = clocks.get(partition, Clocks())
-            joiner.rebuild(by_partition.get(partition, []))
+            joiner.rebuild(by_partition.get(partition, []), markers.get(partition, []))
         self._join_generation = self._generation
         pending = sum(len(v) for v in by_partition.values())
         log.info("join state: %d partitions, %d pending or recent requests", len(self.joiners), pending)
@@ -502,34 +508,45 @@ class Monitor:
 class _BatchStore:
     """The join's pending store for one partition: the ``pending`` table, written back once per batch.
 
-    Keys are ``r:<partition>:<request_id>``; the partition's clocks are ``c:<partition>``. A batch's
-    records go out in this order, on one changelog partition: new and changed entries, then the clocks,
-    then deletions. Whatever prefix of them survives a crash, the clocks are never ahead of the entries
-    they account for, and never behind a deletion they justified (a deleted marker with an older clock
-    would let a replayed prediction through as new).
+    Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>`` (markers) and
+    ``c:<partition>`` (the clocks). A batch's records go out in this order, on one changelog partition: new
+    and changed entries and markers, then the clocks, then deletions. Whatever prefix of them survives a
+    crash, the clocks are never ahead of the entries they account for, and never behind a deletion they
+    justified (a deleted marker with an older clock would let a replayed prediction through as new).
     """
 
     def __init__(self, table: PartitionedTable, partition: int) -> None:
         self.table = table
         self.partition = partition
         self.prefix = f"r:{partition}:"
-        self.dirty: dict[str, dict[str, Any] | None] = {}
+        self.dirty: dict[str, dict[str, Any] | None] = {}  # full keys, both kinds; None deletes
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if key in self.dirty:
-            return self.dirty[key]
-        value: dict[str, Any] | None = self.table.get(self.prefix + key)
+        full = self.prefix + key
+        if full in self.dirty:
+            return self.dirty[full]
+        value: dict[str, Any] | None = self.table.get(full)
         return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        self.dirty[key] = value
+        self.dirty[self.prefix + key] = value
 
     def delete(self, key: str) -> None:
-        self.dirty[key] = None
+        self.dirty[self.prefix + key] = None
 
     def items(self) -> list[tuple[str, dict[str, Any]]]:
         n = len(self.prefix)
         return [(k[n:], v) for k, v in self.table.items() if k.startswith(self.prefix)]
+
+    def put_markers(self, bucket: int, request_ids: list[str]) -> None:
+        self.dirty[f"m:{self.partition}:{bucket}"] = {"ids": request_ids}
+
+    def delete_markers(self, bucket: int) -> None:
+        self.dirty[f"m:{self.partition}:{bucket}"] = None
+
+    def marker_buckets(self) -> list[tuple[int, list[str]]]:
+        prefix = f"m:{self.partition}:"
+        return [(int(k[len(prefix) :]), v["ids"]) for k, v in self.table.items() if k.startswith(prefix)]
 
     def flush(self, clocks: Clocks) -> None:
         if not self.dirty:
@@ -537,11 +554,11 @@ class _BatchStore:
         table = self.table
         table.writing_partition = self.partition
         deleted = []
-        for key, value in self.dirty.items():
+        for full, value in self.dirty.items():
             if value is not None:
-                table[self.prefix + key] = value
+                table[full] = value
             else:
-                deleted.append(self.prefix + key)
+                deleted.append(full)
         table[f"c:{self.partition}"] = clocks.as_dict()
         for full in deleted:
             if full in table:

@@ -14,11 +14,13 @@ Expired predictions are resolved by config: counted as "no purchase" (the storef
 dropped as unlabelled. Either way they are reported as expired.
 
 Duplicates. The monitor is at-least-once: after a crash it reads again what it had not committed, with
-state that may already include it. A joined or expired request therefore leaves a marker until both clocks
-are two windows past it; a prediction or outcome that finds a marker is a duplicate and is ignored. A
-prediction two windows behind the prediction clock (or an outcome a window behind it) may be a replay
-whose marker is gone: it is ignored too, counted as late (or orphan). Each rule compares a stream with its
-own clock, so none misfires when one topic's consumer runs ahead of the other's.
+state that may already include it, and upstream services may send an event twice. A joined or expired
+request therefore leaves a marker until both clocks are two windows past it; a prediction or outcome that
+finds a marker is a duplicate and is ignored. Markers are kept in buckets of a second of event time (one
+record per bucket, not per request: they are most of the join's writes otherwise). A prediction two
+windows behind the prediction clock (or an outcome a window behind it) may be a replay whose marker is
+gone: it is ignored too, counted as late (or orphan). Each rule compares a stream with its own clock, so
+none misfires when one topic's consumer runs ahead of the other's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from schemas.metrics import Counts, request_counts
 Unlabelled = Literal["no_purchase", "drop"]
 
 PREDICTION, OUTCOME, DONE = "p", "o", "d"
+#: Markers are grouped by the prediction clock when they were set, in buckets of this many ms.
+MARKER_BUCKET_MS = 1000
 
 
 class PendingStore(Protocol):
@@ -48,12 +52,19 @@ class PendingStore(Protocol):
 
     def items(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
 
+    def put_markers(self, bucket: int, request_ids: list[str]) -> None: ...
+
+    def delete_markers(self, bucket: int) -> None: ...
+
+    def marker_buckets(self) -> Iterable[tuple[int, list[str]]]: ...
+
 
 class DictStore:
     """A :class:`PendingStore` in memory."""
 
     def __init__(self) -> None:
         self.data: dict[str, dict[str, Any]] = {}
+        self.markers: dict[int, list[str]] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
@@ -69,6 +80,15 @@ class DictStore:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def put_markers(self, bucket: int, request_ids: list[str]) -> None:
+        self.markers[bucket] = request_ids
+
+    def delete_markers(self, bucket: int) -> None:
+        self.markers.pop(bucket, None)
+
+    def marker_buckets(self) -> Iterator[tuple[int, list[str]]]:
+        return iter(list(self.markers.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +174,23 @@ class Joiner:
     # (deadline, request_id) per kind; entries may be stale (the request moved on), so each is checked.
     _predictions: list[tuple[int, str]] = field(default_factory=list)
     _outcomes: list[tuple[int, str]] = field(default_factory=list)
-    _markers: list[tuple[int, str]] = field(default_factory=list)
+    _marked: dict[str, int] = field(default_factory=dict)  # request_id -> its marker's bucket
+    _buckets: dict[int, list[str]] = field(default_factory=dict)
+    _bucket_order: list[int] = field(default_factory=list)  # a heap of the buckets' numbers
+    _dirty_buckets: set[int] = field(default_factory=set)
 
     # -- events ------------------------------------------------------------------------------------------
+
+    def _kind(self, rid: str) -> tuple[str | None, dict[str, Any] | None]:
+        if rid in self._marked:
+            return DONE, None
+        entry = self.store.get(rid)
+        return (entry["k"] if entry else None), entry
 
     def prediction(self, p: dict[str, Any]) -> list[Labelled]:
         rid, ts = p["request_id"], int(p["ts"])
         out: list[Labelled] = []
-        entry = self.store.get(rid)
-        kind = entry["k"] if entry else None
+        kind, entry = self._kind(rid)
         if kind in (PREDICTION, DONE):
             self.stats.duplicates += 1
         elif ts + 2 * self.label_window_ms < self.clocks.predictions:
@@ -188,8 +216,7 @@ class Joiner:
     def outcome(self, o: dict[str, Any]) -> list[Labelled]:
         rid, ts = o["request_id"], int(o["ts"])
         out: list[Labelled] = []
-        entry = self.store.get(rid)
-        kind = entry["k"] if entry else None
+        kind, entry = self._kind(rid)
         if kind in (OUTCOME, DONE):
             self.stats.duplicates += 1
         elif kind == PREDICTION:
@@ -212,8 +239,16 @@ class Joiner:
     def _resolve(self, rid: str, pred: dict[str, Any], outcome: dict[str, Any] | None) -> Labelled:
         """Label ``pred`` with ``outcome`` (``None``: the window closed without one), leave a marker."""
         ts = int(pred["ts"])
-        self.store.put(rid, {"k": DONE, "ts": ts})
-        heapq.heappush(self._markers, (ts + 2 * self.label_window_ms, rid))
+        self.store.delete(rid)
+        # The bucket ends after ts: the marker outlives ts + 2 windows, which the late rule relies on.
+        bucket = max(self.clocks.predictions, ts) // MARKER_BUCKET_MS
+        ids = self._buckets.get(bucket)
+        if ids is None:
+            ids = self._buckets[bucket] = []
+            heapq.heappush(self._bucket_order, bucket)
+        ids.append(rid)
+        self._marked[rid] = bucket
+        self._dirty_buckets.add(bucket)
         if outcome is not None and int(outcome["ts"]) <= ts + self.label_window_ms:
             self.stats.joined += 1
             return Labelled(rid, pred["v"], ts, request_counts(pred["c"], pred["r"], outcome["b"]))
@@ -245,31 +280,39 @@ class Joiner:
                 self.stats.orphan_outcomes += 1
 
     def _forget_markers(self) -> None:
-        heap, now = self._markers, min(self.clocks.predictions, self.clocks.outcomes)
-        while heap and heap[0][0] < now:
-            deadline, rid = heapq.heappop(heap)
-            entry = self.store.get(rid)
-            if (
-                entry is not None
-                and entry["k"] == DONE
-                and entry["ts"] + 2 * self.label_window_ms == deadline
-            ):
-                self.store.delete(rid)
+        heap, now = self._bucket_order, min(self.clocks.predictions, self.clocks.outcomes)
+        while heap and (heap[0] + 1) * MARKER_BUCKET_MS + 2 * self.label_window_ms < now:
+            bucket = heapq.heappop(heap)
+            for rid in self._buckets.pop(bucket, []):
+                if self._marked.get(rid) == bucket:
+                    del self._marked[rid]
+            self._dirty_buckets.discard(bucket)
+            self.store.delete_markers(bucket)
 
-    def rebuild(self, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Rebuild the deadline heaps from the store's entries of this partition (after a restart)."""
+    def sync(self) -> None:
+        """Write the marker buckets changed since the last call to the store (once per batch)."""
+        for bucket in sorted(self._dirty_buckets):
+            self.store.put_markers(bucket, list(self._buckets[bucket]))
+        self._dirty_buckets.clear()
+
+    def rebuild(
+        self, entries: Iterable[tuple[str, dict[str, Any]]], buckets: Iterable[tuple[int, list[str]]] = ()
+    ) -> None:
+        """Rebuild the deadline heaps and markers from the store's records of this partition (a restart)."""
         w = self.label_window_ms
-        self._predictions, self._outcomes, self._markers = [], [], []
+        self._predictions, self._outcomes = [], []
         for rid, entry in entries:
             kind, ts = entry["k"], int(entry["ts"])
             if kind == PREDICTION:
                 self._predictions.append((ts + w, rid))
             elif kind == OUTCOME:
                 self._outcomes.append((ts + w, rid))
-            elif kind == DONE:
-                self._markers.append((ts + 2 * w, rid))
-        for heap in (self._predictions, self._outcomes, self._markers):
+        for heap in (self._predictions, self._outcomes):
             heapq.heapify(heap)
+        self._buckets = {int(b): list(ids) for b, ids in buckets}
+        self._bucket_order = sorted(self._buckets)
+        self._marked = {rid: b for b, ids in self._buckets.items() for rid in ids}
+        self._dirty_buckets = set()
 
     def pending(self) -> int:
         """Requests waiting for their other half (markers excluded); heaps may hold stale entries."""
