@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import faust
 import orjson
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types.auth import CredentialsT
 
@@ -44,6 +44,7 @@ from schemas import codec
 from schemas.errors import ConfigError, ContractError, KafkaClientError
 from services import kafka
 from services.config import Settings, load_settings
+from services.topics import ensure_topics
 from streams.alerts import RegistryBaselines
 from streams.history import CommandFollower, published_alerts
 from streams.join import Clocks, Joiner, JoinStats, Labelled, decode_bundle, encode_bundle
@@ -126,20 +127,7 @@ def ensure_internal_topics(
         wanted.append(
             NewTopic(name, num_partitions=partitions, replication_factor=replication, config=config)
         )
-    for name, fut in client.create_topics(wanted, request_timeout=timeout).items():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
-    deadline = time.monotonic() + timeout
-    while True:
-        topics = client.list_topics(timeout=timeout).topics
-        if all(len(getattr(topics.get(t), "partitions", {})) == partitions for t in internal_topics(app_id)):
-            return
-        if time.monotonic() > deadline:
-            raise KafkaClientError(f"the monitor's topics did not appear within {timeout:.0f}s")
-        time.sleep(0.1)
+    ensure_topics(client, wanted, timeout)
 
 
 def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None) -> tuple[int, int]:

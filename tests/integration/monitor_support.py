@@ -8,10 +8,9 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from schemas import codec
 from services import kafka
 from services.config import Settings, load_settings
+from services.processes import wait_for
 from services.topics import create_topics, delete_topics
 
 READY = "modelwatch monitor ready"
@@ -33,18 +33,6 @@ READY = "modelwatch monitor ready"
 
 def modelwatch_bin() -> str:
     return str(Path(sys.executable).parent / "modelwatch")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 # -- traffic with known truth -------------------------------------------------------------------------------
