@@ -59,9 +59,12 @@ def _met(summary: dict[str, Any], key: str) -> bool | None:
 def draw(summary: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(3, 2, figsize=(15, 14))
     machine = summary.get("machine", {})
+    pressure = machine.get("cpu_pressure_pct")
+    contended = "" if pressure is None else f", tasks waited for a CPU {pressure:.0f}% of the run"
     fig.suptitle(
         f"modelwatch bench --{summary.get('mode')}, {summary.get('date')}: "
-        f"{machine.get('nproc')} cores, {machine.get('memory_gib')} GiB; green: target met, red: missed",
+        f"{machine.get('nproc')} cores, {machine.get('memory_gib')} GiB{contended}\n"
+        "green: target met, red: missed, grey: reference",
         fontsize=12,
     )
 
