@@ -7,13 +7,15 @@ One module per measurement:
                    (at-least-once and ``--exactly-once``) beside the pass-through ceiling and the naive
                    service of ``contenders``
 ``latency``        request produced to prediction consumed, at fixed offered rates
-``monitor``        labelled requests/s through the Faust worker beside a plain consumer with the same logic
+``sweep``          throughput and p99 per ``serve.batch_size``
+``monitor``        labelled requests/s through the Faust worker beside ``streams.baseline``'s plain loop
 ``live``           the monitor's lag behind the simulator, and the control loop: alert, rollback, acks
 ``micro``          codec cost per event, scoring cost per request
 =================  ==========================================================================================
 
-``rig`` holds the run's broker, prefix, registry and child processes; ``stats`` the pure arithmetic and the
-targets; ``runner`` runs it all in order; ``table`` and ``plot`` show the result.
+Around them: ``rig`` (the run's broker, prefix, registry and child processes), ``workload`` (the traffic),
+``cpu`` (a child's CPU time, the machine's CPU pressure), ``tap`` (a reader of output topics), ``stats``
+(the pure arithmetic and the targets), ``runner`` (everything in order), ``table`` and ``plot``.
 """
 
 from services.bench.runner import FULL, QUICK, BenchPlan, BenchResult, run_bench

@@ -72,7 +72,10 @@ def prepare(rig: Rig, world: World, n: int) -> Settings:
 def faust_monitor(
     rig: Rig, settings: Settings, n: int, emit_every_n: int, timeout: float, env: dict[str, str] | None = None
 ) -> MonitorRun:
-    """Start the worker on the backlog and time it until its metrics cover all ``n`` labelled requests."""
+    """Start the worker on the backlog and time it until its metrics cover all ``n`` labelled requests.
+
+    ``env`` is added to the worker's environment: Faust reads its own settings there too (for example
+    ``PRODUCER_LINGER``), which is how its knobs were tried."""
     config = monitor_config(
         rig.workdir / "monitor-bench.toml", rig.workdir / "monitor-bench-data", emit_every_n
     )

@@ -156,6 +156,11 @@ class Rig:
             self.cluster.stop()
 
 
+#: Output topics are stamped by the broker when it appends a message, not by the producer when Python hands
+#: it over: a producer's timestamps would time the Python loop filling librdkafka's queue, not delivery.
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
 def create_plain_topics(settings: Settings, names: Sequence[str], timeout: float = 30.0) -> None:
     """Topics outside the contract (the contenders' outputs), partitioned like the request topic."""
     client = kafka.admin(settings)
@@ -177,11 +182,6 @@ def create_plain_topics(settings: Settings, names: Sequence[str], timeout: float
         if time.monotonic() > deadline:
             raise KafkaClientError(f"topics {', '.join(names)} did not appear within {timeout:.0f}s")
         time.sleep(0.1)
-
-
-#: Output topics are stamped by the broker when it appends a message, not by the producer when Python hands
-#: it over: a producer's timestamps would time the Python loop filling librdkafka's queue, not delivery.
-APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 
 
 def stamp_on_append(settings: Settings, topics: Sequence[str], timeout: float = 30.0) -> None:
