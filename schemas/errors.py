@@ -10,7 +10,8 @@
     │   └── VerificationError       digest or signature mismatch: the artifact is not unpickled
     ├── ModelError                  training or scoring failed
     ├── CommandError                a model command is malformed, unsigned or forged
-    └── ServingError                a prediction replica cannot go on (fenced, fatal producer error)
+    ├── ServingError                a prediction replica cannot go on (fenced, fatal producer error)
+    └── BenchmarkError              a benchmark run could not finish (a contender died or stalled)
 
 The CLI prints any of them as one line (``modelwatch: error: ...``) and exits 1.
 """
@@ -71,3 +72,8 @@ class CommandError(ModelwatchError):
 class ServingError(ModelwatchError):
     """A prediction replica cannot go on: another replica took its transactional id, or its producer hit a
     fatal error. Nothing past the last commit was acknowledged, so a restart loses nothing."""
+
+
+class BenchmarkError(ModelwatchError):
+    """A ``modelwatch bench`` run could not finish: a process it measures exited or stalled. Its logs are
+    kept, and the message says where."""

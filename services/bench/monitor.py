@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.errors import BenchmarkError
 from services.bench import workload
 from services.bench.cpu import CpuSampler
 from services.bench.rig import Rig, stamp_on_append
@@ -87,7 +88,9 @@ def faust_monitor(
         while not _covered(tap, n):
             if not proc.running:
                 tail = proc.log().strip().splitlines()[-3:]
-                raise RuntimeError(f"the monitor exited ({proc.proc.returncode}) before it was done: {tail}")
+                raise BenchmarkError(
+                    f"the monitor exited ({proc.proc.returncode}) before it was done: {tail}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the monitor did not count {n} labelled requests within {timeout:.0f}s")
             time.sleep(0.1)  # the tap reads in its own thread; this only checks its findings

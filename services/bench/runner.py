@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from schemas.errors import BenchmarkError
 from services import deployment
 from services.bench import workload
 from services.bench.cpu import cpu_pressure_us
@@ -134,6 +135,7 @@ def run_bench(
     rig = Rig(base, say=say)
     details: dict[str, Any] = {"topic_prefix": rig.prefix}
     started, pressure = time.monotonic(), cpu_pressure_us()
+    failed = True
     try:
         step("broker and topics")
         rig.start_broker()
@@ -289,9 +291,13 @@ def run_bench(
         if plan.live and bad is not None:
             step("live: lag and control loop")
             details["live"] = run_live(rig, good.version, bad.version, DEMO_RATE, plan.live_warmup_s)
+        failed = False
+    except (TimeoutError, RuntimeError, BenchmarkError) as exc:
+        # A child that died or stalled: its log says why, so the run's logs are kept.
+        raise BenchmarkError(f"{exc} (logs kept in {rig.workdir / 'logs'})") from exc
     finally:
         step("cleanup")
-        rig.close()
+        rig.close(keep_files=failed)
     pressure_end = cpu_pressure_us()
     if pressure is not None and pressure_end is not None:
         # Share of the run's wall time in which some task on this machine waited for a CPU.

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, TopicPartition
 
-from schemas.errors import KafkaClientError
+from schemas.errors import BenchmarkError, KafkaClientError
 from services import kafka
 from services.bench.cpu import CpuSampler
 from services.bench.rig import OffsetProbe
@@ -99,9 +99,7 @@ def measure(
             while not done(probe, before):
                 if not proc.running and not done(probe, before):  # it may stop by itself when done
                     tail = proc.log().strip().splitlines()[-3:]
-                    raise KafkaClientError(
-                        f"{name} exited ({proc.proc.returncode}) before it was done: {tail}"
-                    )
+                    raise BenchmarkError(f"{name} exited ({proc.proc.returncode}) before it was done: {tail}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} did not finish within {timeout:.0f}s")
                 time.sleep(0.05)  # polling two offsets: cheap, and the contender has the CPU
