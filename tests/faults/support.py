@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
 
 from services import commands, kafka
@@ -62,7 +63,17 @@ def topic_layout(settings: Settings, suffixes: Iterable[str]) -> dict[str, tuple
         "every broker to know the new topics",
     )
     resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
-    configs = {r.name: f.result() for r, f in client.describe_configs(resources).items()}
+
+    def described() -> dict[str, Any] | None:
+        # DescribeConfigs may reach a broker that has not applied the new topics yet: ask again.
+        try:
+            return {r.name: f.result() for r, f in client.describe_configs(resources).items()}
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+            return None
+
+    configs = wait_for(described, 30, "every broker to describe the new topics")
     out = {}
     for n in names:
         parts = meta.topics[n].partitions
