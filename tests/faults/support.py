@@ -4,6 +4,7 @@ what was answered, reading a cluster's state, and the memory the processes take.
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
 
 from services import commands, kafka
-from services.config import Settings
+from services.config import Settings, load_settings
 from services.processes import wait_for
 from services.registry import Registry
 
@@ -148,3 +149,21 @@ def print_tails(*logs: tuple[str, str], lines: int = 40) -> None:
     for name, text in logs:
         print(f"----- {name} (last {lines} lines) -----")
         print("\n".join(text.splitlines()[-lines:]))
+
+
+def fresh_world(bootstrap: str, monkeypatch: Any) -> Settings:
+    """Settings under a new topic prefix on ``bootstrap``, exported so child processes see the same."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    monkeypatch.setenv("MODELWATCH_BOOTSTRAP", bootstrap)
+    monkeypatch.setenv("MODELWATCH_TOPIC_PREFIX", prefix)
+    return load_settings(bootstrap=bootstrap, topic_prefix=prefix)
+
+
+def latest_totals(settings: Settings) -> dict[str, int]:
+    """Per version, the most labelled requests any metrics event has counted so far."""
+    from tests.integration.monitor_support import read_events
+
+    totals: dict[str, int] = {}
+    for m in read_events(settings, "metrics", "metrics"):
+        totals[m["model_version"]] = max(totals.get(m["model_version"], 0), m["total"])
+    return totals

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 
 from schemas import topics as contract
 from services.broker import LocalCluster
-from services.config import BrokerSettings, Settings, load_settings
+from services.config import BrokerSettings
 from services.model.recommender import Recommender
 from services.processes import ManagedProcess
 from services.storefront import SimulationPlan, SimulationStats, simulate
@@ -30,6 +29,8 @@ from tests.faults.support import (
     acked_by,
     available_mb,
     deploy,
+    fresh_world,
+    latest_totals,
     leader_of,
     led_by,
     partitions_without,
@@ -39,7 +40,7 @@ from tests.faults.support import (
     tally,
     topic_layout,
 )
-from tests.integration.monitor_support import READY, read_events, write_config
+from tests.integration.monitor_support import READY, write_config
 from tests.integration.serving_support import Collector, wait_for
 
 pytestmark = pytest.mark.faults
@@ -67,13 +68,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         three.stop()
 
 
-def latest_totals(settings: Settings) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for m in read_events(settings, "metrics", "metrics"):
-        totals[m["model_version"]] = max(totals.get(m["model_version"], 0), m["total"])
-    return totals
-
-
 def test_sigkill_of_one_of_three_brokers(
     cluster: LocalCluster,
     models: tuple[Recommender, Recommender],
@@ -83,10 +77,7 @@ def test_sigkill_of_one_of_three_brokers(
     fault: FaultRow,
 ) -> None:
     """SIGKILL of one broker of three (replication 3, min.insync.replicas 2) mid-run; it rejoins."""
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    settings = load_settings(bootstrap=cluster.bootstrap, topic_prefix=prefix)
-    monkeypatch.setenv("MODELWATCH_BOOTSTRAP", cluster.bootstrap)
-    monkeypatch.setenv("MODELWATCH_TOPIC_PREFIX", prefix)
+    settings = fresh_world(cluster.bootstrap, monkeypatch)
     create_topics(settings)
     layout = topic_layout(settings, [t.suffix for t in contract.ALL])
     assert {(r, isr) for _p, r, isr in layout.values()} == {(3, "2")}, layout

@@ -10,21 +10,29 @@ from __future__ import annotations
 import os
 import re
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.broker import LocalCluster
-from services.config import BrokerSettings, Settings, load_settings
+from services.config import BrokerSettings
 from services.model.recommender import Recommender
 from services.processes import ManagedProcess
 from services.storefront import SimulationPlan, SimulationStats, simulate
 from services.topics import create_topics
 from tests.faults.conftest import FaultRow
-from tests.faults.support import acked_by, deploy, log_events, print_tails, register, tally
-from tests.integration.monitor_support import READY, read_events, write_config
+from tests.faults.support import (
+    acked_by,
+    deploy,
+    fresh_world,
+    latest_totals,
+    log_events,
+    print_tails,
+    register,
+    tally,
+)
+from tests.integration.monitor_support import READY, write_config
 from tests.integration.serving_support import Collector, wait_for
 
 pytestmark = pytest.mark.faults
@@ -56,13 +64,6 @@ def retry_waits(lines: list[str]) -> list[float]:
     return [float(m.group(1)) for line in lines if (m := re.search(r"retry_in_s=([0-9.]+)", line))]
 
 
-def latest_totals(settings: Settings) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for m in read_events(settings, "metrics", "metrics"):
-        totals[m["model_version"]] = max(totals.get(m["model_version"], 0), m["total"])
-    return totals
-
-
 def test_no_broker_at_start_then_a_broker_restart_mid_run(
     lone_broker: LocalCluster,
     models: tuple[Recommender, Recommender],
@@ -71,10 +72,7 @@ def test_no_broker_at_start_then_a_broker_restart_mid_run(
     fault: FaultRow,
 ) -> None:
     """No broker at start, then the broker appears; later the broker is SIGKILLed and restarted mid-run."""
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    settings = load_settings(bootstrap=lone_broker.bootstrap, topic_prefix=prefix)
-    monkeypatch.setenv("MODELWATCH_BOOTSTRAP", lone_broker.bootstrap)
-    monkeypatch.setenv("MODELWATCH_TOPIC_PREFIX", prefix)
+    settings = fresh_world(lone_broker.bootstrap, monkeypatch)
     config = write_config(tmp_path / "monitor.toml", MONITOR, [])
     env = {**FAST, "MODELWATCH_MONITOR__DATA_DIR": str(tmp_path / "monitor-data")}
     replica = ManagedProcess("serve-a", ["serve", "--instance", "serve-a"], tmp_path / "serve-a.log", env)
