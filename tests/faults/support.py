@@ -59,7 +59,16 @@ def topic_layout(settings: Settings, suffixes: Iterable[str]) -> dict[str, tuple
     # Each broker learns of new topics from the metadata log a moment after the controller: ask until
     # the one answering knows them all.
     meta = wait_for(
-        lambda: (m := client.list_topics(timeout=10)) and all(n in m.topics for n in names) and m,
+        lambda: (
+            (m := client.list_topics(timeout=10))
+            and all(
+                n in m.topics
+                # a broker that has just applied a topic may still list a partition with fewer replicas
+                and all(len(p.replicas) == min(len(m.brokers), 3) for p in m.topics[n].partitions.values())
+                for n in names
+            )
+            and m
+        ),
         30,
         "every broker to know the new topics",
     )
