@@ -1,1 +1,6 @@
-"""The Faust monitor: joins predictions with outcomes and watches each model version."""
+"""The Faust monitor: joins predictions with outcomes and watches each model version.
+
+Runtime: it imports :mod:`schemas` and the runtime packages of :mod:`services` (config, kafka, registry,
+deployment), never the sandbox, the bench, the ops tools or the CLI. :mod:`streams.app` is the Faust wiring;
+every other module is plain Python it feeds.
+"""

@@ -29,26 +29,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from datetime import timedelta
 from typing import Any, cast
 
 import faust
 import orjson
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
-from faust.types.auth import CredentialsT
 
 from schemas import codec
-from schemas.errors import ConfigError, ContractError, KafkaClientError
-from services import kafka
+from schemas.errors import ContractError
 from services.config import Settings, load_settings
-from services.topics import ensure_topics
 from streams.alerts import RegistryBaselines
+from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.history import CommandFollower, published_alerts
 from streams.join import Clocks, Joiner, JoinStats, Labelled, decode_bundle, encode_bundle
 from streams.rollback import RollbackPolicy, command_id
+from streams.tables import PartitionedTable, PendingStore
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
 log = logging.getLogger("modelwatch.monitor")
@@ -56,120 +52,6 @@ log = logging.getLogger("modelwatch.monitor")
 READY = "modelwatch monitor ready"
 #: Labelled requests per message of the repartition topic (well under Kafka's 1 MB message limit).
 BUNDLE = 1000
-
-
-class PartitionedTable(faust.Table):
-    """A table whose writes name their changelog partition.
-
-    Faust takes it from the event being processed, but a batch from ``take_events`` mixes partitions and
-    timers have no event: the caller sets ``writing_partition`` (the source partition of the keys it
-    writes) so the changelog stays co-partitioned with the stream it mirrors.
-    """
-
-    writing_partition: int | None = None
-
-    def partition_for_key(self, key: Any) -> int | None:
-        if self.writing_partition is None:
-            raise RuntimeError(f"table {self.name}: set writing_partition before writing")
-        return self.writing_partition
-
-
-def broker_credentials(settings: Settings) -> CredentialsT | None:
-    """Faust's form of the Kafka security settings every other client gets from ``services.kafka``."""
-    protocol = settings.security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    context: ssl.SSLContext | None = None
-    if protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        context = create_ssl_context(
-            cafile=settings.ssl_ca_location,
-            certfile=settings.ssl_certificate_location,
-            keyfile=settings.ssl_key_location,
-            password=settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None,
-        )
-    if protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
-            ssl_context=context,
-            mechanism=settings.sasl_mechanism or "PLAIN",
-        )
-    return faust.SSLCredentials(context)
-
-
-def internal_topics(app_id: str) -> dict[str, str]:
-    """The monitor's own topics and their cleanup policy."""
-    return {
-        f"{app_id}-labelled": "delete",
-        f"{app_id}-pending-changelog": "compact",
-        f"{app_id}-windows-changelog": "compact",
-    }
-
-
-def ensure_internal_topics(
-    settings: Settings, app_id: str, partitions: int, replication: int, timeout: float = 30.0
-) -> None:
-    """Create the monitor's own topics before Faust subscribes to them.
-
-    Faust creates them too, but on a first start it subscribes before the new topics reach the metadata it
-    fetched, and then ignores them until its next metadata refresh (minutes): the watch agent would idle.
-    """
-    client = kafka.admin(settings)
-    wanted = []
-    for name, cleanup in internal_topics(app_id).items():
-        config = {"cleanup.policy": cleanup}
-        if cleanup == "delete":
-            config["retention.ms"] = str(24 * 3600 * 1000)  # read within seconds; a day covers an outage
-        if replication >= 3:
-            config["min.insync.replicas"] = "2"  # as the contract's topics: one broker may die
-        wanted.append(
-            NewTopic(name, num_partitions=partitions, replication_factor=replication, config=config)
-        )
-    ensure_topics(client, wanted, timeout)
-
-
-def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None) -> tuple[int, int]:
-    """(partitions, replication) of the joined topics, which must be co-partitioned."""
-    meta = (kafka.admin(settings) if client is None else client).list_topics(timeout=timeout)
-    counts: dict[str, int] = {}
-    replication = 1
-    for suffix in ("predictions", "outcomes"):
-        name = settings.topic(suffix)
-        topic = meta.topics.get(name)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise KafkaClientError(f"topic {name} does not exist (run `modelwatch topics create`)")
-        counts[name] = len(topic.partitions)
-        replication = len(topic.partitions[0].replicas)
-    if len(set(counts.values())) != 1:
-        raise ConfigError(f"the join needs co-partitioned topics; partition counts differ: {counts}")
-    return next(iter(counts.values())), replication
-
-
-def wait_for_sources(settings: Settings, retry_max_s: float = 10.0) -> tuple[int, int]:
-    """:func:`source_layout`, retried with exponential backoff while the cluster or its topics are not
-    there yet, saying so once per attempt: a monitor started before its broker comes up by itself."""
-    # A quiet client: its connection failures are reported here, once per attempt, not by librdkafka.
-    client = AdminClient(kafka.client_config(settings, log_level=0, error_cb=lambda _e: None))
-    backoff, attempt = 0.5, 0
-    while True:
-        attempt += 1
-        try:
-            layout = source_layout(settings, timeout=min(5.0, 1.0 + backoff), client=client)
-            if attempt > 1:
-                log.warning("Kafka answered at %s after %d attempts", settings.bootstrap_servers, attempt)
-            return layout
-        except KafkaException as exc:
-            problem = exc.args[0].str()
-        except KafkaClientError as exc:
-            problem = str(exc)
-        log.warning(
-            "waiting for Kafka at %s (attempt %d, retry in %.1fs): %s",
-            settings.bootstrap_servers, attempt, backoff, problem,
-        )  # fmt: skip
-        time.sleep(backoff)
-        backoff = min(backoff * 2, retry_max_s)
 
 
 class Monitor:
@@ -294,7 +176,7 @@ class Monitor:
         async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
             if self._join_generation != self._generation:
                 self._load_joiners()
-            stores: dict[int, _BatchStore] = {}
+            stores: dict[int, PendingStore] = {}
             by_version: dict[str, list[Labelled]] = {}
             for event in events:
                 message = event.message
@@ -325,16 +207,16 @@ class Monitor:
                 joiner.sync()
                 store.flush(joiner.clocks)
 
-    def _joiner(self, partition: int, stores: dict[int, _BatchStore]) -> Joiner:
+    def _joiner(self, partition: int, stores: dict[int, PendingStore]) -> Joiner:
         joiner = self.joiners.get(partition)
         if joiner is None:
             joiner = Joiner(
-                _BatchStore(self.pending, partition), self.label_window_ms, self.settings.monitor.unlabelled
+                PendingStore(self.pending, partition), self.label_window_ms, self.settings.monitor.unlabelled
             )
             joiner.stats = self.join_stats
             self.joiners[partition] = joiner
         store = joiner.store
-        assert isinstance(store, _BatchStore)
+        assert isinstance(store, PendingStore)
         stores[partition] = store
         return joiner
 
@@ -491,67 +373,6 @@ class Monitor:
                     self.windows[key] = value
                 elif key in self.windows:
                     del self.windows[key]
-
-
-class _BatchStore:
-    """The join's pending store for one partition: the ``pending`` table, written back once per batch.
-
-    Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>`` (markers) and
-    ``c:<partition>`` (the clocks). A batch's records go out in this order, on one changelog partition: new
-    and changed entries and markers, then the clocks, then deletions. Whatever prefix of them survives a
-    crash, the clocks are never ahead of the entries they account for, and never behind a deletion they
-    justified (a deleted marker with an older clock would let a replayed prediction through as new).
-    """
-
-    def __init__(self, table: PartitionedTable, partition: int) -> None:
-        self.table = table
-        self.partition = partition
-        self.prefix = f"r:{partition}:"
-        self.dirty: dict[str, dict[str, Any] | None] = {}  # full keys, both kinds; None deletes
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        full = self.prefix + key
-        if full in self.dirty:
-            return self.dirty[full]
-        value: dict[str, Any] | None = self.table.get(full)
-        return value
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        self.dirty[self.prefix + key] = value
-
-    def delete(self, key: str) -> None:
-        self.dirty[self.prefix + key] = None
-
-    def items(self) -> list[tuple[str, dict[str, Any]]]:
-        n = len(self.prefix)
-        return [(k[n:], v) for k, v in self.table.items() if k.startswith(self.prefix)]
-
-    def put_markers(self, bucket: int, request_ids: list[str]) -> None:
-        self.dirty[f"m:{self.partition}:{bucket}"] = {"ids": request_ids}
-
-    def delete_markers(self, bucket: int) -> None:
-        self.dirty[f"m:{self.partition}:{bucket}"] = None
-
-    def marker_buckets(self) -> list[tuple[int, list[str]]]:
-        prefix = f"m:{self.partition}:"
-        return [(int(k[len(prefix) :]), v["ids"]) for k, v in self.table.items() if k.startswith(prefix)]
-
-    def flush(self, clocks: Clocks) -> None:
-        if not self.dirty:
-            return
-        table = self.table
-        table.writing_partition = self.partition
-        deleted = []
-        for full, value in self.dirty.items():
-            if value is not None:
-                table[full] = value
-            else:
-                deleted.append(full)
-        table[f"c:{self.partition}"] = clocks.as_dict()
-        for full in deleted:
-            if full in table:
-                del table[full]
-        self.dirty.clear()
 
 
 def create_monitor(settings: Settings | None = None) -> Monitor:

@@ -16,8 +16,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
-from services.commands import History
 from services.config import Settings
+from services.deployment.commands import History
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """When a rollback rule fires, decide whether to roll back, and to which version.
 
-The deployment history is the command topic (``services.commands.History``: applied commands in order).
+The deployment history is the command topic (``History`` in ``services.deployment.commands``:
+applied commands in order).
 A rollback is ordered only when all of these hold:
 
 - the alert is on the version that is active now (an old version's late predictions move nothing);
@@ -19,7 +20,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services import commands
+from services.deployment import commands
 
 ISSUER = "modelwatch-monitor"
 

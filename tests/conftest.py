@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import LocalCluster
 from services.config import BrokerSettings, Settings, load_settings
-from services.topics import create_topics, delete_topics
+from services.kafka.topics import create_topics, delete_topics
+from services.sandbox.broker import LocalCluster
 
 TEST_PORT = int(os.environ.get("MODELWATCH_TEST_BROKER_PORT", "19092"))
 

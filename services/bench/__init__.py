@@ -8,7 +8,7 @@ One module per measurement:
                    service of ``contenders``
 ``latency``        request produced to prediction consumed, at fixed offered rates
 ``sweep``          throughput and p99 per ``serve.batch_size``
-``monitor``        labelled requests/s through the Faust worker beside ``streams.baseline``'s plain loop
+``monitor``        labelled requests/s through the Faust worker beside ``baseline``'s plain loop
 ``live``           the monitor's lag behind the simulator, and the control loop: alert, rollback, acks
 ``micro``          codec cost per event, scoring cost per request
 =================  ==========================================================================================

@@ -23,7 +23,7 @@ from services.bench import workload
 from services.bench.cpu import cpu_pressure_us
 from services.bench.stats import latency_summary, percentile
 from services.config import Settings
-from services.world import World
+from services.sandbox.world import World
 
 WARMUP_S = 1.0
 

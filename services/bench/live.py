@@ -19,15 +19,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from services import deployment
 from services.bench.rig import OffsetProbe, Rig
 from services.bench.stats import percentile
 from services.bench.tap import Seen, Tap
 from services.config import Settings
-from services.demo import DEMO_CONFIG
-from services.processes import wait_for
+from services.deployment import orders as deployment
 from services.registry import Registry
-from services.storefront import SimulationPlan, simulate
+from services.sandbox.demo import DEMO_CONFIG
+from services.sandbox.processes import wait_for
+from services.sandbox.storefront import SimulationPlan, simulate
 
 RULE = "f1-low"  # the demo's rollback rule
 INSTANCES = ("live-1", "live-2")

@@ -16,9 +16,9 @@ import orjson
 
 from schemas import codec
 from services.bench import workload
+from services.sandbox.world import World
 from services.serving.intake import well_formed
 from services.serving.scoring import Scorer, score
-from services.world import World
 
 
 def per_item_us(run: Callable[[], int], seconds: float) -> float:

@@ -7,7 +7,7 @@ each event says how many the version has counted so far (``total``); the rate is
 between the first and the last metrics event, over their broker timestamps, so the worker's start-up
 (imports, group join, table recovery) is left out.
 
-The plain consumer is the monitor's own baseline (:mod:`streams.baseline`), run in this process: one
+The plain consumer is the monitor's own baseline (:mod:`services.bench.baseline`), run in this process: one
 confluent-kafka consumer, the same :class:`streams.join.Joiner` per partition and the same
 :class:`streams.tracker.VersionTracker`, so the same metrics; what it skips is what Faust adds for a
 fleet of workers that survives crashes: the repartition of labelled requests through Kafka, the changelogs
@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import BenchmarkError
-from services.bench import workload
+from services.bench import baseline, workload
 from services.bench.cpu import CpuSampler
 from services.bench.rig import Rig, stamp_on_append
 from services.bench.stats import per_thousand, span_rate
 from services.bench.tap import Tap
 from services.config import Settings
-from services.world import World
-from streams import baseline
+from services.sandbox.world import World
 
 VERSION = "bench-version"
 
@@ -114,7 +113,7 @@ def _covered(tap: Tap, n: int) -> bool:
 
 
 def plain_monitor(settings: Settings, n: int, emit_every_n: int) -> MonitorRun:
-    """The monitor's plain baseline (:func:`streams.baseline.run`) in this process, on the same events with
+    """The monitor's plain baseline (:func:`.baseline.run`) in this process, on the same events with
     the same window settings; its CPU is this process's over the run."""
     same = settings.monitor.model_copy(update={"emit_every_n": emit_every_n, "count_window": 1000})
     cpu = time.process_time()

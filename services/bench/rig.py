@@ -24,10 +24,10 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from schemas.errors import KafkaClientError
 from services import kafka
-from services.broker import LocalCluster
 from services.config import Settings
-from services.processes import ManagedProcess
-from services.topics import create_topics
+from services.kafka.topics import create_topics
+from services.sandbox.broker import LocalCluster
+from services.sandbox.processes import ManagedProcess
 
 PARTITIONS = 6
 

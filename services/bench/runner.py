@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 from schemas.errors import BenchmarkError
-from services import deployment
 from services.bench import workload
 from services.bench.cpu import cpu_pressure_us
 from services.bench.latency import Latency, measure_latency
@@ -29,8 +28,10 @@ from services.bench.stats import REQUIRED_KEYS, derived, judge_targets
 from services.bench.sweep import sweep_batch_sizes
 from services.bench.throughput import Throughput, best_of, committed_through, measure, outputs_reached
 from services.config import Settings
-from services.model.training import DEFAULT_SESSIONS, train_version
+from services.deployment import orders as deployment
+from services.model.training import DEFAULT_SESSIONS
 from services.registry import Registry
+from services.sandbox.versions import train_on_world
 
 Step = Callable[[str], None]
 
@@ -146,9 +147,9 @@ def run_bench(
 
         step("training")
         registry = Registry(rig.registry)
-        good = train_version(serve, seed=0, sessions=plan.train_sessions, registry=registry)
+        good = train_on_world(serve, seed=0, sessions=plan.train_sessions, registry=registry)
         bad = (
-            train_version(serve, seed=0, degrade=0.9, sessions=plan.train_sessions, registry=registry)
+            train_on_world(serve, seed=0, degrade=0.9, sessions=plan.train_sessions, registry=registry)
             if plan.live
             else None
         )

@@ -15,8 +15,8 @@ from services.bench.latency import measure_latency
 from services.bench.rig import Rig, caught_up, delete_group
 from services.bench.throughput import measure, outputs_reached
 from services.config import Settings
-from services.processes import ManagedProcess
-from services.world import World
+from services.sandbox.processes import ManagedProcess
+from services.sandbox.world import World
 
 
 @dataclass

@@ -24,7 +24,7 @@ from services.bench.cpu import CpuSampler
 from services.bench.rig import OffsetProbe
 from services.bench.stats import per_thousand, rate_of_timestamps
 from services.config import Settings
-from services.processes import ManagedProcess
+from services.sandbox.processes import ManagedProcess
 
 
 @dataclass

@@ -17,8 +17,8 @@ from schemas import codec
 from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
-from services.storefront import DEFAULT_WORLD_SEED
-from services.world import World
+from services.sandbox.storefront import DEFAULT_WORLD_SEED
+from services.sandbox.world import World
 
 Record = tuple[bytes, bytes]  # (key, value)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from services.cli.common import console, current_settings
-from services.security import apply_acls
+from services.kafka.acls import apply_acls
 
 app = typer.Typer(help="Kafka ACLs for a secure (SASL/SCRAM) cluster.", no_args_is_help=True)
 

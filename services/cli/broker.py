@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from schemas.errors import BrokerError
-from services import security
-from services.broker import LocalCluster
 from services.cli.common import console, current_settings, err
 from services.config import BrokerSettings
+from services.kafka import acls
+from services.sandbox.broker import LocalCluster
 
 app = typer.Typer(
     help="Run a local Apache Kafka broker (KRaft, jars from Maven Central) on 127.0.0.1.",
@@ -56,7 +56,7 @@ def start(
     """Start the broker (idempotent); return once it answers metadata requests."""
     _refuse_if_remote()
     broker_settings = _broker_settings(port, data_dir)
-    users = security.ensure_users(broker_settings.data_dir) if secure else None
+    users = acls.ensure_users(broker_settings.data_dir) if secure else None
     cluster = LocalCluster(broker_settings, nodes=nodes, scram_users=users)
     already = all(n.running for n in cluster.nodes)
     bootstrap = cluster.start(say=lambda m: err.print(m))
@@ -65,7 +65,7 @@ def start(
         f"Kafka {cluster.settings.kafka_version} {word}: {bootstrap} ({nodes} node(s), data in {cluster.dir})"
     )
     if cluster.sasl:
-        console.print(f"SASL/SCRAM-SHA-256 and ACLs are on; users: {security.users_file(cluster.dir)}")
+        console.print(f"SASL/SCRAM-SHA-256 and ACLs are on; users: {acls.users_file(cluster.dir)}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from schemas.errors import ModelwatchError
 from services.cli.common import console, current_settings
-from services.demo import DemoPlan, Watcher, run_demo
+from services.sandbox.demo import DemoPlan, Watcher, run_demo
 
 app = typer.Typer()
 

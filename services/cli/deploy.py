@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from services.cli.common import console, current_settings
-from services.deployment import deploy, rollback
+from services.deployment.orders import deploy, rollback
 
 app = typer.Typer()
 

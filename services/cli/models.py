@@ -8,10 +8,10 @@ import orjson
 import typer
 
 from schemas.errors import KafkaClientError
-from services import commands
 from services.cli.common import console, current_settings, err
-from services.commands import read_history
-from services.deployment import iso, timeline
+from services.deployment import commands
+from services.deployment.commands import read_history
+from services.deployment.orders import iso, timeline
 from services.registry import Manifest, Registry
 
 app = typer.Typer(help="The model registry's versions and the deployment history.", no_args_is_help=True)

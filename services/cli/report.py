@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from services.cli.common import console, current_settings, err
-from services.report import write_report
+from services.ops.report import write_report
 
 app = typer.Typer()
 

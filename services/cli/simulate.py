@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from services.cli.common import console, current_settings
-from services.storefront import SimulationPlan, SimulationStats, simulate
+from services.sandbox.storefront import SimulationPlan, SimulationStats, simulate
 
 app = typer.Typer()
 

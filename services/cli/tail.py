@@ -9,7 +9,7 @@ from enum import StrEnum
 import typer
 
 from services.cli.common import console, current_settings, err
-from services.console import Filters, resolve_topics, tail
+from services.ops.console import Filters, resolve_topics, tail
 
 app = typer.Typer()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from services.cli.common import console, current_settings
-from services.topics import create_topics
+from services.kafka.topics import create_topics
 
 app = typer.Typer(help="Create the contract's topics.", no_args_is_help=True)
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from services.cli.common import console, current_settings, err
 from services.model.training import DEFAULT_SESSIONS, STEPS, train_version
 from services.model.training import Progress as StepCallback
+from services.sandbox.versions import train_on_world
 
 app = typer.Typer()
 
@@ -83,15 +84,14 @@ def train_command(
     """
     settings = current_settings()
     with step_progress() as progress:
-        manifest = train_version(
-            settings,
-            seed=seed,
-            degrade=degrade,
-            data=data,
-            from_topics=from_topics,
-            sessions=sessions,
-            progress=progress,
-        )
+        if data is None and not from_topics:
+            manifest = train_on_world(
+                settings, seed=seed, degrade=degrade, sessions=sessions, progress=progress
+            )
+        else:
+            manifest = train_version(
+                settings, seed=seed, degrade=degrade, data=data, from_topics=from_topics, progress=progress
+            )
     if as_json:
         typer.echo(orjson.dumps(manifest.as_dict()).decode())
         return

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from schemas.metrics import Counts, request_counts
-from services.world import Interactions
+from services.model.interactions import Interactions
 
 
 class Scorer(Protocol):

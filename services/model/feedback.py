@@ -22,7 +22,7 @@ from schemas import codec
 from schemas.errors import ContractError, ModelError
 from services import kafka
 from services.config import Settings
-from services.world import Interactions
+from services.model.interactions import Interactions
 
 
 def join_logged(

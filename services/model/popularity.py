@@ -15,8 +15,8 @@ from sklearn.base import BaseEstimator
 
 from schemas.errors import ModelError
 from services.model import ranking
+from services.model.interactions import Interactions
 from services.model.recommender import smoothed_rates
-from services.world import Interactions
 
 
 class Popularity(BaseEstimator):

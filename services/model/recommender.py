@@ -36,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 
 from schemas.errors import ModelError
 from services.model import ranking
-from services.world import Interactions
+from services.model.interactions import Interactions
 
 #: Probabilities are clipped away from 0 and 1 before taking logits.
 _EPS = 1e-6

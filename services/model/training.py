@@ -21,10 +21,10 @@ import numpy as np
 from schemas.errors import ModelError
 from services.config import Settings
 from services.model.evaluation import evaluate
+from services.model.interactions import Interactions
 from services.model.popularity import Popularity
 from services.model.recommender import Recommender
 from services.registry import Manifest, Registry
-from services.world import Interactions, World
 
 #: Sessions generated when training on the world (20 candidates each: a million interactions).
 DEFAULT_SESSIONS = 50_000
@@ -92,11 +92,6 @@ def train(
     return TrainingReport(model=fitted, metrics=metrics, baseline=baseline, data=data)
 
 
-def world_log(seed: int, sessions: int = DEFAULT_SESSIONS, world: World | None = None) -> Interactions:
-    """The interaction log ``train`` uses by default: ``sessions`` sessions of the world of ``seed``."""
-    return (world or World.generate(seed)).interactions(sessions, seed)
-
-
 def train_version(
     settings: Settings,
     *,
@@ -104,22 +99,21 @@ def train_version(
     degrade: float = 0.0,
     data: str | Interactions | None = None,
     from_topics: bool = False,
-    sessions: int = DEFAULT_SESSIONS,
-    world: World | None = None,
+    source: dict[str, Any] | None = None,
     registry: Registry | None = None,
     parent: str | None = None,
     progress: Progress = _silent,
 ) -> Manifest:
     """Train on one source of interactions and register the result; return the new version's manifest.
 
-    The source is, in order of precedence: ``data`` (a log, or the path/URL of a ``.npz``/``.csv`` log),
-    the prediction and outcome topics joined (``from_topics``), or ``sessions`` sessions of ``world``
-    (default: ``World.generate(seed)``). ``parent`` defaults to the newest version in the registry.
+    The source is ``data`` (a log, or the path/URL of a ``.npz``/``.csv`` log; ``source`` describes a given
+    log in the manifest) or the prediction and outcome topics joined (``from_topics``). The sandbox trains
+    on its simulated world through :func:`services.sandbox.versions.train_on_world`. ``parent`` defaults to
+    the newest version in the registry.
     """
     progress("read data")
-    source: dict[str, Any]
     if isinstance(data, Interactions):
-        log, source = data, {"source": "given"}
+        log, source = data, source or {"source": "given"}
     elif data is not None:
         log, source = Interactions.load(data), {"source": "file", "path": data}
     elif from_topics:
@@ -128,18 +122,7 @@ def train_version(
         log = interactions_from_topics(settings)
         source = {"source": "topics", "topics": [settings.topic("predictions"), settings.topic("outcomes")]}
     else:
-        w = world or World.generate(seed)
-        log = w.interactions(sessions, seed)
-        source = {
-            "source": "world",
-            "world": {
-                "seed": w.seed,
-                "users": w.n_users,
-                "items": w.n_items,
-                "drift_at_ms": w.drift_at_ms,
-                "drift_strength": w.drift_strength,
-            },
-        }
+        raise ModelError("no training data: give an interaction log or train from the topics")
     report = train(log, degrade=degrade, seed=seed, k=settings.serve.default_k, progress=progress)
     progress("register")
     store = registry or Registry.from_settings(settings)

@@ -2,7 +2,7 @@
 
 Each replica reads *every* command: its consumer is assigned all partitions of the command topic (no
 group, nothing committed) and starts at the beginning. What is in the topic when the replica starts is its
-history, judged by :class:`services.commands.History` exactly as ``read_history`` does, so a replica
+history, judged by :class:`~services.deployment.commands.History` as ``read_history`` does, so a replica
 starts with the version last commanded, not with the one it was built or started with. Reading history
 and live commands with one consumer leaves no gap between the two for a command to fall into.
 
@@ -33,8 +33,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
-from services.commands import History
 from services.config import Settings
+from services.deployment.commands import History
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 from services.serving.scoring import Scorer

@@ -20,7 +20,7 @@ import pytest
 
 from services.config import Settings
 from services.model.recommender import Recommender
-from services.world import World
+from services.sandbox.world import World
 from tests.integration.serving_support import Collector, Replica
 
 

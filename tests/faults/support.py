@@ -13,10 +13,11 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
 
-from services import commands, kafka
+from services import kafka
 from services.config import Settings, load_settings
-from services.processes import wait_for
+from services.deployment import commands
 from services.registry import Registry
+from services.sandbox.processes import wait_for
 
 #: The repository root: replicas import test-only models (tests/faults/slow_model.py) from it.
 ROOT = Path(__file__).resolve().parents[2]

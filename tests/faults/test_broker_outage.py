@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import LocalCluster
 from services.config import BrokerSettings
+from services.kafka.topics import create_topics
 from services.model.recommender import Recommender
-from services.processes import ManagedProcess
-from services.storefront import SimulationPlan, SimulationStats, simulate
-from services.topics import create_topics
+from services.sandbox.broker import LocalCluster
+from services.sandbox.processes import ManagedProcess
+from services.sandbox.storefront import SimulationPlan, SimulationStats, simulate
 from tests.faults.conftest import FaultRow
 from tests.faults.support import (
     acked_by,

@@ -33,10 +33,11 @@ from pydantic import SecretStr
 
 from schemas import load_schema
 from schemas.codec import MAX_EVENT_BYTES
-from services import commands, kafka
+from services import kafka
 from services.config import Settings
+from services.deployment import commands
 from services.model.recommender import Recommender
-from services.world import World
+from services.sandbox.world import World
 from tests.faults.conftest import FaultRow
 from tests.faults.support import KEY, acked_by, deploy, register
 from tests.integration.monitor_support import MonitorProcess, read_events, topic_world, write_config

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from services.commands import make, publish, read_history
 from services.config import Settings
+from services.deployment.commands import make, publish, read_history
 from tests.faults.conftest import FaultRow
 from tests.faults.support import KEY
 from tests.integration.monitor_support import (

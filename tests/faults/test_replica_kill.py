@@ -14,7 +14,7 @@ import pytest
 from services import kafka
 from services.config import Settings
 from services.model.recommender import Recommender
-from services.world import World
+from services.sandbox.world import World
 from tests.faults.conftest import FaultRow
 from tests.faults.support import acked_by, deploy, register, tally
 from tests.integration.serving_support import Collector, encoded, produce, requests_of, wait_for

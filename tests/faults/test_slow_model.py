@@ -13,7 +13,7 @@ import pytest
 
 from services.config import Settings
 from services.model.recommender import Recommender
-from services.world import World
+from services.sandbox.world import World
 from tests.faults.conftest import FaultRow
 from tests.faults.slow_model import SlowRecommender
 from tests.faults.support import acked_by, deploy, log_events, register, repo_env, tally

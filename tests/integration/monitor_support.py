@@ -25,8 +25,8 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from schemas import codec
 from services import kafka
 from services.config import Settings, load_settings
-from services.processes import wait_for
-from services.topics import create_topics, delete_topics
+from services.kafka.topics import create_topics, delete_topics
+from services.sandbox.processes import wait_for
 
 READY = "modelwatch monitor ready"
 

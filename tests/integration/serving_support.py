@@ -22,8 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from services import kafka
 from services.config import Settings
-from services.processes import wait_for  # noqa: F401 - re-exported for the tests
-from services.world import World
+from services.sandbox.processes import wait_for  # noqa: F401 - re-exported for the tests
+from services.sandbox.world import World
 
 
 def requests_of(world: World, n: int, seed: int, tag: str = "r") -> list[dict[str, Any]]:

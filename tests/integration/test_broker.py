@@ -10,7 +10,7 @@ from schemas import codec, load_example
 from schemas import topics as contract
 from services import kafka
 from services.config import Settings
-from services.topics import create_topics
+from services.kafka.topics import create_topics
 
 
 def test_topics_exist_with_co_partitioned_join(settings: Settings) -> None:

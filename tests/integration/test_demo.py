@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 
 from services.config import Settings
-from services.demo import DemoPlan, run_demo
+from services.sandbox.demo import DemoPlan, run_demo
 
 
 def test_demo_story_end_to_end(settings: Settings, tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ import pytest
 from confluent_kafka import KafkaException
 
 from schemas import codec
-from services import commands, kafka
+from services import kafka
 from services.cli import main
 from services.config import Settings, load_settings
-from services.model.training import train_version
+from services.deployment import commands
 from services.registry import Registry
-from services.world import World
+from services.sandbox.versions import train_on_world
+from services.sandbox.world import World
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def world() -> World:
 
 
 def _version(settings: Settings, world: World, degrade: float = 0.0) -> str:
-    return train_version(settings, seed=8, world=world, sessions=1500, degrade=degrade).version
+    return train_on_world(settings, seed=8, world=world, sessions=1500, degrade=degrade).version
 
 
 def _commands_on_the_topic(settings: Settings) -> list[dict[str, object]]:

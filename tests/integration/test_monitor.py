@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from services.bench import baseline
 from services.config import AlertRule, MonitorSettings, Settings
 from services.registry import Registry
-from streams import baseline
 from tests.integration.monitor_support import (
     MonitorProcess,
     Req,
@@ -198,7 +198,7 @@ def test_alerts_fire_and_resolve_as_configured(world: World) -> None:
 
 
 def test_the_plain_consumer_baseline_counts_the_same(world: World) -> None:
-    """streams.baseline (no Faust) joins and counts the same events into the same per-version totals and,
+    """The bench baseline (no Faust) joins and counts the same events into the same per-version totals and,
     at the end of each version's stream, the same time window (the count window's last N may differ:
     the two interleave partitions differently)."""
     reqs = traffic("b-1", 200, seed=31, t0=world.next_ts, step_ms=20, hit=0.4, miss=0.1, missing=0.1)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from services.commands import History, make, publish, read_history
 from services.config import Settings
+from services.deployment.commands import History, make, publish, read_history
 from streams.rollback import ISSUER
 from tests.integration.monitor_support import (
     MonitorProcess,

@@ -12,7 +12,7 @@ from schemas import codec
 from services import kafka
 from services.cli import main
 from services.config import Settings
-from services.report import read_report_events
+from services.ops.report import read_report_events
 from tests.unit.test_report import BAD, GOOD, story
 
 TOPIC = {

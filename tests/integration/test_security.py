@@ -13,10 +13,12 @@ from confluent_kafka import KafkaError
 
 from schemas import codec, load_example
 from schemas.errors import CommandError
-from services import commands, kafka, security
-from services.broker import LocalCluster
+from services import kafka
 from services.config import BrokerSettings, Settings, load_settings
-from services.topics import create_topics
+from services.deployment import commands
+from services.kafka import acls
+from services.kafka.topics import create_topics
+from services.sandbox.broker import LocalCluster
 
 PORT = int(os.environ.get("MODELWATCH_TEST_SECURE_PORT", "39092"))
 
@@ -24,7 +26,7 @@ PORT = int(os.environ.get("MODELWATCH_TEST_SECURE_PORT", "39092"))
 @pytest.fixture(scope="module")
 def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     data = tmp_path_factory.mktemp("secure-broker")
-    users = security.ensure_users(data)
+    users = acls.ensure_users(data)
     cluster = LocalCluster(BrokerSettings(port=PORT, data_dir=Path(data)), scram_users=users)
     try:
         yield cluster.start(), users
@@ -59,7 +61,7 @@ def test_only_operators_and_the_monitor_may_write_commands(
     bootstrap, users = secure_cluster
     admin = as_user(bootstrap, users, "admin")
     create_topics(admin)
-    assert security.apply_acls(admin) == security.apply_acls(admin)  # idempotent
+    assert acls.apply_acls(admin) == acls.apply_acls(admin)  # idempotent
 
     storefront = as_user(bootstrap, users, "storefront")
     request = codec("prediction-request").encode(load_example("prediction-request"))

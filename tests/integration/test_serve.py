@@ -22,12 +22,12 @@ import orjson
 import pytest
 
 from schemas import codec
-from services import commands
 from services.config import Settings, load_settings
+from services.deployment import commands
 from services.model.recommender import Recommender
 from services.registry import Registry
+from services.sandbox.world import World
 from services.serving import Service
-from services.world import World
 from tests.integration.serving_support import (
     Collector,
     Replica,

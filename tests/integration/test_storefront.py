@@ -5,7 +5,7 @@ from __future__ import annotations
 from schemas import ContractError, codec
 from services import kafka
 from services.config import Settings
-from services.storefront import SimulationPlan, simulate
+from services.sandbox.storefront import SimulationPlan, simulate
 
 
 def test_requests_then_outcomes_through_the_contract(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from schemas import codec, load_example
 from services import kafka
 from services.cli import main
 from services.config import Settings
-from services.console import Filters, tail
+from services.ops.console import Filters, tail
 
 V1 = "20261124T034100-good0001"
 V2 = "20261124T035900-bad00002"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import CommandError
-from services import commands
+from services.deployment import commands
 
 
 def test_signed_commands_verify_and_tampering_is_caught() -> None:

@@ -21,7 +21,7 @@ def test_compose_parses_and_names_the_services() -> None:
 
 
 def test_the_secure_profile_mirrors_the_local_scram_broker_and_its_acls() -> None:
-    from services.security import ROLES
+    from services.kafka.acls import ROLES
 
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     secure = {name: s for name, s in services.items() if "secure" in s.get("profiles", [])}

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from schemas import load_example
 from schemas import topics as contract
-from services.console import Filters, LineFormatter, TailEvent, _emit, resolve_topics
+from services.ops.console import Filters, LineFormatter, TailEvent, _emit, resolve_topics
 
 TOPIC_OF = {t.event: t for t in contract.ALL}
 V = "20261124T034100-3f2a9c1b"  # the examples' model version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.commands import History, make, verify
+from services.deployment.commands import History, make, verify
 from streams.rollback import ISSUER, RollbackPolicy, command_id, rolled_back_for_alerts
 
 NOW = 1_800_000_000_000

@@ -12,8 +12,9 @@ from sklearn.metrics import f1_score, precision_score
 from schemas.errors import ModelError
 from services.model import Popularity, Recommender, ranking
 from services.model.evaluation import evaluate
+from services.model.interactions import Interactions
 from services.model.training import degrade_labels
-from services.world import Interactions, World
+from services.sandbox.world import World
 
 K = 5
 

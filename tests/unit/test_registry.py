@@ -18,8 +18,9 @@ import pytest
 
 from schemas.errors import RegistryError, VerificationError, VersionNotFound
 from services.model import Recommender
+from services.model.interactions import Interactions
 from services.registry import ARTIFACT, MANIFEST, LibraryMismatchWarning, Registry
-from services.world import Interactions, World
+from services.sandbox.world import World
 
 METRICS = {"accuracy": 0.8, "precision": 0.3, "recall": 0.5, "f1": 0.375}
 

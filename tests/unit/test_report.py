@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from schemas import codec
-from services.report import (
+from services.ops.report import (
     DEPLOY,
     FIRING,
     RESOLVED,

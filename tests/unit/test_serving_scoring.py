@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from services.model.recommender import Recommender
+from services.sandbox.world import World
 from services.serving.scoring import Scored, score
-from services.world import World
 
 
 class FaultyRecommender(Recommender):

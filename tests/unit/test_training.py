@@ -12,9 +12,11 @@ from schemas.errors import ModelError
 from services.cli import main
 from services.config import load_settings
 from services.model.feedback import join_logged
+from services.model.interactions import Interactions
 from services.model.training import STEPS, train, train_version
 from services.registry import Registry
-from services.world import Interactions, World
+from services.sandbox.versions import train_on_world
+from services.sandbox.world import World
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,8 @@ def test_train_reports_held_out_metrics_against_popularity(world: World) -> None
 
 def test_train_version_registers_with_parent_and_summary(tmp_path: Path, world: World) -> None:
     settings = load_settings(registry=str(tmp_path / "reg"))
-    first = train_version(settings, seed=4, world=world, sessions=3000)
-    second = train_version(settings, seed=4, world=world, sessions=3000, degrade=0.5)
+    first = train_on_world(settings, seed=4, world=world, sessions=3000)
+    second = train_on_world(settings, seed=4, world=world, sessions=3000, degrade=0.5)
     assert first.parent is None and second.parent == first.version
     assert first.data["source"] == "world" and first.data["world"]["users"] == 300
     assert second.data["degrade"] == 0.5

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from schemas.errors import ModelError
-from services.world import EPOCH_MS, Interactions, Sessions, World
+from services.model.interactions import Interactions
+from services.sandbox.world import EPOCH_MS, Sessions, World
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from schemas import codec
 from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
-from services.world import World
+from services.sandbox.world import World
 
 #: The world the demo trains on and the simulator plays; both default to it so the model fits the store.
 DEFAULT_WORLD_SEED = 0

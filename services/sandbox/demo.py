@@ -24,14 +24,15 @@ from typing import Any
 import orjson
 from confluent_kafka import TopicPartition
 
-from services import deployment, kafka
-from services.broker import LocalCluster
+from services import kafka
 from services.config import Settings
-from services.model.training import train_version
-from services.processes import ManagedProcess, wait_for
+from services.deployment import orders as deployment
+from services.kafka.topics import create_topics
 from services.registry import Registry
-from services.storefront import SimulationPlan, simulate
-from services.topics import create_topics
+from services.sandbox.broker import LocalCluster
+from services.sandbox.processes import ManagedProcess, wait_for
+from services.sandbox.storefront import SimulationPlan, simulate
+from services.sandbox.versions import train_on_world
 
 #: The alert the demo relies on: F1 on the last 300 labelled requests under 0.30 (the good version holds
 #: about 0.40 online, as on held-out data), twice in a row, rolls the version back. The second rule watches
@@ -200,10 +201,10 @@ def run_demo(
 
     registry = Registry.from_settings(settings)
     say("training the good version (collaborative filtering on the storefront world) ...")
-    good = train_version(settings, seed=0, registry=registry)
+    good = train_on_world(settings, seed=0, registry=registry)
     say(f"  {good.version}: held-out F1 {good.metrics.get('f1'):.3f}")
     say(f"training a degraded version ({plan.degrade:.0%} of labels shuffled) ...")
-    bad = train_version(settings, seed=0, degrade=plan.degrade, registry=registry, parent=good.version)
+    bad = train_on_world(settings, seed=0, degrade=plan.degrade, registry=registry, parent=good.version)
     say(f"  {bad.version}: held-out F1 {bad.metrics.get('f1'):.3f}")
     timeline.add(f"trained {good.version} (F1 {good.metrics.get('f1'):.3f}) and {bad.version} (degraded)")
 
@@ -322,7 +323,7 @@ def run_demo(
         else:
             timeline.add("stopped the replicas and the monitor")
 
-    from services.report import draw_report
+    from services.ops.report import draw_report
 
     files = draw_report(
         watcher.of("metrics"),

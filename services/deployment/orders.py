@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.errors import CommandError
-from services import commands
-from services.commands import Action, History
 from services.config import Settings
+from services.deployment import commands
+from services.deployment.commands import Action, History
 from services.registry import Registry
 
 

@@ -1,0 +1,90 @@
+"""The monitor's tables: a Faust table that writes to a named changelog partition, and the join's store.
+
+Both exist because the agents work in batches (``take_events``) that mix partitions: Faust would take the
+changelog partition from the current event, which a batch or a timer does not have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from streams.join import Clocks
+
+
+class PartitionedTable(faust.Table):
+    """A table whose writes name their changelog partition.
+
+    Faust takes it from the event being processed, but a batch from ``take_events`` mixes partitions and
+    timers have no event: the caller sets ``writing_partition`` (the source partition of the keys it
+    writes) so the changelog stays co-partitioned with the stream it mirrors.
+    """
+
+    writing_partition: int | None = None
+
+    def partition_for_key(self, key: Any) -> int | None:
+        if self.writing_partition is None:
+            raise RuntimeError(f"table {self.name}: set writing_partition before writing")
+        return self.writing_partition
+
+
+class PendingStore:
+    """The join's pending store for one partition: the ``pending`` table, written back once per batch.
+
+    Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>`` (markers) and
+    ``c:<partition>`` (the clocks). A batch's records go out in this order, on one changelog partition: new
+    and changed entries and markers, then the clocks, then deletions. Whatever prefix of them survives a
+    crash, the clocks are never ahead of the entries they account for, and never behind a deletion they
+    justified (a deleted marker with an older clock would let a replayed prediction through as new).
+    """
+
+    def __init__(self, table: PartitionedTable, partition: int) -> None:
+        self.table = table
+        self.partition = partition
+        self.prefix = f"r:{partition}:"
+        self.dirty: dict[str, dict[str, Any] | None] = {}  # full keys, both kinds; None deletes
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        full = self.prefix + key
+        if full in self.dirty:
+            return self.dirty[full]
+        value: dict[str, Any] | None = self.table.get(full)
+        return value
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.dirty[self.prefix + key] = value
+
+    def delete(self, key: str) -> None:
+        self.dirty[self.prefix + key] = None
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        n = len(self.prefix)
+        return [(k[n:], v) for k, v in self.table.items() if k.startswith(self.prefix)]
+
+    def put_markers(self, bucket: int, request_ids: list[str]) -> None:
+        self.dirty[f"m:{self.partition}:{bucket}"] = {"ids": request_ids}
+
+    def delete_markers(self, bucket: int) -> None:
+        self.dirty[f"m:{self.partition}:{bucket}"] = None
+
+    def marker_buckets(self) -> list[tuple[int, list[str]]]:
+        prefix = f"m:{self.partition}:"
+        return [(int(k[len(prefix) :]), v["ids"]) for k, v in self.table.items() if k.startswith(prefix)]
+
+    def flush(self, clocks: Clocks) -> None:
+        if not self.dirty:
+            return
+        table = self.table
+        table.writing_partition = self.partition
+        deleted = []
+        for full, value in self.dirty.items():
+            if value is not None:
+                table[full] = value
+            else:
+                deleted.append(full)
+        table[f"c:{self.partition}"] = clocks.as_dict()
+        for full in deleted:
+            if full in table:
+                del table[full]
+        self.dirty.clear()
