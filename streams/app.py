@@ -38,12 +38,13 @@ import orjson
 
 from schemas import codec
 from schemas.errors import ContractError
-from services.config import Settings, load_settings
+from services.config import AlertRule, Settings, load_settings
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
+from streams.decisions import Decisions
 from streams.history import CommandFollower, published_alerts
 from streams.join import Clocks, Joiner, JoinStats, Labelled, decode_bundle, encode_bundle
-from streams.rollback import RollbackPolicy, command_id
+from streams.rollback import RollbackPolicy
 from streams.tables import PartitionedTable, PendingStore
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
@@ -116,6 +117,7 @@ class Monitor:
         self.baselines = RegistryBaselines(settings)
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
         self.policy = RollbackPolicy(int(m.rollback_cooldown_s * 1000), signing_key=key)
+        self.decisions = Decisions(self.policy, self.baselines)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
 
@@ -305,16 +307,18 @@ class Monitor:
             log.info("restored %s: %d labelled, %d expired; firing %s", t.version, t.total, t.expired, firing)
 
     async def _publish(self, emissions: list[tuple[VersionTracker, Emission]]) -> None:
-        """Send metrics, alerts and commands, and wait for the broker's acknowledgement.
+        """One evaluation: send metrics, alert transitions and the rollbacks decided now, and wait for the
+        broker's acknowledgement.
 
         An alert transition already on the alert topic (sent just before a crash lost the state that
-        recorded it) is not sent again, nor is its rollback decided again.
+        recorded it) is not sent again; its rollback is decided like any firing alert's, and recognised by
+        its command id if it was ordered already.
         """
         if self.published is None:
             loop = asyncio.get_running_loop()
             self.published = await loop.run_in_executor(None, published_alerts, self.settings)
         sent = []
-        announced = []
+        announced: list[tuple[VersionTracker, AlertRule | None, dict[str, Any]]] = []
         for tracker, emission in emissions:
             for event in emission.metrics:
                 fut = await self.metrics_out.send(
@@ -326,44 +330,28 @@ class Monitor:
                 if transition in self.published:
                     log.info("alert %s %s was sent before the restart; not again", *transition)
                     continue
-                announced.append(transition)
-                if rule is not None and rule.action == "rollback" and alert["state"] == "firing":
-                    command = await self._rollback(alert)
-                    if command is not None:
-                        fut = await self.commands_out.send(
-                            key=self.settings.model_name,
-                            value=codec("model-command").encode(command),
-                            force=True,
-                        )
-                        sent.append(fut)
-                log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
-                fut = await self.alerts_out.send(
-                    key=tracker.version, value=codec("alert").encode(alert), force=True
-                )
-                sent.append(fut)
+                announced.append((tracker, rule, alert))
+        # A history not read yet (the follower catching up after a start) delays the decisions, never
+        # blocks the evaluation: they are taken again at the next one.
+        applied = self.follower.applied() if self.follower.ready.is_set() else None
+        firing_rollbacks = [
+            a for _, r, a in announced if r is not None and r.action == "rollback" and a["state"] == "firing"
+        ]
+        now_ms = int(time.time() * 1000)
+        for command in self.decisions.rollbacks(self.trackers, applied, firing_rollbacks, now_ms):
+            fut = await self.commands_out.send(
+                key=self.settings.model_name, value=codec("model-command").encode(command), force=True
+            )
+            sent.append(fut)
+        for tracker, _rule, alert in announced:
+            log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
+            fut = await self.alerts_out.send(
+                key=tracker.version, value=codec("alert").encode(alert), force=True
+            )
+            sent.append(fut)
         if sent:
             await asyncio.gather(*sent)
-        self.published.update(announced)
-
-    async def _rollback(self, alert: dict[str, Any]) -> dict[str, Any] | None:
-        """Decide on a firing rollback alert; say what was decided in its message."""
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, self.follower.ready.wait, 30.0):
-            alert["message"] += "; no rollback: the deployment history could not be read"
-            return None
-        applied = self.follower.applied()
-        ordered = next((c for c in applied if c["command_id"] == command_id(alert["alert_id"])), None)
-        if ordered is not None:  # sent before a crash that lost the alert: not twice
-            alert["message"] += (
-                f"; rolled back to {ordered['model_version']} (command {ordered['command_id']})"
-            )
-            return None
-        unhealthy = {v for v, t in self.trackers.items() if t.firing("rollback")}
-        decision = self.policy.decide(
-            alert=alert, applied=applied, unhealthy=unhealthy, now_ms=int(time.time() * 1000)
-        )
-        alert["message"] += f"; {decision.reason}"
-        return decision.command
+        self.published.update((a["alert_id"], a["state"]) for _, _, a in announced)
 
     def _persist(self, trackers: Any) -> None:
         for tracker in trackers:

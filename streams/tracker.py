@@ -215,6 +215,27 @@ class VersionTracker:
             if s.firing and (action is None or actions.get(name) == action)
         ]
 
+    def firing_alerts(self, action: str, baseline: Baseline = no_baseline) -> list[dict[str, Any]]:
+        """The firing alerts of ``action``'s rules, each with its metric's value now (for a decision that
+        is taken again after the firing event was sent)."""
+        out = []
+        for rule in self.config.rules:
+            state = self.alerts.get(rule.name)
+            if rule.action != action or state is None or not state.firing or state.alert_id is None:
+                continue
+            threshold, _why = threshold_of(rule, self.version, baseline)
+            out.append(
+                {
+                    "alert_id": state.alert_id,
+                    "rule": rule.name,
+                    "model_version": self.version,
+                    "metric": rule.metric,
+                    "value": self.snapshot(rule.window)[rule.metric],
+                    "threshold": threshold,
+                }
+            )
+        return out
+
     # -- persistence -------------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Automatic rollback by the monitor worker, on the real broker with signed commands.
 
 A healthy noisy version orders nothing; a bad version with no earlier one says so and orders nothing; a
-bad version deployed over a healthy one gets exactly one rollback to it, however long it stays bad.
+bad version deployed over a healthy one gets exactly one rollback to it, however long it stays bad. With a
+short cooldown: a bad version deployed inside it is rolled back once it has passed, by exactly one command.
 """
 
 from __future__ import annotations
@@ -81,18 +82,35 @@ class World:
         return read_history(self.settings)
 
 
-@pytest.fixture(scope="module")
-def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def running_world(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, monitor_settings: dict[str, Any]
+) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("monitor-rollback")
     with topic_world(kafka_bootstrap, PARTITIONS) as plain:
         settings = plain.model_copy(update={"signing_key": SecretStr(KEY)})
-        config = write_config(workdir / "monitor.toml", MONITOR, [RULE])
+        config = write_config(workdir / "monitor.toml", monitor_settings, [RULE])
         monitor = MonitorProcess(settings, config, workdir, {"MODELWATCH_SIGNING_KEY": KEY})
         monitor.start()
         try:
             yield World(settings, int(time.time() * 1000), {})
         finally:
             monitor.stop()
+
+
+@pytest.fixture(scope="module")
+def world(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield from running_world(kafka_bootstrap, tmp_path_factory, MONITOR)
+
+
+COOLDOWN_S = 20
+
+
+@pytest.fixture(scope="module")
+def quick(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A world whose monitor has a short rollback cooldown."""
+    yield from running_world(
+        kafka_bootstrap, tmp_path_factory, {**MONITOR, "rollback_cooldown_s": COOLDOWN_S}
+    )
 
 
 def test_a_healthy_noisy_version_orders_nothing(world: World) -> None:
@@ -132,3 +150,34 @@ def test_a_bad_deploy_is_rolled_back_once_to_the_previous_version(world: World) 
     assert "rolling back to v1" in firing["message"] and firing["alert_id"] in command["reason"]
     raw = read_events(world.settings, "model-commands", "model-command")
     assert sum(c["action"] == "rollback" for c in raw) == 1  # not merely deduplicated: sent once
+
+
+def monitor_rollbacks(world: World) -> list[dict[str, Any]]:
+    raw = read_events(world.settings, "model-commands", "model-command")
+    return [c for c in raw if c["action"] == "rollback" and c.get("issued_by") == ISSUER]
+
+
+def test_a_bad_version_deployed_inside_the_cooldown_is_rolled_back_once_it_has_passed(quick: World) -> None:
+    quick.deploy("v1")
+    quick.serve("v1", 60, seed=11, hit=0, miss=0, exact=(2, 0))  # healthy
+    quick.deploy("v2")
+    manual = make("rollback", "v1", "operator's rollback", key=KEY, issued_by="operator")
+    publish(quick.settings, manual)
+    quick.deploy("v3")  # a bad hotfix, well inside the cooldown of the operator's rollback
+    quick.serve("v3", 80, seed=12, hit=0, miss=0, exact=(0, 1))
+    [firing] = wait_for(lambda: quick.alerts("v3"), 30, "the alert on v3")
+    assert firing["state"] == "firing" and "rollback cooldown" in firing["message"], firing["message"]
+
+    # No more traffic: the timer's evaluations decide again until the cooldown has passed.
+    history = wait_for(
+        lambda: (h := quick.history()).active_version == "v1" and h, COOLDOWN_S + 60, "the delayed rollback"
+    )
+    command = history.applied[-1]
+    assert (command["action"], command["alert_id"], command["issued_by"]) == (
+        "rollback",
+        firing["alert_id"],
+        ISSUER,
+    )
+    assert command["ts"] - manual["ts"] >= COOLDOWN_S * 1000
+    quick.serve("v3", 40, seed=13, hit=0, miss=0, exact=(0, 1))  # late traffic of v3 moves nothing
+    assert [c["command_id"] for c in monitor_rollbacks(quick)] == [command["command_id"]]

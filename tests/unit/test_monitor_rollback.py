@@ -1,11 +1,18 @@
-"""The rollback policy's guards: active version only, cooldown, healthy earlier versions only, one id."""
+"""The rollback policy's guards: the version served only, cooldown, healthy earlier versions only, one id;
+and the decision taken again at every evaluation, so a cooldown delays a rollback and does not veto it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from schemas.metrics import Counts
+from services.config import AlertRule
 from services.deployment.commands import History, make, verify
-from streams.rollback import ISSUER, RollbackPolicy, command_id, rolled_back_for_alerts
+from streams.alerts import no_baseline
+from streams.decisions import Decisions
+from streams.join import Labelled
+from streams.rollback import ISSUER, RollbackPolicy, command_id, rolled_back_for_alerts, served_version
+from streams.tracker import TrackerConfig, VersionTracker
 
 NOW = 1_800_000_000_000
 MIN = 60_000
@@ -31,6 +38,7 @@ def decide(policy: RollbackPolicy, version: str, applied: list[dict[str, Any]], 
     return policy.decide(
         alert=firing(version, kw.pop("aid", f"f1-low:{version}:100")),
         applied=applied,
+        served=kw.pop("served", served_version(applied)),
         unhealthy=kw.pop("unhealthy", {version}),
         now_ms=kw.pop("now", NOW),
     )
@@ -70,7 +78,7 @@ def test_nothing_without_an_earlier_version_and_the_reason_says_so() -> None:
 def test_only_the_active_version_is_rolled_back() -> None:
     applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN)]
     d = decide(RollbackPolicy(MIN), "v1", applied)
-    assert d.command is None and "not the active version" in d.reason
+    assert d.command is None and "not the version served" in d.reason
 
 
 def test_cooldown_after_any_rollback() -> None:
@@ -98,3 +106,89 @@ def test_never_back_to_a_version_rolled_back_for_an_alert_nor_to_an_unhealthy_on
     assert d.command is not None and d.command["model_version"] == "v1"
     d = decide(RollbackPolicy(MIN), "v3", applied, unhealthy={"v3", "v1"})
     assert d.command is None and "no healthy earlier version" in d.reason
+
+
+def test_the_cooldown_delays_the_rollback_and_after_it_exactly_one_command_is_ordered() -> None:
+    """A bad hotfix deployed 30 s after an operator's rollback: refused while the cooldown runs, ordered
+    once it has passed, and never again once it is on the command topic."""
+    policy = RollbackPolicy(MIN)
+    manual = make("rollback", "v1", "by hand", ts=NOW - 30_000)
+    applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN), manual, deploy("v3", NOW - 20_000)]
+    ordered = []
+    for now in range(NOW, NOW + 2 * MIN, 5_000):  # an evaluation every 5 s
+        d = decide(policy, "v3", applied, now=now)
+        if d.command is not None:
+            ordered.append((now, d.command))
+            applied.append(d.command)  # the command topic shows it from the next evaluation on
+        elif not ordered:
+            assert "cooldown" in d.reason
+    [(at, command)] = ordered
+    assert at == NOW + 30_000  # the first evaluation once the operator's rollback is 60 s old
+    assert (command["model_version"], command["command_id"]) == ("v1", command_id("f1-low:v3:100"))
+
+
+def test_a_rollback_stamped_in_the_future_holds_the_cooldown_from_when_it_was_read_not_longer() -> None:
+    policy = RollbackPolicy(MIN)
+    ahead = make("rollback", "v1", "operator's clock 10 min ahead", ts=NOW + 10 * MIN)
+    applied = [deploy("v1", NOW - 10 * MIN), ahead, deploy("v2", NOW)]
+    assert "cooldown" in decide(policy, "v2", applied, now=NOW).reason
+    assert decide(policy, "v2", applied, now=NOW + MIN).command is not None
+
+
+def test_while_our_rollback_is_on_its_way_another_rule_firing_on_the_same_version_orders_nothing() -> None:
+    policy = RollbackPolicy(0)  # no cooldown: only the command in flight holds the second one
+    applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN)]
+    assert decide(policy, "v2", applied, aid="f1-low:v2:100").command is not None
+    d = decide(policy, "v2", applied, aid="recall-low:v2:120", now=NOW + 1000)
+    assert d.command is None and "on its way" in d.reason
+    # The same alert asked again is settled by its own command, in flight or on the topic.
+    assert decide(policy, "v2", applied, aid="f1-low:v2:100", now=NOW + 1000).settled
+
+
+def test_a_version_not_served_is_decided_again_once_it_is_served() -> None:
+    policy = RollbackPolicy(MIN)
+    applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN)]
+    assert "not the version served" in decide(policy, "v2", applied, served="v1").reason
+    assert decide(policy, "v2", applied, served="v2").command is not None
+
+
+RULE = AlertRule(name="f1-low", metric="f1", below=0.3, min_samples=5, action="rollback")
+
+
+def bad(version: str, start: int, n: int) -> list[Labelled]:
+    return [
+        Labelled(f"{version}-{i}", version, 1000 * i, Counts(0, 1, 1, 3)) for i in range(start, start + n)
+    ]
+
+
+def test_each_evaluation_decides_again_so_the_rollback_comes_when_the_cooldown_has_passed() -> None:
+    """The monitor's evaluations (batches and ticks) with a rollback alert firing since the first one."""
+    config = TrackerConfig(count_window=20, emit_every_n=5, rules=(RULE,))
+    tracker = VersionTracker("v3", config)
+    manual = make("rollback", "v1", "by hand", ts=NOW - 30_000)
+    applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN), manual, deploy("v3", NOW - 20_000)]
+    decisions = Decisions(RollbackPolicy(MIN), no_baseline)
+    [emission] = tracker.add_bundle(bad("v3", 0, 5), offset=0)
+    [(_, event)] = emission.alerts
+    assert decisions.rollbacks({"v3": tracker}, applied, [event], NOW) == []
+    assert "rollback cooldown" in event["message"]
+    ordered = []
+    for now in range(NOW + 5_000, NOW + 2 * MIN, 5_000):  # ticks with nothing new to count
+        for command in decisions.rollbacks({"v3": tracker}, applied, [], now):
+            ordered.append(now)
+            applied.append(command)
+    assert ordered == [NOW + 30_000]
+    assert applied[-1]["alert_id"] == event["alert_id"] and applied[-1]["model_version"] == "v1"
+
+
+def test_a_decision_waits_for_the_history_and_is_taken_once_it_is_read() -> None:
+    config = TrackerConfig(count_window=20, emit_every_n=5, rules=(RULE,))
+    tracker = VersionTracker("v2", config)
+    decisions = Decisions(RollbackPolicy(MIN), no_baseline)
+    [emission] = tracker.add_bundle(bad("v2", 0, 5), offset=0)
+    [(_, event)] = emission.alerts
+    assert decisions.rollbacks({"v2": tracker}, None, [event], NOW) == []
+    assert "history is still being read" in event["message"]
+    applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN)]
+    [command] = decisions.rollbacks({"v2": tracker}, applied, [], NOW + 1000)
+    assert command["command_id"] == command_id(event["alert_id"])
