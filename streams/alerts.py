@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 MAX_ID = 256
 
 
-def alert_id(rule: str, version: str, position: int) -> str:
-    """The deterministic id of the alert that ``rule`` fired on ``version`` at ``position``."""
-    readable = f"{rule}:{version}:{position}"
+def alert_id(rule: str, version: str, position: int, epoch: str | None = None) -> str:
+    """The deterministic id of the alert that ``rule`` fired on ``version`` at ``position``, in the
+    deployment ``epoch`` (a short token of the command that began it; ``None`` for a version that has no
+    command on the history)."""
+    where = version if epoch is None else f"{version}:{epoch}"
+    readable = f"{rule}:{where}:{position}"
     if len(readable) <= MAX_ID:
         return readable
     return f"{rule[:64]}:{hashlib.sha256(readable.encode()).hexdigest()}:{position}"
@@ -84,11 +87,12 @@ def judge(
     position: int,
     threshold: float | None,
     ts: int,
+    epoch: str | None = None,
 ) -> dict[str, Any] | None:
     """Judge one evaluation; return the alert event of a transition (firing or resolved), if any.
 
     ``n`` is the number of requests in the rule's window and ``position`` the version's labelled requests
-    so far. ``state`` is updated in place.
+    so far; ``epoch`` the version's deployment epoch. ``state`` is updated in place.
     """
     if threshold is None or value is None or n < rule.min_samples:
         return None  # no judgement: the streak neither grows nor breaks
@@ -103,7 +107,7 @@ def judge(
             return None
         state.firing = True
         start = position if state.streak_start is None else state.streak_start
-        state.alert_id = alert_id(rule.name, version, start)
+        state.alert_id = alert_id(rule.name, version, start, epoch)
         return _event(rule, state.alert_id, "firing", version, value, threshold, n, position, ts)
     level = rule.resolve_above if rule.resolve_above is not None else threshold
     resolved = value > level if rule.resolve_above is not None else value >= level
@@ -114,18 +118,46 @@ def judge(
     return event
 
 
+def ended(
+    rule: AlertRule,
+    state: AlertState,
+    *,
+    version: str,
+    value: float | None,
+    threshold: float | None,
+    n: int,
+    position: int,
+    ts: int,
+    cause: str,
+    why: str,
+) -> dict[str, Any] | None:
+    """The resolved event of a firing alert that ends without the metric's help: its version is no longer
+    served (``cause`` "not_served") or is deployed afresh ("redeployed"), ``why`` says so in words.
+    ``None`` if it is not firing. ``state`` is reset."""
+    if not state.firing:
+        return None
+    level = threshold if threshold is not None else (rule.below or 0.0)
+    event = _event(rule, state.alert_id or "", "resolved", version, value, level, n, position, ts)
+    event["message"] = f"{rule.name} on {version} ends: {why}"
+    event["cause"] = cause
+    state.firing, state.alert_id, state.streak, state.streak_start = False, None, 0, None
+    return event
+
+
 def _event(
     rule: AlertRule,
     aid: str,
     state: str,
     version: str,
-    value: float,
+    value: float | None,
     threshold: float,
     n: int,
     position: int,
     ts: int,
 ) -> dict[str, Any]:
-    if state == "firing":
+    if value is None:
+        message = f"{rule.metric} on the {rule.window} window of {version} is undefined (n={n})"
+    elif state == "firing":
         message = (
             f"{rule.metric} on the {rule.window} window of {version} is {value:.4f}, below {threshold:.4f} "
             f"for {rule.for_} evaluation(s) (n={n})"
@@ -199,6 +231,25 @@ class DriftWatch:
         }
         if state == "resolved":
             self.state = AlertState()
+        return event
+
+    def end(self, *, version: str, position: int, ts: int, why: str) -> dict[str, Any]:
+        """The resolved event of a firing drift warning whose version's epoch ended (``why``)."""
+        event = {
+            "alert_id": self.state.alert_id,
+            "rule": self.RULE,
+            "state": "resolved",
+            "model_version": version,
+            "metric": "error_rate",
+            "value": self.adwin.estimation,
+            "threshold": self.adwin.estimation,
+            "ts": ts,
+            "severity": "warning",
+            "action": "notify",
+            "message": f"drift on {version} ends: {why}",
+            "total": position,
+        }
+        self.state = AlertState()
         return event
 
 

@@ -254,8 +254,10 @@ class Monitor:
             async with self._lock:
                 if self._watch_generation != self._generation:
                     self._load_trackers()
-                emissions: list[tuple[VersionTracker, Emission]] = []
-                touched: dict[str, VersionTracker] = {}
+                applied = self._applied()
+                # Epochs first: a version deployed again counts this batch in fresh windows.
+                emissions = self.decisions.follow_epochs(self.trackers, applied)
+                touched = {t.version: t for t, _ in emissions}
                 for event in events:
                     try:
                         items = decode_bundle(event.value)
@@ -270,10 +272,11 @@ class Monitor:
                     if tracker is None:
                         tracker = VersionTracker(version, self.tracker_config, event.message.partition)
                         self.trackers[version] = tracker
+                        emissions += self.decisions.follow_epochs({version: tracker}, applied)
                     for emission in tracker.add_bundle(items, event.message.offset, self.baselines):
                         emissions.append((tracker, emission))
                     touched[version] = tracker
-                await self._publish(emissions)
+                await self._publish(emissions, applied)
                 self._persist(touched.values())
 
     async def tick(self, *_: Any) -> None:
@@ -281,9 +284,12 @@ class Monitor:
         async with self._lock:
             if self._watch_generation != self._generation:
                 return
+            applied = self._applied()
+            emissions = self.decisions.follow_epochs(self.trackers, applied)
             due = [t for t in self.trackers.values() if t.pending_emission()]
-            await self._publish([(t, t.emit(self.baselines)) for t in due])
-            self._persist(due)
+            emissions += [(t, t.emit(self.baselines)) for t in due]
+            await self._publish(emissions, applied)
+            self._persist({t.version: t for t, _ in emissions}.values())
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats
@@ -306,7 +312,14 @@ class Monitor:
             firing = ", ".join(t.firing()) or "nothing"
             log.info("restored %s: %d labelled, %d expired; firing %s", t.version, t.total, t.expired, firing)
 
-    async def _publish(self, emissions: list[tuple[VersionTracker, Emission]]) -> None:
+    def _applied(self) -> list[dict[str, Any]] | None:
+        """The deployment history, or ``None`` while the follower is still reading it after a start: that
+        delays the decisions to a later evaluation, it never blocks this one."""
+        return self.follower.applied() if self.follower.ready.is_set() else None
+
+    async def _publish(
+        self, emissions: list[tuple[VersionTracker, Emission]], applied: list[dict[str, Any]] | None
+    ) -> None:
         """One evaluation: send metrics, alert transitions and the rollbacks decided now, and wait for the
         broker's acknowledgement.
 
@@ -331,9 +344,6 @@ class Monitor:
                     log.info("alert %s %s was sent before the restart; not again", *transition)
                     continue
                 announced.append((tracker, rule, alert))
-        # A history not read yet (the follower catching up after a start) delays the decisions, never
-        # blocks the evaluation: they are taken again at the next one.
-        applied = self.follower.applied() if self.follower.ready.is_set() else None
         firing_rollbacks = [
             a for _, r, a in announced if r is not None and r.action == "rollback" and a["state"] == "firing"
         ]

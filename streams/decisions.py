@@ -1,6 +1,8 @@
-"""What the monitor decides at each evaluation, beyond the alert rules: rollbacks.
+"""What the monitor decides at each evaluation, beyond the alert rules: deployment epochs and rollbacks.
 
-An evaluation is one batch of the watch agent or one tick of its timer. At each, every firing alert of a
+An evaluation is one batch of the watch agent or one tick of its timer. At each, the trackers follow the
+deployment history (:mod:`streams.epochs`): a version no longer commanded has its firing alerts resolved
+with the reason and is no longer judged; a version deployed again starts afresh. Then every firing alert of a
 rule with ``action = "rollback"`` on the version served is put to the rollback policy
 (:mod:`streams.rollback`) again, not only at the moment it fires: a cooldown or a history not yet read
 delays the rollback, it does not cancel it. The policy's deterministic command ids keep it to one
@@ -14,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.alerts import Baseline
+from streams.epochs import epochs
 from streams.rollback import RollbackPolicy, served_version
-from streams.tracker import VersionTracker
+from streams.tracker import Emission, VersionTracker
 
 log = logging.getLogger("modelwatch.monitor")
 
@@ -29,6 +32,30 @@ class Decisions:
         self.policy = policy
         self.baseline = baseline
         self._said: dict[str, str] = {}  # alert_id -> the last reason logged for it
+
+    def follow_epochs(
+        self, trackers: Mapping[str, VersionTracker], applied: Sequence[dict[str, Any]] | None
+    ) -> list[tuple[VersionTracker, Emission]]:
+        """Bring each tracker to its version's epoch in ``applied``; return the trackers changed, with the
+        alert transitions that causes (nothing while the history is being read)."""
+        if applied is None:
+            return []
+        history = epochs(applied)
+        out = []
+        for version, tracker in trackers.items():
+            latest = history.latest.get(version)
+            if latest is None:
+                continue  # never commanded (traffic without a deployment): judged as it comes
+            if tracker.epoch is None:  # counted before the history said which deployment it is
+                tracker.adopt_epoch(latest.command_id)
+                out.append((tracker, Emission()))
+            elif tracker.epoch != latest.command_id:
+                why = f"{version} is deployed again (command {latest.command_id}): its windows start afresh"
+                out.append((tracker, tracker.begin_epoch(latest.command_id, why, self.baseline)))
+            commanded = history.commanded
+            if (commanded is None or commanded.version != version) and not tracker.retired:
+                out.append((tracker, tracker.retire(history.describe_end(version), self.baseline)))
+        return out
 
     def rollbacks(
         self,
@@ -47,7 +74,7 @@ class Decisions:
                 alert["message"] += f"; {HISTORY_UNREAD}"
             return []
         served = served_version(applied)
-        unhealthy = {v for v, t in trackers.items() if t.firing("rollback")}
+        unhealthy = {v for v, t in trackers.items() if t.firing("rollback") or t.left_firing}
         firing = {alert["alert_id"]: alert for alert in announced}
         tracker = trackers.get(served) if served is not None else None
         if tracker is not None:

@@ -9,8 +9,15 @@ Persistence, for a worker killed at any moment. The state goes to a compacted ch
 
 - ``<version>|<block>``: the labelled requests ``BLOCK * block + 1 ...`` in order, written again while the
   block fills;
-- ``<version>|meta``: totals, alert states, the time window's clock, and the offset of the last labelled
-  event counted.
+- ``<version>|meta``: totals, alert states, the time window's clock, the offset of the last labelled
+  event counted, and the deployment epoch.
+
+Deployment epochs. A version's windows and alert states belong to one deployment of it (the command that
+made it the commanded version; :mod:`streams.epochs`). :meth:`VersionTracker.retire` ends its firing alerts
+when another version is commanded, after which its late requests are still counted but no longer judged;
+:meth:`VersionTracker.begin_epoch` empties its windows and alert states when it is deployed again. The
+total goes on across epochs (requests keep their positions, and the blocks their keys); the meta's
+``epoch_start`` says which requests belong to the windows of the current epoch.
 
 :meth:`VersionTracker.changes` lists them in the order to write: blocks, then meta, then tombstones of
 blocks no longer needed. One version's records share a partition, so whatever prefix of them survives a
@@ -27,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.config import AlertRule, MonitorSettings
-from streams.alerts import AlertState, Baseline, DriftWatch, judge, no_baseline, threshold_of
+from streams.alerts import AlertState, Baseline, DriftWatch, ended, judge, no_baseline, threshold_of
+from streams.epochs import epoch_token
 from streams.join import Labelled
 from streams.windows import CountWindow, Entry, TimeWindow
 
@@ -79,6 +87,10 @@ class VersionTracker:
         self.emitted = (0, 0)  # (total, expired) at the last emission
         self.alerts: dict[str, AlertState] = {r.name: AlertState() for r in config.rules}
         self.drift = DriftWatch(config.drift_delta) if config.drift_delta else None
+        self.epoch: str | None = None  # id of the command that began the deployment counted now
+        self.epoch_start = 0  # the total when it began: requests up to it belong to earlier epochs
+        self.retired = False  # another version is commanded: counted, not judged
+        self.left_firing = False  # it was firing a rollback rule when it was retired: no rollback target
         self.duplicates = 0
         # The last dedupe_horizon requests, kept (and persisted in the blocks) beyond the windows only so
         # that a request the join sends again after a crash is recognised, however late it comes.
@@ -127,7 +139,7 @@ class VersionTracker:
         self._open.setdefault((entry.seq - 1) // BLOCK, []).append(entry)
         self._place(entry)
         alerts: list[tuple[AlertRule | None, dict[str, Any]]] = []
-        if self.drift is not None and entry.counts.items:
+        if self.drift is not None and entry.counts.items and not self.retired:
             c = entry.counts
             drift = self.drift.update(
                 (c.fp + c.fn) / c.items, version=self.version, position=self.total, ts=self.time.max_ts or 0
@@ -143,18 +155,23 @@ class VersionTracker:
     def _place(self, entry: Entry) -> None:
         ids = self._ids
         rid = entry.request_id
-        ids[rid] = ids.get(rid, 0) + 1
-        pushed = self.count.add(entry)
-        entered, left = self.time.add(entry)
-        if entered:
+        ids[rid] = ids.get(rid, 0)
+        left: list[Entry] = []
+        if entry.seq > self.epoch_start:  # an earlier epoch's request is only remembered against replays
             ids[rid] += 1
-        if pushed is not None:
-            left.append(pushed)
+            pushed = self.count.add(entry)
+            entered, left = self.time.add(entry)
+            if entered:
+                ids[rid] += 1
+            if pushed is not None:
+                left.append(pushed)
         if self.config.dedupe_horizon:
             ids[rid] += 1
             self._recent.append(entry)
             if len(self._recent) > self.config.dedupe_horizon:
                 left.append(self._recent.popleft())
+        if ids[rid] == 0:
+            del ids[rid]
         for old in left:
             ids[old.request_id] -= 1
             if ids[old.request_id] == 0:
@@ -189,6 +206,8 @@ class VersionTracker:
         self.emitted = (self.total, self.expired)
         by_kind = {kind: self.snapshot(kind) for kind in ("count", "time")}
         emission = Emission(metrics=list(by_kind.values()))
+        if self.retired:
+            return emission
         for rule in self.config.rules:
             snap = by_kind[rule.window]
             threshold, _why = threshold_of(rule, self.version, baseline)
@@ -201,9 +220,68 @@ class VersionTracker:
                 position=self.total,
                 threshold=threshold,
                 ts=snap["ts"],
+                epoch=epoch_token(self.epoch),
             )
             if event is not None:
                 emission.alerts.append((rule, event))
+        return emission
+
+    # -- deployment epochs -------------------------------------------------------------------------------
+
+    def adopt_epoch(self, epoch: str) -> None:
+        """What was counted so far belongs to the deployment ``epoch`` (learnt after the first requests)."""
+        self.epoch = epoch
+        self._changed = True
+
+    def retire(self, why: str, baseline: Baseline = no_baseline, cause: str = "not_served") -> Emission:
+        """Another version is commanded: end the firing alerts (``why`` says so) and judge no more."""
+        self.left_firing = self.left_firing or bool(self.firing("rollback"))
+        emission = self._end_alerts(why, cause, baseline)
+        self.retired = True
+        self._changed = True
+        return emission
+
+    def begin_epoch(self, epoch: str, why: str, baseline: Baseline = no_baseline) -> Emission:
+        """The version is deployed again by the command ``epoch``: its firing alerts end, its windows and
+        alert states start afresh (its total and the requests remembered against replays go on)."""
+        emission = self._end_alerts(why, "redeployed", baseline)
+        self.epoch, self.epoch_start = epoch, self.total
+        self.retired = self.left_firing = False
+        self.count = CountWindow(self.config.count_window)
+        self.time = TimeWindow(self.config.time_window_s)
+        self.alerts = {r.name: AlertState() for r in self.config.rules}
+        self.drift = DriftWatch(self.config.drift_delta) if self.config.drift_delta else None
+        self._ids = {}
+        for entry in self._recent:
+            self._ids[entry.request_id] = self._ids.get(entry.request_id, 0) + 1
+        self._changed = True
+        return emission
+
+    def _end_alerts(self, why: str, cause: str, baseline: Baseline) -> Emission:
+        emission = Emission()
+        by_kind = {kind: self.snapshot(kind) for kind in ("count", "time")}
+        for rule in self.config.rules:
+            snap = by_kind[rule.window]
+            threshold, _why = threshold_of(rule, self.version, baseline)
+            event = ended(
+                rule,
+                self.alerts.setdefault(rule.name, AlertState()),
+                version=self.version,
+                value=snap[rule.metric],
+                threshold=threshold,
+                n=snap["n"],
+                position=self.total,
+                ts=snap["ts"],
+                cause=cause,
+                why=why,
+            )
+            if event is not None:
+                emission.alerts.append((rule, event))
+        if self.drift is not None and self.drift.state.firing:
+            drift = self.drift.end(
+                version=self.version, position=self.total, ts=by_kind["count"]["ts"], why=why
+            )
+            emission.alerts.append((None, drift))
         return emission
 
     def firing(self, action: str | None = None) -> list[str]:
@@ -250,6 +328,10 @@ class VersionTracker:
             "first_block": self._first_block,
             "alerts": {name: s.as_dict() for name, s in self.alerts.items()},
             "drift": self.drift.state.as_dict() if self.drift else None,
+            "epoch": self.epoch,
+            "epoch_start": self.epoch_start,
+            "retired": self.retired,
+            "left_firing": self.left_firing,
         }
 
     def block_key(self, block: int) -> str:
@@ -296,6 +378,8 @@ class VersionTracker:
         if meta is None:  # killed before its first meta: nothing was counted for good
             return cls(version, config)
         tracker = cls(version, config, partition=int(meta["partition"]))
+        tracker.epoch, tracker.epoch_start = meta.get("epoch"), int(meta.get("epoch_start", 0))
+        tracker.retired, tracker.left_firing = bool(meta.get("retired")), bool(meta.get("left_firing"))
         total, first = int(meta["total"]), int(meta["first_block"])
         tracker.time.max_ts = meta["max_ts"]  # the window's clock as it was, whatever the replay sees
         entries: list[Entry] = []
@@ -310,7 +394,7 @@ class VersionTracker:
             block = (entry.seq - 1) // BLOCK
             if block == total // BLOCK:
                 tracker._open.setdefault(block, []).append(entry)
-            if tracker.drift is not None and entry.counts.items:
+            if tracker.drift is not None and entry.counts.items and entry.seq > tracker.epoch_start:
                 c = entry.counts
                 err = (c.fp + c.fn) / c.items
                 tracker.drift.update(err, version=version, position=entry.seq, ts=0, quiet=True)

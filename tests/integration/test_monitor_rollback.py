@@ -2,7 +2,8 @@
 
 A healthy noisy version orders nothing; a bad version with no earlier one says so and orders nothing; a
 bad version deployed over a healthy one gets exactly one rollback to it, however long it stays bad. With a
-short cooldown: a bad version deployed inside it is rolled back once it has passed, by exactly one command.
+short cooldown: a bad version deployed inside it is rolled back once it has passed, by exactly one command;
+its alert then resolves (it is no longer served), and deployed again and still bad, it is rolled back again.
 """
 
 from __future__ import annotations
@@ -144,8 +145,16 @@ def test_a_bad_deploy_is_rolled_back_once_to_the_previous_version(world: World) 
         ("rollback", "v1"),
     ]
     command = history.applied[-1]
-    [firing] = wait_for(lambda: world.alerts("v2"), 20, "the alert on v2")
+    # The alert ends with the deployment it was about: v2 no longer serves, whatever its late traffic says.
+    firing, resolved = wait_for(lambda: len(a := world.alerts("v2")) >= 2 and a, 20, "the alert on v2 to end")
     assert firing["state"] == "firing" and firing["action"] == "rollback"
+    assert (resolved["alert_id"], resolved["state"], resolved["cause"]) == (
+        firing["alert_id"],
+        "resolved",
+        "not_served",
+    )
+    assert "v2 is no longer served: rollback to v1" in resolved["message"]
+    assert len(world.alerts("v2")) == 2
     assert command["alert_id"] == firing["alert_id"] and command["issued_by"] == ISSUER
     assert "rolling back to v1" in firing["message"] and firing["alert_id"] in command["reason"]
     raw = read_events(world.settings, "model-commands", "model-command")
@@ -181,3 +190,28 @@ def test_a_bad_version_deployed_inside_the_cooldown_is_rolled_back_once_it_has_p
     assert command["ts"] - manual["ts"] >= COOLDOWN_S * 1000
     quick.serve("v3", 40, seed=13, hit=0, miss=0, exact=(0, 1))  # late traffic of v3 moves nothing
     assert [c["command_id"] for c in monitor_rollbacks(quick)] == [command["command_id"]]
+
+
+def test_a_rolled_back_version_deployed_again_and_still_bad_is_rolled_back_again(quick: World) -> None:
+    [before] = monitor_rollbacks(quick)  # from the test above: v3 rolled back to v1
+    first, ended = wait_for(lambda: len(a := quick.alerts("v3")) >= 2 and a, 30, "v3's first alert to end")
+    assert (ended["alert_id"], ended["state"], ended["cause"]) == (
+        first["alert_id"],
+        "resolved",
+        "not_served",
+    )
+
+    quick.deploy("v3")  # a new deployment of the same version: fresh windows and alert states
+    quick.serve("v3", 80, seed=14, hit=0, miss=0, exact=(0, 1))
+    history = wait_for(
+        lambda: (h := quick.history()).applied[-1]["action"] == "rollback" and h.active_version == "v1" and h,
+        COOLDOWN_S + 60,
+        "the second rollback of v3",
+    )
+    after = monitor_rollbacks(quick)
+    assert [c["command_id"] for c in after[:-1]] == [before["command_id"]] and len(after) == 2
+    second = history.applied[-1]
+    alerts = quick.alerts("v3")
+    again = [a for a in alerts if a["state"] == "firing" and a["alert_id"] != first["alert_id"]]
+    assert [a["alert_id"] for a in again] == [second["alert_id"]]
+    assert second["command_id"] != before["command_id"] and second["model_version"] == "v1"
