@@ -108,9 +108,10 @@ class AlertRule(BaseModel):
     """One ``[[alerts]]`` table."""
 
     name: str
-    metric: Literal["accuracy", "precision", "recall", "f1"]
+    metric: Literal["accuracy", "precision", "recall", "f1", "error_rate"]
     window: Literal["count", "time"] = "count"
     below: float | None = Field(None, description="Absolute threshold.")
+    above: float | None = Field(None, description="Absolute threshold breached from below (error_rate).")
     below_baseline: float | None = Field(None, description="Relative drop from the registry baseline.")
     resolve_above: float | None = Field(None, description="Hysteresis: resolve only above this.")
     min_samples: int = Field(100, ge=1)
@@ -122,8 +123,12 @@ class AlertRule(BaseModel):
 
     @model_validator(mode="after")
     def _one_threshold(self) -> AlertRule:
-        if (self.below is None) == (self.below_baseline is None):
-            raise ValueError(f"alert {self.name!r}: give exactly one of below and below_baseline")
+        if sum(t is not None for t in (self.below, self.below_baseline, self.above)) != 1:
+            raise ValueError(f"alert {self.name!r}: give exactly one of below, below_baseline and above")
+        if self.above is not None and self.resolve_above is not None:
+            raise ValueError(
+                f"alert {self.name!r}: an above rule resolves at its threshold (no resolve_above)"
+            )
         if self.below_baseline is not None and not 0 < self.below_baseline < 1:
             raise ValueError(f"alert {self.name!r}: below_baseline is a relative drop in (0, 1)")
         if self.below is not None and self.resolve_above is not None and self.resolve_above < self.below:

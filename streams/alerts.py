@@ -2,10 +2,10 @@
 
 A rule (``[[alerts]]`` in the config, :class:`~services.config.AlertRule`) breaches when its metric on its
 window is below the threshold: absolute (``below``) or a relative drop from the version's baseline in its
-registry manifest (``below_baseline``). It does not judge before the window holds ``min_samples``
-requests, nor when the metric is undefined. It fires after ``for`` consecutive breaching evaluations, once,
-and resolves when the metric is back above ``resolve_above`` (hysteresis) or, without it, at or above
-the threshold.
+registry manifest (``below_baseline``); a rule with ``above`` (the error rate) breaches above it. It does
+not judge before the window holds ``min_samples`` requests, nor when the metric is undefined. It fires
+after ``for`` consecutive breaching evaluations, once, and resolves when the metric is back above
+``resolve_above`` (hysteresis) or, without it, at or above the threshold (an ``above`` rule: at or below).
 
 The alert_id is derived from the rule, the version and the position (labelled requests so far) of the
 first breach of the streak that fired, so an alert judged again after a crash carries the same id.
@@ -70,6 +70,8 @@ def threshold_of(rule: AlertRule, version: str, baseline: Baseline) -> tuple[flo
     """The rule's threshold for ``version``, or why it has none (the rule then does not judge)."""
     if rule.below is not None:
         return rule.below, None
+    if rule.above is not None:
+        return rule.above, None
     assert rule.below_baseline is not None
     value, why = baseline(version, rule.metric)
     if value is None:
@@ -96,8 +98,9 @@ def judge(
     """
     if threshold is None or value is None or n < rule.min_samples:
         return None  # no judgement: the streak neither grows nor breaks
+    above = rule.above is not None
     if not state.firing:
-        if value >= threshold:
+        if (value <= threshold) if above else (value >= threshold):
             state.streak, state.streak_start = 0, None
             return None
         if state.streak == 0:
@@ -110,12 +113,20 @@ def judge(
         state.alert_id = alert_id(rule.name, version, start, epoch)
         return _event(rule, state.alert_id, "firing", version, value, threshold, n, position, ts)
     level = rule.resolve_above if rule.resolve_above is not None else threshold
-    resolved = value > level if rule.resolve_above is not None else value >= level
+    if above:
+        resolved = value <= level
+    else:
+        resolved = value > level if rule.resolve_above is not None else value >= level
     if not resolved:
         return None
     event = _event(rule, state.alert_id or "", "resolved", version, value, level, n, position, ts)
     state.firing, state.alert_id, state.streak, state.streak_start = False, None, 0, None
     return event
+
+
+def direction(rule: AlertRule) -> str:
+    """Which side of its threshold breaches the rule: ``below`` or ``above``."""
+    return "above" if rule.above is not None else "below"
 
 
 def ended(
@@ -136,7 +147,7 @@ def ended(
     ``None`` if it is not firing. ``state`` is reset."""
     if not state.firing:
         return None
-    level = threshold if threshold is not None else (rule.below or 0.0)
+    level = threshold if threshold is not None else (rule.below or rule.above or 0.0)
     event = _event(rule, state.alert_id or "", "resolved", version, value, level, n, position, ts)
     event["message"] = f"{rule.name} on {version} ends: {why}"
     event["cause"] = cause
@@ -159,8 +170,8 @@ def _event(
         message = f"{rule.metric} on the {rule.window} window of {version} is undefined (n={n})"
     elif state == "firing":
         message = (
-            f"{rule.metric} on the {rule.window} window of {version} is {value:.4f}, below {threshold:.4f} "
-            f"for {rule.for_} evaluation(s) (n={n})"
+            f"{rule.metric} on the {rule.window} window of {version} is {value:.4f}, {direction(rule)} "
+            f"{threshold:.4f} for {rule.for_} evaluation(s) (n={n})"
         )
     else:
         message = f"{rule.metric} on the {rule.window} window of {version} is back at {value:.4f} (n={n})"
@@ -176,6 +187,7 @@ def _event(
         "severity": rule.severity,
         "action": rule.action,
         "message": message,
+        "direction": direction(rule),
         # Not in the schema's required set: where the judgement was made, for readers who check it.
         "window": rule.window,
         "n": n,

@@ -1,14 +1,17 @@
 """The Faust monitor: a thin layer that feeds Kafka to the plain modules beside it.
 
-Two agents, each with concurrency 1 and batches from ``stream.take_events``:
+Three agents, each with concurrency 1 and batches from ``stream.take_events``:
 
 ``join``   reads predictions and outcomes (co-partitioned by request_id), joins them per partition
            (:mod:`streams.join`) with the pending requests in the ``pending`` table, and sends the
            labelled requests to the internal topic ``<prefix>monitor-labelled``, one message per version
            and batch, keyed by model_version: that repartition puts each version's stream in one place.
 ``watch``  reads the labelled requests, counts them into the version's windows (:mod:`streams.tracker`),
-           emits metrics, judges the alert rules (:mod:`streams.alerts`) and orders rollbacks
-           (:mod:`streams.rollback`); its state lives in the ``windows`` table.
+           emits metrics, judges the alert rules (:mod:`streams.alerts`), follows the deployment epochs and
+           orders rollbacks (:mod:`streams.decisions`, :mod:`streams.rollback`); its state lives in the
+           ``windows`` table.
+``failures`` reads the dead-letter topic and sends the model failures on to the labelled stream by
+           version (:mod:`streams.failures`), where ``watch`` counts them into the version's error rate.
 
 A timer emits every ``emit_every_s`` seconds for versions with news since their last emission, and a
 background thread follows the command topic (:mod:`streams.history`).
@@ -42,6 +45,7 @@ from services.config import AlertRule, Settings, load_settings
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
+from streams.failures import Failure, decode_failures, encode_failures, failure_of, is_failures
 from streams.history import CommandFollower, published_alerts
 from streams.join import Clocks, Joiner, JoinStats, Labelled, decode_bundle, encode_bundle
 from streams.rollback import RollbackPolicy
@@ -107,6 +111,10 @@ class Monitor:
             **raw,
         )
         self.metrics_out = self.app.topic(settings.topic("metrics"), **raw)
+        # Keys as bytes: a dead letter keeps its request's key, which need not be UTF-8.
+        self.dead_letters = self.app.topic(
+            settings.topic("requests.dlq"), **{**raw, "key_type": bytes, "key_serializer": "raw"}
+        )
         self.alerts_out = self.app.topic(settings.topic("alerts"), **raw)
         self.commands_out = self.app.topic(settings.topic("model-commands"), **raw)
         self.pending = self._table("pending", "the join's pending predictions, outcomes and markers")
@@ -133,6 +141,7 @@ class Monitor:
 
         self.app.agent(self.sources, name=f"{self.app_id}.join", concurrency=1)(self.join)
         self.app.agent(self.labelled, name=f"{self.app_id}.watch", concurrency=1)(self.watch)
+        self.app.agent(self.dead_letters, name=f"{self.app_id}.failures", concurrency=1)(self.failures)
         self.app.timer(m.emit_every_s, name=f"{self.app_id}.tick")(self.tick)
         self.app.task(self.follow_commands)
         self.app.on_rebalance_complete.connect(cast(Any, self.on_rebalance_complete))  # mode's stubs
@@ -259,6 +268,9 @@ class Monitor:
                 emissions = self.decisions.follow_epochs(self.trackers, applied)
                 touched = {t.version: t for t, _ in emissions}
                 for event in events:
+                    if is_failures(event.value):
+                        self._count_failures(event, applied, emissions, touched)
+                        continue
                     try:
                         items = decode_bundle(event.value)
                     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
@@ -268,16 +280,61 @@ class Monitor:
                     if not items:
                         continue
                     version = items[0].model_version  # a bundle holds one version's requests
-                    tracker = self.trackers.get(version)
-                    if tracker is None:
-                        tracker = VersionTracker(version, self.tracker_config, event.message.partition)
-                        self.trackers[version] = tracker
-                        emissions += self.decisions.follow_epochs({version: tracker}, applied)
+                    tracker = self._tracker(version, event.message.partition, applied, emissions)
                     for emission in tracker.add_bundle(items, event.message.offset, self.baselines):
                         emissions.append((tracker, emission))
                     touched[version] = tracker
                 await self._publish(emissions, applied)
                 self._persist(touched.values())
+
+    def _tracker(
+        self,
+        version: str,
+        partition: int,
+        applied: list[dict[str, Any]] | None,
+        emissions: list[tuple[VersionTracker, Emission]],
+    ) -> VersionTracker:
+        tracker = self.trackers.get(version)
+        if tracker is None:
+            tracker = VersionTracker(version, self.tracker_config, partition)
+            self.trackers[version] = tracker
+            emissions += self.decisions.follow_epochs({version: tracker}, applied)
+        return tracker
+
+    def _count_failures(
+        self,
+        event: Any,
+        applied: list[dict[str, Any]] | None,
+        emissions: list[tuple[VersionTracker, Emission]],
+        touched: dict[str, VersionTracker],
+    ) -> None:
+        try:
+            version, failures = decode_failures(event.value)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.invalid += 1
+            log.warning("skipped a failures message at offset %d: %r", event.message.offset, exc)
+            return
+        tracker = self._tracker(version, event.message.partition, applied, emissions)
+        tracker.add_failures(failures, event.message.offset)  # judged at the next tick's emission
+        touched[version] = tracker
+
+    async def failures(self, stream: faust.StreamT) -> None:
+        """Model failures from the dead-letter topic, sent on to the labelled stream by version."""
+        m = self.settings.monitor
+        async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
+            by_version: dict[str, list[Failure]] = {}
+            for event in events:
+                failure = failure_of(event.value)
+                if failure is not None:
+                    by_version.setdefault(failure.version, []).append(failure)
+            # On the broker before this batch's offsets are committed: a crash sends them again, and the
+            # tracker knows a failure by its request id.
+            sent = [
+                await self.labelled.send(key=version, value=encode_failures(version, items), force=True)
+                for version, items in by_version.items()
+            ]
+            if sent:
+                await asyncio.gather(*sent)
 
     async def tick(self, *_: Any) -> None:
         """Emit for versions with news since their last emission; log the counters now and then."""

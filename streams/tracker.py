@@ -34,10 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.config import AlertRule, MonitorSettings
-from streams.alerts import AlertState, Baseline, DriftWatch, ended, judge, no_baseline, threshold_of
+from streams.alerts import (
+    AlertState,
+    Baseline,
+    DriftWatch,
+    direction,
+    ended,
+    judge,
+    no_baseline,
+    threshold_of,
+)
 from streams.epochs import epoch_token
 from streams.join import Labelled
-from streams.windows import CountWindow, Entry, TimeWindow
+from streams.windows import CountWindow, Entry, ServingWindows, TimeWindow
 
 BLOCK = 256
 
@@ -80,6 +89,9 @@ class VersionTracker:
         self.config = config
         self.partition = partition  # of the labelled stream: where the version's changelog records go
         self.count = CountWindow(config.count_window)
+        self.serving = ServingWindows(config.count_window, config.time_window_s)  # the error rate
+        self.failed = 0  # model failures counted (dead letters naming this version)
+        self.emitted_failed = 0  # failed at the last emission
         self.time = TimeWindow(config.time_window_s)
         self.total = 0  # labelled requests counted (expired ones included unless dropped)
         self.expired = 0  # predictions whose outcome never came within the label window
@@ -116,6 +128,20 @@ class VersionTracker:
         self._changed = True
         return emissions
 
+    def add_failures(self, failures: Iterable[tuple[str, int]], offset: int) -> None:
+        """Count the model failures (request id, ts) of one message of the labelled stream (at ``offset``),
+        unless that message was counted before."""
+        if offset <= self.last_offset:
+            self.duplicates += 1
+            return
+        for request_id, ts in failures:
+            if self.serving.add(ts, failed_id=request_id):
+                self.failed += 1
+            else:
+                self.duplicates += 1
+        self.last_offset = offset
+        self._changed = True
+
     def add(
         self, item: Labelled, offset: int | None = None, baseline: Baseline = no_baseline
     ) -> Emission | None:
@@ -130,6 +156,7 @@ class VersionTracker:
         if item.request_id in self._ids:  # the join sent it again after a crash
             self.duplicates += 1
             return None
+        self.serving.add(item.ts)  # answered, whatever its outcome
         if item.expired:
             self.expired += 1
         if item.counts is None:
@@ -181,7 +208,7 @@ class VersionTracker:
 
     def pending_emission(self) -> bool:
         """Whether anything was counted since the last emission."""
-        return self.emitted != (self.total, self.expired)
+        return self.emitted != (self.total, self.expired) or self.emitted_failed != self.failed
 
     def snapshot(self, kind: str) -> dict[str, Any]:
         window: CountWindow | TimeWindow = self.count if kind == "count" else self.time
@@ -198,12 +225,15 @@ class VersionTracker:
             # labelled requests, and the item-level counts behind the metrics.
             "total": self.total,
             "counts": {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn},
+            # The error rate over this window's kind of the version's answered and failed requests.
+            **dict(zip(("error_rate", "error_n"), self.serving.rate(kind), strict=True)),
+            "failed": self.failed,
         }
 
     def emit(self, baseline: Baseline = no_baseline) -> Emission:
         """Metrics events for both windows, judged by the rules."""
         self._changed = True
-        self.emitted = (self.total, self.expired)
+        self.emitted, self.emitted_failed = (self.total, self.expired), self.failed
         by_kind = {kind: self.snapshot(kind) for kind in ("count", "time")}
         emission = Emission(metrics=list(by_kind.values()))
         if self.retired:
@@ -216,7 +246,7 @@ class VersionTracker:
                 self.alerts.setdefault(rule.name, AlertState()),
                 version=self.version,
                 value=snap[rule.metric],
-                n=snap["n"],
+                n=snap["error_n" if rule.metric == "error_rate" else "n"],
                 position=self.total,
                 threshold=threshold,
                 ts=snap["ts"],
@@ -249,6 +279,7 @@ class VersionTracker:
         self.retired = self.left_firing = False
         self.count = CountWindow(self.config.count_window)
         self.time = TimeWindow(self.config.time_window_s)
+        self.serving = ServingWindows(self.config.count_window, self.config.time_window_s)
         self.alerts = {r.name: AlertState() for r in self.config.rules}
         self.drift = DriftWatch(self.config.drift_delta) if self.config.drift_delta else None
         self._ids = {}
@@ -269,7 +300,7 @@ class VersionTracker:
                 version=self.version,
                 value=snap[rule.metric],
                 threshold=threshold,
-                n=snap["n"],
+                n=snap["error_n" if rule.metric == "error_rate" else "n"],
                 position=self.total,
                 ts=snap["ts"],
                 cause=cause,
@@ -310,6 +341,7 @@ class VersionTracker:
                     "metric": rule.metric,
                     "value": self.snapshot(rule.window)[rule.metric],
                     "threshold": threshold,
+                    "direction": direction(rule),
                 }
             )
         return out
@@ -332,6 +364,9 @@ class VersionTracker:
             "epoch_start": self.epoch_start,
             "retired": self.retired,
             "left_firing": self.left_firing,
+            "serving": self.serving.as_dict(),
+            "failed": self.failed,
+            "emitted_failed": self.emitted_failed,
         }
 
     def block_key(self, block: int) -> str:
@@ -380,6 +415,14 @@ class VersionTracker:
         tracker = cls(version, config, partition=int(meta["partition"]))
         tracker.epoch, tracker.epoch_start = meta.get("epoch"), int(meta.get("epoch_start", 0))
         tracker.retired, tracker.left_firing = bool(meta.get("retired")), bool(meta.get("left_firing"))
+        if meta.get("serving"):
+            tracker.serving = ServingWindows.from_dict(
+                config.count_window, config.time_window_s, meta["serving"]
+            )
+        tracker.failed, tracker.emitted_failed = (
+            int(meta.get("failed", 0)),
+            int(meta.get("emitted_failed", 0)),
+        )
         total, first = int(meta["total"]), int(meta["first_block"])
         tracker.time.max_ts = meta["max_ts"]  # the window's clock as it was, whatever the replay sees
         entries: list[Entry] = []

@@ -118,3 +118,75 @@ class TimeWindow:
 
     def oldest_seq(self) -> int | None:
         return self._by_seq[0].seq if self._by_seq else None
+
+
+class ServingWindows:
+    """A version's answered and failed requests, for its error rate (failed / (failed + answered)).
+
+    Answered requests are its labelled requests, as the windows above count them; failed ones are the
+    model failures the prediction service dead-lettered with the version's name. The count window is the
+    last ``size`` of them in the order they reach the monitor; the time window holds those of the last
+    ``span_s`` seconds of event time, in one-second buckets (the rate needs no more precision than that,
+    and the buckets persist in a few hundred numbers). A failure is known by its request id while it is in
+    the count window, so a dead letter delivered twice counts once.
+    """
+
+    def __init__(self, size: int, span_s: int) -> None:
+        self.size = size
+        self.span_s = span_s
+        self.recent: deque[str] = deque()  # "" for an answered request, the request id for a failed one
+        self.failed_ids: set[str] = set()
+        self.buckets: dict[int, list[int]] = {}  # second of event time -> [answered, failed]
+        self.max_s: int | None = None
+
+    def add(self, ts: int, failed_id: str | None = None) -> bool:
+        """Count one request (failed if ``failed_id`` is given); False for a failure counted before."""
+        if failed_id is not None:
+            if failed_id in self.failed_ids:
+                return False
+            self.failed_ids.add(failed_id)
+        self.recent.append(failed_id or "")
+        if len(self.recent) > self.size:
+            self.failed_ids.discard(self.recent.popleft())
+        second = ts // 1000
+        if self.max_s is None or second > self.max_s:
+            self.max_s = second
+            for old in [s for s in self.buckets if s <= second - self.span_s]:
+                del self.buckets[old]
+        if second > self.max_s - self.span_s:
+            self.buckets.setdefault(second, [0, 0])[failed_id is not None] += 1
+        return True
+
+    def rate(self, kind: str) -> tuple[float | None, int]:
+        """(error rate, requests) of the count or the time window; the rate is None with no request."""
+        if kind == "count":
+            n, failed = len(self.recent), len(self.failed_ids)
+        else:
+            n = sum(a + f for a, f in self.buckets.values())
+            failed = sum(f for _a, f in self.buckets.values())
+        return (failed / n if n else None), n
+
+    def as_dict(self) -> dict[str, Any]:
+        rows: list[int | str] = []  # runs of answered requests as their length, failures as their ids
+        for rid in self.recent:
+            if rid:
+                rows.append(rid)
+            elif rows and isinstance(rows[-1], int):
+                rows[-1] += 1
+            else:
+                rows.append(1)
+        buckets = [[s, a, f] for s, (a, f) in sorted(self.buckets.items())]
+        return {"recent": rows, "buckets": buckets, "max_s": self.max_s}
+
+    @classmethod
+    def from_dict(cls, size: int, span_s: int, d: dict[str, Any]) -> ServingWindows:
+        out = cls(size, span_s)
+        for row in d["recent"]:
+            if isinstance(row, int):
+                out.recent.extend([""] * row)
+            else:
+                out.recent.append(row)
+                out.failed_ids.add(row)
+        out.buckets = {int(s): [int(a), int(f)] for s, a, f in d["buckets"]}
+        out.max_s = d["max_s"]
+        return out

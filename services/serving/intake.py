@@ -90,8 +90,11 @@ class Intake:
     errors: list[str] = field(default_factory=list)
 
 
-def dead_letter(msg: Message, error: str, now_ms: int | None = None) -> tuple[bytes | None, bytes]:
-    """The dead-letter event for ``msg``, keyed like the source, its payload as (bounded) text."""
+def dead_letter(
+    msg: Message, error: str, now_ms: int | None = None, model_version: str | None = None
+) -> tuple[bytes | None, bytes]:
+    """The dead-letter event for ``msg``, keyed like the source, its payload as (bounded) text;
+    ``model_version`` names the version that failed on it (model failures only)."""
     raw = msg.value()
     if raw is None:
         payload, size = "", 0
@@ -106,6 +109,8 @@ def dead_letter(msg: Message, error: str, now_ms: int | None = None) -> tuple[by
         "offset": max(msg.offset() or 0, 0),
         "ts": now_ms if now_ms is not None else int(time.time() * 1000),
     }
+    if model_version is not None:
+        event["model_version"] = model_version
     if size > PAYLOAD_LIMIT:
         event["payload_bytes"] = size
         event["payload_truncated"] = True

@@ -354,7 +354,8 @@ class Service:
         if scored.failures:
             now_ms = int(time.time() * 1000)
             for position, error in scored.failures:
-                dead.append(dead_letter(sources[position], error, now_ms))
+                # The version that failed: the monitor counts it into that version's error rate.
+                dead.append(dead_letter(sources[position], error, now_ms, model_version=active.version))
             model_dead = len(scored.failures)
             self.log.warning("model_failed", requests=model_dead, first_error=scored.failures[0][1])
 

@@ -48,7 +48,7 @@ def styles(line: Text) -> str:
         ("model-event", ["model-events", "✓ activated", V, "c-5b1e0d", "serve-1"]),
         (
             "dead-letter",
-            ["requests.dlq", "dead", "rec.requests p3@1041", "items: must contain at least 1 item"],
+            ["requests.dlq", "dead", "rec.requests p3@1041", "model: ValueError"],
         ),
     ],
 )
