@@ -298,6 +298,7 @@ class Monitor:
         if tracker is None:
             tracker = VersionTracker(version, self.tracker_config, partition)
             self.trackers[version] = tracker
+            log.info("counting %s from labelled partition %d", version, partition)
             emissions += self.decisions.follow_epochs({version: tracker}, applied)
         return tracker
 
@@ -358,13 +359,34 @@ class Monitor:
             )  # fmt: skip
 
     def _load_trackers(self) -> None:
-        """Rebuild each version's tracker from the ``windows`` table (after recovery)."""
+        """Rebuild the trackers of the versions whose labelled stream this worker owns from the ``windows``
+        table (after recovery).
+
+        The table also holds what the standby replicas of other workers' partitions copied: a tracker
+        built from those would emit, decide and write state for a version another worker counts. A
+        version's records all sit on its labelled partition, which its meta names.
+        """
+        owned = {
+            tp.partition
+            for tp in self.app.consumer.assignment()
+            if tp.topic == self.labelled.get_topic_name()
+        }
         records: dict[str, list[dict[str, Any]]] = {}
+        partition_of: dict[str, int] = {}
         for key, value in self.windows.items():
             version = key.rpartition("|")[0]
             records.setdefault(version, []).append(value)
-        self.trackers = {v: VersionTracker.restore(v, r, self.tracker_config) for v, r in records.items()}
+            if "partition" in value:
+                partition_of[version] = int(value["partition"])
+        # A version without a meta was never counted for good (killed before its first one): it starts anew.
+        mine = {v: r for v, r in records.items() if partition_of.get(v) in owned}
+        self.trackers = {v: VersionTracker.restore(v, r, self.tracker_config) for v, r in mine.items()}
         self._watch_generation = self._generation
+        self.published = None  # read the alert topic again: another worker may have sent what we now own
+        log.info(
+            "watching labelled partitions %s: %d versions restored, %d left to their owners",
+            sorted(owned), len(mine), len(records) - len(mine),
+        )  # fmt: skip
         for t in self.trackers.values():
             firing = ", ".join(t.firing()) or "nothing"
             log.info("restored %s: %d labelled, %d expired; firing %s", t.version, t.total, t.expired, firing)

@@ -1,0 +1,92 @@
+"""Two monitor workers in one group; the one that counts the bad version's stream is SIGKILLed mid-stream
+while its rollback is pending.
+
+Each worker rebuilds only the trackers of the labelled partitions it owns, and only the owner of a
+version's stream emits its metrics and decides on it. The survivor takes the dead worker's partitions,
+restores their windows from the changelog, fires the alert once and orders the rollback once; the totals
+are exact.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from services.deployment.commands import read_history
+from tests.faults.conftest import FaultRow
+from tests.faults.support import KEY
+from tests.faults.test_monitor_kill import MONITOR, PARTITIONS, RULE, N, Shop, alerts_of, rollbacks, total
+from tests.integration.monitor_support import READY, MonitorProcess, topic_world, wait_for, write_config
+
+pytestmark = pytest.mark.faults
+
+
+def counting(monitor: MonitorProcess, version: str) -> bool:
+    return re.search(rf"counting {re.escape(version)} from labelled partition \d+", monitor.log()) is not None
+
+
+def test_two_monitor_workers_one_sigkilled_with_a_rollback_pending(
+    kafka_bootstrap: str, tmp_path: Path, fault: FaultRow
+) -> None:
+    """Two monitor workers, the owner of the bad version's stream SIGKILLed with its rollback pending."""
+    with topic_world(kafka_bootstrap, PARTITIONS) as plain:
+        settings = plain.model_copy(update={"signing_key": SecretStr(KEY)})
+        config = write_config(tmp_path / "monitor.toml", MONITOR, [RULE])
+        workers = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            workers.append(MonitorProcess(settings, config, tmp_path / name, {"MODELWATCH_SIGNING_KEY": KEY}))
+        a, b = workers
+        shop = Shop(settings)
+        a.start()
+        b.start()
+        # b's arrival moves partitions away from a: a is ready again once the group has settled.
+        wait_for(lambda: a.log().count(READY) >= 2, 60, "worker a to settle with b in the group")
+        try:
+            shop.deploy("v1")
+            shop.serve("v1", 300, seed=1, exact=(2, 0))  # healthy: F1 1.0
+            wait_for(lambda: total(settings, "v1") == 300, 60, "v1 counted", every=0.2)
+            shop.deploy("v2")
+            stream = shop.serve_in_background("v2", 4000, seed=2, exact=(0, 1), rate=800)  # bad: F1 0.0
+            wait_for(lambda: total(settings, "v2") >= 300, 60, "v2 partly counted", every=0.05)
+            owner, other = (a, b) if counting(a, "v2") else (b, a)
+            # Only the owner of v2's labelled partition counts it.
+            assert counting(owner, "v2") and not counting(other, "v2")
+            owner.kill()
+            killed_total = total(settings, "v2")
+            fired_before = alerts_of(settings, "v2")
+            stream.join(60)
+            history = wait_for(
+                lambda: (h := read_history(settings)).active_version == "v1" and h, 120, "the rollback"
+            )
+            wait_for(lambda: total(settings, "v2") == 4000, 120, "all of v2 counted", every=0.2)
+            survivor_log = other.log()
+        finally:
+            for worker in workers:
+                worker.stop()
+
+        totals = {v: total(settings, v) for v in ("v1", "v2")}
+        firing = [x for x in alerts_of(settings, "v2") if x["state"] == "firing"]
+        ordered = rollbacks(settings)
+        sent = sum(shop.sent.values())
+        counted = sum(totals.values())
+        once = len(ordered) == 1 and history.active_version == "v1"
+        fault.measured(sent, min(counted, sent), max(counted - sent, 0), control_loop_ok=once)
+        fault.note(f"owner killed at v2 total {killed_total:,} (rule needs {N:,}); the other took over")
+        fault.note(f"alerts firing {len(firing)}, rollback commands {len(ordered)}")
+
+        assert killed_total < N and not fired_before  # the kill left the rollback pending
+        assert re.search(r"restored v2: \d+ labelled", survivor_log), (
+            "the survivor rebuilt v2 from the changelog"
+        )
+        assert totals == {"v1": 300, "v2": 4000}
+        assert len(firing) == 1
+        assert [(c["model_version"], c["alert_id"]) for c in ordered] == [("v1", firing[0]["alert_id"])]
+        assert [(c["action"], c["model_version"]) for c in history.applied] == [
+            ("deploy", "v1"),
+            ("deploy", "v2"),
+            ("rollback", "v1"),
+        ]
