@@ -389,7 +389,10 @@ class Monitor:
         )  # fmt: skip
         for t in self.trackers.values():
             firing = ", ".join(t.firing()) or "nothing"
-            log.info("restored %s: %d labelled, %d expired; firing %s", t.version, t.total, t.expired, firing)
+            log.info(
+                "restored %s from labelled partition %d: %d labelled, %d expired; firing %s",
+                t.version, t.partition, t.total, t.expired, firing,
+            )  # fmt: skip
 
     def _applied(self) -> list[dict[str, Any]] | None:
         """The deployment history, or ``None`` while the follower is still reading it after a start: that

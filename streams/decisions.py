@@ -12,6 +12,7 @@ rollback per incident.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ class Decisions:
     def __init__(self, policy: RollbackPolicy, baseline: Baseline) -> None:
         self.policy = policy
         self.baseline = baseline
-        self._said: dict[str, str] = {}  # alert_id -> the last reason logged for it
+        self._said: dict[str, str] = {}  # alert_id -> the last reason logged for it, numbers blanked
 
     def follow_epochs(
         self, trackers: Mapping[str, VersionTracker], applied: Sequence[dict[str, Any]] | None
@@ -87,8 +88,9 @@ class Decisions:
             )
             if "message" in alert:
                 alert["message"] += f"; {decision.reason}"
-            if self._said.get(aid) != decision.reason:
-                self._said[aid] = decision.reason
+            said = re.sub(r"\d+", "#", decision.reason)  # a cooldown counting down is the same reason
+            if self._said.get(aid) != said:
+                self._said[aid] = said
                 log.info("rollback decision on alert %s: %s", aid, decision.reason)
             if decision.command is not None:
                 out.append(decision.command)

@@ -79,7 +79,7 @@ def test_two_monitor_workers_one_sigkilled_with_a_rollback_pending(
         fault.note(f"alerts firing {len(firing)}, rollback commands {len(ordered)}")
 
         assert killed_total < N and not fired_before  # the kill left the rollback pending
-        assert re.search(r"restored v2: \d+ labelled", survivor_log), (
+        assert re.search(r"restored v2 from labelled partition \d+: \d+ labelled", survivor_log), (
             "the survivor rebuilt v2 from the changelog"
         )
         assert totals == {"v1": 300, "v2": 4000}
@@ -90,3 +90,49 @@ def test_two_monitor_workers_one_sigkilled_with_a_rollback_pending(
             ("deploy", "v2"),
             ("rollback", "v1"),
         ]
+
+
+def restorations(log: str) -> list[tuple[list[int], list[tuple[str, int]]]]:
+    """Each reload of a worker's trackers: (the labelled partitions it owned, [(version, partition)])."""
+    out: list[tuple[list[int], list[tuple[str, int]]]] = []
+    for line in log.splitlines():
+        if m := re.search(r"watching labelled partitions \[([\d, ]*)\]", line):
+            out.append(([int(p) for p in m.group(1).split(",") if p.strip()], []))
+        elif (m := re.search(r"restored (\S+) from labelled partition (\d+)", line)) and out:
+            out[-1][1].append((m.group(1), int(m.group(2))))
+    return out
+
+
+def test_a_worker_that_joins_splits_the_versions_and_each_rebuilds_only_its_own(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    versions = [f"w{i}" for i in range(6)]  # enough versions for every labelled partition to hold one
+    with topic_world(kafka_bootstrap, PARTITIONS) as settings:
+        config = write_config(tmp_path / "monitor.toml", MONITOR, [])
+        workers = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            workers.append(MonitorProcess(settings, config, tmp_path / name))
+        a, b = workers
+        shop = Shop(settings)
+        a.start()
+        try:
+            for seed, v in enumerate(versions):
+                shop.serve(v, 100, seed=seed, exact=(1, 1))
+            wait_for(lambda: all(total(settings, v) == 100 for v in versions), 60, "a to count every version")
+            b.start()
+            wait_for(lambda: a.log().count(READY) >= 2, 60, "worker a to settle with b in the group")
+            for seed, v in enumerate(versions):
+                shop.serve(v, 100, seed=10 + seed, exact=(1, 1))
+            wait_for(lambda: all(total(settings, v) == 200 for v in versions), 90, "every version counted")
+        finally:
+            for worker in workers:
+                worker.stop()
+        reloads = {name: restorations(w.log()) for name, w in (("a", a), ("b", b))}
+        for name, loads in reloads.items():
+            for owned, restored in loads:
+                assert all(p in owned for _v, p in restored), (name, owned, restored)
+        # Each version was counted on, and restored by, the worker that owns its partition after b joined.
+        owned_a, owned_b = set(reloads["a"][-1][0]), set(reloads["b"][-1][0])
+        assert owned_a and owned_b and not owned_a & owned_b
+        assert {v for v, _p in reloads["a"][-1][1]} | {v for v, _p in reloads["b"][-1][1]} <= set(versions)

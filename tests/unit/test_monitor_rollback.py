@@ -3,7 +3,10 @@ and the decision taken again at every evaluation, so a cooldown delays a rollbac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from schemas.metrics import Counts
 from services.config import AlertRule
@@ -192,3 +195,23 @@ def test_a_decision_waits_for_the_history_and_is_taken_once_it_is_read() -> None
     applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN)]
     [command] = decisions.rollbacks({"v2": tracker}, applied, [], NOW + 1000)
     assert command["command_id"] == command_id(event["alert_id"])
+
+
+def test_a_waiting_decision_is_logged_once_per_reason_not_at_every_evaluation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = TrackerConfig(count_window=20, emit_every_n=5, rules=(RULE,))
+    tracker = VersionTracker("v3", config)
+    manual = make("rollback", "v1", "by hand", ts=NOW - 30_000)
+    applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN), manual, deploy("v3", NOW - 20_000)]
+    decisions = Decisions(RollbackPolicy(MIN), no_baseline)
+    tracker.add_bundle(bad("v3", 0, 5), offset=0)
+    with caplog.at_level(logging.INFO, logger="modelwatch.monitor"):
+        for now in range(NOW, NOW + 40_000, 1_000):
+            for command in decisions.rollbacks({"v3": tracker}, applied, [], now):
+                applied.append(command)
+    said = [r.getMessage() for r in caplog.records]
+    # Waiting for the cooldown (once, though its countdown changes), then rolling back; after that v3 is
+    # no longer served and nothing more is decided on it.
+    assert len(said) == 2, said
+    assert "cooldown" in said[0] and "rolling back to v1" in said[1]
