@@ -37,7 +37,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 import faust
-import orjson
 
 from schemas import codec
 from schemas.errors import ContractError
@@ -45,12 +44,13 @@ from services.config import AlertRule, Settings, load_settings
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
-from streams.failures import Failure, decode_failures, encode_failures, failure_of, is_failures
+from streams.failures import Failure, encode_failures, failure_of
 from streams.history import CommandFollower, published_alerts
-from streams.join import Clocks, Joiner, JoinStats, Labelled, decode_bundle, encode_bundle
+from streams.join import Clocks, Joiner, JoinStats, Labelled, encode_bundle
 from streams.rollback import RollbackPolicy
 from streams.tables import PartitionedTable, PendingStore
 from streams.tracker import Emission, TrackerConfig, VersionTracker
+from streams.watch import Watch
 
 log = logging.getLogger("modelwatch.monitor")
 
@@ -126,11 +126,11 @@ class Monitor:
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
         self.policy = RollbackPolicy(int(m.rollback_cooldown_s * 1000), signing_key=key)
         self.decisions = Decisions(self.policy, self.baselines)
+        self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
 
         self.joiners: dict[int, Joiner] = {}
-        self.trackers: dict[str, VersionTracker] = {}
         self.join_stats = JoinStats()
         self.invalid = 0
         self._generation = 0  # bumped at each rebalance: the agents rebuild their plain state from the tables
@@ -264,60 +264,10 @@ class Monitor:
                 if self._watch_generation != self._generation:
                     self._load_trackers()
                 applied = self._applied()
-                # Epochs first: a version deployed again counts this batch in fresh windows.
-                emissions = self.decisions.follow_epochs(self.trackers, applied)
-                touched = {t.version: t for t, _ in emissions}
-                for event in events:
-                    if is_failures(event.value):
-                        self._count_failures(event, applied, emissions, touched)
-                        continue
-                    try:
-                        items = decode_bundle(event.value)
-                    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                        self.invalid += 1
-                        log.warning("skipped a labelled message at offset %d: %r", event.message.offset, exc)
-                        continue
-                    if not items:
-                        continue
-                    version = items[0].model_version  # a bundle holds one version's requests
-                    tracker = self._tracker(version, event.message.partition, applied, emissions)
-                    for emission in tracker.add_bundle(items, event.message.offset, self.baselines):
-                        emissions.append((tracker, emission))
-                    touched[version] = tracker
+                batch = ((e.value, e.message.partition, e.message.offset) for e in events)
+                emissions, touched = self.watching.count(batch, applied)
                 await self._publish(emissions, applied)
-                self._persist(touched.values())
-
-    def _tracker(
-        self,
-        version: str,
-        partition: int,
-        applied: list[dict[str, Any]] | None,
-        emissions: list[tuple[VersionTracker, Emission]],
-    ) -> VersionTracker:
-        tracker = self.trackers.get(version)
-        if tracker is None:
-            tracker = VersionTracker(version, self.tracker_config, partition)
-            self.trackers[version] = tracker
-            log.info("counting %s from labelled partition %d", version, partition)
-            emissions += self.decisions.follow_epochs({version: tracker}, applied)
-        return tracker
-
-    def _count_failures(
-        self,
-        event: Any,
-        applied: list[dict[str, Any]] | None,
-        emissions: list[tuple[VersionTracker, Emission]],
-        touched: dict[str, VersionTracker],
-    ) -> None:
-        try:
-            version, failures = decode_failures(event.value)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            self.invalid += 1
-            log.warning("skipped a failures message at offset %d: %r", event.message.offset, exc)
-            return
-        tracker = self._tracker(version, event.message.partition, applied, emissions)
-        tracker.add_failures(failures, event.message.offset)  # judged at the next tick's emission
-        touched[version] = tracker
+                self._persist(touched)
 
     async def failures(self, stream: faust.StreamT) -> None:
         """Model failures from the dead-letter topic, sent on to the labelled stream by version."""
@@ -343,11 +293,9 @@ class Monitor:
             if self._watch_generation != self._generation:
                 return
             applied = self._applied()
-            emissions = self.decisions.follow_epochs(self.trackers, applied)
-            due = [t for t in self.trackers.values() if t.pending_emission()]
-            emissions += [(t, t.emit(self.baselines)) for t in due]
+            emissions, touched = self.watching.tick(applied)
             await self._publish(emissions, applied)
-            self._persist({t.version: t for t, _ in emissions}.values())
+            self._persist(touched)
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats
@@ -355,39 +303,23 @@ class Monitor:
                 "joined %d (outcome first %d), expired %d, duplicates %d, late %d, orphan outcomes %d, "
                 "invalid %d; %d versions",
                 s.joined, s.outcome_first, s.expired, s.duplicates, s.late, s.orphan_outcomes,
-                self.invalid, len(self.trackers),
+                self.invalid + self.watching.invalid, len(self.watching.trackers),
             )  # fmt: skip
 
     def _load_trackers(self) -> None:
-        """Rebuild the trackers of the versions whose labelled stream this worker owns from the ``windows``
-        table (after recovery).
-
-        The table also holds what the standby replicas of other workers' partitions copied: a tracker
-        built from those would emit, decide and write state for a version another worker counts. A
-        version's records all sit on its labelled partition, which its meta names.
-        """
-        owned = {
-            tp.partition
-            for tp in self.app.consumer.assignment()
-            if tp.topic == self.labelled.get_topic_name()
-        }
-        records: dict[str, list[dict[str, Any]]] = {}
-        partition_of: dict[str, int] = {}
-        for key, value in self.windows.items():
-            version = key.rpartition("|")[0]
-            records.setdefault(version, []).append(value)
-            if "partition" in value:
-                partition_of[version] = int(value["partition"])
-        # A version without a meta was never counted for good (killed before its first one): it starts anew.
-        mine = {v: r for v, r in records.items() if partition_of.get(v) in owned}
-        self.trackers = {v: VersionTracker.restore(v, r, self.tracker_config) for v, r in mine.items()}
+        """Rebuild the trackers of the labelled partitions this worker owns from the ``windows`` table
+        (after recovery; :meth:`streams.watch.Watch.restore`)."""
+        labelled = self.labelled.get_topic_name()
+        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == labelled}
+        left = self.watching.restore(self.windows.items(), owned)
         self._watch_generation = self._generation
         self.published = None  # read the alert topic again: another worker may have sent what we now own
+        trackers = self.watching.trackers
         log.info(
             "watching labelled partitions %s: %d versions restored, %d left to their owners",
-            sorted(owned), len(mine), len(records) - len(mine),
+            sorted(owned), len(trackers), left,
         )  # fmt: skip
-        for t in self.trackers.values():
+        for t in trackers.values():
             firing = ", ".join(t.firing()) or "nothing"
             log.info(
                 "restored %s from labelled partition %d: %d labelled, %d expired; firing %s",
@@ -430,7 +362,7 @@ class Monitor:
             a for _, r, a in announced if r is not None and r.action == "rollback" and a["state"] == "firing"
         ]
         now_ms = int(time.time() * 1000)
-        for command in self.decisions.rollbacks(self.trackers, applied, firing_rollbacks, now_ms):
+        for command in self.decisions.rollbacks(self.watching.trackers, applied, firing_rollbacks, now_ms):
             fut = await self.commands_out.send(
                 key=self.settings.model_name, value=codec("model-command").encode(command), force=True
             )
@@ -445,7 +377,7 @@ class Monitor:
             await asyncio.gather(*sent)
         self.published.update((a["alert_id"], a["state"]) for _, _, a in announced)
 
-    def _persist(self, trackers: Any) -> None:
+    def _persist(self, trackers: list[VersionTracker]) -> None:
         for tracker in trackers:
             self.windows.writing_partition = tracker.partition
             for key, value in tracker.changes():
