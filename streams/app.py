@@ -291,7 +291,12 @@ class Monitor:
         """Emit for versions with news since their last emission; log the counters now and then."""
         async with self._lock:
             if self._watch_generation != self._generation:
-                return
+                # The generation moves once the tables are recovered; while a later rebalance is under way
+                # they may be half restored. Otherwise load here: with no traffic after a restart, a
+                # pending rollback or an epoch's end is decided by the ticks alone.
+                if self.app.rebalancing or self._generation == 0:
+                    return
+                self._load_trackers()
             applied = self._applied()
             emissions, touched = self.watching.tick(applied)
             await self._publish(emissions, applied)

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
 
+from services import kafka
 from services.config import Settings
 from services.deployment.commands import History, make, publish, read_history
 from streams.rollback import ISSUER
@@ -52,6 +54,7 @@ class World:
     settings: Settings
     next_ts: int
     produced: dict[str, int]
+    monitor: MonitorProcess
 
     def serve(self, version: str, n: int, seed: int, **quality: Any) -> None:
         """``n`` requests served by ``version`` with their outcomes; wait until the monitor counted them."""
@@ -82,6 +85,16 @@ class World:
     def history(self) -> History:
         return read_history(self.settings)
 
+    def firing_persisted(self, version: str) -> bool:
+        """Whether the monitor's windows changelog holds ``version``'s rule as firing."""
+        topic = f"{self.settings.topic_prefix}monitor-windows-changelog"
+        metas = [
+            orjson.loads(value)
+            for key, value, _ts in kafka.read_topic(self.settings, topic)
+            if key is not None and value is not None and key.strip(b'"') == f"{version}|meta".encode()
+        ]
+        return bool(metas) and bool(metas[-1]["alerts"][RULE["name"]]["firing"])
+
 
 def running_world(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, monitor_settings: dict[str, Any]
@@ -93,7 +106,7 @@ def running_world(
         monitor = MonitorProcess(settings, config, workdir, {"MODELWATCH_SIGNING_KEY": KEY})
         monitor.start()
         try:
-            yield World(settings, int(time.time() * 1000), {})
+            yield World(settings, int(time.time() * 1000), {}, monitor)
         finally:
             monitor.stop()
 
@@ -215,3 +228,22 @@ def test_a_rolled_back_version_deployed_again_and_still_bad_is_rolled_back_again
     again = [a for a in alerts if a["state"] == "firing" and a["alert_id"] != first["alert_id"]]
     assert [a["alert_id"] for a in again] == [second["alert_id"]]
     assert second["command_id"] != before["command_id"] and second["model_version"] == "v1"
+
+
+def test_after_a_restart_with_no_traffic_the_ticks_alone_order_the_pending_rollback(quick: World) -> None:
+    """The rollback of a version firing inside the cooldown is pending when the monitor is killed; after
+    the restart no labelled request comes, and the timer's evaluations still decide it."""
+    before = monitor_rollbacks(quick)
+    quick.deploy("v4")  # bad, and inside the cooldown of the rollback of the test above
+    quick.serve("v4", 80, seed=15, hit=0, miss=0, exact=(0, 1))
+    [firing] = wait_for(lambda: quick.alerts("v4"), 30, "the alert on v4")
+    assert "rollback cooldown" in firing["message"], firing["message"]
+    wait_for(lambda: quick.firing_persisted("v4"), 30, "the firing state in the changelog", every=0.5)
+    quick.monitor.kill()
+    assert monitor_rollbacks(quick) == before  # still pending
+    quick.monitor.start()
+    history = wait_for(
+        lambda: (h := quick.history()).active_version == "v1" and h, COOLDOWN_S + 90, "the pending rollback"
+    )
+    assert history.applied[-1]["alert_id"] == firing["alert_id"]
+    assert len(monitor_rollbacks(quick)) == len(before) + 1
