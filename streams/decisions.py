@@ -53,8 +53,9 @@ class Decisions:
             elif tracker.epoch != latest.command_id:
                 why = f"{version} is deployed again (command {latest.command_id}): its windows start afresh"
                 out.append((tracker, tracker.begin_epoch(latest.command_id, why, self.baseline)))
-            commanded = history.commanded
-            if (commanded is None or commanded.version != version) and not tracker.retired:
+            # Retired when another version is served (the same as commanded until the deployment state
+            # reports what the replicas acknowledged: then a version no replica loaded retires nobody).
+            if served_version(applied) != version and not tracker.retired:
                 out.append((tracker, tracker.retire(history.describe_end(version), self.baseline)))
         return out
 
