@@ -1,7 +1,7 @@
 """What the monitor decides at each evaluation, beyond the alert rules: deployment epochs and rollbacks.
 
 An evaluation is one batch of the watch agent or one tick of its timer. At each, the trackers follow the
-deployment history (:mod:`streams.epochs`): a version no longer commanded has its firing alerts resolved
+deployment history (:mod:`streams.epochs`): a version no longer served has its firing alerts resolved
 with the reason and is no longer judged; a version deployed again starts afresh. Then every firing alert of a
 rule with ``action = "rollback"`` on the version served is put to the rollback policy
 (:mod:`streams.rollback`) again, not only at the moment it fires: a cooldown or a history not yet read

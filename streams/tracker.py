@@ -14,7 +14,7 @@ Persistence, for a worker killed at any moment. The state goes to a compacted ch
 
 Deployment epochs. A version's windows and alert states belong to one deployment of it (the command that
 made it the commanded version; :mod:`streams.epochs`). :meth:`VersionTracker.retire` ends its firing alerts
-when another version is commanded, after which its late requests are still counted but no longer judged;
+when another version is served, after which its late requests are still counted but no longer judged;
 :meth:`VersionTracker.begin_epoch` empties its windows and alert states when it is deployed again. The
 total goes on across epochs (requests keep their positions, and the blocks their keys); the meta's
 ``epoch_start`` says which requests belong to the windows of the current epoch.
@@ -101,7 +101,7 @@ class VersionTracker:
         self.drift = DriftWatch(config.drift_delta) if config.drift_delta else None
         self.epoch: str | None = None  # id of the command that began the deployment counted now
         self.epoch_start = 0  # the total when it began: requests up to it belong to earlier epochs
-        self.retired = False  # another version is commanded: counted, not judged
+        self.retired = False  # another version is served: counted, not judged
         self.left_firing = False  # it was firing a rollback rule when it was retired: no rollback target
         self.duplicates = 0
         # The last dedupe_horizon requests, kept (and persisted in the blocks) beyond the windows only so
@@ -264,7 +264,7 @@ class VersionTracker:
         self._changed = True
 
     def retire(self, why: str, baseline: Baseline = no_baseline, cause: str = "not_served") -> Emission:
-        """Another version is commanded: end the firing alerts (``why`` says so) and judge no more."""
+        """Another version is served: end the firing alerts (``why`` says so) and judge no more."""
         self.left_firing = self.left_firing or bool(self.firing("rollback"))
         emission = self._end_alerts(why, cause, baseline)
         self.retired = True
