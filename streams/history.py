@@ -18,6 +18,7 @@ from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
 from services.deployment.commands import History
+from services.kafka.topics import check_command_log, check_command_topic
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class CommandFollower:
         return self._thread.ident is not None
 
     def start(self) -> None:
+        """Start following; raises :class:`KafkaClientError` at once if the command topic has more than one
+        partition (the worker stops: no order of commands exists then)."""
+        check_command_topic(self.settings)
         self._thread.start()
 
     def stop(self) -> None:
@@ -60,6 +64,7 @@ class CommandFollower:
         try:
             meta = consumer.list_topics(self.topic, timeout=30)
             partitions = sorted(meta.topics[self.topic].partitions)
+            check_command_log(self.topic, len(partitions))
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
             behind = set(partitions)
             while not self._stop.is_set():

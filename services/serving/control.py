@@ -14,8 +14,8 @@ two versions' predictions. Events on ``rec.model-events`` (key: instance):
 
 - ``activated``: version and command_id, after the swap;
 - ``rejected``: the command's version and command_id with the reason: the version is missing or fails its
-  digest or signature, the command is malformed, unsigned or forged when a key is set, replayed, or
-  older than the one in force. The current model keeps serving;
+  digest or signature, the command is malformed, unsigned or forged when a key is set, or replayed. The
+  current model keeps serving;
 - ``heartbeat``: every ``serve.heartbeat_s``, with the active version (null before the first deploy) and
   the partitions this replica serves.
 """
@@ -35,6 +35,7 @@ from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
 from services.deployment.commands import History
+from services.kafka.topics import check_command_log
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 from services.serving.scoring import Scorer
@@ -248,6 +249,7 @@ class Control(threading.Thread):
             try:
                 meta = consumer.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
                 if meta is not None and meta.error is None and meta.partitions:
+                    check_command_log(self.topic, len(meta.partitions))  # refuse: no order across partitions
                     consumer.assign(
                         [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions]
                     )
