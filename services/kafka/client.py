@@ -119,10 +119,11 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 
 
 
 def read_topic(
-    settings: Settings, topic: str, timeout: float = 10.0, **overrides: Any
+    settings: Settings, topic: str, timeout: float = 10.0, since_ms: int | None = None, **overrides: Any
 ) -> list[tuple[bytes | None, bytes | None, int]]:
-    """Read a whole topic from the beginning to its current end: (key, value, timestamp ms) in order
-    per partition. For small control topics (commands, events), not for the request stream."""
+    """Read a whole topic from the beginning (or from the first message timestamped ``since_ms`` or later)
+    to its current end: (key, value, timestamp ms) in order per partition. For small control topics
+    (commands, events), not for the request stream."""
     c = Consumer(
         client_config(
             settings,
@@ -142,14 +143,22 @@ def read_topic(
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaClientError(f"topic {topic} does not exist (run `modelwatch topics create`)")
+        starts: dict[int, int] = {}
+        if since_ms is not None:
+            wanted = [TopicPartition(topic, p, since_ms) for p in tmeta.partitions]
+            starts = {tp.partition: tp.offset for tp in c.offsets_for_times(wanted, timeout=timeout)}
         ends: dict[int, int] = {}
         for p in tmeta.partitions:
             lo, hi = watermarks(c, topic, p, timeout=timeout)
-            if hi > lo:
+            start = starts.get(p, lo)
+            if start < 0:  # nothing timestamped since_ms or later
+                start = hi
+            starts[p] = max(start, lo)
+            if hi > starts[p]:
                 ends[p] = hi
         if not ends:
             return []
-        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        c.assign([TopicPartition(topic, p, starts[p]) for p in ends])
         out: list[tuple[bytes | None, bytes | None, int]] = []
         remaining = set(ends)
         deadline = time.monotonic() + timeout
