@@ -27,6 +27,9 @@ class CommandFollower:
     """The deployment state, followed in a background thread; every view is a copy taken under a lock."""
 
     def __init__(self, settings: Settings) -> None:
+        # Refuse a command topic with more partitions now, before the worker starts: one line on stderr.
+        # A cluster not up yet is waited for by the worker; start() and the thread check again.
+        check_command_topic(settings, timeout=5.0, unreachable_ok=True)
         self.settings = settings
         self.topic = settings.topic("model-commands")
         # Never committed (assign): the name only has to fall under the monitor's ACL prefix.

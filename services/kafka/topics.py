@@ -33,13 +33,16 @@ def check_command_log(topic: str, partitions: int) -> None:
         )
 
 
-def check_command_topic(settings: Settings, timeout: float = 10.0) -> None:
+def check_command_topic(settings: Settings, timeout: float = 10.0, unreachable_ok: bool = False) -> None:
     """:func:`check_command_log` on the cluster's command topic under ``settings.topic_prefix``; a topic
-    that does not exist yet passes (readers wait for it, and ``topics create`` makes it right)."""
+    that does not exist yet passes (readers wait for it, and ``topics create`` makes it right), and so
+    does a cluster that does not answer when ``unreachable_ok`` (a process that waits for it checks again)."""
     topic = contract.MODEL_COMMANDS.name(settings.topic_prefix)
     try:
         meta = kafka.admin(settings).list_topics(topic, timeout=timeout).topics.get(topic)
     except KafkaException as exc:
+        if unreachable_ok:
+            return
         raise KafkaClientError(f"cannot read the metadata of {topic}: {exc.args[0].str()}") from exc
     if meta is not None and meta.error is None and meta.partitions:
         check_command_log(topic, len(meta.partitions))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -46,7 +47,7 @@ def three_partition_log(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_every_reader_refuses_a_command_topic_with_more_than_one_partition(
-    three_partition_log: Settings, capsys: pytest.CaptureFixture[str]
+    three_partition_log: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     settings = three_partition_log
     topic = settings.topic("model-commands")
@@ -65,16 +66,19 @@ def test_every_reader_refuses_a_command_topic_with_more_than_one_partition(
     with pytest.raises(KafkaClientError, match=ONE_LINE):
         CommandFollower(settings).start()
 
-    # A replica stops at start, saying why in its last line, before it consumes a request.
-    replica = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "--instance", "refuser"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert replica.returncode == 1
-    last = replica.stderr.strip().splitlines()[-1]
-    assert last.startswith("modelwatch: error:") and ONE_LINE in last, replica.stderr[-2000:]
+    # A replica and the monitor stop at start, saying why in their last line. The other topics exist (the
+    # monitor waits for its sources first): `topics create` made them before refusing the command topic.
+    for command in (["serve", "--instance", "refuser"], ["monitor"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli", *command],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "MODELWATCH_MONITOR__DATA_DIR": str(tmp_path / "monitor")},
+        )
+        assert done.returncode == 1, command
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("modelwatch: error:") and ONE_LINE in last, done.stderr[-2000:]
 
 
 # -- one order, whoever writes and whatever their clock ---------------------------------------------------
