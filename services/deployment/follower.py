@@ -24,6 +24,7 @@ from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
 from services.deployment.state import DeploymentState, now_ms
+from services.kafka.retry import NotYet, retry
 from services.kafka.topics import check_command_log, check_command_topic
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,18 @@ def open_command_log(
     """The command topic's one partition from the beginning, once the topic exists (``on_wait(problem,
     retry_in_s)`` is told each time it does not yet); ``None`` if ``stop`` is set first. Raises
     :class:`KafkaClientError` if the topic has more than one partition: no order of commands exists."""
-    backoff = 0.5
-    while not stop.is_set():
-        try:
-            meta = consumer.list_topics(topic, timeout=5.0).topics.get(topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                check_command_log(topic, len(meta.partitions))
-                return TopicPartition(topic, 0, OFFSET_BEGINNING)
-            problem = meta.error.str() if meta is not None and meta.error else "no partitions"
-        except KafkaException as exc:
-            problem = exc.args[0].str()
-        on_wait(problem, backoff)
-        stop.wait(backoff)
-        backoff = min(backoff * 2, retry_max_s)
-    return None
+
+    def find(_attempt: int) -> TopicPartition:
+        meta = consumer.list_topics(topic, timeout=5.0).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise NotYet(meta.error.str() if meta is not None and meta.error else "no partitions")
+        check_command_log(topic, len(meta.partitions))
+        return TopicPartition(topic, 0, OFFSET_BEGINNING)
+
+    def waiting(_attempt: int, wait_s: float, error: BaseException) -> None:
+        on_wait(error.args[0].str() if isinstance(error, KafkaException) else str(error), wait_s)
+
+    return retry(find, retry_on=(KafkaException,), retry_max_s=retry_max_s, on_retry=waiting, stop=stop)
 
 
 def _events_from(consumer: Consumer, topic: str, since_ms: int) -> list[TopicPartition]:
