@@ -27,7 +27,6 @@ from schemas import codec
 from schemas.errors import CommandError, ContractError
 from services import kafka
 from services.config import Settings
-from services.kafka.topics import check_command_topic
 
 Action = Literal["deploy", "rollback"]
 
@@ -167,11 +166,8 @@ class History:
 
 
 def read_history(settings: Settings, timeout: float = 10.0) -> History:
-    """The deployment history as the command topic holds it now."""
-    key = settings.signing_key.get_secret_value() if settings.signing_key else None
-    history = History(key=key)
-    check_command_topic(settings, timeout)
-    records = kafka.read_topic(settings, settings.topic("model-commands"), timeout=timeout)
-    for _key, value, _ts in records:
-        history.feed_raw(value)
-    return history
+    """The deployment history as the command topic holds it now: the commands of
+    :func:`services.deployment.follower.read_state`, the one reader of the command log."""
+    from services.deployment.follower import read_state  # it builds on this module
+
+    return read_state(settings, timeout=timeout).history
