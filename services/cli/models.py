@@ -196,6 +196,9 @@ def history(
     for p in doc["periods"]:
         until = iso(p["until"]) if p["until"] is not None else "now"
         why = p["reason"] + (f" (alert {p['alert_id']})" if p["alert_id"] else "")
+        if p["until"] is not None and p["until"] < p["since"]:
+            # The log's order holds; the times are the issuers' clocks, and these two disagree.
+            why += " [stamped later than the next command: the issuers' clocks disagree]"
         console.print(
             f"{iso(p['since'])} .. {until:<20}  {p['action']:<8}  {p['version']}  "
             f"by {p['issued_by'] or '-'}: {why}",

@@ -255,6 +255,9 @@ def test_a_deploy_stamped_ten_minutes_ahead_then_a_rollback_is_obeyed_by_every_r
     doc = wait_for(lambda: (d := history_json(capsys))["served"] == v1 and d, 30, "v1 served again")
     assert doc["active"] == v1 and doc["periods"][-1]["command_id"] == rollback["command_id"]
     assert set(doc["periods"][-1]["acks"]) == set(names)
+    assert main(["models", "history"]) == 0
+    text = capsys.readouterr().out
+    assert "clock is ahead [stamped later than the next command" in text and f"active: {v1}" in text
 
 
 def test_a_version_no_replica_can_load_is_shown_as_such_and_the_old_one_keeps_serving(

@@ -8,6 +8,7 @@ import orjson
 
 from services.deployment import commands
 from services.deployment.state import MONITOR, DeploymentState
+from streams.rollback import ISSUER
 
 NOW = 1_800_000_000_000
 
@@ -94,3 +95,8 @@ def test_malformed_and_forged_commands_are_ignored_with_the_reason() -> None:
     assert not state.feed_command_raw(b"{", 2)
     assert state.commanded == "v1" and state.offsets == {state.applied[0]["command_id"]: 0}
     assert state.history.ignored[0][1].endswith("is not signed, and a signing key is set")
+
+
+def test_the_monitor_signs_its_rollbacks_as_the_state_expects() -> None:
+    # rolled_back_for_alerts also knows a monitor's rollback by its issuer: the two names must agree.
+    assert MONITOR == ISSUER
