@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from schemas.errors import KafkaClientError
 from services import kafka
@@ -63,14 +63,20 @@ def open_command_log(
     return retry(find, retry_on=(KafkaException,), retry_max_s=retry_max_s, on_retry=waiting, stop=stop)
 
 
-def _events_from(consumer: Consumer, topic: str, since_ms: int) -> list[TopicPartition]:
-    """The event topic's partitions that hold events since ``since_ms``, each at the first such event."""
+def _events_from(consumer: Consumer, topic: str, since_ms: int) -> tuple[list[TopicPartition], set[int]]:
+    """Every partition of the event topic, each at its first event since ``since_ms`` (or at its end when
+    it has none that recent: what comes later is still followed), and the partitions with events to read
+    before the state has caught up."""
     meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
     if meta is None or meta.error is not None:
-        return []  # no replica ever ran: nothing to read
+        return [], set()  # no event topic (yet): the commands alone
     wanted = [TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)]
     found = consumer.offsets_for_times(wanted, timeout=10.0)
-    return [tp for tp in found if tp.offset >= 0]  # -1: nothing that recent in this partition
+    behind = {tp.partition for tp in found if tp.offset >= 0}
+    for tp in found:
+        if tp.offset < 0:  # nothing that recent in this partition
+            tp.offset = OFFSET_END
+    return found, behind
 
 
 class Follower(threading.Thread):
@@ -107,11 +113,12 @@ class Follower(threading.Thread):
             )
             if log_partition is None:
                 return
-            parts = [log_partition]
+            parts, behind = [log_partition], {(commands_topic, log_partition.partition)}
             if self.events:
-                since = now_ms() - EVENTS_LOOKBACK_MS
-                parts += _events_from(consumer, self.settings.topic("model-events"), since)
-            behind = {(tp.topic, tp.partition) for tp in parts}
+                events_topic, since = self.settings.topic("model-events"), now_ms() - EVENTS_LOOKBACK_MS
+                events, unread = _events_from(consumer, events_topic, since)
+                parts += events
+                behind |= {(events_topic, p) for p in unread}
             consumer.assign(parts)
             while not self.stop_event.is_set():
                 batch = consumer.consume(500, timeout=0.2)

@@ -156,11 +156,14 @@ def test_commands_from_a_stock_client_and_the_cli_are_seen_in_one_order_by_every
     try:
         v1, v2, v3 = (register(settings, model) for _ in range(3))
         assert main(["deploy", v1, "--reason", "first"]) == 0
+        # Following before any replica ever said a word: their events are followed as they come.
+        live_follower.start()
+        assert live_follower.ready.wait(30) and live_follower.served() is None
         names = ("serve-a", "serve-b")
         for name in names:
             replicas(name)
-        live_follower.start()
         wait_for(lambda: all(activated(collector, n) for n in names), 90, "both replicas on the first deploy")
+        wait_for(lambda: live_follower.served() == v1, 30, "the live follower to see v1 served")
 
         # A stock librdkafka producer (default settings: consistent_random partitioner), on a host whose
         # clock is five minutes behind, and the CLI, taking turns; each write acknowledged before the next.
