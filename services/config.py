@@ -6,16 +6,25 @@ sections are overridden with a double underscore: ``MODELWATCH_SERVE__BATCH_SIZE
 
 Kafka security settings (SASL, SSL) are passed to every client: producers, consumers, the admin client and
 the Faust worker.
+
+Typos are errors, not silence: an unknown key or section in the file (``[[alert]]`` for ``[[alerts]]``) or
+in a nested variable (``MODELWATCH_SERVE__BATCH_SIZ``) stops every command at start with one line naming
+the key and where it came from; so do two alert rules with one name and a rule that could never fire or
+never resolve. Other ``MODELWATCH_*`` variables that name no setting (``MODELWATCH_CONFIG``, the tests'
+``MODELWATCH_TEST_BROKER_PORT``...) are not settings and are left alone: pydantic-settings only looks up
+the variables of known settings at the top level.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from collections import Counter
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,7 +54,13 @@ def config_file() -> Path | None:
     return local if local.is_file() else None
 
 
-class BrokerSettings(BaseModel):
+class Section(BaseModel):
+    """A section of the settings: an unknown key in it is an error (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerSettings(Section):
     """The local broker that ``modelwatch broker start`` runs when no cluster is named."""
 
     port: int = Field(9092, ge=1, le=65535, description="Client port of the first node.")
@@ -55,7 +70,7 @@ class BrokerSettings(BaseModel):
     heap: str = Field("512m", description="JVM heap per node (-Xmx).")
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(Section):
     """The prediction service."""
 
     batch_size: int = Field(500, ge=1, le=100_000, description="Most requests taken per poll.")
@@ -81,7 +96,7 @@ class ServeSettings(BaseModel):
     retry_max_s: float = Field(10.0, gt=0, description="Longest wait between attempts to reach the broker.")
 
 
-class MonitorSettings(BaseModel):
+class MonitorSettings(Section):
     """The Faust monitor."""
 
     label_window_s: float = Field(1800.0, gt=0, description="How long a prediction waits for its outcome.")
@@ -104,10 +119,13 @@ class MonitorSettings(BaseModel):
     )
 
 
-class AlertRule(BaseModel):
-    """One ``[[alerts]]`` table."""
+class AlertRule(Section):
+    """One ``[[alerts]]`` table. Every metric it watches lies in [0, 1]. Quality metrics breach *below* their
+    threshold (``below`` in (0, 1]: 0 could never fire; ``resolve_above`` at or above it and below 1: 1 could
+    never resolve) or below a share of the registry baseline; the error rate breaches *above* its threshold
+    (``above`` in [0, 1): 1 could never fire)."""
 
-    name: str
+    name: str = Field(min_length=1, max_length=100)
     metric: Literal["accuracy", "precision", "recall", "f1", "error_rate"]
     window: Literal["count", "time"] = "count"
     below: float | None = Field(None, description="Absolute threshold.")
@@ -119,20 +137,32 @@ class AlertRule(BaseModel):
     severity: str = "warning"
     action: Literal["notify", "rollback"] = "notify"
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _one_threshold(self) -> AlertRule:
+    def _thresholds(self) -> AlertRule:
         if sum(t is not None for t in (self.below, self.below_baseline, self.above)) != 1:
             raise ValueError(f"alert {self.name!r}: give exactly one of below, below_baseline and above")
         if self.above is not None and self.resolve_above is not None:
             raise ValueError(
                 f"alert {self.name!r}: an above rule resolves at its threshold (no resolve_above)"
             )
+        if self.above is not None and not 0 <= self.above < 1:
+            raise ValueError(f"alert {self.name!r}: above must be in [0, 1): {self.metric} lies in [0, 1]")
         if self.below_baseline is not None and not 0 < self.below_baseline < 1:
             raise ValueError(f"alert {self.name!r}: below_baseline is a relative drop in (0, 1)")
-        if self.below is not None and self.resolve_above is not None and self.resolve_above < self.below:
-            raise ValueError(f"alert {self.name!r}: resolve_above must not be below the threshold")
+        if self.below is not None and not 0 < self.below <= 1:
+            raise ValueError(f"alert {self.name!r}: below must be in (0, 1]: {self.metric} lies in [0, 1]")
+        if self.resolve_above is not None:
+            if not 0 < self.resolve_above < 1:
+                raise ValueError(
+                    f"alert {self.name!r}: resolve_above must be in (0, 1): at 1 the alert never resolves"
+                )
+            if self.below is not None and self.resolve_above < self.below:
+                raise ValueError(
+                    f"alert {self.name!r}: resolve_above ({self.resolve_above}) must not be below the "
+                    f"threshold ({self.below}): the rule fires below it and resolves above it"
+                )
         return self
 
 
@@ -142,7 +172,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MODELWATCH_",
         env_nested_delimiter="__",
-        extra="ignore",
+        # An unknown key is a typo: refused, with its name (see load_settings). Unknown MODELWATCH_* variables
+        # at the top level are not seen at all: the environment source only looks up known settings.
+        extra="forbid",
     )
 
     bootstrap: str | None = Field(
@@ -170,6 +202,14 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     alerts: list[AlertRule] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Settings:
+        twice = sorted(name for name, n in Counter(r.name for r in self.alerts).items() if n > 1)
+        if twice:
+            # Alert ids and alert states are keyed by the rule's name: two rules would share them.
+            raise ValueError(f"two alert rules are named {', '.join(map(repr, twice))}: names must be unique")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -193,14 +233,53 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}{suffix}"
 
 
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _source(loc: tuple[int | str, ...], path: Path | None) -> str:
+    """Where the setting at ``loc`` came from: the file, a variable, or the code's arguments."""
+    if path is not None:
+        try:
+            node: Any = tomllib.loads(path.read_text())
+            for part in loc:
+                node = node[part]
+            return f"in {path}"
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            pass
+    variable = "MODELWATCH_" + "__".join(str(p) for p in loc).upper()
+    if any(name.upper() == variable for name in os.environ):
+        return f"in the environment ({variable})"
+    return "given in code"
+
+
+def _explain(exc: ValidationError, path: Path | None) -> str:
+    """One line for a validation failure: every unknown key with where it came from, else the first error."""
+    errors = exc.errors()
+    unknown: dict[str, list[str]] = {}  # where -> the unknown keys found there
+    for e in errors:
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(_source(tuple(e["loc"]), path), []).append(repr(_dotted(tuple(e["loc"]))))
+    if unknown:
+        keys = sum(len(names) for names in unknown.values())
+        named = "; ".join(f"{', '.join(names)} {where}" for where, names in unknown.items())
+        return f"unknown setting{'s' if keys > 1 else ''} {named} (a typo? see services/config.py)"
+    first = errors[0]
+    loc, why = tuple(first["loc"]), first["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"invalid settings{f' in {path}' if path else ''}: {why}"
+    return f"invalid setting {_dotted(loc)} {_source(loc, path)}: {why}"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning a validation failure into one readable :class:`ConfigError`."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+        raise ConfigError(_explain(exc, config_file())) from exc
     except ValueError as exc:  # a malformed TOML file
         raise ConfigError(f"cannot read configuration: {exc}") from exc
 

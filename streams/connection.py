@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from typing import Any
 
 import faust
@@ -20,6 +19,7 @@ from faust.types.auth import CredentialsT
 from schemas.errors import ConfigError, KafkaClientError
 from services import kafka
 from services.config import Settings
+from services.kafka.retry import backoff_s, retry
 from services.kafka.topics import ensure_topics
 
 log = logging.getLogger("modelwatch.monitor")
@@ -103,21 +103,23 @@ def wait_for_sources(settings: Settings, retry_max_s: float = 10.0) -> tuple[int
     there yet, saying so once per attempt: a monitor started before its broker comes up by itself."""
     # A quiet client: its connection failures are reported here, once per attempt, not by librdkafka.
     client = AdminClient(kafka.client_config(settings, log_level=0, error_cb=lambda _e: None))
-    backoff, attempt = 0.5, 0
-    while True:
-        attempt += 1
-        try:
-            layout = source_layout(settings, timeout=min(5.0, 1.0 + backoff), client=client)
-            if attempt > 1:
-                log.warning("Kafka answered at %s after %d attempts", settings.bootstrap_servers, attempt)
-            return layout
-        except KafkaException as exc:
-            problem = exc.args[0].str()
-        except KafkaClientError as exc:
-            problem = str(exc)
+
+    def ask(attempt: int) -> tuple[int, int]:
+        timeout = min(5.0, 1.0 + backoff_s(attempt, retry_max_s))
+        layout = source_layout(settings, timeout=timeout, client=client)
+        if attempt > 1:
+            log.warning("Kafka answered at %s after %d attempts", settings.bootstrap_servers, attempt)
+        return layout
+
+    def waiting(attempt: int, wait_s: float, error: BaseException) -> None:
+        problem = error.args[0].str() if isinstance(error, KafkaException) else str(error)
         log.warning(
             "waiting for Kafka at %s (attempt %d, retry in %.1fs): %s",
-            settings.bootstrap_servers, attempt, backoff, problem,
+            settings.bootstrap_servers, attempt, wait_s, problem,
         )  # fmt: skip
-        time.sleep(backoff)
-        backoff = min(backoff * 2, retry_max_s)
+
+    layout = retry(
+        ask, retry_on=(KafkaException, KafkaClientError), retry_max_s=retry_max_s, on_retry=waiting
+    )
+    assert layout is not None  # no stop event: it waits until the sources are there
+    return layout

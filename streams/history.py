@@ -1,8 +1,10 @@
-"""What the monitor reads of its own outputs' topics: the deployment history and the alerts it sent.
+"""What the monitor reads of its own outputs' topics: the deployment state and the alerts it sent.
 
-The command follower reads the whole command topic from the beginning on each start (the topic is small:
-one command per deploy or rollback) and then follows it, with a plain consumer that assigns itself all
-partitions and commits nothing, so no consumer-group offset can make it miss the start of the history.
+The command follower is the monitor's view of :class:`~services.deployment.state.DeploymentState`, read by
+:class:`~services.deployment.follower.Follower` as the replicas and the CLI read it: the whole command log
+(one partition, in offset order) from the beginning on each start, and the replicas' acknowledgements and
+heartbeats, then both followed. Nothing is committed, so no consumer-group offset can make it miss the
+start of the history.
 """
 
 from __future__ import annotations
@@ -11,85 +13,82 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
 from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
-from services.deployment.commands import History
+from services.deployment.follower import Follower
+from services.kafka.topics import check_command_topic
 
 log = logging.getLogger(__name__)
 
 
 class CommandFollower:
+    """The deployment state, followed in a background thread; every view is a copy taken under a lock."""
+
     def __init__(self, settings: Settings) -> None:
+        # Refuse a command topic with more partitions now, before the worker starts: one line on stderr.
+        # A cluster not up yet is waited for by the worker; start() and the thread check again.
+        check_command_topic(settings, timeout=5.0, unreachable_ok=True)
         self.settings = settings
         self.topic = settings.topic("model-commands")
-        key = settings.signing_key.get_secret_value() if settings.signing_key else None
-        self._history = History(key=key)
-        self._lock = threading.Lock()
-        self.ready = threading.Event()  # set once the history has caught up with the topic's end at start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="command-follower", daemon=True)
-        self.error: Exception | None = None
+        # Never committed (assign): the name only has to fall under the monitor's ACL prefix.
+        self._follower = Follower(settings, f"{settings.topic_prefix}monitor-history")
+        self.ready: threading.Event = self._follower.ready  # set once the history has caught up at start
 
     @property
     def started(self) -> bool:
-        return self._thread.ident is not None
+        return self._follower.ident is not None
+
+    @property
+    def error(self) -> Exception | None:
+        return self._follower.error
 
     def start(self) -> None:
-        self._thread.start()
+        """Start following; raises :class:`KafkaClientError` at once if the command topic has more than one
+        partition (the worker stops: no order of commands exists then)."""
+        check_command_topic(self.settings)
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._follower.stop()
 
     def applied(self) -> list[dict[str, Any]]:
-        """A copy of the applied commands, in order."""
-        with self._lock:
-            return list(self._history.applied)
+        """A copy of the applied commands, in log order."""
+        with self._follower.lock:
+            return list(self._follower.state.applied)
 
-    def _run(self) -> None:
-        consumer = kafka.consumer(
-            self.settings,
-            # Never committed (assign below): the name only has to fall under the monitor's ACL prefix.
-            f"{self.settings.topic_prefix}monitor-history",
-            **{"enable.partition.eof": True},  # tells when the history has caught up
-        )
-        try:
-            meta = consumer.list_topics(self.topic, timeout=30)
-            partitions = sorted(meta.topics[self.topic].partitions)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-            behind = set(partitions)
-            while not self._stop.is_set():
-                batch = consumer.consume(500, timeout=0.2)
-                with self._lock:
-                    for msg in batch:
-                        err = msg.error()
-                        if err is None:
-                            if not self._history.feed_raw(msg.value()):
-                                _, why = self._history.ignored[-1]
-                                log.warning("ignored a model command: %s", why)
-                        elif err.code() == KafkaError._PARTITION_EOF:
-                            behind.discard(msg.partition())
-                        else:
-                            log.warning("reading %s: %s", self.topic, err.str())
-                if not behind and not self.ready.is_set():
-                    log.info("deployment history caught up: active version %s", self._history.active_version)
-                    self.ready.set()
-        except Exception as exc:  # the worker must learn of it, not die of a background thread
-            self.error = exc
-            log.exception("the command follower stopped")
-        finally:
-            consumer.close()
+    def commanded(self) -> str | None:
+        """The version the last applied command names (which may be one no replica could load)."""
+        with self._follower.lock:
+            return self._follower.state.commanded
+
+    def served(self) -> str | None:
+        """The version the live replicas really serve (``None``: no live replica has a model)."""
+        with self._follower.lock:
+            return self._follower.state.served()
+
+    def serving(self) -> dict[str, str | None]:
+        """Live replica -> the version it serves."""
+        with self._follower.lock:
+            return self._follower.state.serving()
+
+    def rejected(self, version: str) -> dict[str, str]:
+        """Replica -> why ``version`` would not load there (replicas that have not loaded it since)."""
+        with self._follower.lock:
+            return self._follower.state.rejected(version)
+
+    def unloadable(self, version: str) -> bool:
+        """Some replica could not load ``version`` and none ever did: never the basis of a rollback."""
+        with self._follower.lock:
+            return self._follower.state.unloadable(version)
 
 
 def published_alerts(settings: Settings, timeout: float = 30.0) -> set[tuple[str, str]]:
     """Every (alert_id, state) on the alert topic now: transitions a restarted worker must not repeat."""
     out: set[tuple[str, str]] = set()
     # Read by assignment, never committed; the group name only has to fall under the monitor's ACL prefix.
-    group = {"group.id": f"{settings.topic_prefix}monitor-history"}
+    group: dict[str, Any] = {"group.id": f"{settings.topic_prefix}monitor-history"}
     for _key, value, _ts in kafka.read_topic(settings, settings.topic("alerts"), timeout=timeout, **group):
         try:
             alert = codec("alert").decode(value)

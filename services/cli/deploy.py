@@ -28,7 +28,11 @@ def deploy_command(
 @app.command(name="rollback")
 def rollback_command(
     to: str | None = typer.Option(
-        None, "--to", metavar="V", help="Version to return to [default: the one active before the current]."
+        None,
+        "--to",
+        metavar="V",
+        help="Version to return to [default: the most recent healthy one before the current: not one "
+        "rolled back for an alert, nor one no replica could load].",
     ),
     reason: str = ReasonOption,
 ) -> None:

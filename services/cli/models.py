@@ -9,9 +9,9 @@ import typer
 
 from schemas.errors import KafkaClientError
 from services.cli.common import console, current_settings, err
-from services.deployment import commands
-from services.deployment.commands import read_history
+from services.deployment.follower import read_state
 from services.deployment.orders import iso, timeline
+from services.deployment.state import DeploymentState
 from services.registry import Manifest, Registry
 
 app = typer.Typer(help="The model registry's versions and the deployment history.", no_args_is_help=True)
@@ -30,7 +30,7 @@ def _fmt(value: float | None) -> str:
 def _active_version(timeout: float) -> tuple[str | None, str | None]:
     """(active version, why it is unknown): the registry works without a broker, so listing does too."""
     try:
-        return read_history(current_settings(), timeout=timeout).active_version, None
+        return read_state(current_settings(), timeout=timeout).commanded, None
     except KafkaClientError as exc:
         return None, str(exc)
 
@@ -134,19 +134,46 @@ def verify(version: str = typer.Argument(..., help="The version to check.")) -> 
     console.print(f"{manifest.version}: verified ({how} {manifest.sha256[:16]}…)")
 
 
-def history_document(history: commands.History) -> dict[str, Any]:
+def history_document(state: DeploymentState) -> dict[str, Any]:
+    """The commanded history and what the replicas made of it: ``active`` is the commanded version,
+    ``served`` the one the live replicas serve; each period lists every replica's answer to its command."""
+    periods = []
+    for position, period in enumerate(timeline(state.history)):
+        answers = state.acks.get(period.command_id, {})
+        periods.append(
+            {
+                **period.as_dict(),
+                "position": position,
+                "acks": {
+                    i: {"event": a.event, "ts": a.ts, "error": a.error} for i, a in sorted(answers.items())
+                },
+            }
+        )
+    commanded = state.commanded
     return {
-        "active": history.active_version,
-        "periods": [p.as_dict() for p in timeline(history)],
+        "active": commanded,
+        "commanded": commanded,
+        "served": state.served(),
+        "serving": state.serving(),
+        "rejected": state.rejected(commanded) if commanded else {},
+        "unloadable": commanded is not None and state.unloadable(commanded),
+        "periods": periods,
         "ignored": [
             {
                 "command_id": (c or {}).get("command_id"),
                 "model_version": (c or {}).get("model_version"),
                 "why": why,
             }
-            for c, why in history.ignored
+            for c, why in state.history.ignored
         ],
     }
+
+
+def _answers(acks: dict[str, dict[str, Any]]) -> str:
+    activated = [i for i, a in acks.items() if a["event"] == "activated"]
+    parts = [f"activated by {', '.join(activated)}"] if activated else []
+    parts += [f"rejected by {i}: {a['error']}" for i, a in acks.items() if a["event"] == "rejected"]
+    return "; ".join(parts) or "no replica answered (yet)"
 
 
 @app.command()
@@ -154,12 +181,13 @@ def history(
     as_json: bool = JsonOption,
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for the command topic."),
 ) -> None:
-    """Which version was active when, and why: the command topic, which is the deployment audit log.
+    """Which version was commanded when, and why (the command topic: the deployment audit log), what each
+    replica answered, and which version the live replicas really serve.
 
-    Unsigned, forged, replayed or out-of-date commands are listed apart, with the reason they count for
-    nothing."""
+    Commands are in log order (``ts`` is the issuer's clock, shown for people). Unsigned, forged or
+    replayed commands are listed apart, with the reason they count for nothing."""
     settings = current_settings()
-    doc = history_document(read_history(settings, timeout=timeout))
+    doc = history_document(read_state(settings, timeout=timeout))
     if as_json:
         _echo_json(doc)
         return
@@ -168,12 +196,24 @@ def history(
     for p in doc["periods"]:
         until = iso(p["until"]) if p["until"] is not None else "now"
         why = p["reason"] + (f" (alert {p['alert_id']})" if p["alert_id"] else "")
+        if p["until"] is not None and p["until"] < p["since"]:
+            # The log's order holds; the times are the issuers' clocks, and these two disagree.
+            why += " [stamped later than the next command: the issuers' clocks disagree]"
         console.print(
             f"{iso(p['since'])} .. {until:<20}  {p['action']:<8}  {p['version']}  "
             f"by {p['issued_by'] or '-'}: {why}",
             markup=False,
         )
+        console.print(f"    {_answers(p['acks'])}", markup=False)
     if doc["periods"]:
-        console.print(f"active: {doc['active']}")
+        console.print(f"active: {doc['active']} (commanded)")
+        serving = (
+            ", ".join(f"{i} {v or '(no model)'}" for i, v in doc["serving"].items()) or "no live replica"
+        )
+        console.print(f"served: {doc['served'] or '-'} ({serving})", markup=False)
+    if doc["unloadable"]:
+        console.print(f"{doc['active']}: no replica could load it; they serve what they served before")
+    for instance, error in doc["rejected"].items():
+        console.print(f"{doc['active']} rejected by {instance}: {error}", markup=False)
     for ignored in doc["ignored"]:
         console.print(f"ignored {ignored['command_id'] or '<malformed>'}: {ignored['why']}", markup=False)

@@ -4,9 +4,11 @@ A command orders every replica to activate a version (``deploy``, or ``rollback`
 With a signing key set, commands carry an HMAC-SHA256 ``signature`` over their canonical JSON (sorted keys,
 no whitespace, the signature field left out), and an unsigned or forged command is ignored by every reader.
 
-The history is read in log order (all commands share one key, so one partition). A ``command_id`` counts
-once, at its first appearance, so a replayed command changes nothing; a command older (by ``ts``) than the
-one in force does not move anybody back in time.
+The history is read in log order: the command topic has exactly one partition
+(:func:`services.kafka.topics.check_command_log`), so its offsets order every command, whoever wrote it
+and with whatever partitioner. A ``command_id`` counts once, at its first appearance, so a replayed command
+changes nothing. ``ts`` is the issuer's clock, recorded for people: issuers' clocks may be minutes apart,
+so it never decides which command is in force; the later one in the log is.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class History:
     key: str | None = None
     #: Applied commands, in order.
     applied: list[dict[str, Any]] = field(default_factory=list)
-    #: Commands ignored, with the reason (unsigned, forged, replayed, stale, malformed).
+    #: Commands ignored, with the reason (unsigned, forged, replayed, malformed).
     ignored: list[tuple[dict[str, Any] | None, str]] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
 
@@ -135,10 +137,6 @@ class History:
             verify(command, self.key)
         except CommandError as exc:
             return str(exc)
-        current = self.current
-        if current is not None and command["ts"] < current["ts"]:
-            in_force = current["command_id"]
-            return f"command {command['command_id']} is older than the command in force ({in_force})"
         return None
 
     def feed(self, command: dict[str, Any]) -> bool:
@@ -168,10 +166,8 @@ class History:
 
 
 def read_history(settings: Settings, timeout: float = 10.0) -> History:
-    """The deployment history as the command topic holds it now."""
-    key = settings.signing_key.get_secret_value() if settings.signing_key else None
-    history = History(key=key)
-    records = kafka.read_topic(settings, settings.topic("model-commands"), timeout=timeout)
-    for _key, value, _ts in records:
-        history.feed_raw(value)
-    return history
+    """The deployment history as the command topic holds it now: the commands of
+    :func:`services.deployment.follower.read_state`, the one reader of the command log."""
+    from services.deployment.follower import read_state  # it builds on this module
+
+    return read_state(settings, timeout=timeout).history

@@ -1,5 +1,9 @@
 """Deploy and roll back: verified versions in, signed commands out, and the history read back.
 
+``rollback`` with no target reads the deployment state (:mod:`services.deployment.state`) and goes to the
+most recent version that was healthy: a version the monitor rolled back for an alert, or one that no
+replica could load, is skipped (the operator can still name it).
+
 A deploy or rollback is one command on the command topic (the audit log); the prediction services
 activate what it names. Nothing is published for a version that is not in the registry or does not
 verify, so a typo or a tampered artifact never reaches the services.
@@ -17,6 +21,8 @@ from schemas.errors import CommandError
 from services.config import Settings
 from services.deployment import commands
 from services.deployment.commands import Action, History
+from services.deployment.follower import read_state
+from services.deployment.state import DeploymentState
 from services.registry import Registry
 
 
@@ -67,16 +73,16 @@ def rollback(
     *,
     registry: Registry | None = None,
     issued_by: str | None = None,
-    history: History | None = None,
+    state: DeploymentState | None = None,
 ) -> dict[str, Any]:
-    """Publish a ``rollback`` to ``to``, by default the version active before the current one."""
+    """Publish a ``rollback`` to ``to``, by default to the most recent version that was healthy before the
+    one commanded now: never one rolled back for an alert, nor one no replica could load (name such a
+    version with ``to`` to go back to it anyway)."""
     if to is None:
-        history = history or commands.read_history(settings)
-        if history.active_version is None:
-            raise CommandError("nothing is deployed yet, so there is nothing to roll back")
-        to = history.previous_version()
+        state = state or read_state(settings)
+        to, why_not = state.rollback_target()
         if to is None:
-            raise CommandError(f"no version was active before {history.active_version}; name one with --to")
+            raise CommandError(why_not)
     return _publish(settings, "rollback", to, reason or f"roll back to {to}", registry, issued_by)
 
 

@@ -5,9 +5,9 @@ The roles, with the least each needs (topic names are relative to the prefix):
     storefront  writes requests and outcomes; nothing else, in particular not model-commands
     service     reads requests and model-commands; writes predictions, requests.dlq, model-events;
                 its consumer group and transactional ids carry the prefix
-    monitor     reads predictions, outcomes, model-commands, requests.dlq; writes metrics, alerts,
-                model-commands; owns everything under ``<prefix>monitor`` (the Faust app's internal
-                topics and group)
+    monitor     reads predictions, outcomes, model-commands, model-events (the replicas' acks) and
+                requests.dlq (model failures); writes metrics, alerts, model-commands; owns everything
+                under ``<prefix>monitor`` (the Faust app's internal topics and group)
     operator    writes model-commands (deploy, rollback); reads every topic under the prefix
 
 ``admin`` is the brokers' own super user. ``modelwatch broker start --secure`` creates the users (with
@@ -91,7 +91,8 @@ def bindings(prefix: str) -> list[AclBinding]:
         acl += _topic(service, t(out), W, D)
     acl += _prefixed(service, ResourceType.GROUP, prefix, R, D)
     acl += _prefixed(service, ResourceType.TRANSACTIONAL_ID, prefix, W, D)
-    for src in ("predictions", "outcomes", "model-commands", "requests.dlq"):  # dlq: model failures
+    # requests.dlq: model failures count into the error rate; model-events: the replicas' acks.
+    for src in ("predictions", "outcomes", "model-commands", "model-events", "requests.dlq"):
         acl += _topic(monitor, t(src), R, D)
     for out in ("metrics", "alerts", "model-commands"):
         acl += _topic(monitor, t(out), W, D)

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.errors import KafkaClientError
 from services.config import Settings
+from services.kafka.retry import NotYet, retry
 
 
 def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -78,19 +79,21 @@ def wait_for_cluster(settings: Settings, timeout: float = 30.0) -> dict[int, str
     """Block until the cluster answers a metadata request; return its brokers."""
     client = admin(settings)
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            meta = client.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-            if meta.brokers:
-                return {b.id: f"{b.host}:{b.port}" for b in meta.brokers.values()}
-        except KafkaException as exc:
-            last = exc
-        time.sleep(0.2)
-    raise KafkaClientError(
-        f"no Kafka cluster answered at {settings.bootstrap_servers} within {timeout:.0f}s"
-        + (f" ({last})" if last else "")
-    )
+
+    def ask(_attempt: int) -> dict[int, str]:
+        meta = client.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        if not meta.brokers:
+            raise NotYet("no brokers in metadata")
+        return {b.id: f"{b.host}:{b.port}" for b in meta.brokers.values()}
+
+    try:
+        brokers = retry(ask, retry_on=(KafkaException,), within_s=timeout, every_s=0.2)
+    except (KafkaException, NotYet) as exc:
+        raise KafkaClientError(
+            f"no Kafka cluster answered at {settings.bootstrap_servers} within {timeout:.0f}s ({exc})"
+        ) from exc
+    assert brokers is not None  # no stop event: only an answer or an error ends the retries
+    return brokers
 
 
 _LEADER_RACE = (
@@ -104,7 +107,8 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 
     """(low, high) offsets of one partition. Right after a topic is created its leader may not be known
     yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): those are retried until ``timeout``."""
     deadline = time.monotonic() + timeout
-    while True:
+
+    def ask(_attempt: int) -> tuple[int, int]:
         try:
             lo, hi = consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=max(0.5, deadline - time.monotonic())
@@ -112,17 +116,24 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 
             return int(lo), int(hi)
         except KafkaException as exc:
             error = exc.args[0]
-            passing = error.retriable() or error.code() in _LEADER_RACE
-            if not passing or time.monotonic() > deadline:
-                raise KafkaClientError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from exc
-            time.sleep(0.1)
+            if error.retriable() or error.code() in _LEADER_RACE:
+                raise NotYet(str(exc)) from exc
+            raise KafkaClientError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from exc
+
+    try:
+        found = retry(ask, retry_on=(), within_s=timeout, every_s=0.1)
+    except NotYet as exc:
+        raise KafkaClientError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from exc
+    assert found is not None  # no stop event: only an answer or an error ends the retries
+    return found
 
 
 def read_topic(
-    settings: Settings, topic: str, timeout: float = 10.0, **overrides: Any
+    settings: Settings, topic: str, timeout: float = 10.0, since_ms: int | None = None, **overrides: Any
 ) -> list[tuple[bytes | None, bytes | None, int]]:
-    """Read a whole topic from the beginning to its current end: (key, value, timestamp ms) in order
-    per partition. For small control topics (commands, events), not for the request stream."""
+    """Read a whole topic from the beginning (or from the first message timestamped ``since_ms`` or later)
+    to its current end: (key, value, timestamp ms) in order per partition. For small control topics
+    (commands, events), not for the request stream."""
     c = Consumer(
         client_config(
             settings,
@@ -142,14 +153,22 @@ def read_topic(
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaClientError(f"topic {topic} does not exist (run `modelwatch topics create`)")
+        starts: dict[int, int] = {}
+        if since_ms is not None:
+            wanted = [TopicPartition(topic, p, since_ms) for p in tmeta.partitions]
+            starts = {tp.partition: tp.offset for tp in c.offsets_for_times(wanted, timeout=timeout)}
         ends: dict[int, int] = {}
         for p in tmeta.partitions:
             lo, hi = watermarks(c, topic, p, timeout=timeout)
-            if hi > lo:
+            start = starts.get(p, lo)
+            if start < 0:  # nothing timestamped since_ms or later
+                start = hi
+            starts[p] = max(start, lo)
+            if hi > starts[p]:
                 ends[p] = hi
         if not ends:
             return []
-        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        c.assign([TopicPartition(topic, p, starts[p]) for p in ends])
         out: list[tuple[bytes | None, bytes | None, int]] = []
         remaining = set(ends)
         deadline = time.monotonic() + timeout

@@ -1,4 +1,10 @@
-"""Create the contract's topics, idempotently."""
+"""Create the contract's topics, idempotently, and check the command log's layout.
+
+The command topic is the deployment audit log: it has exactly one partition, so that its offsets give one
+total order of commands whatever client writes them (the CLI hashes keys with murmur2, a stock librdkafka
+client with crc32, kcat or a Go client with something else again). Kafka cannot shrink a topic, so a
+command topic created with more partitions is refused by every reader with one line saying what to do.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,41 @@ from schemas import topics as contract
 from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
+
+#: Partitions of the command topic: one, so that its offsets are the order of the commands.
+COMMAND_LOG_PARTITIONS = 1
+
+
+def check_command_log(topic: str, partitions: int) -> None:
+    """Raise :class:`KafkaClientError` (one line, what to do) unless ``topic`` has exactly one partition."""
+    if partitions != COMMAND_LOG_PARTITIONS:
+        raise KafkaClientError(
+            f"{topic} has {partitions} partitions, but the command log needs exactly one (one order for "
+            f"every command) and Kafka cannot shrink a topic: delete it and run `modelwatch topics create` "
+            f"again, or use a new MODELWATCH_TOPIC_PREFIX"
+        )
+
+
+def check_command_topic(settings: Settings, timeout: float = 10.0, unreachable_ok: bool = False) -> None:
+    """:func:`check_command_log` on the cluster's command topic under ``settings.topic_prefix``; a topic
+    that does not exist yet passes (readers wait for it, and ``topics create`` makes it right), and so
+    does a cluster that does not answer when ``unreachable_ok`` (a process that waits for it checks again)."""
+    topic = contract.MODEL_COMMANDS.name(settings.topic_prefix)
+    try:
+        meta = kafka.admin(settings).list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        if unreachable_ok:
+            return
+        raise KafkaClientError(f"cannot read the metadata of {topic}: {exc.args[0].str()}") from exc
+    if meta is not None and meta.error is None and meta.partitions:
+        check_command_log(topic, len(meta.partitions))
+
+
+def partitions_of(topic: contract.Topic, partitions: int) -> int:
+    """How many partitions ``topic`` gets when the joined topics get ``partitions``."""
+    if topic is contract.MODEL_COMMANDS:
+        return COMMAND_LOG_PARTITIONS
+    return partitions if topic.joined else min(partitions, 3)
 
 
 @dataclass(frozen=True)
@@ -28,7 +69,8 @@ def create_topics(
 
     ``replication`` defaults to 1 on a one-broker cluster and 3 (with min.insync.replicas=2) on larger ones.
     Requests, predictions and outcomes get ``partitions`` partitions so the monitor's join is
-    co-partitioned; control topics get fewer.
+    co-partitioned; control topics get fewer, and the command topic one. An existing command topic with
+    more than one partition is refused (:func:`check_command_log`).
     """
     client = kafka.admin(settings)
     try:
@@ -51,12 +93,17 @@ def create_topics(
         wanted.append(
             NewTopic(
                 t.name(settings.topic_prefix),
-                num_partitions=partitions if t.joined else min(partitions, 3),
+                num_partitions=partitions_of(t, partitions),
                 replication_factor=replication,
                 config=config,
             )
         )
-    return ensure_topics(client, wanted, timeout)
+    states = ensure_topics(client, wanted, timeout)
+    commands = contract.MODEL_COMMANDS.name(settings.topic_prefix)
+    for state in states:
+        if state.name == commands:
+            check_command_log(state.name, state.partitions)
+    return states
 
 
 def ensure_topics(client: AdminClient, wanted: list[NewTopic], timeout: float = 30.0) -> list[TopicState]:

@@ -1,10 +1,12 @@
 """Control: the replica's own reader of the command topic, the model it loads, and what it tells the others.
 
-Each replica reads *every* command: its consumer is assigned all partitions of the command topic (no
-group, nothing committed) and starts at the beginning. What is in the topic when the replica starts is its
-history, judged by :class:`~services.deployment.commands.History` as ``read_history`` does, so a replica
-starts with the version last commanded, not with the one it was built or started with. Reading history
-and live commands with one consumer leaves no gap between the two for a command to fall into.
+Each replica reads *every* command: its consumer is assigned the command log's one partition
+(:func:`~services.deployment.follower.open_command_log`: no group, nothing committed, a topic with more
+partitions refused) and starts at the beginning. What is in the log when the replica starts is its history,
+judged in offset order by the same :class:`~services.deployment.state.DeploymentState` the monitor and the
+CLI use, so a replica starts with the version last commanded, not with the one it was built or started
+with. Reading history and live commands with one consumer leaves no gap between the two for a command to
+fall into.
 
 Loading and verifying a version (the registry checks the digest and signature before unpickling) happen
 on this thread, off the hot path. The loaded model is handed to the poll loop through a
@@ -13,9 +15,9 @@ prediction is tagged with the version that computed it, and the acknowledgement'
 two versions' predictions. Events on ``rec.model-events`` (key: instance):
 
 - ``activated``: version and command_id, after the swap;
-- ``rejected``: the command's version and command_id with the reason: the version is missing or fails its
-  digest or signature, the command is malformed, unsigned or forged when a key is set, replayed, or
-  older than the one in force. The current model keeps serving;
+- ``rejected``: the command's version and command_id with the reason: the version cannot be loaded (the
+  error starts with ``cannot load``: missing, failing its digest or signature, unpicklable), or the
+  command is malformed, unsigned or forged when a key is set, or replayed. The current model keeps serving;
 - ``heartbeat``: every ``serve.heartbeat_s``, with the active version (null before the first deploy) and
   the partitions this replica serves.
 """
@@ -28,13 +30,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError
 
 from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
-from services.deployment.commands import History
+from services.deployment.follower import new_state, open_command_log
+from services.deployment.state import LOAD_FAILURE
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 from services.serving.scoring import Scorer
@@ -119,8 +122,8 @@ class Control(threading.Thread):
         self.log, self.metrics, self.stop_event = log, metrics, stop
         self.topic = settings.topic("model-commands")
         self.events_topic = settings.topic("model-events")
-        key = settings.signing_key.get_secret_value() if settings.signing_key else None
-        self.history = History(key=key)
+        # The command side of the deployment state: the replica obeys the commands, in log order.
+        self.state = new_state(settings)
         self.partitions: list[int] = []  # the request partitions this replica serves (the poll loop sets it)
         self.ready = threading.Event()  # history read and the starting version (if any) offered
         self.failure: BaseException | None = None
@@ -216,7 +219,7 @@ class Control(threading.Thread):
                 for msg in [first, *consumer.consume(100, 0)] if first is not None else []:
                     err = msg.error()
                     if err is None:
-                        self._handle(msg.value())
+                        self._handle(msg.value(), msg.offset())
                     elif err.code() != KafkaError._PARTITION_EOF:
                         self.log.warning("command_read_error", error=err.str())
                 self.heartbeat()
@@ -232,7 +235,7 @@ class Control(threading.Thread):
             self.events.flush(10)
 
     def _reader(self) -> Consumer | None:
-        """A consumer assigned every partition of the command topic from the start; waits for the topic."""
+        """A consumer assigned the command log's one partition from the start; waits for the topic."""
         consumer = kafka.consumer(
             self.settings,
             # Never joins the group: assign(), not subscribe(), so every replica reads every command.
@@ -243,23 +246,24 @@ class Control(threading.Thread):
                 "enable.partition.eof": True,  # tells when the history has been read
             },
         )
-        backoff = 0.5
-        while not self.stop_event.is_set():
-            try:
-                meta = consumer.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
-                if meta is not None and meta.error is None and meta.partitions:
-                    consumer.assign(
-                        [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-                    )
-                    return consumer
-                problem = meta.error.str() if meta is not None and meta.error else "no partitions"
-            except KafkaException as exc:
-                problem = exc.args[0].str()
-            self.log.warning("command_topic_unavailable", topic=self.topic, error=problem, retry_in_s=backoff)
-            self.stop_event.wait(backoff)
-            backoff = min(backoff * 2, self.settings.serve.retry_max_s)
-        consumer.close()
-        return None
+
+        def waiting(problem: str, retry_in: float) -> None:
+            self.log.warning(
+                "command_topic_unavailable", topic=self.topic, error=problem, retry_in_s=retry_in
+            )
+
+        try:
+            log_partition = open_command_log(
+                consumer, self.topic, self.stop_event, self.settings.serve.retry_max_s, waiting
+            )
+        except BaseException:
+            consumer.close()
+            raise
+        if log_partition is None:
+            consumer.close()
+            return None
+        consumer.assign([log_partition])
+        return consumer
 
     def _catch_up(self, consumer: Consumer) -> None:
         """Read the topic to its end as history, then offer the last commanded version that loads."""
@@ -268,30 +272,30 @@ class Control(threading.Thread):
             for msg in consumer.consume(500, timeout=0.2):
                 err = msg.error()
                 if err is None:
-                    self.history.feed_raw(msg.value())
+                    self.state.feed_command_raw(msg.value(), msg.offset())
                 elif err.code() == KafkaError._PARTITION_EOF:
                     waiting.discard(msg.partition())
                 else:
                     self.log.warning("command_read_error", error=err.str())
             self.heartbeat()
-        for command in reversed(self.history.applied):
+        for command in reversed(self.state.applied):
             version = command["model_version"]
             try:
                 model = load_logged(self.registry, version, self.log)
             except Exception as exc:  # missing, tampered, unloadable: say so and try the one before it
-                self._reject(command, f"cannot load {version}: {exc}")
+                self._reject(command, f"{LOAD_FAILURE} {version}: {exc}")
                 continue
-            self.log.info("history_read", commands=len(self.history.applied), version=version)
+            self.log.info("history_read", commands=len(self.state.applied), version=version)
             self.slot.offer(Activation(version, model, command), self.stop_event, idle=self.heartbeat)
             return
         self.log.warning(
             "no_model",
             message="no version was ever deployed (or none loads): waiting for a deploy command",
-            commands=len(self.history.applied),
+            commands=len(self.state.applied),
         )
         self.heartbeat(force=True)
 
-    def _handle(self, value: bytes | None) -> None:
+    def _handle(self, value: bytes | None, offset: int | None = None) -> None:
         try:
             command = codec("model-command").decode(value)
         except ContractError as exc:
@@ -304,11 +308,11 @@ class Control(threading.Thread):
             version=command["model_version"],
             age_ms=int(time.time() * 1000) - command["ts"],
         )
-        reason = self.history.judge(command)
+        reason = self.state.judge(command)
         if reason is not None:
             self._reject(command, reason)
             return
-        self.history.feed(command)
+        self.state.feed_command(command, offset)
         version = command["model_version"]
         active = self.slot.active
         if active is not None and active.version == version:
@@ -318,6 +322,6 @@ class Control(threading.Thread):
             try:
                 model = load_logged(self.registry, version, self.log)
             except Exception as exc:  # the registry verifies before unpickling; anything else is refused too
-                self._reject(command, f"cannot load {version}: {exc}")
+                self._reject(command, f"{LOAD_FAILURE} {version}: {exc}")
                 return
         self.slot.offer(Activation(version, model, command), self.stop_event, idle=self.heartbeat)

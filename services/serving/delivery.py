@@ -38,6 +38,7 @@ from confluent_kafka import (
 )
 
 from schemas.errors import ServingError
+from services.kafka.retry import retry
 from services.serving.logs import EventLog
 from services.serving.metrics import ServeMetrics
 
@@ -280,22 +281,34 @@ class ExactlyOnce(Delivery):
     def init(self) -> None:
         """Register the transactional id (fencing any previous holder, which aborts its open transaction),
         retrying while the broker is away."""
-        backoff = 0.5
-        while True:
+
+        def register(_attempt: int) -> None:
             try:
                 self._guarded(self.producer.init_transactions, self.timeout_s)
-                return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if err.fatal() or not err.retriable() or self.stop.is_set():
                     raise ServingError(f"cannot start transactions: {err.str()}") from exc
-                self.log.warning("init_transactions_retry", error=err.str(), retry_in_s=backoff)
+                raise
             except _Stuck as exc:
                 if self.stop.is_set():
                     raise ServingError(f"cannot start transactions: {exc}") from exc
-                self._abandon(str(exc))
-            self.stop.wait(backoff)
-            backoff = min(backoff * 2, self.retry_max_s)
+                raise
+
+        def again(_attempt: int, wait_s: float, error: BaseException) -> None:
+            if isinstance(error, _Stuck):
+                self._abandon(str(error))
+            else:
+                self.log.warning("init_transactions_retry", error=error.args[0].str(), retry_in_s=wait_s)
+
+        # Not ended by stop (it must succeed or fail), but its waits are cut short by it.
+        retry(
+            register,
+            retry_on=(KafkaException, _Stuck),
+            retry_max_s=self.retry_max_s,
+            on_retry=again,
+            wake=self.stop,
+        )
 
     def _abandon(self, why: str) -> None:
         """Give up the current producer for a new one with the same transactional id."""
@@ -418,20 +431,25 @@ class ExactlyOnce(Delivery):
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset: the aborted work is redone."""
-        backoff = 0.5
-        while not self.stop.is_set():
-            try:
-                assignment = self.consumer.assignment()
-                committed = self.consumer.committed(assignment, timeout=self.timeout_s) if assignment else []
-                for tp in committed:
-                    if tp.offset < 0:  # nothing committed yet: auto.offset.reset is earliest
-                        tp.offset = OFFSET_BEGINNING
-                    self.consumer.seek(tp)
-                return
-            except KafkaException as exc:
-                self.log.warning("rewind_retry", error=exc.args[0].str(), retry_in_s=backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, self.retry_max_s)
+
+        def seek_back(_attempt: int) -> None:
+            assignment = self.consumer.assignment()
+            committed = self.consumer.committed(assignment, timeout=self.timeout_s) if assignment else []
+            for tp in committed:
+                if tp.offset < 0:  # nothing committed yet: auto.offset.reset is earliest
+                    tp.offset = OFFSET_BEGINNING
+                self.consumer.seek(tp)
+
+        def again(_attempt: int, wait_s: float, error: BaseException) -> None:
+            self.log.warning("rewind_retry", error=error.args[0].str(), retry_in_s=wait_s)
+
+        retry(
+            seek_back,
+            retry_on=(KafkaException,),
+            retry_max_s=self.retry_max_s,
+            on_retry=again,
+            stop=self.stop,
+        )
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what was done for these partitions while they are still ours; if that fails, it is

@@ -38,6 +38,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.errors import ConfigError, ServingError
 from services import kafka
 from services.config import Settings
+from services.kafka.retry import NotYet, backoff_s, retry
 from services.serving.control import Activation, Control, ModelSlot, ModelSource
 from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, ExactlyOnce
 from services.serving.intake import Decoder, dead_letter
@@ -68,28 +69,33 @@ def wait_for_broker(settings: Settings, stop: threading.Event, log: EventLog) ->
     """Block until the cluster answers, retrying with exponential backoff and saying so; False if stopped."""
     # A quiet client: its connection failures are reported here, once per attempt, not by librdkafka.
     client = AdminClient(kafka.client_config(settings, log_level=0, error_cb=lambda _e: None))
-    backoff, attempt = 0.5, 0
-    while not stop.is_set():
-        attempt += 1
-        try:
-            meta = client.list_topics(timeout=min(5.0, 1.0 + backoff))
-            if meta.brokers:
-                if attempt > 1:
-                    log.info("broker_reachable", bootstrap=settings.bootstrap_servers, attempts=attempt)
-                return True
-            problem = "no brokers in metadata"
-        except KafkaException as exc:
-            problem = exc.args[0].str()
+    retry_max_s = settings.serve.retry_max_s
+
+    def reach(attempt: int) -> bool:
+        if not client.list_topics(timeout=min(5.0, 1.0 + backoff_s(attempt, retry_max_s))).brokers:
+            raise NotYet("no brokers in metadata")
+        if attempt > 1:
+            log.info("broker_reachable", bootstrap=settings.bootstrap_servers, attempts=attempt)
+        return True
+
+    def unreachable(attempt: int, wait_s: float, error: BaseException) -> None:
+        problem = error.args[0].str() if isinstance(error, KafkaException) else str(error)
         log.warning(
             "broker_unreachable",
             bootstrap=settings.bootstrap_servers,
             attempt=attempt,
-            retry_in_s=backoff,
+            retry_in_s=wait_s,
             error=problem,
         )
-        stop.wait(backoff)
-        backoff = min(backoff * 2, settings.serve.retry_max_s)
-    return False
+
+    reached = retry(
+        reach,
+        retry_on=(KafkaException,),
+        retry_max_s=retry_max_s,
+        on_retry=unreachable,
+        stop=stop,
+    )
+    return bool(reached)
 
 
 class Service:

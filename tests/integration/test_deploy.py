@@ -14,6 +14,7 @@ from services import kafka
 from services.cli import main
 from services.config import Settings, load_settings
 from services.deployment import commands
+from services.deployment.state import MONITOR
 from services.registry import Registry
 from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
@@ -190,3 +191,43 @@ def test_retraining_on_what_the_storefront_logged(
     assert data["rows"] + data["held_out"]["rows"] == 3000 * 20
     assert manifest["metrics"]["f1"] > manifest["baseline"]["f1"]
     assert manifest["metrics"]["precision"] > manifest["baseline"]["precision"]
+
+
+def test_rollback_after_an_automatic_rollback_goes_to_the_healthy_version(
+    settings: Settings, world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _version(settings, world)
+    good = _version(settings, world, degrade=0.1)
+    bad = _version(settings, world, degrade=0.8)
+    for version in (first, good, bad):
+        assert main(["deploy", version]) == 0
+    # What the monitor publishes when an alert fires on the bad version.
+    automatic = commands.make(
+        "rollback", good, "f1 low", command_id="rollback:f1-low:x", issued_by=MONITOR, alert_id="f1-low:x"
+    )
+    commands.publish(settings, automatic)
+    capsys.readouterr()
+
+    # Not back to the bad version (the one active before the current), to the one before that.
+    assert main(["rollback", "--reason", "the good one misbehaves"]) == 0
+    assert f"rollback to {first} published" in capsys.readouterr().out
+    assert commands.read_history(settings).active_version == first
+    # Named, the bad version is still reachable.
+    assert main(["rollback", "--to", bad, "--reason", "on purpose"]) == 0
+    assert commands.read_history(settings).active_version == bad
+
+
+def test_rollback_after_the_demo_has_nowhere_healthy_to_go(
+    settings: Settings, world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _version(settings, world)
+    bad = _version(settings, world, degrade=0.8)
+    assert main(["deploy", good]) == 0 and main(["deploy", bad]) == 0
+    commands.publish(
+        settings, commands.make("rollback", good, "f1 low", issued_by=MONITOR, alert_id="f1-low:y")
+    )
+    capsys.readouterr()
+    assert main(["rollback"]) == 1
+    err = capsys.readouterr().err
+    assert f"no healthy version before {good} ({bad} rolled back for an alert); name one with --to" in err
+    assert len(_commands_on_the_topic(settings)) == 3

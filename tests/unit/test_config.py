@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,89 @@ def test_security_settings_reach_every_client(monkeypatch: pytest.MonkeyPatch) -
     assert conf["sasl.password"] == "s3cret"
     assert conf["ssl.ca.location"] == "/etc/ca.pem"
     assert conf["group.id"] == "g"
+
+
+def test_a_misspelt_section_or_key_in_the_file_is_named_with_the_file(tmp_path: Path) -> None:
+    (tmp_path / "modelwatch.toml").write_text(
+        '[[alert]]\nname = "f1-low"\nmetric = "f1"\nbelow = 0.3\n[serve]\nbatch_siz = 64\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("unknown settings 'serve.batch_siz', 'alert' in modelwatch.toml"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("[monitr]\nemit_every_n = 5\n", "unknown setting 'monitr' in"),
+        ('[[alerts]]\nname = "a"\nmetric = "f1"\nbelow = 0.3\nfour = 2\n', "'alerts[0].four' in"),
+        ("[broker]\nprot = 1\n", "'broker.prot' in"),
+    ],
+)
+def test_every_section_refuses_unknown_keys(tmp_path: Path, body: str, words: str) -> None:
+    (tmp_path / "modelwatch.toml").write_text(body)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_settings()
+
+
+def test_a_misspelt_nested_variable_is_named_and_other_modelwatch_variables_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not settings: the tests' own, the config file's name, the secure broker's passwords.
+    for name in (
+        "MODELWATCH_TEST_BROKER_PORT",
+        "MODELWATCH_KEEP_TEST_BROKER",
+        "MODELWATCH_TEST_FAULT_PORT",
+        "MODELWATCH_FAULT_REPORT_DIR",
+        "MODELWATCH_MONITOR_PASSWORD",
+        "MODELWATCH_SERVICE_PASSWORD",
+    ):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("MODELWATCH_BOOTSTRAP", "k9:9092")  # a setting
+    assert load_settings().bootstrap_servers == "k9:9092"
+    monkeypatch.setenv("MODELWATCH_SERVE__BATCH_SIZ", "5")
+    with pytest.raises(
+        ConfigError, match=re.escape("'serve.batch_siz' in the environment (MODELWATCH_SERVE__")
+    ):
+        load_settings()
+
+
+def rules(*tables: str) -> str:
+    return "".join(f"[[alerts]]\n{t}\n" for t in tables)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (
+            rules('name = "a"\nmetric = "f1"\nbelow = 0.3', 'name = "a"\nmetric = "recall"\nbelow = 0.2'),
+            "two alert rules are named 'a'",
+        ),
+        (rules('name = "a"\nmetric = "f1"\nbelow = 1.5'), "below must be in (0, 1]"),
+        (rules('name = "a"\nmetric = "f1"\nbelow = 0'), "below must be in (0, 1]"),
+        (
+            rules('name = "a"\nmetric = "f1"\nbelow = 0.3\nresolve_above = 0.2'),
+            "must not be below the threshold",
+        ),
+        (rules('name = "a"\nmetric = "f1"\nbelow_baseline = 0.2\nresolve_above = 1.0'), "never resolves"),
+        (rules('name = "a"\nmetric = "f1"\nbelow_baseline = 1.2'), "relative drop in (0, 1)"),
+        (rules('name = "a"\nmetric = "f1"'), "exactly one of below, below_baseline and above"),
+        (rules('name = ""\nmetric = "f1"\nbelow = 0.3'), "alerts[0].name"),
+    ],
+)
+def test_every_alert_rule_is_checked(tmp_path: Path, body: str, words: str) -> None:
+    (tmp_path / "modelwatch.toml").write_text(body)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_settings()
+
+
+def test_consistent_rules_load(tmp_path: Path) -> None:
+    (tmp_path / "modelwatch.toml").write_text(
+        rules(
+            'name = "f1-low"\nmetric = "f1"\nbelow = 0.3\nresolve_above = 0.35\naction = "rollback"',
+            'name = "f1-drop"\nmetric = "f1"\nbelow_baseline = 0.2\nresolve_above = 0.3',
+        )
+    )
+    assert [r.name for r in load_settings().alerts] == ["f1-low", "f1-drop"]

@@ -1,0 +1,172 @@
+"""Reading the deployment state from Kafka: one way to open the command log, for everyone.
+
+- :func:`open_command_log`: waits for the command topic, refuses one with more than one partition, and
+  assigns its partition from the beginning (no group, nothing committed, so no committed offset can make a
+  reader miss the start of the history). The replicas' control thread and the :class:`Follower` use it;
+- :class:`Follower`: a thread that reads the command log and the replicas' events to their end, says when it
+  has caught up (``ready``), then keeps following: the monitor's view;
+- :func:`read_state`: the same in one pass to the topics' current end: the CLI's view.
+
+The replicas' events are read from :data:`EVENTS_LOOKBACK_MS` ago (they are kept 30 days and a heartbeat
+comes every few seconds): acknowledgements older than that are not shown, the commands always are.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from schemas.errors import KafkaClientError
+from services import kafka
+from services.config import Settings
+from services.deployment.state import DeploymentState, now_ms
+from services.kafka.retry import NotYet, retry
+from services.kafka.topics import check_command_log, check_command_topic
+
+log = logging.getLogger(__name__)
+
+#: How far back the replicas' events are read: a day of acknowledgements and heartbeats.
+EVENTS_LOOKBACK_MS = 24 * 3600 * 1000
+
+
+def new_state(settings: Settings) -> DeploymentState:
+    """An empty state with the settings' signing key; a replica missing three heartbeats is not live."""
+    key = settings.signing_key.get_secret_value() if settings.signing_key else None
+    return DeploymentState(key=key, live_ms=int(3 * settings.serve.heartbeat_s * 1000))
+
+
+def open_command_log(
+    consumer: Consumer,
+    topic: str,
+    stop: threading.Event,
+    retry_max_s: float,
+    on_wait: Callable[[str, float], None],
+) -> TopicPartition | None:
+    """The command topic's one partition from the beginning, once the topic exists (``on_wait(problem,
+    retry_in_s)`` is told each time it does not yet); ``None`` if ``stop`` is set first. Raises
+    :class:`KafkaClientError` if the topic has more than one partition: no order of commands exists."""
+
+    def find(_attempt: int) -> TopicPartition:
+        meta = consumer.list_topics(topic, timeout=5.0).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise NotYet(meta.error.str() if meta is not None and meta.error else "no partitions")
+        check_command_log(topic, len(meta.partitions))
+        return TopicPartition(topic, 0, OFFSET_BEGINNING)
+
+    def waiting(_attempt: int, wait_s: float, error: BaseException) -> None:
+        on_wait(error.args[0].str() if isinstance(error, KafkaException) else str(error), wait_s)
+
+    return retry(find, retry_on=(KafkaException,), retry_max_s=retry_max_s, on_retry=waiting, stop=stop)
+
+
+def _events_from(consumer: Consumer, topic: str, since_ms: int) -> tuple[list[TopicPartition], set[int]]:
+    """Every partition of the event topic, each at its first event since ``since_ms`` (or at its end when
+    it has none that recent: what comes later is still followed), and the partitions with events to read
+    before the state has caught up."""
+    meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return [], set()  # no event topic (yet): the commands alone
+    wanted = [TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)]
+    found = consumer.offsets_for_times(wanted, timeout=10.0)
+    behind = {tp.partition for tp in found if tp.offset >= 0}
+    for tp in found:
+        if tp.offset < 0:  # nothing that recent in this partition
+            tp.offset = OFFSET_END
+    return found, behind
+
+
+class Follower(threading.Thread):
+    """Follows the command log and the replicas' events into a :class:`DeploymentState`."""
+
+    def __init__(self, settings: Settings, group: str, events: bool = True) -> None:
+        super().__init__(name="deployment-follower", daemon=True)
+        self.settings = settings
+        self.group = group  # never committed (assign): the name only has to match the reader's ACL prefix
+        self.events = events
+        self.state = new_state(settings)
+        self.lock = threading.Lock()
+        self.ready = threading.Event()  # set once both logs were read to their end at start
+        self.stop_event = threading.Event()
+        self.error: Exception | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.ident is not None:
+            self.join(timeout=10)
+
+    def run(self) -> None:
+        consumer = kafka.consumer(
+            self.settings, self.group, **{"enable.partition.eof": True}
+        )  # EOF tells when the history has caught up
+        try:
+            commands_topic = self.settings.topic("model-commands")
+
+            def waiting(problem: str, retry_in: float) -> None:
+                log.warning("waiting for %s: %s (retry in %.1fs)", commands_topic, problem, retry_in)
+
+            log_partition = open_command_log(
+                consumer, commands_topic, self.stop_event, self.settings.serve.retry_max_s, waiting
+            )
+            if log_partition is None:
+                return
+            parts, behind = [log_partition], {(commands_topic, log_partition.partition)}
+            if self.events:
+                events_topic, since = self.settings.topic("model-events"), now_ms() - EVENTS_LOOKBACK_MS
+                events, unread = _events_from(consumer, events_topic, since)
+                parts += events
+                behind |= {(events_topic, p) for p in unread}
+            consumer.assign(parts)
+            while not self.stop_event.is_set():
+                batch = consumer.consume(500, timeout=0.2)
+                with self.lock:
+                    for msg in batch:
+                        err = msg.error()
+                        if err is None:
+                            self._feed(msg, commands_topic)
+                        elif err.code() == KafkaError._PARTITION_EOF:
+                            behind.discard((msg.topic(), msg.partition()))
+                        else:
+                            log.warning("reading %s: %s", msg.topic(), err.str())
+                if not behind and not self.ready.is_set():
+                    log.info("deployment state caught up: commanded %s", self.state.commanded)
+                    self.ready.set()
+        except Exception as exc:  # the owner must learn of it, not die of a background thread
+            self.error = exc
+            log.exception("the deployment follower stopped")
+        finally:
+            consumer.close()
+
+    def _feed(self, msg: Any, commands_topic: str) -> None:
+        if msg.topic() == commands_topic:
+            if not self.state.feed_command_raw(msg.value(), msg.offset()):
+                _, why = self.state.history.ignored[-1]
+                log.warning("ignored a model command: %s", why)
+        else:
+            self.state.feed_event_raw(msg.value())
+
+
+def read_state(
+    settings: Settings, timeout: float = 10.0, events_since_ms: int | None = None
+) -> DeploymentState:
+    """The deployment state as the topics hold it now: every command, and the replicas' events since
+    ``events_since_ms`` (default: :data:`EVENTS_LOOKBACK_MS` ago)."""
+    state = new_state(settings)
+    check_command_topic(settings, timeout)
+    for _key, value, _ts in kafka.read_topic(settings, settings.topic("model-commands"), timeout=timeout):
+        state.feed_command_raw(value)
+    since = events_since_ms if events_since_ms is not None else now_ms() - EVENTS_LOOKBACK_MS
+    try:
+        events = kafka.read_topic(settings, settings.topic("model-events"), timeout=timeout, since_ms=since)
+    except KafkaClientError as exc:  # no event topic: the commands alone still say what was commanded
+        log.warning("no replica events: %s", exc)
+        events = []
+    for _key, value, _ts in events:
+        state.feed_event_raw(value)
+    return state
+
+
+__all__ = ["EVENTS_LOOKBACK_MS", "Follower", "new_state", "open_command_log", "read_state"]
