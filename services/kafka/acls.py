@@ -5,7 +5,8 @@ The roles, with the least each needs (topic names are relative to the prefix):
     storefront  writes requests and outcomes; nothing else, in particular not model-commands
     service     reads requests and model-commands; writes predictions, requests.dlq, model-events;
                 its consumer group and transactional ids carry the prefix
-    monitor     reads predictions, outcomes, model-commands; writes metrics, alerts, model-commands;
+    monitor     reads predictions, outcomes, model-commands; writes metrics, alerts, model-commands,
+                outcomes.dlq;
                 owns everything under ``<prefix>monitor`` (the Faust app's internal topics and group)
     operator    writes model-commands (deploy, rollback); reads every topic under the prefix
 
@@ -92,7 +93,7 @@ def bindings(prefix: str) -> list[AclBinding]:
     acl += _prefixed(service, ResourceType.TRANSACTIONAL_ID, prefix, W, D)
     for src in ("predictions", "outcomes", "model-commands"):
         acl += _topic(monitor, t(src), R, D)
-    for out in ("metrics", "alerts", "model-commands"):
+    for out in ("metrics", "alerts", "model-commands", "outcomes.dlq"):
         acl += _topic(monitor, t(out), W, D)
     acl += _topic(monitor, t("monitor"), AclOperation.ALL, prefixed=True)
     acl += _prefixed(monitor, ResourceType.GROUP, t("monitor"), AclOperation.ALL)
