@@ -109,7 +109,10 @@ class Monitor(JoinAgents):
             retention=timedelta(days=1),  # read within seconds; a day covers a long outage of the join
             **raw,
         )
-        self.outcomes_dlq = self.app.topic(settings.topic("outcomes.dlq"), **raw)
+        # Dead letters keep the source key's bytes, whatever they are.
+        self.outcomes_dlq = self.app.topic(
+            settings.topic("outcomes.dlq"), **{**raw, "key_type": bytes, "key_serializer": "raw"}
+        )
         self.labelled = self.app.topic(
             f"{self.app_id}-labelled",
             internal=True,
