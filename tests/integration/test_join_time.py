@@ -344,3 +344,24 @@ def test_requests_with_an_implausible_ts_are_dead_lettered_by_the_service(settin
     assert sorted(orjson.loads(d["payload"])["request_id"] for d in dead) == sorted(bad)
     assert all(d["error"].startswith("prediction-request: ts: ") for d in dead)
     assert {d["partition"] for d in dead} == set(range(partitions))
+
+
+def test_skewed_storefront_and_replica_clocks_label_as_before(world: World) -> None:
+    """The storefront's clock runs three minutes ahead, a replica's four minutes behind (injected in the
+    events; the machine's clock is untouched): every request is labelled by its outcome, no alert."""
+    version = "skewed"
+    ahead, behind = 3 * 60_000, 4 * 60_000
+    t0 = world.start()
+    reqs = traffic(version, 400, seed=45, t0=t0 + ahead, step_ms=5, hit=0, miss=0, exact=HEALTHY)
+    storefront = Storefront(world.settings)
+    for r in reqs:  # the replica stamps its own ts, and copies the request's as request_ts
+        p = {**r.prediction(), "ts": r.ts - ahead - behind, "request_ts": r.ts}
+        storefront._send("predictions", "prediction", r.request_id, p)
+    storefront.flush()
+    storefront.outcomes(reqs)
+    close_windows(world, reqs)
+    labelled = wait_labelled(world.settings, version, len(reqs))
+    # Guards the join on request_ts: on the replica's ts, seven minutes before the outcomes, every
+    # prediction would expire unlabelled.
+    assert [e["request_id"] for e in labelled if e["expired"]] == []
+    assert alerts_of(world.settings, version) == []
