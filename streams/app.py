@@ -237,9 +237,9 @@ class Monitor(JoinAgents):
             self._last_stats = time.monotonic()
             s = self.join_stats
             log.info(
-                "joined %d (outcome first %d), expired %d, duplicates %d, late %d, orphan outcomes %d, "
+                "joined %d (outcome first %d), expired %d, duplicates %d, orphan outcomes %d, "
                 "invalid %d; %d versions",
-                s.joined, s.outcome_first, s.expired, s.duplicates, s.late, s.orphan_outcomes,
+                s.joined, s.outcome_first, s.expired, s.duplicates, s.orphan_outcomes,
                 self.invalid, len(self.trackers),
             )  # fmt: skip
 

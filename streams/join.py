@@ -10,10 +10,12 @@ worker) until the other comes or the label window closes.
 Clocks (:mod:`streams.watermarks`). Each stream has a watermark, the smallest of its source partitions'
 latest plausible event times less the out-of-order allowance; a bad timestamp never reaches it. A
 prediction's label window closes when the *outcome* watermark has passed ``ts + window``: by then any
-outcome within the window has been seen, however far the two streams' consumers drift apart. An outcome
-waits for its prediction until the *prediction* watermark has passed ``ts + window``, so predictions
-served an hour late (replicas down, then catching up) still find their outcomes; it gives up sooner only
-when the outcome watermark is ``prediction_wait`` past it, which bounds what an outage leaves pending.
+outcome within the window has been seen, however far the two streams' consumers drift apart. The
+prediction stream gives no such promise: replicas catching up after an outage serve each request
+partition's backlog at their own pace, so predictions come out of event-time order by as much as the
+outage lasted. An outcome therefore waits for its prediction until the *outcome* watermark is
+``prediction_wait`` past it (a day by default), which bounds what an outage leaves pending; a prediction
+that comes after its outcome, however late, is joined with it.
 When every outcome partition is idle, nothing in event time moves the outcome watermark, so processing
 time does, safely: a plausible outcome is never more than ``past_tolerance`` older than its broker time,
 so none still to come lies before the monitor's clock less the past tolerance (its clock standing in for
@@ -27,10 +29,9 @@ Duplicates. The monitor is at-least-once: after a crash it reads again what it h
 state that may already include it, and upstream services may send an event twice. A joined or expired
 request therefore leaves a marker until both watermarks are two windows past it; a prediction or outcome
 that finds a marker is a duplicate and is ignored. Markers are kept in buckets of a second of event time
-(one record per bucket, not per request: they are most of the join's writes otherwise). A prediction two
-windows behind the prediction watermark may be a replay whose marker is gone: it is ignored too, counted
-as late. Each rule compares a stream with its own watermark, so none misfires when one topic's consumer
-runs ahead of the other's.
+(one record per bucket, not per request: they are most of the join's writes otherwise). A replay that
+comes after its marker is gone (a prediction is resolved again, as expired) is recognised downstream: each
+version's windows remember their last ``dedupe_horizon`` request ids (:mod:`streams.tracker`).
 """
 
 from __future__ import annotations
@@ -179,7 +180,6 @@ class JoinStats:
     outcome_first: int = 0
     expired: int = 0
     duplicates: int = 0
-    late: int = 0
     orphan_outcomes: int = 0
 
     def add(self, other: JoinStats) -> None:
@@ -222,10 +222,6 @@ class Joiner:
         entry = None if rid in self._marked else self.store.get(rid)
         if rid in self._marked or (entry is not None and entry["kind"] == PREDICTION):
             self.stats.duplicates += 1
-        elif ts + 2 * self.label_window_ms < watermarks.predictions.watermark:
-            self.stats.late += 1
-            if entry is not None:
-                self.store.delete(rid)
         elif entry is not None:
             self.stats.outcome_first += 1
             out.append(self._resolve(rid, _pending_prediction(p), entry))
@@ -248,10 +244,7 @@ class Joiner:
             self.stats.duplicates += 1
         elif entry is not None:
             out.append(self._resolve(rid, entry, _pending_outcome(o)))
-        elif (
-            ts + self.label_window_ms < watermarks.predictions.watermark
-            or ts + self.prediction_wait_ms < watermarks.outcomes.watermark
-        ):
+        elif ts + self.prediction_wait_ms < watermarks.outcomes.watermark:
             # Its prediction would have come by now: nothing can be judged with it.
             self.stats.orphan_outcomes += 1
         else:
@@ -274,8 +267,8 @@ class Joiner:
         clocks, ooo = self.clocks, self.out_of_order_ms
         out: list[Labelled] = []
         predictions = clocks.predictions.candidate(ooo)
-        # No fallback for the predictions: with every prediction partition idle (replicas down), outcomes
-        # wait for their predictions, up to prediction_wait.
+        # No fallback for the predictions: with every prediction partition idle (replicas down) its
+        # watermark stays where it was.
         moved = predictions is not ALL_IDLE and clocks.predictions.advance(predictions)
         outcomes = clocks.outcomes.candidate(ooo)
         if outcomes is ALL_IDLE:
@@ -295,7 +288,7 @@ class Joiner:
         """Label ``pred`` with ``outcome`` (``None``: the window closed without one), leave a marker."""
         ts = int(pred["ts"])
         self.store.delete(rid)
-        # The bucket ends after ts: the marker outlives ts + 2 windows, which the late rule relies on.
+        # The bucket ends after ts: the marker outlives ts + 2 windows.
         bucket = max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS
         ids = self._buckets.get(bucket)
         if ids is None:
@@ -324,10 +317,7 @@ class Joiner:
 
     def _expire_outcomes(self) -> None:
         heap = self._outcomes
-        given_up = max(
-            self.clocks.predictions.watermark - self.label_window_ms,
-            self.clocks.outcomes.watermark - self.prediction_wait_ms,
-        )
+        given_up = self.clocks.outcomes.watermark - self.prediction_wait_ms
         while heap and heap[0][0] < given_up:
             ts, rid = heapq.heappop(heap)
             entry = self.store.get(rid)
