@@ -1,8 +1,8 @@
 """The monitor's Kafka side: credentials in Faust's form, the joined topics' layout, its own topics.
 
 Plain functions the Faust app (:mod:`streams.app`) calls before it starts: wait for the cluster and the
-joined topics (with backoff, so a monitor may start before its broker), check that they are
-co-partitioned, and create the monitor's internal topics before Faust subscribes to them.
+joined topics (with backoff, so a monitor may start before its broker), check their partition counts,
+and create the monitor's internal topics before Faust subscribes to them.
 
 The join no longer needs co-partitioned sources (it repartitions them, :mod:`streams.routing`); equal
 partition counts remain the contract, and give the internal topics their count.
@@ -96,7 +96,7 @@ def ensure_internal_topics(
 
 
 def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None) -> tuple[int, int]:
-    """(partitions, replication) of the joined topics, which must be co-partitioned."""
+    """(partitions, replication) of the joined topics, which share one partition count."""
     meta = (kafka.admin(settings) if client is None else client).list_topics(timeout=timeout)
     counts: dict[str, int] = {}
     replication = 1
@@ -108,7 +108,7 @@ def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None)
         counts[name] = len(topic.partitions)
         replication = len(topic.partitions[0].replicas)
     if len(set(counts.values())) != 1:
-        raise ConfigError(f"the join needs co-partitioned topics; partition counts differ: {counts}")
+        raise ConfigError(f"predictions and outcomes must have one partition count (the contract): {counts}")
     return next(iter(counts.values())), replication
 
 

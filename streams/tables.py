@@ -106,11 +106,22 @@ def load_join_state(table: Any) -> dict[int, tuple[Entries, Markers, Clocks]]:
         kind, _, rest = key.partition(":")
         if kind == "c":
             partition = int(rest)
-            state[partition] = (*of(partition)[:2], Clocks.from_dict(value))
+            if isinstance(value.get("predictions"), dict):  # older monitors kept one number per stream
+                state[partition] = (*of(partition)[:2], Clocks.from_dict(value))
         elif kind == "r":
             partition, _, rid = rest.partition(":")
-            of(int(partition))[0].append((rid, value))
+            of(int(partition))[0].append((rid, _readable(value)))
         elif kind == "m":
             partition, _, bucket = rest.partition(":")
             of(int(partition))[1].append((int(bucket), value["ids"]))
     return state
+
+
+def _readable(entry: dict[str, Any]) -> dict[str, Any]:
+    """A pending request as this monitor writes it, from what an older one wrote (single-letter fields)."""
+    if "kind" in entry:
+        return entry
+    if entry.get("k") == "p":
+        return {"kind": "prediction", "ts": entry["ts"], "version": entry["v"], "candidates": entry["c"],
+                "recommended": entry["r"]}  # fmt: skip
+    return {"kind": "outcome", "ts": entry["ts"], "purchased": entry["b"]}

@@ -322,3 +322,23 @@ def test_labels_do_not_depend_on_arrival_order_across_partitions(seed: int) -> N
     got = [x for x in got if not x.request_id.startswith("pt")]
     assert {x.request_id: x for x in got} == expected
     assert len(got) == len(expected)
+
+
+def test_pending_state_written_by_an_older_monitor_is_read() -> None:
+    """Single-letter records and one clock per stream, as monitors before the watermarks wrote them."""
+    from streams.tables import load_join_state
+
+    old = {
+        "r:0:r1": {"k": "p", "ts": 100, "v": "v1", "c": ["a", "b", "c"], "r": ["a", "b"]},
+        "r:0:r2": {"k": "o", "ts": 150, "b": ["a"]},
+        "c:0": {"predictions": 100, "outcomes": 150},
+        "m:0:0": {"ids": ["r0"]},
+    }
+    entries, markers, clocks = load_join_state(old)[0]
+    j = Joiner(DictStore(), W, clocks=clocks)
+    for rid, entry in entries:
+        j.store.put(rid, entry)
+    j.rebuild(entries, markers)
+    assert j.outcome(outcome("r1", 300)) == [Labelled("r1", "v1", 100, BOUGHT_A)]
+    assert j.prediction(prediction("r2", 120)) == [Labelled("r2", "v1", 120, BOUGHT_A)]
+    assert j.prediction(prediction("r0", 50)) == []  # its marker survived
