@@ -336,7 +336,9 @@ def test_hostile_requests_outcomes_and_commands(
                     ),
                 ),
             ],
-            good=[{"request_id": "", "user_id": "u-1", "items": ["i-1", "i-2"], "ts": 1}],
+            good=[
+                {"request_id": "", "user_id": "u-1", "items": ["i-1", "i-2"], "ts": int(time.time() * 1000)}
+            ],
             outcomes=[(b"\xff", b"\xff"), (None, None), (b"k", _deep(10_000))],
             orders=[None, b"\x00", orjson.dumps(commands.make("deploy", v2, "unsigned"))],
         )
