@@ -22,8 +22,9 @@ class Topic:
     suffix: str
     event: str
     key: str
-    #: Requests, predictions and outcomes must share a partition count so the monitor's join is
-    #: co-partitioned; the others are small control or output streams.
+    #: Requests, predictions and outcomes: the storefront's traffic, with the most partitions and broker
+    #: timestamps (LogAppendTime) to judge their event times by; the others are small control or output
+    #: streams.
     joined: bool
     cleanup: Cleanup = Cleanup.DELETE
     #: Retention in ms; ``None`` keeps the broker default. The command topic is the audit log: forever.
@@ -43,6 +44,8 @@ ALERTS = Topic("alerts", "alert", "model_version", joined=False, retention_ms=90
 MODEL_COMMANDS = Topic("model-commands", "model-command", "model name", joined=False, retention_ms=-1)
 MODEL_EVENTS = Topic("model-events", "model-event", "instance", joined=False, retention_ms=30 * DAY_MS)
 REQUESTS_DLQ = Topic("requests.dlq", "dead-letter", "the source key", joined=False, retention_ms=30 * DAY_MS)
+#: Outcomes the monitor could not use (against the schema, or an implausible ts), with the reason.
+OUTCOMES_DLQ = Topic("outcomes.dlq", "dead-letter", "the source key", joined=False, retention_ms=30 * DAY_MS)
 
 ALL: tuple[Topic, ...] = (
     REQUESTS,
@@ -53,6 +56,7 @@ ALL: tuple[Topic, ...] = (
     MODEL_COMMANDS,
     MODEL_EVENTS,
     REQUESTS_DLQ,
+    OUTCOMES_DLQ,
 )
 
 BY_SUFFIX = {t.suffix: t for t in ALL}

@@ -117,6 +117,46 @@ class MonitorSettings(Section):
     dedupe_horizon: int = Field(
         50_000, ge=0, description="Recent requests per version remembered, so a replay is not counted twice."
     )
+    # Event time (the storefront's clock) is checked against the broker time of the message carrying it.
+    future_tolerance_s: float = Field(
+        300.0, ge=0, description="An event's ts may be this far after its message's broker timestamp."
+    )
+    past_tolerance_s: float | None = Field(
+        None,
+        ge=0,
+        description="...and this far before it (requests, outcomes); unset: the label window, "
+        "at least an hour. Beyond either bound the event is dead-lettered and moves no clock.",
+    )
+    out_of_order_s: float | None = Field(
+        None,
+        ge=0,
+        description="How far out of event-time order an event may arrive and still count; unset: "
+        "the future tolerance or the label window, whichever is shorter.",
+    )
+    idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A source partition without new events this long no longer holds the join's "
+        "clocks back; with every outcome partition idle, predictions expire on the prediction clock.",
+    )
+    prediction_wait_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="How long an outcome waits for a late prediction (a serving outage), "
+        "and how far behind its message a prediction's request_ts may be.",
+    )
+
+    @property
+    def past_tolerance(self) -> float:
+        if self.past_tolerance_s is not None:
+            return self.past_tolerance_s
+        return max(self.label_window_s, 3600.0)
+
+    @property
+    def out_of_order(self) -> float:
+        if self.out_of_order_s is not None:
+            return self.out_of_order_s
+        return min(self.future_tolerance_s, self.label_window_s)
 
 
 class AlertRule(Section):

@@ -2,7 +2,12 @@
 
 Three agents, each with concurrency 1 and batches from ``stream.take_events``:
 
-``join``   reads predictions and outcomes (co-partitioned by request_id), joins them per partition
+``route``  reads predictions and outcomes as their producers partitioned them, checks them (the contract,
+           plausible event times: :mod:`schemas.eventtime`; bad outcomes go to ``<prefix>outcomes.dlq``)
+           and repartitions them by request_id to the internal topic ``<prefix>monitor-joinable``, one
+           message per join partition and batch, with a report on its source partitions
+           (:mod:`streams.routing`); a timer repeats the reports when the sources are quiet.
+``join``   reads ``<prefix>monitor-joinable``, joins predictions with outcomes per partition in event time
            (:mod:`streams.join`) with the pending requests in the ``pending`` table, and sends the
            labelled requests to the internal topic ``<prefix>monitor-labelled``, one message per version
            and batch, keyed by model_version: that repartition puts each version's stream in one place.
@@ -17,13 +22,14 @@ A timer emits every ``emit_every_s`` seconds for versions with news since their 
 background thread follows the command topic (:mod:`streams.history`).
 
 Names: the app id is ``<prefix>monitor`` (also its consumer group), so its topics are
-``<prefix>monitor-labelled``, ``<prefix>monitor-pending-changelog`` and ``<prefix>monitor-windows-changelog``.
+``<prefix>monitor-joinable``, ``<prefix>monitor-labelled``, ``<prefix>monitor-pending-changelog`` and
+``<prefix>monitor-windows-changelog``.
 
 Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs) with idempotent effects.
-Faust flushes everything produced before it commits offsets. Each output (labelled requests, metrics,
-alerts, commands) is acknowledged before the state that says it was sent is written, so a crash repeats
-work rather than lose it; the repeats are recognised: the join's markers, the windows' last counted
-offset and recent request ids, the alert transitions and commands already on their topics.
+Faust flushes everything produced before it commits offsets. Each output (joinable events, labelled
+requests, metrics, alerts, commands) is acknowledged before the state that says it was sent is written, so
+a crash repeats work rather than lose it; the repeats are recognised: the join's markers, the windows' last
+counted offset and recent request ids, the alert transitions and commands already on their topics.
 
 Start it with ``modelwatch monitor`` or ``faust -A streams.app worker -l info``.
 """
@@ -39,27 +45,26 @@ from typing import Any, cast
 import faust
 
 from schemas import codec
-from schemas.errors import ContractError
 from services.config import AlertRule, Settings, load_settings
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
 from streams.failures import Failure, encode_failures, failure_of
 from streams.history import CommandFollower, published_alerts
-from streams.join import Clocks, Joiner, JoinStats, Labelled, encode_bundle
+from streams.join import Joiner, JoinStats
+from streams.join_agents import JoinAgents
 from streams.rollback import RollbackPolicy
-from streams.tables import PartitionedTable, PendingStore
+from streams.routing import Router
+from streams.tables import PartitionedTable
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 from streams.watch import Watch
 
 log = logging.getLogger("modelwatch.monitor")
 
 READY = "modelwatch monitor ready"
-#: Labelled requests per message of the repartition topic (well under Kafka's 1 MB message limit).
-BUNDLE = 1000
 
 
-class Monitor:
+class Monitor(JoinAgents):
     """The Faust app, its topics and tables, and the plain state its agents share."""
 
     def __init__(self, settings: Settings) -> None:
@@ -102,6 +107,17 @@ class Monitor:
         self.sources = self.app.topic(
             self.predictions_topic, self.outcomes_topic, **{**raw, "key_type": bytes, "key_serializer": "raw"}
         )
+        self.joinable = self.app.topic(
+            f"{self.app_id}-joinable",
+            internal=True,
+            partitions=partitions,
+            retention=timedelta(days=1),  # read within seconds; a day covers a long outage of the join
+            **raw,
+        )
+        # Dead letters keep the source key's bytes, whatever they are.
+        self.outcomes_dlq = self.app.topic(
+            settings.topic("outcomes.dlq"), **{**raw, "key_type": bytes, "key_serializer": "raw"}
+        )
         self.labelled = self.app.topic(
             f"{self.app_id}-labelled",
             internal=True,
@@ -121,6 +137,13 @@ class Monitor:
         self.windows = self._table("windows", "each version's windows, totals and alert states")
 
         self.label_window_ms = int(m.label_window_s * 1000)
+        self.router = Router(
+            partitions,
+            future_ms=int(m.future_tolerance_s * 1000),
+            past_ms=int(m.past_tolerance * 1000),
+            prediction_past_ms=int(m.prediction_wait_s * 1000),
+            idle_timeout_s=m.idle_timeout_s,
+        )
         self.tracker_config = TrackerConfig.from_settings(m, settings.alerts)
         self.baselines = RegistryBaselines(settings)
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
@@ -139,7 +162,9 @@ class Monitor:
         self._lock = asyncio.Lock()  # the watch agent and the timer share the trackers
         self._last_stats = time.monotonic()
 
-        self.app.agent(self.sources, name=f"{self.app_id}.join", concurrency=1)(self.join)
+        self.app.agent(self.sources, name=f"{self.app_id}.route", concurrency=1)(self.route)
+        self.app.agent(self.joinable, name=f"{self.app_id}.join", concurrency=1)(self.join)
+        self.app.timer(min(1.0, m.idle_timeout_s / 4), name=f"{self.app_id}.report")(self.report)
         self.app.agent(self.labelled, name=f"{self.app_id}.watch", concurrency=1)(self.watch)
         self.app.agent(self.dead_letters, name=f"{self.app_id}.failures", concurrency=1)(self.failures)
         self.app.timer(m.emit_every_s, name=f"{self.app_id}.tick")(self.tick)
@@ -171,6 +196,7 @@ class Monitor:
 
     async def on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self._generation += 1
+        self._assign_sources()
         self._start_follower()  # the first rebalance may come before the app's tasks start
         loop = asyncio.get_running_loop()
         caught_up = await loop.run_in_executor(None, self.follower.ready.wait, 30.0)
@@ -179,81 +205,6 @@ class Monitor:
 
     async def on_before_shutdown(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.follower.stop()
-
-    # -- the join ----------------------------------------------------------------------------------------
-
-    async def join(self, stream: faust.StreamT) -> None:
-        m = self.settings.monitor
-        async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
-            if self._join_generation != self._generation:
-                self._load_joiners()
-            stores: dict[int, PendingStore] = {}
-            by_version: dict[str, list[Labelled]] = {}
-            for event in events:
-                message = event.message
-                joiner = self._joiner(message.partition, stores)
-                try:
-                    if message.topic == self.predictions_topic:
-                        out = joiner.prediction(codec("prediction").decode(event.value))
-                    else:
-                        out = joiner.outcome(codec("outcome").decode(event.value))
-                except ContractError as exc:
-                    self.invalid += 1
-                    where = f"{message.topic}[{message.partition}]@{message.offset}"
-                    log.warning("skipped %s: %s", where, exc)
-                    continue
-                for item in out:
-                    by_version.setdefault(item.model_version, []).append(item)
-            # The labelled requests must be on the broker before the markers that say they were sent: the
-            # other way round, a crash in between loses them (a replay finds the markers and sends nothing).
-            sent = [
-                await self.labelled.send(key=version, value=encode_bundle(items[i : i + BUNDLE]), force=True)
-                for version, items in by_version.items()
-                for i in range(0, len(items), BUNDLE)
-            ]
-            if sent:
-                await asyncio.gather(*sent)
-            for partition, store in stores.items():
-                joiner = self.joiners[partition]
-                joiner.sync()
-                store.flush(joiner.clocks)
-
-    def _joiner(self, partition: int, stores: dict[int, PendingStore]) -> Joiner:
-        joiner = self.joiners.get(partition)
-        if joiner is None:
-            joiner = Joiner(
-                PendingStore(self.pending, partition), self.label_window_ms, self.settings.monitor.unlabelled
-            )
-            joiner.stats = self.join_stats
-            self.joiners[partition] = joiner
-        store = joiner.store
-        assert isinstance(store, PendingStore)
-        stores[partition] = store
-        return joiner
-
-    def _load_joiners(self) -> None:
-        """Rebuild each partition's join bookkeeping from the ``pending`` table (after recovery)."""
-        by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = {}
-        markers: dict[int, list[tuple[int, list[str]]]] = {}
-        clocks: dict[int, Clocks] = {}
-        for key, value in self.pending.items():
-            kind, _, rest = key.partition(":")
-            if kind == "c":
-                clocks[int(rest)] = Clocks(**value)
-            elif kind == "r":
-                partition, _, rid = rest.partition(":")
-                by_partition.setdefault(int(partition), []).append((rid, value))
-            elif kind == "m":
-                partition, _, bucket = rest.partition(":")
-                markers.setdefault(int(partition), []).append((int(bucket), value["ids"]))
-        self.joiners = {}
-        for partition in set(by_partition) | set(clocks) | set(markers):
-            joiner = self._joiner(partition, {})
-            joiner.clocks = clocks.get(partition, Clocks())
-            joiner.rebuild(by_partition.get(partition, []), markers.get(partition, []))
-        self._join_generation = self._generation
-        pending = sum(len(v) for v in by_partition.values())
-        log.info("join state: %d partitions, %d pending or recent requests", len(self.joiners), pending)
 
     # -- the windows -------------------------------------------------------------------------------------
 
@@ -305,9 +256,9 @@ class Monitor:
             self._last_stats = time.monotonic()
             s = self.join_stats
             log.info(
-                "joined %d (outcome first %d), expired %d, duplicates %d, late %d, orphan outcomes %d, "
+                "joined %d (outcome first %d), expired %d, duplicates %d, orphan outcomes %d, "
                 "invalid %d; %d versions",
-                s.joined, s.outcome_first, s.expired, s.duplicates, s.late, s.orphan_outcomes,
+                s.joined, s.outcome_first, s.expired, s.duplicates, s.orphan_outcomes,
                 self.invalid + self.watching.invalid, len(self.watching.trackers),
             )  # fmt: skip
 

@@ -1,8 +1,11 @@
 """The monitor's Kafka side: credentials in Faust's form, the joined topics' layout, its own topics.
 
 Plain functions the Faust app (:mod:`streams.app`) calls before it starts: wait for the cluster and the
-joined topics (with backoff, so a monitor may start before its broker), check that they are
-co-partitioned, and create the monitor's internal topics before Faust subscribes to them.
+joined topics (with backoff, so a monitor may start before its broker), check their partition counts,
+and create the monitor's internal topics before Faust subscribes to them.
+
+The join no longer needs co-partitioned sources (it repartitions them, :mod:`streams.routing`); equal
+partition counts remain the contract, and give the internal topics their count.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types.auth import CredentialsT
 
+from schemas import topics as contract
 from schemas.errors import ConfigError, KafkaClientError
 from services import kafka
 from services.config import Settings
@@ -53,6 +57,7 @@ def broker_credentials(settings: Settings) -> CredentialsT | None:
 def internal_topics(app_id: str) -> dict[str, str]:
     """The monitor's own topics and their cleanup policy."""
     return {
+        f"{app_id}-joinable": "delete",
         f"{app_id}-labelled": "delete",
         f"{app_id}-pending-changelog": "compact",
         f"{app_id}-windows-changelog": "compact",
@@ -78,11 +83,20 @@ def ensure_internal_topics(
         wanted.append(
             NewTopic(name, num_partitions=partitions, replication_factor=replication, config=config)
         )
+    # The outcomes' dead-letter topic, for a deployment whose contract topics predate it.
+    wanted.append(
+        NewTopic(
+            settings.topic("outcomes.dlq"),
+            num_partitions=min(partitions, 3),
+            replication_factor=replication,
+            config={"cleanup.policy": "delete", "retention.ms": str(contract.OUTCOMES_DLQ.retention_ms)},
+        )
+    )
     ensure_topics(client, wanted, timeout)
 
 
 def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None) -> tuple[int, int]:
-    """(partitions, replication) of the joined topics, which must be co-partitioned."""
+    """(partitions, replication) of the joined topics, which share one partition count."""
     meta = (kafka.admin(settings) if client is None else client).list_topics(timeout=timeout)
     counts: dict[str, int] = {}
     replication = 1
@@ -94,7 +108,7 @@ def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None)
         counts[name] = len(topic.partitions)
         replication = len(topic.partitions[0].replicas)
     if len(set(counts.values())) != 1:
-        raise ConfigError(f"the join needs co-partitioned topics; partition counts differ: {counts}")
+        raise ConfigError(f"predictions and outcomes must have one partition count (the contract): {counts}")
     return next(iter(counts.values())), replication
 
 

@@ -1,26 +1,37 @@
-"""Join predictions with outcomes by request_id, on one partition, in event time.
+"""Join predictions with outcomes by request_id, in event time: the storefront's clock on both sides.
 
-Predictions and outcomes are keyed by request_id and co-partitioned, so one partition's join is whole in
-one place. Either may arrive first: whichever comes first waits in the pending store (a Faust table with a
-changelog, in the worker) until the other comes or the label window closes.
+A prediction's event time is the ``request_ts`` the service copied from its request (its own ``ts`` if an
+older producer left it out); an outcome's is its ``ts``. The monitor first repartitions both streams by
+request_id through one internal topic with one partitioner (:mod:`streams.routing`), so a request's
+prediction and outcome meet in one :class:`Joiner` whatever partitioner their producers used. Either may
+arrive first: whichever comes first waits in the pending store (a Faust table with a changelog, in the
+worker) until the other comes or the label window closes.
 
-Clocks. Each partition keeps two event-time watermarks, the highest ``ts`` seen on each stream. A
-prediction's label window closes when the *outcome* stream has passed ``ts + window``: outcomes arrive
-in time order, so by then any outcome within the window has been seen, however far the two topics'
-consumers drift apart (after a restart one topic may be read ahead of the other). Symmetrically, an
-outcome waiting for its prediction is given up when the *prediction* stream has passed ``ts + window``.
+Clocks (:mod:`streams.watermarks`). Each stream has a watermark, the smallest of its source partitions'
+latest plausible event times less the out-of-order allowance; a bad timestamp never reaches it. A
+prediction's label window closes when the *outcome* watermark has passed ``ts + window``: by then any
+outcome within the window has been seen, however far the two streams' consumers drift apart. The
+prediction stream gives no such promise: replicas catching up after an outage serve each request
+partition's backlog at their own pace, so predictions come out of event-time order by as much as the
+outage lasted. An outcome therefore waits for its prediction until the *outcome* watermark is
+``prediction_wait`` past it (a day by default), which bounds what an outage leaves pending; a prediction
+that comes after its outcome, however late, is joined with it.
+When every outcome partition is idle, nothing in event time moves the outcome watermark, so processing
+time does, safely: a plausible outcome is never more than ``past_tolerance`` older than its broker time,
+so none still to come lies before the monitor's clock less the past tolerance (its clock standing in for
+the broker's). Predictions still expire, pending state stays bounded, and no label that can still come is
+given up.
 
 Expired predictions are resolved by config: counted as "no purchase" (the storefront's usual meaning) or
 dropped as unlabelled. Either way they are reported as expired.
 
 Duplicates. The monitor is at-least-once: after a crash it reads again what it had not committed, with
 state that may already include it, and upstream services may send an event twice. A joined or expired
-request therefore leaves a marker until both clocks are two windows past it; a prediction or outcome that
-finds a marker is a duplicate and is ignored. Markers are kept in buckets of a second of event time (one
-record per bucket, not per request: they are most of the join's writes otherwise). A prediction two
-windows behind the prediction clock (or an outcome a window behind it) may be a replay whose marker is
-gone: it is ignored too, counted as late (or orphan). Each rule compares a stream with its own clock, so
-none misfires when one topic's consumer runs ahead of the other's.
+request therefore leaves a marker until both watermarks are two windows past it; a prediction or outcome
+that finds a marker is a duplicate and is ignored. Markers are kept in buckets of a second of event time
+(one record per bucket, not per request: they are most of the join's writes otherwise). A replay that
+comes after its marker is gone (a prediction is resolved again, as expired) is recognised downstream: each
+version's windows remember their last ``dedupe_horizon`` request ids (:mod:`streams.tracker`).
 """
 
 from __future__ import annotations
@@ -33,12 +44,38 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from schemas.metrics import Counts, request_counts
+from streams.watermarks import ALL_IDLE, Clocks
 
 Unlabelled = Literal["no_purchase", "drop"]
 
-PREDICTION, OUTCOME, DONE = "p", "o", "d"
+PREDICTION, OUTCOME = "prediction", "outcome"
 #: Markers are grouped by the prediction clock when they were set, in buckets of this many ms.
 MARKER_BUCKET_MS = 1000
+
+
+def joinable_prediction(p: dict[str, Any], source: int = 0) -> dict[str, Any]:
+    """What the join needs of a prediction event: its event time and what the counts need (the candidates,
+    the recommended ones, the version), and the source partition it was read from."""
+    ts = p.get("request_ts")
+    return {
+        "kind": PREDICTION,
+        "request_id": p["request_id"],
+        "ts": int(p["ts"] if ts is None else ts),
+        "version": p["model_version"],
+        "candidates": list(p["scores"]),
+        "recommended": p["recommended"],
+        "source": source,
+    }
+
+
+def joinable_outcome(o: dict[str, Any], source: int = 0) -> dict[str, Any]:
+    return {
+        "kind": OUTCOME,
+        "request_id": o["request_id"],
+        "ts": int(o["ts"]),
+        "purchased": o["purchased"],
+        "source": source,
+    }
 
 
 class PendingStore(Protocol):
@@ -143,7 +180,6 @@ class JoinStats:
     outcome_first: int = 0
     expired: int = 0
     duplicates: int = 0
-    late: int = 0
     orphan_outcomes: int = 0
 
     def add(self, other: JoinStats) -> None:
@@ -152,85 +188,97 @@ class JoinStats:
 
 
 @dataclass
-class Clocks:
-    """A partition's event-time watermarks (ms); ``-1`` before the first event."""
-
-    predictions: int = -1
-    outcomes: int = -1
-
-    def as_dict(self) -> dict[str, int]:
-        return {"predictions": self.predictions, "outcomes": self.outcomes}
-
-
-@dataclass
 class Joiner:
-    """The join of one partition. Feed it events in the partition's order; it returns labelled requests."""
+    """The join of one partition of the repartitioned streams. Feed it joinable events (and the router's
+    reports on the source partitions) in the partition's order; it returns labelled requests."""
 
     store: PendingStore
     label_window_ms: int
     unlabelled: Unlabelled = "no_purchase"
+    out_of_order_ms: int = 0
+    prediction_wait_ms: int = 86_400_000
+    past_tolerance_ms: int = 3_600_000
     clocks: Clocks = field(default_factory=Clocks)
     stats: JoinStats = field(default_factory=JoinStats)
-    # (deadline, request_id) per kind; entries may be stale (the request moved on), so each is checked.
+    # (ts, request_id) per kind; entries may be stale (the request moved on), so each is checked.
     _predictions: list[tuple[int, str]] = field(default_factory=list)
     _outcomes: list[tuple[int, str]] = field(default_factory=list)
     _marked: dict[str, int] = field(default_factory=dict)  # request_id -> its marker's bucket
     _buckets: dict[int, list[str]] = field(default_factory=dict)
     _bucket_order: list[int] = field(default_factory=list)  # a heap of the buckets' numbers
     _dirty_buckets: set[int] = field(default_factory=set)
+    now_ms: int = -1  # the router's clock (processing time), as last reported
 
     # -- events ------------------------------------------------------------------------------------------
 
-    def _kind(self, rid: str) -> tuple[str | None, dict[str, Any] | None]:
-        if rid in self._marked:
-            return DONE, None
-        entry = self.store.get(rid)
-        return (entry["k"] if entry else None), entry
+    def event(self, e: dict[str, Any]) -> list[Labelled]:
+        return self.prediction(e) if e["kind"] == PREDICTION else self.outcome(e)
 
     def prediction(self, p: dict[str, Any]) -> list[Labelled]:
-        rid, ts = p["request_id"], int(p["ts"])
+        """A joinable prediction (:func:`joinable_prediction`) whose event time is plausible."""
+        rid, ts = p["request_id"], p["ts"]
+        watermarks = self.clocks
         out: list[Labelled] = []
-        kind, entry = self._kind(rid)
-        if kind in (PREDICTION, DONE):
+        entry = None if rid in self._marked else self.store.get(rid)
+        if rid in self._marked or (entry is not None and entry["kind"] == PREDICTION):
             self.stats.duplicates += 1
-        elif ts + 2 * self.label_window_ms < self.clocks.predictions:
-            self.stats.late += 1
-            if kind == OUTCOME:
-                self.store.delete(rid)
-        elif kind == OUTCOME:
-            assert entry is not None
+        elif entry is not None:
             self.stats.outcome_first += 1
             out.append(self._resolve(rid, _pending_prediction(p), entry))
-        elif ts + self.label_window_ms < self.clocks.outcomes:
+        elif ts + self.label_window_ms < watermarks.outcomes.watermark:
             # Every outcome within its window has been seen already, and none was this one's.
             out.append(self._resolve(rid, _pending_prediction(p), None))
         else:
             self.store.put(rid, _pending_prediction(p))
-            heapq.heappush(self._predictions, (ts + self.label_window_ms, rid))
-        if ts > self.clocks.predictions:
-            self.clocks.predictions = ts
-            self._expire_outcomes()
-            self._forget_markers()
-        return out
+            heapq.heappush(self._predictions, (ts, rid))
+        watermarks.predictions.observe(p.get("source", 0), ts)
+        return out + self.advance()
 
     def outcome(self, o: dict[str, Any]) -> list[Labelled]:
-        rid, ts = o["request_id"], int(o["ts"])
+        """A joinable outcome (:func:`joinable_outcome`) whose event time is plausible."""
+        rid, ts = o["request_id"], o["ts"]
+        watermarks = self.clocks
         out: list[Labelled] = []
-        kind, entry = self._kind(rid)
-        if kind in (OUTCOME, DONE):
+        entry = None if rid in self._marked else self.store.get(rid)
+        if rid in self._marked or (entry is not None and entry["kind"] == OUTCOME):
             self.stats.duplicates += 1
-        elif kind == PREDICTION:
-            assert entry is not None
-            out.append(self._resolve(rid, entry, {"k": OUTCOME, "ts": ts, "b": o["purchased"]}))
-        elif ts + self.label_window_ms < self.clocks.predictions:
+        elif entry is not None:
+            out.append(self._resolve(rid, entry, _pending_outcome(o)))
+        elif ts + self.prediction_wait_ms < watermarks.outcomes.watermark:
             # Its prediction would have come by now: nothing can be judged with it.
             self.stats.orphan_outcomes += 1
         else:
-            self.store.put(rid, {"k": OUTCOME, "ts": ts, "b": o["purchased"]})
-            heapq.heappush(self._outcomes, (ts + self.label_window_ms, rid))
-        if ts > self.clocks.outcomes:
-            self.clocks.outcomes = ts
+            self.store.put(rid, _pending_outcome(o))
+            heapq.heappush(self._outcomes, (ts, rid))
+        watermarks.outcomes.observe(o.get("source", 0), ts)
+        return out + self.advance()
+
+    def report(
+        self, stream: str, source: int, latest: int, idle: bool, partitions: int, now_ms: int = -1
+    ) -> list[Labelled]:
+        """The router's word on one source partition of ``stream`` (and its clock, ``now_ms``); returns what
+        expired by it."""
+        self.clocks.stream(stream).report(source, latest, idle, partitions)
+        self.now_ms = max(self.now_ms, now_ms)
+        return self.advance()
+
+    def advance(self) -> list[Labelled]:
+        """Move the watermarks as far as the source partitions allow; expire what they passed."""
+        clocks, ooo = self.clocks, self.out_of_order_ms
+        out: list[Labelled] = []
+        predictions = clocks.predictions.candidate(ooo)
+        # No fallback for the predictions: with every prediction partition idle (replicas down) its
+        # watermark stays where it was.
+        moved = predictions is not ALL_IDLE and clocks.predictions.advance(predictions)
+        outcomes = clocks.outcomes.candidate(ooo)
+        if outcomes is ALL_IDLE:
+            # No outcome comes at all: none still to come is older than the clock less the past tolerance.
+            outcomes = self.now_ms - self.past_tolerance_ms if self.now_ms >= 0 else -1
+        if clocks.outcomes.advance(outcomes):
             out += self._expire_predictions()
+            moved = True
+        if moved:
+            self._expire_outcomes()
             self._forget_markers()
         return out
 
@@ -240,8 +288,8 @@ class Joiner:
         """Label ``pred`` with ``outcome`` (``None``: the window closed without one), leave a marker."""
         ts = int(pred["ts"])
         self.store.delete(rid)
-        # The bucket ends after ts: the marker outlives ts + 2 windows, which the late rule relies on.
-        bucket = max(self.clocks.predictions, ts) // MARKER_BUCKET_MS
+        # The bucket ends after ts: the marker outlives ts + 2 windows.
+        bucket = max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS
         ids = self._buckets.get(bucket)
         if ids is None:
             ids = self._buckets[bucket] = []
@@ -249,38 +297,37 @@ class Joiner:
         ids.append(rid)
         self._marked[rid] = bucket
         self._dirty_buckets.add(bucket)
+        version, candidates, recommended = pred["version"], pred["candidates"], pred["recommended"]
         if outcome is not None and int(outcome["ts"]) <= ts + self.label_window_ms:
             self.stats.joined += 1
-            return Labelled(rid, pred["v"], ts, request_counts(pred["c"], pred["r"], outcome["b"]))
+            return Labelled(rid, version, ts, request_counts(candidates, recommended, outcome["purchased"]))
         self.stats.expired += 1
-        counts = request_counts(pred["c"], pred["r"], ()) if self.unlabelled == "no_purchase" else None
-        return Labelled(rid, pred["v"], ts, counts, expired=True)
+        counts = request_counts(candidates, recommended, ()) if self.unlabelled == "no_purchase" else None
+        return Labelled(rid, version, ts, counts, expired=True)
 
     def _expire_predictions(self) -> list[Labelled]:
         out: list[Labelled] = []
-        heap, now = self._predictions, self.clocks.outcomes
-        while heap and heap[0][0] < now:
-            deadline, rid = heapq.heappop(heap)
+        heap, closed = self._predictions, self.clocks.outcomes.watermark - self.label_window_ms
+        while heap and heap[0][0] < closed:
+            ts, rid = heapq.heappop(heap)
             entry = self.store.get(rid)
-            if (
-                entry is not None
-                and entry["k"] == PREDICTION
-                and entry["ts"] + self.label_window_ms == deadline
-            ):
+            if entry is not None and entry["kind"] == PREDICTION and entry["ts"] == ts:
                 out.append(self._resolve(rid, entry, None))
         return out
 
     def _expire_outcomes(self) -> None:
-        heap, now = self._outcomes, self.clocks.predictions
-        while heap and heap[0][0] < now:
-            deadline, rid = heapq.heappop(heap)
+        heap = self._outcomes
+        given_up = self.clocks.outcomes.watermark - self.prediction_wait_ms
+        while heap and heap[0][0] < given_up:
+            ts, rid = heapq.heappop(heap)
             entry = self.store.get(rid)
-            if entry is not None and entry["k"] == OUTCOME and entry["ts"] + self.label_window_ms == deadline:
+            if entry is not None and entry["kind"] == OUTCOME and entry["ts"] == ts:
                 self.store.delete(rid)
                 self.stats.orphan_outcomes += 1
 
     def _forget_markers(self) -> None:
-        heap, now = self._bucket_order, min(self.clocks.predictions, self.clocks.outcomes)
+        heap = self._bucket_order
+        now = min(self.clocks.predictions.watermark, self.clocks.outcomes.watermark)
         while heap and (heap[0] + 1) * MARKER_BUCKET_MS + 2 * self.label_window_ms < now:
             bucket = heapq.heappop(heap)
             for rid in self._buckets.pop(bucket, []):
@@ -298,15 +345,11 @@ class Joiner:
     def rebuild(
         self, entries: Iterable[tuple[str, dict[str, Any]]], buckets: Iterable[tuple[int, list[str]]] = ()
     ) -> None:
-        """Rebuild the deadline heaps and markers from the store's records of this partition (a restart)."""
-        w = self.label_window_ms
+        """Rebuild the expiry heaps and markers from the store's records of this partition (a restart)."""
         self._predictions, self._outcomes = [], []
         for rid, entry in entries:
-            kind, ts = entry["k"], int(entry["ts"])
-            if kind == PREDICTION:
-                self._predictions.append((ts + w, rid))
-            elif kind == OUTCOME:
-                self._outcomes.append((ts + w, rid))
+            heap = self._predictions if entry["kind"] == PREDICTION else self._outcomes
+            heap.append((int(entry["ts"]), rid))
         for heap in (self._predictions, self._outcomes):
             heapq.heapify(heap)
         self._buckets = {int(b): list(ids) for b, ids in buckets}
@@ -320,11 +363,8 @@ class Joiner:
 
 
 def _pending_prediction(p: dict[str, Any]) -> dict[str, Any]:
-    # Only what the counts need: the candidates (the score keys), the recommended ones, the version.
-    return {
-        "k": PREDICTION,
-        "ts": int(p["ts"]),
-        "v": p["model_version"],
-        "c": list(p["scores"]),
-        "r": p["recommended"],
-    }
+    return {k: p[k] for k in ("kind", "ts", "version", "candidates", "recommended")}
+
+
+def _pending_outcome(o: dict[str, Any]) -> dict[str, Any]:
+    return {k: o[k] for k in ("kind", "ts", "purchased")}

@@ -10,7 +10,10 @@ from typing import Any
 
 import faust
 
-from streams.join import Clocks
+from streams.watermarks import Clocks
+
+Entries = list[tuple[str, dict[str, Any]]]
+Markers = list[tuple[int, list[str]]]
 
 
 class PartitionedTable(faust.Table):
@@ -88,3 +91,37 @@ class PendingStore:
             if full in table:
                 del table[full]
         self.dirty.clear()
+
+
+def load_join_state(table: Any) -> dict[int, tuple[Entries, Markers, Clocks]]:
+    """Each partition's pending requests, marker buckets and clocks, as the ``pending`` table holds them."""
+    state: dict[int, tuple[Entries, Markers, Clocks]] = {}
+
+    def of(partition: int) -> tuple[Entries, Markers, Clocks]:
+        if partition not in state:
+            state[partition] = ([], [], Clocks())
+        return state[partition]
+
+    for key, value in table.items():
+        kind, _, rest = key.partition(":")
+        if kind == "c":
+            partition = int(rest)
+            if isinstance(value.get("predictions"), dict):  # older monitors kept one number per stream
+                state[partition] = (*of(partition)[:2], Clocks.from_dict(value))
+        elif kind == "r":
+            partition, _, rid = rest.partition(":")
+            of(int(partition))[0].append((rid, _readable(value)))
+        elif kind == "m":
+            partition, _, bucket = rest.partition(":")
+            of(int(partition))[1].append((int(bucket), value["ids"]))
+    return state
+
+
+def _readable(entry: dict[str, Any]) -> dict[str, Any]:
+    """A pending request as this monitor writes it, from what an older one wrote (single-letter fields)."""
+    if "kind" in entry:
+        return entry
+    if entry.get("k") == "p":
+        return {"kind": "prediction", "ts": entry["ts"], "version": entry["v"], "candidates": entry["c"],
+                "recommended": entry["r"]}  # fmt: skip
+    return {"kind": "outcome", "ts": entry["ts"], "purchased": entry["b"]}

@@ -162,7 +162,7 @@ class VersionTracker:
         if item.counts is None:
             return None
         self.total += 1
-        entry = Entry(self.total, item.ts, item.request_id, item.counts)
+        entry = Entry(self.total, item.ts, item.request_id, item.counts, item.expired)
         self._open.setdefault((entry.seq - 1) // BLOCK, []).append(entry)
         self._place(entry)
         alerts: list[tuple[AlertRule | None, dict[str, Any]]] = []
@@ -221,6 +221,9 @@ class VersionTracker:
             **c.as_dict(),
             "ts": max(self.time.max_ts or 0, 0),
             "expired": self.expired,
+            # Label completeness: "the model got worse" or "labels are missing"?
+            "labelled": len(window) - window.expired,
+            "expired_in_window": window.expired,
             # Beyond the schema's required fields: the position of this snapshot in the version's stream of
             # labelled requests, and the item-level counts behind the metrics.
             "total": self.total,

@@ -30,15 +30,17 @@ class Entry:
     ts: int  # the prediction's event time, ms
     request_id: str
     counts: Counts
+    expired: bool = False  # no outcome came within the label window: counted as "no purchase"
 
     def as_list(self) -> list[object]:
         c = self.counts
-        return [self.seq, self.ts, self.request_id, c.tp, c.fp, c.fn, c.tn]
+        return [self.seq, self.ts, self.request_id, c.tp, c.fp, c.fn, c.tn, int(self.expired)]
 
     @classmethod
     def from_list(cls, row: Sequence[Any]) -> Entry:
-        seq, ts, rid, tp, fp, fn, tn = row
-        return cls(int(seq), int(ts), str(rid), Counts(int(tp), int(fp), int(fn), int(tn)))
+        seq, ts, rid, tp, fp, fn, tn = row[:7]
+        expired = bool(row[7]) if len(row) > 7 else False  # rows written before the field: labelled
+        return cls(int(seq), int(ts), str(rid), Counts(int(tp), int(fp), int(fn), int(tn)), expired)
 
 
 class CountWindow:
@@ -50,14 +52,17 @@ class CountWindow:
         self.size = size
         self.entries: deque[Entry] = deque()
         self.counts = Counts()
+        self.expired = 0  # of the requests inside: how many expired rather than met their outcome
 
     def add(self, entry: Entry) -> Entry | None:
         """Add ``entry``; return the request it pushed out, if any."""
         self.entries.append(entry)
         self.counts = self.counts + entry.counts
+        self.expired += entry.expired
         if len(self.entries) > self.size:
             old = self.entries.popleft()
             self.counts = self.counts - old.counts
+            self.expired -= old.expired
             return old
         return None
 
@@ -78,6 +83,7 @@ class TimeWindow:
         self.span_ms = size_s * 1000
         self.max_ts = max_ts
         self.counts = Counts()
+        self.expired = 0  # of the requests inside: how many expired rather than met their outcome
         self._by_ts: list[tuple[int, int, Entry]] = []  # (ts, seq, entry): evicts oldest event time first
         # Members in arrival order, with evicted ones left in place until they reach the front: it only
         # answers "which is the earliest request still inside", which decides what state may be dropped.
@@ -100,11 +106,13 @@ class TimeWindow:
             self._by_seq.append(entry)
             self._inside.add(entry.seq)
             self.counts = self.counts + entry.counts
+            self.expired += entry.expired
         left: list[Entry] = []
         while self._by_ts and self._by_ts[0][0] <= cutoff:
             old = heapq.heappop(self._by_ts)[2]
             self._inside.discard(old.seq)
             self.counts = self.counts - old.counts
+            self.expired -= old.expired
             left.append(old)
         while self._by_seq and self._by_seq[0].seq not in self._inside:
             self._by_seq.popleft()

@@ -3,7 +3,9 @@
 The benchmark compares the Faust monitor with this. Both run the same join (:mod:`streams.join`) and the
 same windows (:mod:`streams.tracker`), so they emit the same metrics on the same events; what differs is
 the transport and the durability: this loop keeps its state in memory, commits nothing and survives no
-crash. It reads predictions and outcomes from the beginning and stops when the topics have been idle.
+crash, and joins in one place instead of repartitioning by request_id. A source partition counts as idle
+while it is at its end (the consumer's partition EOF), where the monitor waits ``idle_timeout_s``.
+It reads predictions and outcomes from the beginning and stops when the topics have been idle.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from schemas import codec
-from schemas.errors import ContractError, KafkaClientError
+from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
 from streams.join import DictStore, Joiner, Labelled
+from streams.routing import Router
 from streams.tracker import TrackerConfig, VersionTracker
 
 
@@ -55,15 +57,35 @@ def run(settings: Settings, idle_s: float = 2.0, batch: int = 1000, max_events: 
     """Consume predictions and outcomes from the beginning, join, count, until ``idle_s`` without events."""
     m = settings.monitor
     config = TrackerConfig.from_settings(m, ())
-    window_ms = int(m.label_window_s * 1000)
-    joiners: dict[int, Joiner] = {}
+    joiner = Joiner(
+        DictStore(),
+        int(m.label_window_s * 1000),
+        m.unlabelled,
+        out_of_order_ms=int(m.out_of_order * 1000),
+        past_tolerance_ms=int(m.past_tolerance * 1000),
+        prediction_wait_ms=int(m.prediction_wait_s * 1000),
+    )
+    router = Router(
+        1,
+        future_ms=int(m.future_tolerance_s * 1000),
+        past_ms=int(m.past_tolerance * 1000),
+        prediction_past_ms=int(m.prediction_wait_s * 1000),
+        idle_timeout_s=m.idle_timeout_s,
+    )
     trackers: dict[str, VersionTracker] = {}
     predictions, outcomes = settings.topic("predictions"), settings.topic("outcomes")
     consumer = kafka.consumer(
         settings,
         f"{settings.topic_prefix}monitor-baseline-{uuid.uuid4().hex[:8]}",  # a fresh group: from the start
-        **{"fetch.max.bytes": 50 * 1024 * 1024},  # big fetches: this loop measures throughput
+        **{
+            "fetch.max.bytes": 50 * 1024 * 1024,  # big fetches: this loop measures throughput
+            "enable.partition.eof": True,  # a partition at its end is idle: it holds no clock back
+        },
     )
+    meta = consumer.list_topics(timeout=10)
+    counts = {name: len(meta.topics[name].partitions) for name in (predictions, outcomes)}
+    joiner.clocks.predictions.partitions = counts[predictions]
+    joiner.clocks.outcomes.partitions = counts[outcomes]
     result = Run()
     started: float | None = None
     last = time.monotonic()
@@ -73,27 +95,24 @@ def run(settings: Settings, idle_s: float = 2.0, batch: int = 1000, max_events: 
             messages = consumer.consume(batch, timeout=0.2)
             for msg in messages:
                 err = msg.error()
+                topic = msg.topic() or ""
+                stream = "predictions" if topic == predictions else "outcomes"
+                partition = msg.partition() or 0
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
                         raise KafkaClientError(f"baseline consumer: {err.str()}")
-                    continue
-                started = started or time.monotonic()
-                last = time.monotonic()
-                result.events += 1
-                # Joined per partition, as in the monitor: predictions and outcomes are co-partitioned.
-                partition = msg.partition() or 0
-                joiner = joiners.get(partition)
-                if joiner is None:
-                    joiner = joiners[partition] = Joiner(DictStore(), window_ms, m.unlabelled)
-                try:
-                    if msg.topic() == predictions:
-                        out = joiner.prediction(codec("prediction").decode(msg.value()))
-                    else:
-                        out = joiner.outcome(codec("outcome").decode(msg.value()))
-                except ContractError:
-                    result.invalid += 1
-                    continue
-                for item in out:
+                    now_ms = int(time.time() * 1000)
+                    labelled = joiner.report(stream, partition, -1, True, counts[topic], now_ms)
+                else:
+                    started = started or time.monotonic()
+                    last = time.monotonic()
+                    result.events += 1
+                    _type, broker_ms = msg.timestamp()
+                    if router.route(stream, partition, counts[topic], broker_ms, msg.value()) is not None:
+                        result.invalid += 1
+                        continue
+                    labelled = [item for e in router.take() for item in joiner.event(e)]
+                for item in labelled:
                     tracker = trackers.get(item.model_version)
                     if tracker is None:
                         tracker = trackers[item.model_version] = VersionTracker(item.model_version, config)

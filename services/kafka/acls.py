@@ -6,8 +6,8 @@ The roles, with the least each needs (topic names are relative to the prefix):
     service     reads requests and model-commands; writes predictions, requests.dlq, model-events;
                 its consumer group and transactional ids carry the prefix
     monitor     reads predictions, outcomes, model-commands, model-events (the replicas' acks) and
-                requests.dlq (model failures); writes metrics, alerts, model-commands; owns everything
-                under ``<prefix>monitor`` (the Faust app's internal topics and group)
+                requests.dlq (model failures); writes metrics, alerts, model-commands, outcomes.dlq; owns
+                everything under ``<prefix>monitor`` (the Faust app's internal topics and group)
     operator    writes model-commands (deploy, rollback); reads every topic under the prefix
 
 ``admin`` is the brokers' own super user. ``modelwatch broker start --secure`` creates the users (with
@@ -94,7 +94,7 @@ def bindings(prefix: str) -> list[AclBinding]:
     # requests.dlq: model failures count into the error rate; model-events: the replicas' acks.
     for src in ("predictions", "outcomes", "model-commands", "model-events", "requests.dlq"):
         acl += _topic(monitor, t(src), R, D)
-    for out in ("metrics", "alerts", "model-commands"):
+    for out in ("metrics", "alerts", "model-commands", "outcomes.dlq"):
         acl += _topic(monitor, t(out), W, D)
     acl += _topic(monitor, t("monitor"), AclOperation.ALL, prefixed=True)
     acl += _prefixed(monitor, ResourceType.GROUP, t("monitor"), AclOperation.ALL)

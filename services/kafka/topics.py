@@ -90,6 +90,10 @@ def create_topics(
             config["retention.ms"] = str(t.retention_ms)
         if replication >= 3:
             config["min.insync.replicas"] = "2"  # an acked write is on two brokers: one may die
+        if t.joined:
+            # The broker's clock stamps each message: what event times are judged by (schemas/eventtime.py),
+            # not a producer's clock, which may be as wrong as the event's.
+            config["message.timestamp.type"] = "LogAppendTime"
         wanted.append(
             NewTopic(
                 t.name(settings.topic_prefix),

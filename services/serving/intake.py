@@ -23,6 +23,7 @@ from confluent_kafka import Message
 from schemas import codec, load_schema
 from schemas.codec import MAX_EVENT_BYTES
 from schemas.errors import ContractError
+from schemas.eventtime import implausible
 
 #: A dead letter carries at most this much of the original payload: an oversize request (up to the
 #: broker's message limit) must still fit, as text, in a dead-letter message.
@@ -121,11 +122,17 @@ def dead_letter(
 
 
 class Decoder:
-    """Turns polled messages into an :class:`Intake`."""
+    """Turns polled messages into an :class:`Intake`.
 
-    def __init__(self) -> None:
+    A request whose ``ts`` is implausible for its message's broker timestamp (more than ``future_ms``
+    after it or ``past_ms`` before it: :mod:`schemas.eventtime`) is dead-lettered too: its event time
+    would be the prediction's ``request_ts``, which the monitor's join runs on.
+    """
+
+    def __init__(self, future_ms: int | None = None, past_ms: int | None = None) -> None:
         self.codec = codec("prediction-request")
         self.fast = fast_check_applies()
+        self.future_ms, self.past_ms = future_ms, past_ms
 
     def decode(self, messages: Sequence[Message]) -> Intake:
         intake = Intake()
@@ -143,16 +150,25 @@ class Decoder:
                     request = loads(value)
                 except orjson.JSONDecodeError:
                     request = None
-                if fast(request):
-                    requests.append(request)
-                    sources.append(msg)
+                if not fast(request):
+                    request = None
+            else:
+                request = None
+            if request is None:
+                # Anything else meets the codec, which accepts it after all or names the field and the reason.
+                try:
+                    request = self.codec.decode(value)
+                except ContractError as exc:
+                    intake.dead.append(dead_letter(msg, str(exc)))
                     continue
-            # Anything else meets the codec, which accepts it after all or names the field and the reason.
-            try:
-                request = self.codec.decode(value)
-            except ContractError as exc:
-                intake.dead.append(dead_letter(msg, str(exc)))
-                continue
+            if self.future_ms is not None and self.past_ms is not None:
+                kind, broker_ms = msg.timestamp()
+                problem = implausible(
+                    request["ts"], broker_ms if kind else None, self.future_ms, self.past_ms
+                )
+                if problem is not None:
+                    intake.dead.append(dead_letter(msg, f"prediction-request: {problem}"))
+                    continue
             requests.append(request)
             sources.append(msg)
         return intake

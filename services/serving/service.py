@@ -309,7 +309,8 @@ class Service:
 
         consumer.subscribe([self.requests_topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         self.serving.set()
-        decoder = Decoder()
+        m = self.settings.monitor  # the contract's time tolerances, which the monitor applies to outcomes
+        decoder = Decoder(int(m.future_tolerance_s * 1000), int(m.past_tolerance * 1000))
         closed = False
         try:
             while not stop.is_set():
@@ -390,6 +391,7 @@ class Service:
                         "recommended": [items[j] for j in selected],
                         "instance": instance,
                         "ts": now_ms,
+                        "request_ts": request["ts"],  # the storefront's clock: the join's event time
                         "latency_ms": latency_ms,
                     }
                 )

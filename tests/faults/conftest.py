@@ -80,6 +80,37 @@ COVERED_ELSEWHERE: tuple[tuple[str, str], ...] = (
         "scikit-learn, the firing alert neither lost nor repeated",
         "tests/integration/test_monitor_restart.py::test_sigkill_mid_stream_then_restart",
     ),
+    (
+        "outcomes with ts in microseconds, in seconds, years ahead and years behind on every partition, "
+        "amid healthy traffic: each dead-lettered naming ts, none expires a healthy request, no alert",
+        "tests/integration/test_join_time.py::test_bad_outcome_timestamps_are_dead_lettered_and_expire_nothing",
+    ),
+    (
+        "requests with ts in microseconds, in seconds, years ahead and years behind on every partition: "
+        "each dead-lettered by the service naming ts, every valid one answered with its request_ts",
+        "tests/integration/test_join_time.py::"
+        "test_requests_with_an_implausible_ts_are_dead_lettered_by_the_service",
+    ),
+    (
+        "storefront clock 3 minutes ahead, a replica's 4 minutes behind: every request labelled, no alert",
+        "tests/integration/test_join_time.py::test_skewed_storefront_and_replica_clocks_label_as_before",
+    ),
+    (
+        "storefront on confluent-kafka's default partitioner (consistent_random) beside the service's "
+        "murmur2: every outcome joins, none with an outcome expires",
+        "tests/integration/test_join_time.py::"
+        "test_every_outcome_joins_whatever_partitioner_the_producers_use[murmur2_random-default]",
+    ),
+    (
+        "scoring service on the default partitioner beside a storefront on murmur2: every outcome joins",
+        "tests/integration/test_join_time.py::"
+        "test_every_outcome_joins_whatever_partitioner_the_producers_use[default-murmur2_random]",
+    ),
+    (
+        "one outcome partition quiet, then all: pending predictions expire within the label window, the "
+        "allowance and the idle timeout, then by the clock less the past tolerance; nothing left pending",
+        "tests/integration/test_join_time.py::test_quiet_outcome_partitions_close_their_windows",
+    ),
 )
 
 _ROWS = pytest.StashKey[list[FaultRow]]()

@@ -106,7 +106,8 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
         "request_id": "",
         "user_id": draw(st.text(min_size=1, max_size=128)),
         "items": draw(st.lists(texts, min_size=1, max_size=30, unique=True)),
-        "ts": draw(st.integers(0, 2**53)),
+        # Legal and plausible: within minutes of the broker's clock (further is dead-lettered: ts).
+        "ts": int(time.time() * 1000) + draw(st.integers(-120_000, 120_000)),
     }
     if draw(st.booleans()):
         request["k"] = draw(st.integers(1, 1000))
@@ -335,7 +336,9 @@ def test_hostile_requests_outcomes_and_commands(
                     ),
                 ),
             ],
-            good=[{"request_id": "", "user_id": "u-1", "items": ["i-1", "i-2"], "ts": 1}],
+            good=[
+                {"request_id": "", "user_id": "u-1", "items": ["i-1", "i-2"], "ts": int(time.time() * 1000)}
+            ],
             outcomes=[(b"\xff", b"\xff"), (None, None), (b"k", _deep(10_000))],
             orders=[None, b"\x00", orjson.dumps(commands.make("deploy", v2, "unsigned"))],
         )

@@ -28,7 +28,8 @@ from services.sandbox.world import World
 
 def requests_of(world: World, n: int, seed: int, tag: str = "r") -> list[dict[str, Any]]:
     """``n`` valid prediction requests drawn from ``world`` (some with their own k)."""
-    s = world.sessions(n, seed=seed, candidates=10)
+    # Stamped now: a request whose ts is far from its broker time is dead-lettered (schemas/eventtime.py).
+    s = world.sessions(n, seed=seed, candidates=10, start_ms=int(time.time() * 1000), rate_per_s=1000.0)
     return [
         {
             "request_id": f"{tag}-{i}",

@@ -14,7 +14,7 @@ from schemas import load_example
 from schemas import topics as contract
 from services.ops.console import Filters, LineFormatter, TailEvent, _emit, resolve_topics
 
-TOPIC_OF = {t.event: t for t in contract.ALL}
+TOPIC_OF = {t.event: t for t in reversed(contract.ALL)}  # dead-letter: requests.dlq, its first topic
 V = "20261124T034100-3f2a9c1b"  # the examples' model version
 
 

@@ -111,3 +111,19 @@ def test_time_window_refuses_requests_older_than_the_window() -> None:
     assert (entered, left, len(window)) == (False, [], 1)
     assert window.add(Entry(4, 11_001, "r4", counts)) == (True, [])
     assert window.oldest_seq() == 2
+
+
+def test_each_window_says_how_many_of_its_requests_were_labelled_and_how_many_expired() -> None:
+    bought, nothing = Counts(1, 1, 0, 1), Counts(0, 2, 0, 1)
+    tracker = VersionTracker("v", TrackerConfig(count_window=4, time_window_s=1, emit_every_n=1000))
+    for i, expired in enumerate([True, False, True, False, False, False]):
+        tracker.add(Labelled(f"r{i}", "v", 400 * i, nothing if expired else bought, expired=expired))
+    count, time_ = tracker.snapshot("count"), tracker.snapshot("time")
+    assert (count["n"], count["labelled"], count["expired_in_window"]) == (4, 3, 1)  # r2..r5
+    assert (time_["n"], time_["labelled"], time_["expired_in_window"]) == (
+        3,
+        3,
+        0,
+    )  # r3..r5: ts > 2000 - 1000
+    restored = VersionTracker.restore("v", [v for _, v in tracker.changes() if v], tracker.config)
+    assert restored.snapshot("count")["expired_in_window"] == 1

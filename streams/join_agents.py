@@ -1,0 +1,166 @@
+"""The join's agents in the Faust monitor (:mod:`streams.app`): ``route``, its ``report`` timer, and ``join``.
+
+``route`` reads predictions and outcomes as their producers partitioned them and repartitions them by
+request_id (:mod:`streams.routing`); ``join`` joins each partition of that stream in event time
+(:mod:`streams.join`) and sends the labelled requests on, by version. The plain modules hold the logic;
+this holds the Kafka side: what is sent, and in which order it is acknowledged and persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import faust
+import orjson
+
+from services.config import Settings
+from streams.join import Joiner, JoinStats, Labelled, encode_bundle
+from streams.routing import Router, dead_letter
+from streams.routing import decode_bundle as decode_joinable
+from streams.tables import PartitionedTable, PendingStore, load_join_state
+
+log = logging.getLogger("modelwatch.monitor")
+
+#: Labelled requests per message of the repartition topic (well under Kafka's 1 MB message limit).
+BUNDLE = 1000
+
+
+class JoinAgents:
+    """The join side of :class:`streams.app.Monitor`, which sets these attributes up."""
+
+    settings: Settings
+    app: faust.App
+    partitions: int
+    predictions_topic: str
+    outcomes_topic: str
+    joinable: faust.TopicT
+    outcomes_dlq: faust.TopicT
+    labelled: faust.TopicT
+    pending: PartitionedTable
+    label_window_ms: int
+    router: Router
+    joiners: dict[int, Joiner]
+    join_stats: JoinStats
+    invalid: int
+    _generation: int
+    _join_generation: int
+
+    async def route(self, stream: faust.StreamT) -> None:
+        m = self.settings.monitor
+        router = self.router
+        async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
+            dead = []
+            for event in events:
+                message = event.message
+                kind = "predictions" if message.topic == self.predictions_topic else "outcomes"
+                broker_ms = round(message.timestamp * 1000) if message.timestamp else None
+                rejected = router.route(kind, message.partition, self.partitions, broker_ms, event.value)
+                if rejected is None:
+                    continue
+                error, why = rejected
+                if kind == "outcomes":
+                    dead.append(
+                        dead_letter(
+                            error, event.key, event.value, message.topic, message.partition, message.offset
+                        )
+                    )
+                self.invalid += why == "invalid"
+                log.warning("skipped %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+            sent = [await self.outcomes_dlq.send(key=key, value=value, force=True) for key, value in dead]
+            await self._send_joinable(sent)
+
+    async def report(self, *_: Any) -> None:
+        """Tell every join partition how the source partitions stand, also when no event comes."""
+        if self.router.sources:
+            await self._send_joinable([])
+
+    async def _send_joinable(self, sent: list[Any]) -> None:
+        # Acknowledged before the offsets of the events routed are committed (Faust flushes first).
+        for partition, bundle in self.router.bundles():
+            sent.append(await self.joinable.send(value=bundle, partition=partition, force=True))
+        if sent:
+            await asyncio.gather(*sent)
+
+    async def join(self, stream: faust.StreamT) -> None:
+        m = self.settings.monitor
+        async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
+            if self._join_generation != self._generation:
+                self._load_joiners()
+            stores: dict[int, PendingStore] = {}
+            by_version: dict[str, list[Labelled]] = {}
+            for event in events:
+                joiner = self._joiner(event.message.partition, stores)
+                try:
+                    joinable, reports = decode_joinable(event.value)
+                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                    self.invalid += 1
+                    log.warning("skipped a joinable message at offset %d: %r", event.message.offset, exc)
+                    continue
+                out = [item for e in joinable for item in joiner.event(e)]
+                for r in reports:
+                    out += joiner.report(
+                        r["stream"], r["partition"], r["latest"], r["idle"], r["partitions"], r["now"]
+                    )
+                for item in out:
+                    by_version.setdefault(item.model_version, []).append(item)
+            # A batch holds a bundle per join partition: each version's labelled requests go on in event-time
+            # order, not grouped by the partition that joined them (the count window follows this order).
+            for items in by_version.values():
+                items.sort(key=lambda item: (item.ts, item.request_id))
+            # The labelled requests must be on the broker before the markers that say they were sent: the
+            # other way round, a crash in between loses them (a replay finds the markers and sends nothing).
+            sent = [
+                await self.labelled.send(key=version, value=encode_bundle(items[i : i + BUNDLE]), force=True)
+                for version, items in by_version.items()
+                for i in range(0, len(items), BUNDLE)
+            ]
+            if sent:
+                await asyncio.gather(*sent)
+            for partition, store in stores.items():
+                joiner = self.joiners[partition]
+                joiner.sync()
+                store.flush(joiner.clocks)
+
+    def _joiner(self, partition: int, stores: dict[int, PendingStore]) -> Joiner:
+        joiner = self.joiners.get(partition)
+        if joiner is None:
+            m = self.settings.monitor
+            joiner = Joiner(
+                PendingStore(self.pending, partition),
+                self.label_window_ms,
+                m.unlabelled,
+                out_of_order_ms=int(m.out_of_order * 1000),
+                past_tolerance_ms=int(m.past_tolerance * 1000),
+                prediction_wait_ms=int(m.prediction_wait_s * 1000),
+            )
+            joiner.stats = self.join_stats
+            self.joiners[partition] = joiner
+        store = joiner.store
+        assert isinstance(store, PendingStore)
+        stores[partition] = store
+        return joiner
+
+    def _load_joiners(self) -> None:
+        """Rebuild each partition's join bookkeeping from the ``pending`` table (after recovery)."""
+        self.joiners = {}
+        state = load_join_state(self.pending)
+        for partition, (entries, markers, clocks) in state.items():
+            joiner = self._joiner(partition, {})
+            joiner.clocks = clocks
+            joiner.rebuild(entries, markers)
+        self._join_generation = self._generation
+        pending = sum(len(entries) for entries, _, _ in state.values())
+        log.info("join state: %d partitions, %d pending or recent requests", len(self.joiners), pending)
+
+    def _assign_sources(self) -> None:
+        """The router reports on the source partitions this worker reads, and only on them."""
+        streams = {self.predictions_topic: "predictions", self.outcomes_topic: "outcomes"}
+        mine = {
+            (streams[tp.topic], tp.partition) for tp in self.app.consumer.assignment() if tp.topic in streams
+        }
+        for stream, partition in set(self.router.sources) - mine:
+            self.router.revoke(stream, partition)
+        for stream, partition in mine:
+            self.router.assign(stream, partition, self.partitions)

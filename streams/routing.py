@@ -1,0 +1,181 @@
+"""The join's first step: read predictions and outcomes as their producers partitioned them, check them,
+and repartition them by request_id, with one known partitioner, to the internal topic the join reads.
+
+Why. A request's prediction and outcome must meet in one place, but their producers choose partitions:
+the storefront's client (librdkafka's default ``consistent_random``, Java's murmur2, anything) and the
+scoring service (another language, another client). Like Kafka Streams for inputs that are not
+co-partitioned, the monitor routes both through ``<prefix>monitor-joinable``, choosing each event's
+partition itself (:func:`partition_of`), so the join never depends on a producer's partitioner or key.
+
+What a :class:`Router` sends is bundled: per batch, one message per join partition, holding that
+partition's events (slimmed to what the join needs, :mod:`streams.join`) and a report on every source
+partition the router reads (its latest plausible event time, whether it is idle). Every join partition
+hears every report, so each computes the streams' watermarks over all source partitions
+(:mod:`streams.watermarks`). A report is sent after the events it accounts for, on the same partition.
+
+Checks. A contract-invalid event is dropped (an outcome is dead-lettered with the codec's reason). An event
+whose time is implausible for its message's broker timestamp (:mod:`schemas.eventtime`) never reaches the
+join and moves no clock: an outcome is dead-lettered on ``<prefix>outcomes.dlq`` with the reason naming
+``ts``; a prediction (the service has dead-lettered its request already, so this is another producer's)
+is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from schemas import codec
+from schemas.errors import ContractError
+from schemas.eventtime import implausible
+from streams.join import joinable_outcome, joinable_prediction
+
+#: A dead letter carries at most this much of the original payload, as the service's do.
+PAYLOAD_LIMIT = 64 * 1024
+KEY_LIMIT = 4 * 1024
+
+
+def partition_of(request_id: str, partitions: int) -> int:
+    """The join partition of a request: CRC-32 of its id's UTF-8 bytes (stable across processes and
+    versions, unlike Python's ``hash``)."""
+    return zlib.crc32(request_id.encode()) % partitions
+
+
+@dataclass
+class RouterStats:
+    predictions: int = 0
+    outcomes: int = 0
+    invalid_predictions: int = 0
+    invalid_outcomes: int = 0
+    implausible_predictions: int = 0
+    implausible_outcomes: int = 0
+
+
+@dataclass
+class _Source:
+    partitions: int
+    seen: float  # processing time of the last message (or of the assignment)
+    latest: int = -1  # the latest plausible event time seen
+
+
+@dataclass
+class Router:
+    """Routes one worker's source partitions. Feed it messages; take its bundles once per batch."""
+
+    partitions: int  # of the joinable topic
+    future_ms: int
+    past_ms: int  # how far before its broker time an outcome's ts may be
+    prediction_past_ms: int  # how far before its broker time a prediction's request_ts may be
+    idle_timeout_s: float
+    clock: Callable[[], float] = time.monotonic  # processing time: only says whether a partition is idle
+    wall: Callable[[], float] = time.time  # ...and, with every outcome partition idle, how late it is
+    stats: RouterStats = field(default_factory=RouterStats)
+    sources: dict[tuple[str, int], _Source] = field(default_factory=dict)
+    _events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def assign(self, stream: str, partition: int, partitions: int) -> None:
+        """The worker reads ``partition`` of ``stream`` (of ``partitions``) from now on."""
+        if (stream, partition) not in self.sources:
+            self.sources[(stream, partition)] = _Source(partitions, seen=self.clock())
+
+    def revoke(self, stream: str, partition: int) -> None:
+        self.sources.pop((stream, partition), None)
+
+    def route(
+        self, stream: str, partition: int, partitions: int, broker_ms: int | None, value: bytes | None
+    ) -> tuple[str, str] | None:
+        """Take one source message; ``None``, or ``(error, kind)`` for a message that goes no further
+        (kind ``invalid`` or ``implausible``), the error naming the field."""
+        self.assign(stream, partition, partitions)
+        source = self.sources[(stream, partition)]
+        source.seen = self.clock()
+        prediction = stream == "predictions"
+        try:
+            event = codec("prediction" if prediction else "outcome").decode(value)
+        except ContractError as exc:
+            if prediction:
+                self.stats.invalid_predictions += 1
+            else:
+                self.stats.invalid_outcomes += 1
+            return str(exc), "invalid"
+        joinable = joinable_prediction(event, partition) if prediction else joinable_outcome(event, partition)
+        past = self.prediction_past_ms if prediction else self.past_ms
+        problem = implausible(joinable["ts"], broker_ms, self.future_ms, past)
+        if problem is not None:
+            if prediction:
+                self.stats.implausible_predictions += 1
+                name = "request_ts" if "request_ts" in event else "ts"
+                return f"prediction: {problem.replace('ts:', name + ':', 1)}", "implausible"
+            self.stats.implausible_outcomes += 1
+            return f"outcome: {problem}", "implausible"
+        if prediction:
+            self.stats.predictions += 1
+        else:
+            self.stats.outcomes += 1
+        source.latest = max(source.latest, joinable["ts"])
+        self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
+        return None
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The state of every source partition this worker reads."""
+        now, wall_ms = self.clock(), int(self.wall() * 1000)
+        return [
+            {
+                "now": wall_ms,
+                "stream": stream,
+                "partition": partition,
+                "partitions": s.partitions,
+                "latest": s.latest,
+                "idle": now - s.seen > self.idle_timeout_s,
+            }
+            for (stream, partition), s in sorted(self.sources.items())
+        ]
+
+    def take(self) -> list[dict[str, Any]]:
+        """The events routed since the last call, every destination's (for a caller that joins in one
+        place, as the plain baseline does)."""
+        events = [e for destination in sorted(self._events) for e in self._events[destination]]
+        self._events.clear()
+        return events
+
+    def bundles(self) -> list[tuple[int, bytes]]:
+        """One message per join partition: its events since the last call, then the reports."""
+        reports = self.reports()
+        out = []
+        for destination in range(self.partitions):
+            events = self._events.pop(destination, [])
+            out.append((destination, orjson.dumps({"events": events, "sources": reports})))
+        self._events.clear()
+        return out
+
+
+def decode_bundle(data: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(events, reports) of one message of the joinable topic."""
+    bundle = orjson.loads(data)
+    return bundle["events"], bundle["sources"]
+
+
+def dead_letter(
+    error: str, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
+) -> tuple[bytes | None, bytes]:
+    """A dead-letter event for a source message, in the form of ``rec.requests.dlq``'s, keyed like it."""
+    raw = value or b""
+    event: dict[str, Any] = {
+        "error": error,
+        "payload": raw[:PAYLOAD_LIMIT].decode("utf-8", "replace"),
+        "source_topic": topic,
+        "partition": partition,
+        "offset": max(offset, 0),
+        "ts": int(time.time() * 1000),
+    }
+    if len(raw) > PAYLOAD_LIMIT:
+        event["payload_bytes"] = len(raw)
+        event["payload_truncated"] = True
+    if key is not None and len(key) > KEY_LIMIT:
+        key = key[:KEY_LIMIT]
+    return key, codec("dead-letter").encode(event)
