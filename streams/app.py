@@ -45,6 +45,7 @@ from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
 from streams.failures import Failure, encode_failures, failure_of
+from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts
 from streams.join import Clocks, Joiner, JoinStats, Labelled, encode_bundle
 from streams.rollback import RollbackPolicy
@@ -263,10 +264,10 @@ class Monitor:
             async with self._lock:
                 if self._watch_generation != self._generation:
                     self._load_trackers()
-                applied = self._applied()
+                fleet = self._fleet()
                 batch = ((e.value, e.message.partition, e.message.offset) for e in events)
-                emissions, touched = self.watching.count(batch, applied)
-                await self._publish(emissions, applied)
+                emissions, touched = self.watching.count(batch, fleet)
+                await self._publish(emissions, fleet)
                 self._persist(touched)
 
     async def failures(self, stream: faust.StreamT) -> None:
@@ -297,9 +298,9 @@ class Monitor:
                 if self.app.rebalancing or self._generation == 0:
                     return
                 self._load_trackers()
-            applied = self._applied()
-            emissions, touched = self.watching.tick(applied)
-            await self._publish(emissions, applied)
+            fleet = self._fleet()
+            emissions, touched = self.watching.tick(fleet)
+            await self._publish(emissions, fleet)
             self._persist(touched)
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
@@ -331,14 +332,12 @@ class Monitor:
                 t.version, t.partition, t.total, t.expired, firing,
             )  # fmt: skip
 
-    def _applied(self) -> list[dict[str, Any]] | None:
-        """The deployment history, or ``None`` while the follower is still reading it after a start: that
+    def _fleet(self) -> Fleet | None:
+        """The deployment state, or ``None`` while the follower is still reading it after a start: that
         delays the decisions to a later evaluation, it never blocks this one."""
-        return self.follower.applied() if self.follower.ready.is_set() else None
+        return self.follower.fleet() if self.follower.ready.is_set() else None
 
-    async def _publish(
-        self, emissions: list[tuple[VersionTracker, Emission]], applied: list[dict[str, Any]] | None
-    ) -> None:
+    async def _publish(self, emissions: list[tuple[VersionTracker, Emission]], fleet: Fleet | None) -> None:
         """One evaluation: send metrics, alert transitions and the rollbacks decided now, and wait for the
         broker's acknowledgement.
 
@@ -367,7 +366,7 @@ class Monitor:
             a for _, r, a in announced if r is not None and r.action == "rollback" and a["state"] == "firing"
         ]
         now_ms = int(time.time() * 1000)
-        for command in self.decisions.rollbacks(self.watching.trackers, applied, firing_rollbacks, now_ms):
+        for command in self.decisions.rollbacks(self.watching.trackers, fleet, firing_rollbacks, now_ms):
             fut = await self.commands_out.send(
                 key=self.settings.model_name, value=codec("model-command").encode(command), force=True
             )
