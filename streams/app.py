@@ -41,6 +41,7 @@ import faust
 from schemas import codec
 from schemas.errors import ContractError
 from services.config import AlertRule, Settings, load_settings
+from streams import activations
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
@@ -130,6 +131,7 @@ class Monitor:
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
+        self._owned: set[int] = set()  # the labelled partitions this worker owns
 
         self.joiners: dict[int, Joiner] = {}
         self.join_stats = JoinStats()
@@ -302,6 +304,7 @@ class Monitor:
             emissions, touched = self.watching.tick(fleet)
             await self._publish(emissions, fleet)
             self._persist(touched)
+            await self._publish_activations(fleet)
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats
@@ -319,6 +322,7 @@ class Monitor:
         owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == labelled}
         left = self.watching.restore(self.windows.items(), owned)
         self._watch_generation = self._generation
+        self._owned = owned
         self.published = None  # read the alert topic again: another worker may have sent what we now own
         trackers = self.watching.trackers
         log.info(
@@ -380,6 +384,21 @@ class Monitor:
         if sent:
             await asyncio.gather(*sent)
         self.published.update((a["alert_id"], a["state"]) for _, _, a in announced)
+
+    async def _publish_activations(self, fleet: Fleet | None) -> None:
+        """The rejected-activation alerts (:mod:`streams.activations`), sent by one worker of the group: the
+        owner of labelled partition 0 (they belong to no version's stream)."""
+        if 0 not in self._owned or self.published is None:
+            return
+        alerts = activations.evaluate(fleet, self.published, int(time.time() * 1000))
+        sent = []
+        for alert in alerts:
+            log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
+            value = codec("alert").encode(alert)
+            sent.append(await self.alerts_out.send(key=alert["model_version"], value=value, force=True))
+        if sent:
+            await asyncio.gather(*sent)  # on the broker before it counts as sent
+        self.published.update((a["alert_id"], a["state"]) for a in alerts)
 
     def _persist(self, trackers: list[VersionTracker]) -> None:
         for tracker in trackers:

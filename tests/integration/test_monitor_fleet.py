@@ -2,7 +2,8 @@
 
 A version whose artifact fails to load on the replicas: they keep serving the old version, the history and
 ``models history`` say so, an alert says which replicas rejected it, and a later alert on the old version
-can still roll it back (to the version before it: never to the one nobody could load).
+can still roll it back (to the version before it: never to the one nobody could load); the rejection
+alert ends when the broken version is no longer commanded.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def deploy_and_wait(settings: Settings, collector: Collector, version: str) -> d
     return command
 
 
+def rejections(settings: Settings, version: str) -> list[dict[str, Any]]:
+    alerts = read_events(settings, "alerts", "alert")
+    return [a for a in alerts if a["rule"] == "activation-rejected" and a["model_version"] == version]
+
+
 def damage(settings: Settings, version: str) -> None:
     """The artifact is damaged after it was registered (a storage fault): the replicas' check refuses it."""
     artifact = Path(settings.registry, version, "model.joblib")
@@ -120,6 +126,14 @@ def test_a_version_no_replica_can_load_leaves_the_old_one_served_judged_and_roll
     bad_deploy = commands.make("deploy", broken, "release", issued_by="ci")
     commands.publish(settings, bad_deploy)
     wait_for(lambda: answered_by_all(collector, bad_deploy, "rejected"), 60, "both replicas to reject it")
+
+    # An alert says which replicas rejected it.
+    rejection = wait_for(lambda: rejections(settings, broken), 60, "the rejected-activation alert")[0]
+    assert rejection["state"] == "firing" and rejection["rule"] == "activation-rejected", rejection
+    assert "rejected by 2 replica(s) (serve-a, serve-b)" in rejection["message"]
+    assert f"serve-a: cannot load {broken}" in rejection["message"]
+    monitor.stop()  # a restarted monitor finds it on the alert topic and does not fire it again
+    monitor.start()
 
     # The history and `models history` say the fleet stays on v1.
     wait_for(lambda: read_state(settings).served() == v1, 30, f"{v1} served, as the heartbeats say")
@@ -160,5 +174,8 @@ def test_a_version_no_replica_can_load_leaves_the_old_one_served_judged_and_roll
         "the alert on v1 to end",
     )
     assert [a["state"] for a in resolved] == ["resolved"] and resolved[0]["cause"] == "not_served"
+    # The broken version is no longer commanded: its rejection alert ends, once (a restart does not repeat).
+    ended = wait_for(lambda: rejections(settings, broken)[1:], 30, "the rejected-activation alert to end")
+    assert [(a["state"], a["cause"]) for a in ended] == [("resolved", "not_commanded")]
     raw = read_events(settings, "model-commands", "model-command")
     assert [c["action"] for c in raw].count("rollback") == 1, monitor.log()[-3000:]

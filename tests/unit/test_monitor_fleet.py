@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas import codec
 from schemas.metrics import Counts
 from services.config import AlertRule
 from services.deployment.commands import make
 from services.deployment.state import MONITOR, DeploymentState
+from streams import activations
 from streams.alerts import no_baseline
 from streams.decisions import Decisions
 from streams.fleet import Fleet
@@ -126,3 +128,70 @@ def test_a_version_retires_once_the_replicas_acknowledge_another_not_when_it_is_
     ack(state, "r1", "activated", cmds[1])
     decisions.follow_epochs({"v1": v1}, Fleet.of(state, NOW))
     assert v1.retired
+
+
+# -- rejected activations surfaced as an alert --------------------------------------------------------------
+
+
+def transitions(alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(a["alert_id"], a["state"]) for a in alerts}
+
+
+def test_replicas_rejecting_the_commanded_version_fire_one_alert_naming_them_and_their_reasons() -> None:
+    state, cmds = stuck_on_v1()
+    [alert] = activations.evaluate(Fleet.of(state, NOW), set(), NOW)
+    codec("alert").encode(alert)  # the contract holds
+    assert alert["alert_id"] == activations.alert_id("v2", cmds[2]["command_id"])
+    assert (alert["rule"], alert["state"], alert["model_version"], alert["value"]) == (
+        "activation-rejected",
+        "firing",
+        "v2",
+        2.0,
+    )
+    assert (
+        "rejected by 2 replica(s) (r1, r2)" in alert["message"] and "the fleet serves v1" in alert["message"]
+    )
+    assert "r1: cannot load v2 on r1: digest mismatch" in alert["message"]
+    # Sent once: the alert topic (read again after a restart) says it is firing.
+    assert activations.evaluate(Fleet.of(state, NOW), transitions([alert]), NOW) == []
+    assert activations.evaluate(None, set(), NOW) == []  # the state is still being read
+
+
+def test_the_rejection_alert_resolves_when_the_version_is_no_longer_commanded() -> None:
+    state, _ = stuck_on_v1()
+    published = transitions(activations.evaluate(Fleet.of(state, NOW), set(), NOW))
+    state.feed_command(make("rollback", "v1", "v2 will not load"), 3)
+    [resolved] = activations.evaluate(Fleet.of(state, NOW), published, NOW)
+    codec("alert").encode(resolved)
+    assert (resolved["state"], resolved["cause"], resolved["model_version"]) == (
+        "resolved",
+        "not_commanded",
+        "v2",
+    )
+    assert published == {(resolved["alert_id"], "firing")}
+    assert activations.evaluate(Fleet.of(state, NOW), published | transitions([resolved]), NOW) == []
+
+
+def test_the_rejection_alert_resolves_once_every_live_replica_has_activated_the_version() -> None:
+    state, cmds = stuck_on_v1()
+    published = transitions(activations.evaluate(Fleet.of(state, NOW), set(), NOW))
+    ack(state, "r1", "activated", cmds[2])  # the artifact was repaired; r1 restarted and loaded it
+    assert activations.evaluate(Fleet.of(state, NOW), published, NOW) == []  # r2 still rejects it
+    ack(state, "r2", "activated", cmds[2])
+    [resolved] = activations.evaluate(Fleet.of(state, NOW), published, NOW)
+    assert (resolved["state"], resolved["cause"]) == ("resolved", "activated")
+
+
+def test_the_same_version_deployed_again_and_rejected_again_is_a_new_incident() -> None:
+    state, cmds = stuck_on_v1()
+    first = activations.evaluate(Fleet.of(state, NOW), set(), NOW)
+    state.feed_command(make("rollback", "v1", "v2 will not load"), 3)
+    again = deploy("v2", NOW)
+    state.feed_command(again, 4)
+    for replica in ("r1", "r2"):
+        ack(state, replica, "rejected", again, error="cannot load v2: digest mismatch")
+    out = activations.evaluate(Fleet.of(state, NOW), transitions(first), NOW)
+    assert sorted((a["state"], a["alert_id"]) for a in out) == [
+        ("firing", activations.alert_id("v2", again["command_id"])),
+        ("resolved", activations.alert_id("v2", cmds[2]["command_id"])),
+    ]
