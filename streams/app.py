@@ -46,10 +46,12 @@ import faust
 
 from schemas import codec
 from services.config import AlertRule, Settings, load_settings
+from streams import activations
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
 from streams.failures import Failure, encode_failures, failure_of
+from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts
 from streams.join import Joiner, JoinStats
 from streams.join_agents import JoinAgents
@@ -152,6 +154,7 @@ class Monitor(JoinAgents):
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
+        self._owned: set[int] = set()  # the labelled partitions this worker owns
 
         self.joiners: dict[int, Joiner] = {}
         self.join_stats = JoinStats()
@@ -214,10 +217,10 @@ class Monitor(JoinAgents):
             async with self._lock:
                 if self._watch_generation != self._generation:
                     self._load_trackers()
-                applied = self._applied()
+                fleet = self._fleet()
                 batch = ((e.value, e.message.partition, e.message.offset) for e in events)
-                emissions, touched = self.watching.count(batch, applied)
-                await self._publish(emissions, applied)
+                emissions, touched = self.watching.count(batch, fleet)
+                await self._publish(emissions, fleet)
                 self._persist(touched)
 
     async def failures(self, stream: faust.StreamT) -> None:
@@ -248,10 +251,11 @@ class Monitor(JoinAgents):
                 if self.app.rebalancing or self._generation == 0:
                     return
                 self._load_trackers()
-            applied = self._applied()
-            emissions, touched = self.watching.tick(applied)
-            await self._publish(emissions, applied)
+            fleet = self._fleet()
+            emissions, touched = self.watching.tick(fleet)
+            await self._publish(emissions, fleet)
             self._persist(touched)
+            await self._publish_activations(fleet)
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats
@@ -269,6 +273,7 @@ class Monitor(JoinAgents):
         owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == labelled}
         left = self.watching.restore(self.windows.items(), owned)
         self._watch_generation = self._generation
+        self._owned = owned
         self.published = None  # read the alert topic again: another worker may have sent what we now own
         trackers = self.watching.trackers
         log.info(
@@ -282,14 +287,12 @@ class Monitor(JoinAgents):
                 t.version, t.partition, t.total, t.expired, firing,
             )  # fmt: skip
 
-    def _applied(self) -> list[dict[str, Any]] | None:
-        """The deployment history, or ``None`` while the follower is still reading it after a start: that
+    def _fleet(self) -> Fleet | None:
+        """The deployment state, or ``None`` while the follower is still reading it after a start: that
         delays the decisions to a later evaluation, it never blocks this one."""
-        return self.follower.applied() if self.follower.ready.is_set() else None
+        return self.follower.fleet() if self.follower.ready.is_set() else None
 
-    async def _publish(
-        self, emissions: list[tuple[VersionTracker, Emission]], applied: list[dict[str, Any]] | None
-    ) -> None:
+    async def _publish(self, emissions: list[tuple[VersionTracker, Emission]], fleet: Fleet | None) -> None:
         """One evaluation: send metrics, alert transitions and the rollbacks decided now, and wait for the
         broker's acknowledgement.
 
@@ -318,7 +321,7 @@ class Monitor(JoinAgents):
             a for _, r, a in announced if r is not None and r.action == "rollback" and a["state"] == "firing"
         ]
         now_ms = int(time.time() * 1000)
-        for command in self.decisions.rollbacks(self.watching.trackers, applied, firing_rollbacks, now_ms):
+        for command in self.decisions.rollbacks(self.watching.trackers, fleet, firing_rollbacks, now_ms):
             fut = await self.commands_out.send(
                 key=self.settings.model_name, value=codec("model-command").encode(command), force=True
             )
@@ -332,6 +335,21 @@ class Monitor(JoinAgents):
         if sent:
             await asyncio.gather(*sent)
         self.published.update((a["alert_id"], a["state"]) for _, _, a in announced)
+
+    async def _publish_activations(self, fleet: Fleet | None) -> None:
+        """The rejected-activation alerts (:mod:`streams.activations`), sent by one worker of the group: the
+        owner of labelled partition 0 (they belong to no version's stream)."""
+        if 0 not in self._owned or self.published is None:
+            return
+        alerts = activations.evaluate(fleet, self.published, int(time.time() * 1000))
+        sent = []
+        for alert in alerts:
+            log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
+            value = codec("alert").encode(alert)
+            sent.append(await self.alerts_out.send(key=alert["model_version"], value=value, force=True))
+        if sent:
+            await asyncio.gather(*sent)  # on the broker before it counts as sent
+        self.published.update((a["alert_id"], a["state"]) for a in alerts)
 
     def _persist(self, trackers: list[VersionTracker]) -> None:
         for tracker in trackers:

@@ -29,11 +29,13 @@ class Epochs:
     latest: dict[str, Epoch]  # each version's latest epoch
     commanded: Epoch | None  # the epoch in force: its version is the commanded one
 
-    def describe_end(self, version: str) -> str:
-        """Why ``version``'s epoch ended: for the message of the alerts it ends."""
+    def describe_end(self, version: str, served: str | None = None) -> str:
+        """Why ``version``'s epoch ended (the fleet now serves ``served``): for the alerts it ends."""
         now = self.commanded
         if now is None:
             return f"{version} is no longer the commanded version"
+        if served is not None and served != now.version:
+            return f"{version} is no longer served: the live replicas serve {served}"
         c = now.command
         return f"{version} is no longer served: {c['action']} to {now.version} (command {c['command_id']})"
 

@@ -19,6 +19,7 @@ from services import kafka
 from services.config import Settings
 from services.deployment.follower import Follower
 from services.kafka.topics import check_command_topic
+from streams.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class CommandFollower:
         """A copy of the applied commands, in log order."""
         with self._follower.lock:
             return list(self._follower.state.applied)
+
+    def fleet(self) -> Fleet:
+        """One consistent view of the deployment state for one evaluation (:mod:`streams.fleet`)."""
+        with self._follower.lock:
+            return Fleet.of(self._follower.state)
 
     def commanded(self) -> str | None:
         """The version the last applied command names (which may be one no replica could load)."""

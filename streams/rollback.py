@@ -1,17 +1,19 @@
 """Whether to roll back a version with a firing rollback alert, and to which version.
 
-The deployment history is the command topic (``History`` in ``services.deployment.commands``: applied
-commands in order). The policy is asked again at every evaluation of the monitor while a rule with
+The deployment state is a :class:`~streams.fleet.Fleet`: the applied commands in log order and what the
+live replicas acknowledged. The policy is asked again at every evaluation of the monitor while a rule with
 ``action = "rollback"`` is firing on the version served, so an answer of "not now" is never final. A
 rollback is ordered only when all of these hold:
 
-- the alert is on the version served now (an old version's late predictions move nothing);
+- the alert is on the version the fleet serves now (an old version's late predictions move nothing), and
+  some replica could load that version (one that none could was never served: no basis for a decision);
 - no rollback of ours is still on its way to the command topic (one incident, one rollback, even when
   several rules fire at once);
 - no rollback was ordered within the cooldown (ours, or anyone's on the command topic): the cooldown
   delays the decision, it does not veto it;
-- an earlier version is healthy: deployed before, not itself rolled back for an alert, and not firing a
-  rollback rule now. The most recent such version is the target.
+- an earlier version is healthy: deployed before, not itself rolled back for an alert, loaded by some
+  replica (or by none yet asked), and not firing a rollback rule now. The most recent such version is the
+  target.
 
 The command's id is derived from the alert's id: once a command with that id is on the command topic, the
 incident is settled, across restarts of the monitor, and a command sent again after a crash is applied
@@ -21,12 +23,12 @@ once.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from services.deployment import commands
+from streams.fleet import Fleet
 
 ISSUER = "modelwatch-monitor"
 #: How long a rollback of ours may take to show on the command topic before it no longer holds the others.
@@ -38,29 +40,11 @@ def command_id(alert_id: str) -> str:
     return readable if len(readable) <= 256 else f"rollback:{hashlib.sha256(alert_id.encode()).hexdigest()}"
 
 
-def served_version(applied: Sequence[dict[str, Any]]) -> str | None:
-    """The version the replicas serve now.
-
-    Derived from the last applied command until the deployment state says what the replicas really
-    acknowledged; the one place to change when it does.
-    """
-    return str(applied[-1]["model_version"]) if applied else None
-
-
 @dataclass(frozen=True)
 class Decision:
     command: dict[str, Any] | None  # the rollback command to publish, if any
     reason: str  # why (or why not), for the alert's message and the log
     settled: bool = False  # the incident has its rollback: nothing more to decide
-
-
-def rolled_back_for_alerts(applied: Sequence[dict[str, Any]]) -> set[str]:
-    """Versions that were active when a rollback carrying an alert_id took them out."""
-    out: set[str] = set()
-    for before, command in itertools.pairwise(applied):
-        if command["action"] == "rollback" and command.get("alert_id"):
-            out.add(str(before["model_version"]))
-    return out
 
 
 def describe(alert: dict[str, Any]) -> str:
@@ -87,14 +71,14 @@ class RollbackPolicy:
         self,
         *,
         alert: dict[str, Any],
-        applied: Sequence[dict[str, Any]],
-        served: str | None,
+        fleet: Fleet,
         unhealthy: Collection[str],
         now_ms: int,
     ) -> Decision:
         """``alert`` is a firing alert of a rollback rule (its event, or a summary with alert_id,
-        model_version, metric, value and threshold); ``applied`` the history's applied commands;
-        ``served`` the version served now; ``unhealthy`` the versions firing a rollback rule now."""
+        model_version, metric, value and threshold); ``fleet`` the deployment state; ``unhealthy`` the
+        versions firing a rollback rule now."""
+        applied, served = fleet.applied, fleet.served
         version = alert["model_version"]
         cid = command_id(alert["alert_id"])
         on_topic = {c["command_id"]: c for c in applied}
@@ -105,8 +89,10 @@ class RollbackPolicy:
             return Decision(None, f"rolled back to {target} (command {cid})", settled=True)
         if cid in self._ordered:
             return Decision(None, f"rollback ordered (command {cid})", settled=True)
+        if version in fleet.unloadable:
+            return Decision(None, f"no replica could load {version}: it was never served, no rollback")
         if served is None:
-            return Decision(None, "no deployment on the command topic: nothing to roll back")
+            return Decision(None, "no version served (none commanded, or none loaded): nothing to roll back")
         if version != served:
             return Decision(None, f"{version} is not the version served ({served}): no rollback")
         waiting = [c for c, at in self._ordered.items() if now_ms - at < IN_FLIGHT_MS]
@@ -116,7 +102,7 @@ class RollbackPolicy:
         if last is not None and now_ms - last < self.cooldown_ms:
             wait_s = (last + self.cooldown_ms - now_ms) / 1000
             return Decision(None, f"rollback cooldown: decided again in {wait_s:.0f}s")
-        excluded = rolled_back_for_alerts(applied)
+        excluded = fleet.rolled_back_for_alerts | fleet.unloadable
         earlier = [c["model_version"] for c in reversed(applied) if c["model_version"] != version]
         if not earlier:
             return Decision(None, f"no earlier version than {version} to roll back to")

@@ -10,7 +10,7 @@ It knows nothing of Faust: ``streams.app`` feeds it and publishes what it return
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ import orjson
 from streams.alerts import Baseline
 from streams.decisions import Decisions
 from streams.failures import decode_failures, is_failures
+from streams.fleet import Fleet
 from streams.join import decode_bundle
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
@@ -25,7 +26,8 @@ log = logging.getLogger("modelwatch.monitor")
 
 #: What an evaluation produced: the emissions to publish, and the trackers whose state to persist after.
 Evaluation = tuple[list[tuple[VersionTracker, Emission]], list[VersionTracker]]
-History = Sequence[dict[str, Any]] | None
+#: The deployment state at this evaluation; ``None`` while it is still being read after a start.
+History = Fleet | None
 
 
 class Watch:
@@ -56,9 +58,9 @@ class Watch:
         self.trackers = {v: VersionTracker.restore(v, r, self.config) for v, r in mine.items()}
         return len(by_version) - len(mine)
 
-    def count(self, messages: Iterable[tuple[bytes, int, int]], applied: History) -> Evaluation:
+    def count(self, messages: Iterable[tuple[bytes, int, int]], fleet: History) -> Evaluation:
         """One batch of the labelled stream, as (value, partition, offset) of each message."""
-        emissions = self.decisions.follow_epochs(self.trackers, applied)
+        emissions = self.decisions.follow_epochs(self.trackers, fleet)
         touched = {t.version: t for t, _ in emissions}
         for value, partition, offset in messages:
             try:
@@ -69,30 +71,30 @@ class Watch:
                 log.warning("skipped a labelled message at offset %d: %r", offset, exc)
                 continue
             if failures is not None:
-                tracker = self._tracker(failures[0], partition, applied, emissions)
+                tracker = self._tracker(failures[0], partition, fleet, emissions)
                 tracker.add_failures(failures[1], offset)  # judged at the next tick's emission
             elif items:
-                tracker = self._tracker(items[0].model_version, partition, applied, emissions)
+                tracker = self._tracker(items[0].model_version, partition, fleet, emissions)
                 emissions += [(tracker, e) for e in tracker.add_bundle(items, offset, self.baseline)]
             else:
                 continue
             touched[tracker.version] = tracker
         return emissions, list(touched.values())
 
-    def tick(self, applied: History) -> Evaluation:
+    def tick(self, fleet: History) -> Evaluation:
         """The timer's evaluation: epochs, and an emission for each version with news since its last."""
-        emissions = self.decisions.follow_epochs(self.trackers, applied)
+        emissions = self.decisions.follow_epochs(self.trackers, fleet)
         due = [t for t in self.trackers.values() if t.pending_emission()]
         emissions += [(t, t.emit(self.baseline)) for t in due]
         return emissions, list({t.version: t for t, _ in emissions}.values())
 
     def _tracker(
-        self, version: str, partition: int, applied: History, emissions: list[tuple[VersionTracker, Emission]]
+        self, version: str, partition: int, fleet: History, emissions: list[tuple[VersionTracker, Emission]]
     ) -> VersionTracker:
         tracker = self.trackers.get(version)
         if tracker is None:
             tracker = VersionTracker(version, self.config, partition)
             self.trackers[version] = tracker
             log.info("counting %s from labelled partition %d", version, partition)
-            emissions += self.decisions.follow_epochs({version: tracker}, applied)
+            emissions += self.decisions.follow_epochs({version: tracker}, fleet)
         return tracker

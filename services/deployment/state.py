@@ -175,13 +175,19 @@ class DeploymentState:
         return bool(self.rejected(version)) and not self.loaded.get(version)
 
     def rolled_back_for_alerts(self) -> set[str]:
-        """Versions taken out by a rollback for an alert (``alert_id``, or issued by the monitor)."""
+        """Versions taken out by a rollback for an alert (``alert_id``, or issued by the monitor): the one
+        served when it came, that is the last commanded before it that some replica could load (a version
+        no replica loaded was never served, so an alert cannot have been about it)."""
         out: set[str] = set()
-        for before, command in zip(self.applied, self.applied[1:], strict=False):
-            if command["action"] == "rollback" and (
+        for at, command in enumerate(self.applied):
+            if command["action"] != "rollback" or not (
                 command.get("alert_id") or command.get("issued_by") == MONITOR
             ):
-                out.add(str(before["model_version"]))
+                continue
+            earlier = (str(c["model_version"]) for c in reversed(self.applied[:at]))
+            served = next((v for v in earlier if not self.unloadable(v)), None)
+            if served is not None:
+                out.add(served)
         return out
 
     def rollback_target(self) -> tuple[str | None, str]:

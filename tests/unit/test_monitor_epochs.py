@@ -13,6 +13,7 @@ from services.deployment.commands import make
 from streams.alerts import no_baseline
 from streams.decisions import Decisions
 from streams.epochs import epoch_token, epochs
+from streams.fleet import Fleet
 from streams.join import Labelled
 from streams.rollback import RollbackPolicy, command_id
 from streams.tracker import Emission, TrackerConfig, VersionTracker
@@ -55,15 +56,15 @@ def test_a_rolled_back_version_resolves_with_a_reason_and_redeployed_is_rolled_b
     v1, v2 = VersionTracker("v1", CONFIG), VersionTracker("v2", CONFIG)
     trackers = {"v1": v1, "v2": v2}
     applied = [deploy("v1", NOW - 10_000), deploy("v2", NOW - 5_000)]
-    decisions.follow_epochs(trackers, applied)
+    decisions.follow_epochs(trackers, Fleet.of_commands(applied))
     assert v2.epoch == applied[1]["command_id"]
     v1.add_bundle(requests("v1", 0, 10, good=True), offset=0)
     [firing] = alerts(v2.add_bundle(requests("v2", 0, 5, good=False), offset=0))
     assert firing["state"] == "firing" and epoch_token(v2.epoch) in firing["alert_id"]
-    [first] = decisions.rollbacks(trackers, applied, [firing], NOW)
+    [first] = decisions.rollbacks(trackers, Fleet.of_commands(applied), [firing], NOW)
     applied.append(first)
 
-    [resolved] = alerts(decisions.follow_epochs(trackers, applied))
+    [resolved] = alerts(decisions.follow_epochs(trackers, Fleet.of_commands(applied)))
     assert (resolved["alert_id"], resolved["state"], resolved["cause"]) == (
         firing["alert_id"],
         "resolved",
@@ -74,14 +75,14 @@ def test_a_rolled_back_version_resolves_with_a_reason_and_redeployed_is_rolled_b
     assert v2.retired and not v2.firing()
     # Its late requests are counted, not judged: no second alert on a version nobody serves.
     assert alerts(v2.add_bundle(requests("v2", 5, 20, good=False), offset=1)) == []
-    assert decisions.follow_epochs(trackers, applied) == []  # nothing more to end
+    assert decisions.follow_epochs(trackers, Fleet.of_commands(applied)) == []  # nothing more to end
 
     applied.append(deploy("v2", NOW + 10_000))  # the same version, deployed again, still bad
-    decisions.follow_epochs(trackers, applied)
+    decisions.follow_epochs(trackers, Fleet.of_commands(applied))
     assert v2.total == 25 and v2.snapshot("count")["n"] == 0  # fresh windows; the total goes on
     [again] = alerts(v2.add_bundle(requests("v2", 25, 5, good=False), offset=2))
     assert again["state"] == "firing" and again["alert_id"] != firing["alert_id"]
-    [second] = decisions.rollbacks(trackers, applied, [again], NOW + 20_000)
+    [second] = decisions.rollbacks(trackers, Fleet.of_commands(applied), [again], NOW + 20_000)
     assert second["command_id"] == command_id(again["alert_id"]) != first["command_id"]
     assert second["model_version"] == "v1"
 
@@ -90,10 +91,10 @@ def test_a_version_redeployed_while_firing_resolves_and_starts_afresh() -> None:
     decisions = Decisions(RollbackPolicy(0), no_baseline)
     v2 = VersionTracker("v2", CONFIG)
     applied = [deploy("v2")]
-    decisions.follow_epochs({"v2": v2}, applied)
+    decisions.follow_epochs({"v2": v2}, Fleet.of_commands(applied))
     [firing] = alerts(v2.add_bundle(requests("v2", 0, 5, good=False), offset=0))
     applied += [deploy("v1"), deploy("v2")]
-    [resolved] = alerts(decisions.follow_epochs({"v2": v2}, applied))
+    [resolved] = alerts(decisions.follow_epochs({"v2": v2}, Fleet.of_commands(applied)))
     assert resolved["alert_id"] == firing["alert_id"] and resolved["cause"] == "redeployed"
     assert v2.epoch == applied[-1]["command_id"] and not v2.retired
 
@@ -101,7 +102,7 @@ def test_a_version_redeployed_while_firing_resolves_and_starts_afresh() -> None:
 def test_traffic_of_a_version_never_commanded_is_judged_as_before() -> None:
     decisions = Decisions(RollbackPolicy(0), no_baseline)
     shadow = VersionTracker("shadow", CONFIG)
-    assert decisions.follow_epochs({"shadow": shadow}, [deploy("v1")]) == []
+    assert decisions.follow_epochs({"shadow": shadow}, Fleet.of_commands([deploy("v1")])) == []
     [firing] = alerts(shadow.add_bundle(requests("shadow", 0, 5, good=False), offset=0))
     assert firing["alert_id"] == "f1-low:shadow:5"
 
@@ -119,11 +120,11 @@ def test_epochs_survive_a_restore_from_the_changelog() -> None:
                 changelog[key] = value
 
     applied = [deploy("v1"), deploy("v2")]
-    decisions.follow_epochs({"v2": live}, applied)
+    decisions.follow_epochs({"v2": live}, Fleet.of_commands(applied))
     live.add_bundle(requests("v2", 0, 300, good=False), offset=0)
     persist()
     applied += [make("rollback", "v1", "r", ts=NOW), deploy("v2")]
-    decisions.follow_epochs({"v2": live}, applied)
+    decisions.follow_epochs({"v2": live}, Fleet.of_commands(applied))
     live.add_bundle(requests("v2", 300, 7, good=True), offset=1)
     persist()
 

@@ -3,6 +3,7 @@ and the decision taken again at every evaluation, so a cooldown delays a rollbac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,8 +14,9 @@ from services.config import AlertRule
 from services.deployment.commands import History, make, verify
 from streams.alerts import no_baseline
 from streams.decisions import Decisions
+from streams.fleet import Fleet
 from streams.join import Labelled
-from streams.rollback import ISSUER, RollbackPolicy, command_id, rolled_back_for_alerts, served_version
+from streams.rollback import ISSUER, RollbackPolicy, command_id
 from streams.tracker import TrackerConfig, VersionTracker
 
 NOW = 1_800_000_000_000
@@ -38,10 +40,11 @@ def firing(version: str, aid: str = "f1-low:v:100") -> dict[str, Any]:
 
 
 def decide(policy: RollbackPolicy, version: str, applied: list[dict[str, Any]], **kw: Any) -> Any:
+    """``served`` says what the live replicas acknowledged; without it, none has said anything yet."""
+    fleet = dataclasses.replace(Fleet.of_commands(applied), acknowledged=kw.pop("served", None))
     return policy.decide(
         alert=firing(version, kw.pop("aid", f"f1-low:{version}:100")),
-        applied=applied,
-        served=kw.pop("served", served_version(applied)),
+        fleet=kw.pop("fleet", fleet),
         unhealthy=kw.pop("unhealthy", {version}),
         now_ms=kw.pop("now", NOW),
     )
@@ -104,7 +107,7 @@ def test_never_back_to_a_version_rolled_back_for_an_alert_nor_to_an_unhealthy_on
         v2_out,
         deploy("v3", NOW - 30 * MIN),
     ]
-    assert rolled_back_for_alerts(applied) == {"v2"}
+    assert Fleet.of_commands(applied).rolled_back_for_alerts == {"v2"}
     d = decide(RollbackPolicy(MIN), "v3", applied)
     assert d.command is not None and d.command["model_version"] == "v1"
     d = decide(RollbackPolicy(MIN), "v3", applied, unhealthy={"v3", "v1"})
@@ -173,11 +176,11 @@ def test_each_evaluation_decides_again_so_the_rollback_comes_when_the_cooldown_h
     decisions = Decisions(RollbackPolicy(MIN), no_baseline)
     [emission] = tracker.add_bundle(bad("v3", 0, 5), offset=0)
     [(_, event)] = emission.alerts
-    assert decisions.rollbacks({"v3": tracker}, applied, [event], NOW) == []
+    assert decisions.rollbacks({"v3": tracker}, Fleet.of_commands(applied), [event], NOW) == []
     assert "rollback cooldown" in event["message"]
     ordered = []
     for now in range(NOW + 5_000, NOW + 2 * MIN, 5_000):  # ticks with nothing new to count
-        for command in decisions.rollbacks({"v3": tracker}, applied, [], now):
+        for command in decisions.rollbacks({"v3": tracker}, Fleet.of_commands(applied), [], now):
             ordered.append(now)
             applied.append(command)
     assert ordered == [NOW + 30_000]
@@ -193,7 +196,7 @@ def test_a_decision_waits_for_the_history_and_is_taken_once_it_is_read() -> None
     assert decisions.rollbacks({"v2": tracker}, None, [event], NOW) == []
     assert "history is still being read" in event["message"]
     applied = [deploy("v1", NOW - 10 * MIN), deploy("v2", NOW - 5 * MIN)]
-    [command] = decisions.rollbacks({"v2": tracker}, applied, [], NOW + 1000)
+    [command] = decisions.rollbacks({"v2": tracker}, Fleet.of_commands(applied), [], NOW + 1000)
     assert command["command_id"] == command_id(event["alert_id"])
 
 
@@ -208,7 +211,7 @@ def test_a_waiting_decision_is_logged_once_per_reason_not_at_every_evaluation(
     tracker.add_bundle(bad("v3", 0, 5), offset=0)
     with caplog.at_level(logging.INFO, logger="modelwatch.monitor"):
         for now in range(NOW, NOW + 40_000, 1_000):
-            for command in decisions.rollbacks({"v3": tracker}, applied, [], now):
+            for command in decisions.rollbacks({"v3": tracker}, Fleet.of_commands(applied), [], now):
                 applied.append(command)
     said = [r.getMessage() for r in caplog.records]
     # Waiting for the cooldown (once, though its countdown changes), then rolling back; after that v3 is

@@ -11,6 +11,7 @@ from services.deployment.commands import make
 from streams.alerts import no_baseline
 from streams.decisions import Decisions
 from streams.failures import Failure, encode_failures
+from streams.fleet import Fleet
 from streams.join import Labelled, encode_bundle
 from streams.rollback import RollbackPolicy
 from streams.tracker import TrackerConfig
@@ -35,7 +36,7 @@ def test_a_batch_counts_each_version_s_requests_and_failures_and_skips_what_it_c
     failures = encode_failures("v2", [Failure("v2", "f-1", 5), Failure("v2", "f-2", 6)])
     emissions, touched = w.count(
         [(bundle("v1", 0, 5), 0, 10), (failures, 1, 3), (b"[{]", 0, 11), (b'{"v": 1}', 1, 4)],
-        [make("deploy", "v1", "r")],
+        Fleet.of_commands([make("deploy", "v1", "r")]),
     )
     assert {t.version for t in touched} == {"v1", "v2"} and w.invalid == 2
     assert (w.trackers["v1"].total, w.trackers["v2"].failed) == (5, 2)
