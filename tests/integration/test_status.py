@@ -82,7 +82,7 @@ def test_a_killed_replica_is_shown_gone_within_three_heartbeats_and_a_live_one_s
     shown_after_s = time.monotonic() - killed_at
     gone = replica(doc, "serve-b")
     # Gone once its last heartbeat is older than three heartbeats, and not long after (one status read).
-    assert 3 * HEARTBEAT_S < gone["last_heartbeat_age_s"] < 3 * HEARTBEAT_S + 10, gone
+    assert 3 * HEARTBEAT_S <= gone["last_heartbeat_age_s"] < 3 * HEARTBEAT_S + 10, gone  # ages: 0.1 s
     assert replica(doc, "serve-a")["status"] == "serving" and live.proc.poll() is None
     with capsys.disabled():  # the figure, for the record
         print(
