@@ -157,12 +157,14 @@ class AckWait:
         self.follower.start()
         deadline = time.monotonic() + self.ready_timeout_s
         while not self.follower.ready.wait(0.1):
+            problem = None
             if self.follower.error is not None or not self.follower.is_alive():
-                raise KafkaClientError(f"cannot follow the deployment state: {self.follower.error}")
-            if time.monotonic() > deadline:
-                raise KafkaClientError(
-                    f"the deployment state was not read within {self.ready_timeout_s:.0f} s"
-                )
+                problem = f"cannot follow the deployment state: {self.follower.error}"
+            elif time.monotonic() > deadline:
+                problem = f"the deployment state was not read within {self.ready_timeout_s:.0f} s"
+            if problem is not None:
+                self.follower.stop()  # __exit__ does not run when __enter__ raises
+                raise KafkaClientError(problem)
         return self
 
     def __exit__(self, *_exc: object) -> None:

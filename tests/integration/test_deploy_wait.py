@@ -103,6 +103,8 @@ def test_deploys_wait_for_every_live_replica_and_fail_on_a_rejection_or_a_silenc
     for name in NAMES:
         assert f"{name} activated it in " in out and " ms" in out
     assert "acknowledged by every live replica (2)" in out
+    with capsys.disabled():  # the delays, for the record
+        print("\n" + out)
 
     # A version the replicas cannot load: both reject it, the deploy fails naming them and why.
     code, out, err = run(capsys, ["deploy", broken])
@@ -112,6 +114,8 @@ def test_deploys_wait_for_every_live_replica_and_fail_on_a_rejection_or_a_silenc
     for name in NAMES:
         assert f"{name} rejected it in " in err and f"cannot load {broken}" in err
     assert "sha256" in err
+    with capsys.disabled():
+        print(err)
 
     # A live replica that does not answer (frozen: its last heartbeat is recent) fails the rollback.
     frozen = started["serve-b"]
