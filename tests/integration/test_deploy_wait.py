@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def test_deploys_wait_for_every_live_replica_and_fail_on_a_rejection_or_a_silenc
     replicas: Callable[[str], Replica],
     replica_registry: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     v1, v2, broken = (register(settings, model, replica_registry) for _ in range(3))
     damage(replica_registry, broken)
@@ -127,6 +129,24 @@ def test_deploys_wait_for_every_live_replica_and_fail_on_a_rejection_or_a_silenc
     assert code == 1
     assert "serve-a activated it in " in out
     assert "serve-b: no answer within 4 s" in err and "serve-a" not in err
+
+    # A live replica that stops heartbeating during the wait is not waited for until the timeout. The CLI
+    # takes a replica as gone after three of its own heartbeats (2 s here: 6 s, room for its start-up).
+    heartbeats_before = len(collector.events("heartbeat", "serve-b"))
+    wait_for(
+        lambda: len(collector.events("heartbeat", "serve-b")) > heartbeats_before + 1, 60, "serve-b back"
+    )
+    monkeypatch.setenv("MODELWATCH_SERVE__HEARTBEAT_S", "2")
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        code, out, err = run(capsys, ["deploy", v2, "--timeout", "120"])
+        took = time.monotonic() - began
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    assert code == 1 and "serve-a activated it in " in out
+    assert "serve-b: stopped heartbeating before it answered" in err and took < 60, (err, took)
+    monkeypatch.delenv("MODELWATCH_SERVE__HEARTBEAT_S")
 
     # --no-wait publishes and returns.
     code, out, err = run(capsys, ["deploy", v2, "--no-wait"])
