@@ -76,14 +76,23 @@ def test_a_killed_replica_is_shown_gone_within_three_heartbeats_and_a_live_one_s
 
     doomed.kill()
     killed_at = time.monotonic()
+    # One status shows both: the killed replica gone, the other serving (a loaded machine may delay one of
+    # its 0.5 s heartbeats past three, so the pair is waited for, not asserted on the first read).
     doc = wait_for(
-        lambda: (d := status_json(capsys)) and replica(d, "serve-b")["status"] == "gone" and d, 30, "gone"
+        lambda: (
+            (d := status_json(capsys))
+            and replica(d, "serve-b")["status"] == "gone"
+            and replica(d, "serve-a")["status"] == "serving"
+            and d
+        ),
+        30,
+        "serve-b gone and serve-a serving",
     )
     shown_after_s = time.monotonic() - killed_at
     gone = replica(doc, "serve-b")
     # Gone once its last heartbeat is older than three heartbeats, and not long after (one status read).
     assert 3 * HEARTBEAT_S <= gone["last_heartbeat_age_s"] < 3 * HEARTBEAT_S + 10, gone  # ages: 0.1 s
-    assert replica(doc, "serve-a")["status"] == "serving" and live.proc.poll() is None
+    assert live.proc.poll() is None
     with capsys.disabled():  # the figure, for the record
         print(
             f"\nserve-b gone {shown_after_s:.1f}s after SIGKILL (last heard {gone['last_heartbeat_age_s']}s)"
