@@ -12,7 +12,20 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
 from schemas.errors import ModelwatchError
-from services.cli import acls, broker, demo, deploy, models, monitor, serve, simulate, tail, topics, train
+from services.cli import (
+    acls,
+    broker,
+    demo,
+    deploy,
+    models,
+    monitor,
+    serve,
+    simulate,
+    status,
+    tail,
+    topics,
+    train,
+)
 from services.cli import bench as bench_cli
 from services.cli import report as report_cli
 from services.cli.common import console, err
@@ -35,6 +48,7 @@ app.registered_commands += train.app.registered_commands
 app.registered_commands += deploy.app.registered_commands
 app.registered_commands += demo.app.registered_commands
 app.registered_commands += simulate.app.registered_commands
+app.registered_commands += status.app.registered_commands
 app.registered_commands += tail.app.registered_commands
 app.registered_commands += report_cli.app.registered_commands
 app.registered_commands += monitor.app.registered_commands

@@ -1,28 +1,81 @@
-"""``modelwatch deploy`` and ``modelwatch rollback``: publish a verified version's command."""
+"""``modelwatch deploy`` and ``modelwatch rollback``: publish a verified version's command, then wait for
+every live replica's answer (``--no-wait`` to publish and return)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
 import typer
 
-from services.cli.common import console, current_settings
-from services.deployment.orders import deploy, rollback
+from services.cli.common import console, current_settings, err
+from services.config import Settings
+from services.deployment.orders import ACK_TIMEOUT_S, Acknowledgements, AckWait, Answer, deploy, rollback
 
 app = typer.Typer()
 
 ReasonOption = typer.Option("", "--reason", metavar="TEXT", help="Why: recorded in the audit log.")
+NoWaitOption = typer.Option(
+    False, "--no-wait", help="Publish the command and return, without waiting for the replicas."
+)
+TimeoutOption = typer.Option(
+    ACK_TIMEOUT_S,
+    "--timeout",
+    metavar="SECONDS",
+    min=0.0,
+    help="How long every live replica has to answer.",
+)
+
+
+def _print_answer(answer: Answer) -> None:
+    console.print(f"  {answer.describe()}", markup=False)
+
+
+def publish_and_wait(
+    settings: Settings, publish: Callable[[], dict[str, Any]], wait: bool, timeout: float
+) -> Acknowledgements | None:
+    """Publish with ``publish()`` and, if ``wait``, wait for the live replicas' answers, printing each;
+    exit 1 naming the replicas that rejected the command or did not answer."""
+    with AckWait(settings) if wait else nullcontext() as acks:
+        command = publish()
+        what = "deploy" if command["action"] == "deploy" else "rollback to"
+        console.print(f"{what} {command['model_version']} published ({command['command_id']})", markup=False)
+        if acks is None:
+            return None
+        result = acks.wait(command, timeout, on_answer=_print_answer)
+    if not result.expected:
+        console.print(
+            "no live replica to acknowledge it: replicas load the commanded version when they start",
+            markup=False,
+        )
+    elif result.ok:
+        console.print(f"acknowledged by every live replica ({len(result.expected)})", markup=False)
+    else:
+        reasons = "; ".join(a.describe() for a in result.failures)
+        err.print(
+            f"modelwatch: error: {what} {command['model_version']} was not activated by every live "
+            f"replica: {reasons}",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    return result
 
 
 @app.command(name="deploy")
 def deploy_command(
     version: str = typer.Argument(..., help="A registry version (see `modelwatch models list`)."),
     reason: str = ReasonOption,
+    no_wait: bool = NoWaitOption,
+    timeout: float = TimeoutOption,
 ) -> None:
-    """Order every prediction service to activate VERSION.
+    """Order every prediction service to activate VERSION, and wait for every live replica's answer.
 
     Refuses a version that is not in the registry or does not verify. The command is signed when
-    MODELWATCH_SIGNING_KEY is set."""
-    command = deploy(current_settings(), version, reason)
-    console.print(f"deploy {command['model_version']} published ({command['command_id']})")
+    MODELWATCH_SIGNING_KEY is set. Exits 1 if a live replica rejects the version or does not answer in
+    time; with no live replica, succeeds (replicas load the commanded version when they start)."""
+    settings = current_settings()
+    publish_and_wait(settings, lambda: deploy(settings, version, reason), not no_wait, timeout)
 
 
 @app.command(name="rollback")
@@ -35,7 +88,10 @@ def rollback_command(
         "rolled back for an alert, nor one no replica could load].",
     ),
     reason: str = ReasonOption,
+    no_wait: bool = NoWaitOption,
+    timeout: float = TimeoutOption,
 ) -> None:
-    """Order every prediction service back to an earlier version (it must still verify)."""
-    command = rollback(current_settings(), to, reason)
-    console.print(f"rollback to {command['model_version']} published ({command['command_id']})")
+    """Order every prediction service back to an earlier version (it must still verify), and wait for
+    every live replica's answer as `deploy` does."""
+    settings = current_settings()
+    publish_and_wait(settings, lambda: rollback(settings, to, reason), not no_wait, timeout)

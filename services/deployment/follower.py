@@ -63,6 +63,10 @@ def open_command_log(
     return retry(find, retry_on=(KafkaException,), retry_max_s=retry_max_s, on_retry=waiting, stop=stop)
 
 
+#: What a just-created topic answers until its leader is known: asked again, not an error.
+LEADER_RACE = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+
 def _events_from(consumer: Consumer, topic: str, since_ms: int) -> tuple[list[TopicPartition], set[int]]:
     """Every partition of the event topic, each at its first event since ``since_ms`` (or at its end when
     it has none that recent: what comes later is still followed), and the partitions with events to read
@@ -71,7 +75,17 @@ def _events_from(consumer: Consumer, topic: str, since_ms: int) -> tuple[list[To
     if meta is None or meta.error is not None:
         return [], set()  # no event topic (yet): the commands alone
     wanted = [TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)]
-    found = consumer.offsets_for_times(wanted, timeout=10.0)
+
+    def ask(_attempt: int) -> list[TopicPartition]:
+        try:
+            return list(consumer.offsets_for_times(wanted, timeout=10.0))
+        except KafkaException as exc:  # a fresh topic's leader may not be known yet: ask again
+            if exc.args[0].retriable() or exc.args[0].code() in LEADER_RACE:
+                raise NotYet(str(exc)) from exc
+            raise
+
+    found = retry(ask, retry_on=(), within_s=10.0, every_s=0.1)
+    assert found is not None  # no stop event: only an answer or an error ends the retries
     behind = {tp.partition for tp in found if tp.offset >= 0}
     for tp in found:
         if tp.offset < 0:  # nothing that recent in this partition

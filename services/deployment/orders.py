@@ -7,21 +7,27 @@ replica could load, is skipped (the operator can still name it).
 A deploy or rollback is one command on the command topic (the audit log); the prediction services
 activate what it names. Nothing is published for a version that is not in the registry or does not
 verify, so a typo or a tampered artifact never reaches the services.
+
+:class:`AckWait` then waits for the replicas' answers (``activated`` or ``rejected`` on
+``rec.model-events``): it follows the deployment state from before the command is published, takes the
+replicas live at that moment as the ones that must answer, and reports each answer with its delay.
 """
 
 from __future__ import annotations
 
 import getpass
 import socket
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.errors import CommandError
+from schemas.errors import CommandError, KafkaClientError
 from services.config import Settings
 from services.deployment import commands
 from services.deployment.commands import Action, History
-from services.deployment.follower import read_state
+from services.deployment.follower import Follower, read_state
 from services.deployment.state import DeploymentState
 from services.registry import Registry
 
@@ -84,6 +90,131 @@ def rollback(
         if to is None:
             raise CommandError(why_not)
     return _publish(settings, "rollback", to, reason or f"roll back to {to}", registry, issued_by)
+
+
+#: How long ``deploy`` and ``rollback`` wait for the live replicas' answers by default (seconds).
+ACK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One replica's answer to a command, or its absence."""
+
+    instance: str
+    outcome: str  # activated, rejected, silent (stopped heartbeating), no answer (timed out)
+    delay_ms: int | None = None  # publication to the answer being read, on this process's clock
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "activated"
+
+    def describe(self) -> str:
+        if self.outcome == "activated":
+            return f"{self.instance} activated it in {self.delay_ms} ms"
+        if self.outcome == "rejected":
+            return f"{self.instance} rejected it in {self.delay_ms} ms: {self.error}"
+        return f"{self.instance}: {self.error}"
+
+
+@dataclass
+class Acknowledgements:
+    """What the replicas answered to one command."""
+
+    command: dict[str, Any]
+    expected: list[str]  # the replicas live when it was published: each must activate it
+    answers: list[Answer] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Answer]:
+        return [a for a in self.answers if a.instance in self.expected and not a.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class AckWait:
+    """Follows the deployment state from before a command is published, then waits for its answers.
+
+    Use as a context manager around the publication::
+
+        with AckWait(settings) as acks:
+            command = deploy(settings, version)
+            result = acks.wait(command, timeout_s=60, on_answer=print)
+
+    The delays are measured on this process's monotonic clock, from the publication to the moment the
+    answer is read: the replicas' and the issuer's wall clocks are never compared.
+    """
+
+    def __init__(self, settings: Settings, ready_timeout_s: float = 30.0) -> None:
+        self.settings = settings
+        self.ready_timeout_s = ready_timeout_s
+        # Never committed (assign), so the name only has to fall under the operator's prefix.
+        self.follower = Follower(settings, f"{settings.topic_prefix}cli-acks")
+
+    def __enter__(self) -> AckWait:
+        self.follower.start()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not self.follower.ready.wait(0.1):
+            problem = None
+            if self.follower.error is not None or not self.follower.is_alive():
+                problem = f"cannot follow the deployment state: {self.follower.error}"
+            elif time.monotonic() > deadline:
+                problem = f"the deployment state was not read within {self.ready_timeout_s:.0f} s"
+            if problem is not None:
+                self.follower.stop()  # __exit__ does not run when __enter__ raises
+                raise KafkaClientError(problem)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.follower.stop()
+
+    def wait(
+        self,
+        command: dict[str, Any],
+        timeout_s: float = ACK_TIMEOUT_S,
+        on_answer: Callable[[Answer], None] | None = None,
+    ) -> Acknowledgements:
+        """Wait until every replica live now has answered ``command`` (or stopped heartbeating), or until
+        ``timeout_s``; ``on_answer`` is told each answer as it comes, a replica that starts meanwhile
+        included. With no live replica, return at once: replicas load the commanded version at start."""
+        published = time.monotonic()
+        state, lock = self.follower.state, self.follower.lock
+        with lock:
+            expected = [r.instance for r in state.live()]
+        result = Acknowledgements(command, expected)
+        if not expected:
+            return result
+        command_id, seen = command["command_id"], dict[str, Answer]()
+
+        def tell(answer: Answer) -> None:
+            seen[answer.instance] = answer
+            result.answers.append(answer)
+            if on_answer is not None:
+                on_answer(answer)
+
+        while True:
+            if self.follower.error is not None:
+                raise KafkaClientError(f"cannot follow the replicas' answers: {self.follower.error}")
+            with lock:
+                acks = dict(state.acks.get(command_id, {}))
+                live = {r.instance for r in state.live()}
+            delay_ms = int((time.monotonic() - published) * 1000)
+            for instance, ack in sorted(acks.items()):
+                if instance not in seen:
+                    tell(Answer(instance, ack.event, delay_ms, ack.error))
+            for instance in expected:
+                if instance not in seen and instance not in live:
+                    tell(Answer(instance, "silent", error="stopped heartbeating before it answered"))
+            if all(i in seen for i in expected):
+                return result
+            if time.monotonic() - published > timeout_s:
+                for instance in expected:
+                    if instance not in seen:
+                        tell(Answer(instance, "no answer", error=f"no answer within {timeout_s:g} s"))
+                return result
+            time.sleep(0.05)  # polling the follower's state, which a background thread fills
 
 
 @dataclass(frozen=True)

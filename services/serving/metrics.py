@@ -9,6 +9,10 @@
     modelwatch_serve_model_commands_total{outcome}     commands activated or rejected
     modelwatch_serve_rewinds_total                     replays after a failed delivery or an abort
 
+The same port answers the probes Kubernetes and Docker healthchecks use: ``/healthz`` (200 while the process
+serves HTTP at all: alive) and ``/readyz`` (200 once the replica has reached the broker, loaded a model and
+joined the group; 503 before and while it stops). Every other path is the metrics, as before.
+
 Every request of a batch shares its latency (arrival of the batch to production of its predictions), so
 the latency histogram takes one observation per batch weighted by the batch's size: exact per request,
 without a Python call per request.
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,6 +64,32 @@ class WeightedHistogram(Collector):
         family = HistogramMetricFamily(self.name, self.documentation)
         family.add_metric([], cumulative, total)
         yield family
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes come every few seconds: not one stderr line each (the replica's log is key=value)."""
+
+
+def with_probes(metrics: WsgiApp, ready: Callable[[], bool]) -> WsgiApp:
+    """``metrics`` with ``/healthz`` (alive) and ``/readyz`` (``ready()``) in front of it."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/healthz", "/readyz"):
+            return metrics(environ, start_response)
+        ok = path == "/healthz" or ready()
+        body = b"ok\n" if ok else b"not ready\n"
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(
+            status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    return app
 
 
 class ServeMetrics:
@@ -109,8 +141,11 @@ class ServeMetrics:
         """A sample's current value (0 when absent), for tests and the benchmark."""
         return self.registry.get_sample_value(name, labels) or 0.0
 
-    def start_http(self, port: int) -> None:
-        self._server, _thread = start_http_server(port, registry=self.registry)
+    def start_http(self, port: int, ready: Callable[[], bool] = lambda: False, addr: str = "0.0.0.0") -> None:
+        """Serve the metrics, ``/healthz`` and ``/readyz`` (``ready()``) on ``port`` in a daemon thread."""
+        app = with_probes(make_wsgi_app(self.registry), ready)
+        self._server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
 
     def stop_http(self) -> None:
         if self._server is not None:

@@ -184,7 +184,7 @@ class Service:
         )
         if serve.metrics_port is not None:
             try:
-                self.metrics.start_http(serve.metrics_port)
+                self.metrics.start_http(serve.metrics_port, ready=self.serving.is_set)
             except OSError as exc:
                 raise ConfigError(f"cannot serve metrics on port {serve.metrics_port}: {exc}") from exc
             self.log.info("metrics", port=serve.metrics_port)

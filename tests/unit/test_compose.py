@@ -59,3 +59,14 @@ def test_the_secure_profile_mirrors_the_local_scram_broker_and_its_acls() -> Non
             "SCRAM-SHA-256",
         )
         assert "topics" not in secure[name].get("depends_on", {})  # never waits on the plain broker's setup
+
+
+def test_every_replica_serves_its_probes_and_docker_checks_readyz() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    replicas = [name for name, s in services.items() if " serve " in s.get("command", "")]
+    assert sorted(replicas) == ["secure-serve-1", "secure-serve-2", "serve-1", "serve-2"]
+    for name in replicas:
+        port = services[name]["command"].split("--metrics-port ")[1].split()[0].strip('"')
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD" and f"http://127.0.0.1:{port}/readyz" in check["test"][-1]
+        assert check["start_period"] and check["retries"] >= 1
