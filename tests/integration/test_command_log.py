@@ -99,26 +99,6 @@ def model(world: World) -> Recommender:
     return Recommender(n_components=4).fit(world.interactions(3000, seed=1))
 
 
-@pytest.fixture
-def collector(settings: Settings) -> Iterator[Collector]:
-    c = Collector(settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-
-    def start(instance: str) -> Replica:
-        started.append(Replica(instance, tmp_path))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
-
-
 def register(settings: Settings, model: Recommender) -> str:
     return Registry(settings.registry).register(model, metrics={}, data_summary={}).version
 

@@ -28,13 +28,6 @@ def model() -> Recommender:
 
 
 @pytest.fixture
-def collector(settings: Settings) -> Iterator[Collector]:
-    c = Collector(settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def replica_registry(tmp_path: Path) -> Path:
     """The replicas' own copy of the registry (a mirror): damaged there, a version still verifies for the
     CLI but not on the replicas, as when their storage differs from the operator's."""

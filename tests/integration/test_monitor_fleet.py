@@ -50,26 +50,6 @@ def model() -> Recommender:
 
 
 @pytest.fixture
-def collector(settings: Settings) -> Iterator[Collector]:
-    c = Collector(settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-
-    def start(instance: str) -> Replica:
-        started.append(Replica(instance, tmp_path))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
-
-
-@pytest.fixture
 def monitor(settings: Settings, tmp_path: Path) -> Iterator[MonitorProcess]:
     workdir = tmp_path / "monitor"
     workdir.mkdir()

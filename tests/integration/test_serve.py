@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,27 +63,6 @@ def deploy(settings: Settings, version: str, key: str | None = None, **extra: An
     command = commands.make("deploy", version, "test", key=key, **extra)
     commands.publish(settings, command)
     return command
-
-
-@pytest.fixture
-def collector(settings: Settings) -> Iterator[Collector]:
-    c = Collector(settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    started: list[Replica] = []
-
-    def start(instance: str, *args: str, env: dict[str, str] | None = None) -> Replica:
-        replica = Replica(instance, tmp_path, *args, env=env)
-        started.append(replica)
-        return replica
-
-    yield start
-    for r in started:
-        r.close()
 
 
 def both_serving(collector: Collector, names: tuple[str, ...], partitions: int = 6) -> bool:

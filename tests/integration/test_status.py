@@ -4,8 +4,7 @@ name with a known lag, and alerts that fire and resolve."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,19 +21,6 @@ from services.sandbox.world import World
 from tests.integration.serving_support import REPLICA_ENV, Replica, wait_for
 
 HEARTBEAT_S = float(REPLICA_ENV["MODELWATCH_SERVE__HEARTBEAT_S"])
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-
-    def start(instance: str) -> Replica:
-        started.append(Replica(instance, tmp_path))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
 
 
 def status_json(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
