@@ -23,36 +23,9 @@ from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
 from services.ops.chart import render_png, render_story
-from services.ops.timeline import (
-    ACK,
-    DEPLOY,
-    FIRING,
-    METRICS,
-    RESOLVED,
-    ROLLBACK,
-    VERSION_COLOURS,
-    Event,
-    Story,
-    Window,
-    clock,
-    fmt,
-    seconds,
-)
+from services.ops.timeline import METRICS, Event, Story, Window, clock, fmt, seconds
 
-__all__ = [
-    "ACK",
-    "DEPLOY",
-    "FIRING",
-    "RESOLVED",
-    "ROLLBACK",
-    "VERSION_COLOURS",
-    "ReportEvents",
-    "ReportFiles",
-    "draw_report",
-    "read_report_events",
-    "render_png",
-    "write_report",
-]
+__all__ = ["ReportEvents", "ReportFiles", "draw_report", "read_report_events", "render_png", "write_report"]
 
 TOPICS = {
     "metrics": "metrics",

@@ -25,6 +25,18 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Key for the tests that run with signed commands and manifests.
 KEY = "fault-suite-signing-key"
 
+#: The monitor of the broker fault tests: short windows and quick failure detection, so a run spends its
+#: time on the fault.
+BROKER_FAULT_MONITOR = {
+    "label_window_s": 60,
+    "count_window": 500,
+    "time_window_s": 30,
+    "emit_every_n": 200,
+    "emit_every_s": 1.0,
+    "commit_interval_s": 0.5,
+    "session_timeout_s": 6,
+}
+
 
 def register(settings: Settings, model: Any, key: str | None = None) -> str:
     return Registry(settings.registry, signing_key=key).register(model, metrics={}, data_summary={}).version

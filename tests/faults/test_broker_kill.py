@@ -26,6 +26,7 @@ from services.sandbox.processes import ManagedProcess
 from services.sandbox.storefront import SimulationPlan, SimulationStats, simulate
 from tests.faults.conftest import FaultRow
 from tests.faults.support import (
+    BROKER_FAULT_MONITOR,
     acked_by,
     available_mb,
     deploy,
@@ -47,15 +48,6 @@ pytestmark = pytest.mark.faults
 
 PORT = int(os.environ.get("MODELWATCH_TEST_FAULT_PORT", "28092"))
 HEAP = "384m"
-MONITOR = {
-    "label_window_s": 60,
-    "count_window": 500,
-    "time_window_s": 30,
-    "emit_every_n": 200,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.5,
-    "session_timeout_s": 6,
-}
 
 
 @pytest.fixture
@@ -85,7 +77,7 @@ def test_sigkill_of_one_of_three_brokers(
     v1, v2 = register(settings, models[0]), register(settings, models[1])
     deploy(settings, v1)
     collector = Collector(settings)
-    config = write_config(tmp_path / "monitor.toml", MONITOR, [])
+    config = write_config(tmp_path / "monitor.toml", BROKER_FAULT_MONITOR, [])
     monitor = ManagedProcess(
         "monitor",
         ["monitor", "--config", str(config)],

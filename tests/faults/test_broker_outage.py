@@ -23,6 +23,7 @@ from services.sandbox.processes import ManagedProcess
 from services.sandbox.storefront import SimulationPlan, SimulationStats, simulate
 from tests.faults.conftest import FaultRow
 from tests.faults.support import (
+    BROKER_FAULT_MONITOR,
     acked_by,
     deploy,
     fresh_world,
@@ -38,15 +39,6 @@ from tests.integration.serving_support import Collector, wait_for
 pytestmark = pytest.mark.faults
 
 PORT = int(os.environ.get("MODELWATCH_TEST_FAULT_PORT", "28092")) + 100
-MONITOR = {
-    "label_window_s": 60,
-    "count_window": 500,
-    "time_window_s": 30,
-    "emit_every_n": 200,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.5,
-    "session_timeout_s": 6,
-}
 #: Quick retries and failure detection, so the test spends its time on the fault, not on waiting.
 FAST = {"MODELWATCH_SERVE__RETRY_MAX_S": "2", "MODELWATCH_SERVE__SESSION_TIMEOUT_MS": "6000"}
 
@@ -73,7 +65,7 @@ def test_no_broker_at_start_then_a_broker_restart_mid_run(
 ) -> None:
     """No broker at start, then the broker appears; later the broker is SIGKILLed and restarted mid-run."""
     settings = fresh_world(lone_broker.bootstrap, monkeypatch)
-    config = write_config(tmp_path / "monitor.toml", MONITOR, [])
+    config = write_config(tmp_path / "monitor.toml", BROKER_FAULT_MONITOR, [])
     env = {**FAST, "MODELWATCH_MONITOR__DATA_DIR": str(tmp_path / "monitor-data")}
     replica = ManagedProcess("serve-a", ["serve", "--instance", "serve-a"], tmp_path / "serve-a.log", env)
     monitor = ManagedProcess("monitor", ["monitor", "--config", str(config)], tmp_path / "monitor.log", env)

@@ -16,16 +16,8 @@ import pytest
 from PIL import Image
 
 from schemas import codec
-from services.ops.report import (
-    DEPLOY,
-    FIRING,
-    RESOLVED,
-    ROLLBACK,
-    VERSION_COLOURS,
-    ReportFiles,
-    draw_report,
-    render_png,
-)
+from services.ops.report import ReportFiles, draw_report, render_png
+from services.ops.timeline import DEPLOY, FIRING, RESOLVED, ROLLBACK, VERSION_COLOURS
 
 START = 1_795_491_600_000
 GOOD, BAD = "20261124T034100-3f2a9c1b", "20261124T035900-77d0e2aa"
