@@ -112,6 +112,9 @@ class MonitorSettings(Section):
     session_timeout_s: float = Field(30.0, ge=6, description="A dead worker's partitions move after this.")
     drift_delta: float | None = Field(None, gt=0, lt=1, description="ADWIN's delta; unset: no drift warning.")
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web server; unset: none.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Prometheus metrics, /healthz and /readyz; unset: none."
+    )
     data_dir: Path = Field(default_factory=lambda: _data_home() / "monitor")
     log_level: str = "info"
     dedupe_horizon: int = Field(

@@ -55,6 +55,7 @@ from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts
 from streams.join import Joiner, JoinStats
 from streams.join_agents import JoinAgents
+from streams.metrics_agents import MetricsAgents
 from streams.rollback import RollbackPolicy
 from streams.routing import Router
 from streams.tables import PartitionedTable
@@ -66,7 +67,7 @@ log = logging.getLogger("modelwatch.monitor")
 READY = "modelwatch monitor ready"
 
 
-class Monitor(JoinAgents):
+class Monitor(JoinAgents, MetricsAgents):
     """The Faust app, its topics and tables, and the plain state its agents share."""
 
     def __init__(self, settings: Settings) -> None:
@@ -174,6 +175,7 @@ class Monitor(JoinAgents):
         self.app.task(self.follow_commands)
         self.app.on_rebalance_complete.connect(cast(Any, self.on_rebalance_complete))  # mode's stubs
         self.app.on_before_shutdown.connect(cast(Any, self.on_before_shutdown))
+        self._install_metrics()  # Prometheus, /healthz and /readyz with monitor.metrics_port
 
     def _table(self, name: str, help: str) -> PartitionedTable:
         table = PartitionedTable(
@@ -303,6 +305,7 @@ class Monitor(JoinAgents):
         if self.published is None:
             loop = asyncio.get_running_loop()
             self.published = await loop.run_in_executor(None, published_alerts, self.settings)
+        self._exported(emissions)
         sent = []
         announced: list[tuple[VersionTracker, AlertRule | None, dict[str, Any]]] = []
         for tracker, emission in emissions:

@@ -70,3 +70,14 @@ def test_every_replica_serves_its_probes_and_docker_checks_readyz() -> None:
         check = services[name]["healthcheck"]
         assert check["test"][0] == "CMD" and f"http://127.0.0.1:{port}/readyz" in check["test"][-1]
         assert check["start_period"] and check["retries"] >= 1
+
+
+def test_every_monitor_serves_its_probes_and_docker_checks_readyz() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    monitors = [name for name, s in services.items() if "modelwatch monitor" in s.get("command", "")]
+    assert sorted(monitors) == ["monitor", "secure-monitor"]
+    for name in monitors:
+        port = services[name]["command"].split("--metrics-port ")[1].split()[0].strip('"')
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD" and f"http://127.0.0.1:{port}/readyz" in check["test"][-1]
+        assert check["start_period"] == "300s" and check["retries"] >= 1
