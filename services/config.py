@@ -162,6 +162,19 @@ class MonitorSettings(Section):
         return min(self.future_tolerance_s, self.label_window_s)
 
 
+class AlertmanagerSettings(Section):
+    """Where the monitor posts its alerts (Alertmanager's v2 API); no url: nowhere."""
+
+    url: str | None = Field(
+        None, pattern=r"^https?://", description="Alertmanager's base URL, e.g. http://alertmanager:9093."
+    )
+    resend_s: float = Field(
+        60.0, gt=0, description="Firing alerts are posted again this often (their endsAt: 4 times ahead)."
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Longest wait for one post.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest wait between attempts while it is down.")
+
+
 class AlertRule(Section):
     """One ``[[alerts]]`` table. Every metric it watches lies in [0, 1]. Quality metrics breach *below* their
     threshold (``below`` in (0, 1]: 0 could never fire; ``resolve_above`` at or above it and below 1: 1 could
@@ -244,6 +257,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=lambda: ServeSettings())
     monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     alerts: list[AlertRule] = Field(default_factory=list)
+    alertmanager: AlertmanagerSettings = Field(default_factory=lambda: AlertmanagerSettings())
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Settings:

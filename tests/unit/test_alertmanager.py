@@ -1,0 +1,63 @@
+"""What the monitor tells Alertmanager: labels, annotations and times of its alerts (the posting itself is
+tested against the real Alertmanager in tests/integration/test_monitor_alertmanager.py)."""
+
+from __future__ import annotations
+
+from streams.alertmanager import Alert, AlertSender, alert_of, rollback_decided
+
+FIRING = {
+    "alert_id": "f1-low:v2:e0123abcd:40",
+    "rule": "f1-low",
+    "state": "firing",
+    "model_version": "v2",
+    "metric": "f1",
+    "value": 0.1234567,
+    "threshold": 0.3,
+    "ts": 1795491753129,
+    "severity": "critical",
+    "action": "rollback",
+    "message": "f1 on the count window of v2 is 0.1235, below 0.3000 for 1 evaluation(s) (n=40); "
+    "rolling back to v1 (command c-1)",
+    "window": "count",
+}
+
+
+def test_labels_identify_the_alert_and_annotations_explain_it() -> None:
+    alert = alert_of(FIRING, "recommender", now=1000.0)
+    assert alert.labels == {"alertname": "f1-low", "model": "recommender", "model_version": "v2",
+                            "severity": "critical"}  # fmt: skip
+    assert alert.annotations["value"] == "0.1235" and alert.annotations["threshold"] == "0.3000"
+    assert alert.annotations["rollback"] == "rolling back to v1 (command c-1)"
+    assert alert.annotations["alert_id"] == FIRING["alert_id"]
+    assert alert.annotations["event_time_ms"] == "1795491753129"  # the storefront's clock: a note only
+    payload = alert.payload(now=1060.0, resend_s=60)
+    assert payload["startsAt"] == "1970-01-01T00:16:40.000Z"  # the monitor's clock when it fired
+    assert payload["endsAt"] == "1970-01-01T00:21:40.000Z"  # four re-sends ahead of now
+
+
+def test_the_rollback_annotation_says_what_was_decided() -> None:
+    assert rollback_decided({**FIRING, "action": "notify"}) == "none: the rule notifies only"
+    assert rollback_decided({**FIRING, "state": "resolved"}) == "none: resolved"
+    assert rollback_decided({**FIRING, "message": "f1 is low"}).startswith("as decided when it fired")
+    assert rollback_decided({**FIRING, "value": None}) == "rolling back to v1 (command c-1)"
+
+
+def test_a_resolution_keeps_the_start_and_ends_now_and_the_firing_set_follows_the_worker() -> None:
+    clock = [1000.0]
+    sender = AlertSender("http://alertmanager:9093/", clock=lambda: clock[0])
+    assert sender.endpoint == "http://alertmanager:9093/api/v2/alerts"
+    sender.transition(FIRING, "recommender")
+    sender._take_inbox()
+    assert list(sender._state.firing) == [FIRING["alert_id"]]
+    clock[0] = 1030.0
+    sender.transition({**FIRING, "state": "resolved", "value": 0.6}, "recommender")
+    sender._take_inbox()
+    assert sender._state.firing == {}
+    [resolved] = sender._state.resolved
+    assert (resolved.starts_at, resolved.ends_at) == (1000.0, 1030.0)
+    assert resolved.payload(2000.0, 60)["endsAt"] == "1970-01-01T00:17:10.000Z"  # now-ish, not ahead
+    # The worker's firing alerts: one learnt after a restart comes in; one gone elsewhere goes.
+    restored = Alert("other:v3:1", {"alertname": "other"}, {}, starts_at=1040.0)
+    sender.firing_now([restored])
+    sender._take_inbox()
+    assert list(sender._state.firing) == ["other:v3:1"] and sender._state.changed
