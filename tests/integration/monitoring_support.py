@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +45,62 @@ def http_status(url: str) -> int | None:
         return None
 
 
-class Alertmanager:
-    """A real Alertmanager on 127.0.0.1:``port``, clustering off, routing everything to a null receiver."""
+class Webhook:
+    """An HTTP receiver for Alertmanager's webhook notifications, as an ops team's pager would get them:
+    each notification's alerts (status, labels, annotations) with the time it arrived (this clock, s)."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/"
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                now = time.time()
+                received.extend((now, alert) for alert in body["alerts"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def notified(self, version: str, status: str) -> tuple[float, dict[str, Any]] | None:
+        """The first notification of ``version``'s alert with ``status`` (firing, resolved)."""
+        return next(
+            ((t, a) for t, a in list(self.received)
+             if a["labels"].get("model_version") == version and a["status"] == status),
+            None,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Alertmanager:
+    """A real Alertmanager on 127.0.0.1:``port``, clustering off, notifying ``webhook`` (if given) at once
+    of every group's firing and resolved alerts."""
+
+    def __init__(self, port: int, workdir: Path, webhook: Webhook | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.workdir = workdir
+        self.webhook = webhook
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"alertmanager-{port}.log"
 
     def start(self, timeout: float = 30.0) -> None:
         config = self.workdir / "alertmanager.yml"
-        config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+        receiver: dict[str, Any] = {"name": "test"}
+        if self.webhook is not None:
+            receiver["webhook_configs"] = [{"url": self.webhook.url, "send_resolved": True}]
+        route = {"receiver": "test", "group_by": ["alertname", "model_version"], "group_wait": "0s",
+                 "group_interval": "1s", "repeat_interval": "1h"}  # fmt: skip
+        config.write_text(json.dumps({"route": route, "receivers": [receiver]}))  # JSON is YAML
         argv = [
             binary("prometheus-alertmanager"),
             f"--config.file={config}",
