@@ -3,6 +3,13 @@ tested against the real Alertmanager in tests/integration/test_monitor_alertmana
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from services.sandbox.processes import wait_for
 from streams.alertmanager import Alert, AlertSender, alert_of, rollback_decided
 
 FIRING = {
@@ -61,3 +68,60 @@ def test_a_resolution_keeps_the_start_and_ends_now_and_the_firing_set_follows_th
     sender.firing_now([restored])
     sender._take_inbox()
     assert list(sender._state.firing) == ["other:v3:1"] and sender._state.changed
+
+
+class Receiver:
+    """A plain HTTP endpoint standing in for Alertmanager's POST /api/v2/alerts: what was posted, when."""
+
+    def __init__(self, port: int) -> None:
+        self.posts: list[list[dict[str, Any]]] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_firing_alerts_are_re_sent_and_nothing_is_lost_while_the_receiver_is_down() -> None:
+    port = free_port()
+    sender = AlertSender(f"http://127.0.0.1:{port}", resend_s=0.3, timeout_s=1, retry_max_s=0.2)
+    sender.start()
+    receiver = None
+    try:
+        sender.transition(FIRING, "recommender")  # nobody listens yet: retried
+        sender.transition({**FIRING, "alert_id": "f1-low:v3:1", "model_version": "v3"}, "recommender")
+        sender.transition({**FIRING, "alert_id": "f1-low:v3:1", "model_version": "v3", "state": "resolved"},
+                          "recommender")  # fmt: skip
+        receiver = Receiver(port)
+        wait_for(lambda: len(receiver.posts) >= 3, 10, "three posts")
+        first = receiver.posts[0]
+        # The resolution that came while it was down goes out first, then the alert still firing.
+        assert [(a["labels"]["model_version"], a["endsAt"] >= a["startsAt"]) for a in first] == [
+            ("v3", True), ("v2", True)
+        ]  # fmt: skip
+        # Re-sent while it fires, each time with endsAt moved ahead; the resolution only once.
+        later = receiver.posts[2]
+        assert [a["labels"]["model_version"] for a in later] == ["v2"]
+        assert later[0]["endsAt"] > first[1]["endsAt"] and later[0]["startsAt"] == first[1]["startsAt"]
+    finally:
+        sender.stop()
+        if receiver is not None:
+            receiver.close()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+from typing import Any, cast
+
 from services.config import AlertRule
 from streams.exposition import FiringAlert, JoinPartition, MonitorMetrics, firing_alerts
 from streams.join import DictStore, Joiner
+from streams.metrics_agents import MetricsAgents
 from streams.tracker import TrackerConfig, VersionTracker
 
 
@@ -97,3 +102,20 @@ def test_firing_alerts_name_rule_version_and_severity() -> None:
     m.refresh({}, [], alerts, ready=True)
     labels = {"alertname": "f1-low", "model_version": "v2", "severity": "critical"}
     assert m.value("modelwatch_monitor_alert_firing", **labels) == 1
+
+
+def test_ready_once_recovered_and_not_while_a_rebalance_or_recovery_runs() -> None:
+    agents = MetricsAgents()
+    agents.app = cast(Any, SimpleNamespace(rebalancing=False, in_recovery=False))
+    agents.follower = cast(Any, SimpleNamespace(ready=threading.Event()))
+    agents._generation = 0
+    agents.follower.ready.set()
+    assert not agents.is_ready()  # no rebalance has completed: the tables are not recovered yet
+    agents._generation = 1
+    assert agents.is_ready()
+    for flag in ("rebalancing", "in_recovery"):
+        setattr(agents.app, flag, True)
+        assert not agents.is_ready(), flag
+        setattr(agents.app, flag, False)
+    agents.follower.ready.clear()
+    assert not agents.is_ready()  # the deployment history is not read
