@@ -9,6 +9,7 @@ partitions); the metrics events are recorded as the watch agent publishes them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,8 @@ log = logging.getLogger("modelwatch.monitor")
 
 #: How often the snapshot is rebuilt: well under Prometheus' usual 15 s scrape interval.
 REFRESH_S = 1.0
+#: How often the join's pending requests are counted: a pass over the whole ``pending`` table, on the loop.
+PENDING_EVERY_S = 10.0
 
 
 class MetricsAgents:
@@ -43,6 +46,7 @@ class MetricsAgents:
     _owned: set[int]
     _generation: int
     exposition: MonitorMetrics | None = None
+    _pending_counted: tuple[float, dict[int, int]] = (-PENDING_EVERY_S, {})  # (when, partition -> count)
 
     def _install_metrics(self) -> None:
         """Serve the metrics if ``monitor.metrics_port`` is set (else nothing is exported)."""
@@ -77,19 +81,30 @@ class MetricsAgents:
                 for event in emission.metrics:
                     self.exposition.emitted(event)
 
+    def _pending_requests(self, partitions: set[int]) -> dict[int, int]:
+        """Pending requests per join partition (``r:<partition>:<request_id>`` keys), counted again every
+        :data:`PENDING_EVERY_S` seconds: the count is a pass over the table, which may be large."""
+        when, counts = self._pending_counted
+        if time.monotonic() - when >= PENDING_EVERY_S or set(counts) != partitions:
+            counts = dict.fromkeys(partitions, 0)
+            for key in self.pending:
+                kind, _, rest = key.partition(":")
+                if kind == "r":
+                    partition = int(rest.partition(":")[0])
+                    if partition in counts:
+                        counts[partition] += 1
+            self._pending_counted = (time.monotonic(), counts)
+        return counts
+
     async def refresh_metrics(self, *_: Any) -> None:
         if self.exposition is None:
             return
         joinable = self.joinable.get_topic_name()
         partitions = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == joinable}
-        pending = dict.fromkeys(partitions, 0)
-        for key in self.pending:
-            kind, _, rest = key.partition(":")
-            if kind == "r":
-                partition = int(rest.partition(":")[0])
-                if partition in pending:
-                    pending[partition] += 1
-        joins = [JoinPartition.of(p, self.joiners[p], pending[p]) for p in partitions if p in self.joiners]
+        pending = self._pending_requests(partitions)
+        joins = [
+            JoinPartition.of(p, self.joiners[p], pending.get(p, 0)) for p in partitions if p in self.joiners
+        ]
         activations: list[str] = []
         if 0 in self._owned and self.published is not None:  # the owner of partition 0 sends them
             activations = [
