@@ -15,8 +15,9 @@ import faust
 from services.config import Settings
 from streams.activations import METRIC as ACTIVATION_METRIC
 from streams.activations import RULE as ACTIVATION_RULE
-from streams.alertmanager import Alert, AlertSender, alert_of
-from streams.alerts import RegistryBaselines
+from streams.alertmanager import AlertSender, alert_of
+from streams.alerts import Baseline, RegistryBaselines
+from streams.tracker import VersionTracker
 from streams.watch import Watch
 
 #: How often the sender learns which alerts fire now (it re-sends them every ``resend_s``).
@@ -59,25 +60,43 @@ class AlertmanagerAgents:
     async def alerts_firing_now(self, *_: Any) -> None:
         if self.alert_sender is None or self.published is None:
             return  # not started yet: nothing is known to fire
-        now, model = time.time(), self.settings.model_name
-        firing: list[Alert] = []
-        for tracker in self.watching.trackers.values():
-            severity = {r.name: r.severity for r in tracker.config.rules}
-            actions = {r.name: r.action for r in tracker.config.rules}
-            for action in ("notify", "rollback"):
-                for a in tracker.firing_alerts(action, self.baselines):
-                    rule = a["rule"]
-                    event = {**a, "state": "firing", "severity": severity.get(rule, "warning"),
-                             "action": actions.get(rule, action), "ts": tracker.time.max_ts or 0}  # fmt: skip
-                    firing.append(alert_of(event, model, now))
+        activations: list[str] = []
         if 0 in self._owned:  # the owner of labelled partition 0 sends the rejected-activation alerts
-            for aid, state in self.published:
-                if state == "firing" and aid.startswith(f"{ACTIVATION_RULE}:"):
-                    if (aid, "resolved") in self.published:
-                        continue
-                    version = aid[len(ACTIVATION_RULE) + 1 :].rpartition(":")[0]
-                    event = {"alert_id": aid, "rule": ACTIVATION_RULE, "model_version": version,
-                             "metric": ACTIVATION_METRIC, "value": None, "threshold": 0.0, "ts": 0,
-                             "state": "firing", "severity": "warning", "action": "notify"}  # fmt: skip
-                    firing.append(alert_of(event, model, now))
-        self.alert_sender.firing_now(firing)
+            activations = [
+                aid
+                for aid, state in self.published
+                if state == "firing"
+                and aid.startswith(f"{ACTIVATION_RULE}:")
+                and (aid, "resolved") not in self.published
+            ]
+        events = firing_events(self.watching.trackers.values(), activations, self.baselines)
+        now, model = time.time(), self.settings.model_name
+        self.alert_sender.firing_now(alert_of(event, model, now) for event in events)
+
+
+def firing_events(
+    trackers: Iterable[VersionTracker], activations: Iterable[str], baseline: Baseline
+) -> list[dict[str, Any]]:
+    """Alert events (as on the alert topic) of every alert firing now: the rules and drift warnings of
+    ``trackers``, and the rejected-activation alerts whose ids are ``activations``."""
+    out: list[dict[str, Any]] = []
+    for tracker in trackers:
+        rules = {r.name: r for r in tracker.config.rules}
+        ts = tracker.time.max_ts or 0
+        for action in ("notify", "rollback"):
+            for alert in tracker.firing_alerts(action, baseline):
+                rule = rules[alert["rule"]]
+                out.append({**alert, "state": "firing", "severity": rule.severity, "action": action, "ts": ts,
+                            "window": rule.window})  # fmt: skip
+        drift = tracker.drift
+        if drift is not None and drift.state.firing and drift.state.alert_id is not None:
+            out.append({"alert_id": drift.state.alert_id, "rule": drift.RULE,
+                        "model_version": tracker.version, "metric": "error_rate",
+                        "value": drift.adwin.estimation, "threshold": 0.0, "ts": ts, "state": "firing",
+                        "severity": "warning", "action": "notify"})  # fmt: skip
+    for aid in activations:
+        version = aid[len(ACTIVATION_RULE) + 1 :].rpartition(":")[0]
+        out.append({"alert_id": aid, "rule": ACTIVATION_RULE, "model_version": version,
+                    "metric": ACTIVATION_METRIC, "value": None, "threshold": 0.0, "ts": 0, "state": "firing",
+                    "severity": "warning", "action": "notify"})  # fmt: skip
+    return out

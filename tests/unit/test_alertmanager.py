@@ -9,8 +9,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from services.config import AlertRule
 from services.sandbox.processes import wait_for
 from streams.alertmanager import Alert, AlertSender, alert_of, rollback_decided
+from streams.alertmanager_agents import firing_events
+from streams.alerts import AlertState, no_baseline
+from streams.tracker import TrackerConfig, VersionTracker
 
 FIRING = {
     "alert_id": "f1-low:v2:e0123abcd:40",
@@ -125,3 +129,20 @@ def test_firing_alerts_are_re_sent_and_nothing_is_lost_while_the_receiver_is_dow
         sender.stop()
         if receiver is not None:
             receiver.close()
+
+
+def test_the_alerts_firing_now_cover_rules_drift_and_rejected_activations() -> None:
+    rule = AlertRule(name="f1-low", metric="f1", below=0.3, severity="critical", action="rollback")
+    tracker = VersionTracker("v2", TrackerConfig(rules=(rule,), drift_delta=0.002))
+    assert firing_events([tracker], [], no_baseline) == []
+    tracker.alerts["f1-low"] = AlertState(firing=True, alert_id="f1-low:v2:40")
+    assert tracker.drift is not None
+    tracker.drift.state = AlertState(firing=True, alert_id="drift:v2:55")
+    events = firing_events([tracker], ["activation-rejected:v3:e0123abcd"], no_baseline)
+    assert [(e["alert_id"], e["rule"], e["model_version"], e["severity"], e["action"]) for e in events] == [
+        ("f1-low:v2:40", "f1-low", "v2", "critical", "rollback"),
+        ("drift:v2:55", "drift", "v2", "warning", "notify"),
+        ("activation-rejected:v3:e0123abcd", "activation-rejected", "v3", "warning", "notify"),
+    ]
+    alerts = [alert_of(e, "recommender", now=1.0) for e in events]  # each a valid alert for Alertmanager
+    assert {a.labels["alertname"] for a in alerts} == {"f1-low", "drift", "activation-rejected"}
