@@ -4,13 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test unit lint format clean
+.PHONY: help install demo test unit lint format clean monitoring-tools
 
 help:
 	@echo "make demo   start a local Kafka broker, create the topics, and run the end-to-end demo"
 	@echo "make test   lint, unit tests and integration tests against a real broker"
 	@echo "make unit   unit tests only (no broker, seconds)"
 	@echo "make lint   ruff and mypy"
+	@echo "make monitoring-tools   install Prometheus and Alertmanager (apt, as root) for the tests"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelwatch needs Python >= 3.11")'
@@ -36,8 +37,21 @@ format: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-test: lint
+test: lint monitoring-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The real Prometheus, promtool and Alertmanager the integration tests run: Debian bookworm's packages
+# (Prometheus 2.42, Alertmanager 0.25), installed once when missing, as the broker fetches the Kafka jars.
+# apt-get needs root; the package lists are refreshed only if the first attempt fails.
+MONITORING_PACKAGES := prometheus prometheus-alertmanager
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(MONITORING_PACKAGES)
+monitoring-tools:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null \
+	    && command -v prometheus-alertmanager >/dev/null; then :; \
+	else \
+	  echo "installing $(MONITORING_PACKAGES) (Debian packages) for the monitoring tests"; \
+	  $(APT_INSTALL) || { apt-get update && $(APT_INSTALL); }; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

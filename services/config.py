@@ -112,6 +112,9 @@ class MonitorSettings(Section):
     session_timeout_s: float = Field(30.0, ge=6, description="A dead worker's partitions move after this.")
     drift_delta: float | None = Field(None, gt=0, lt=1, description="ADWIN's delta; unset: no drift warning.")
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web server; unset: none.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Prometheus metrics, /healthz and /readyz; unset: none."
+    )
     data_dir: Path = Field(default_factory=lambda: _data_home() / "monitor")
     log_level: str = "info"
     dedupe_horizon: int = Field(
@@ -157,6 +160,19 @@ class MonitorSettings(Section):
         if self.out_of_order_s is not None:
             return self.out_of_order_s
         return min(self.future_tolerance_s, self.label_window_s)
+
+
+class AlertmanagerSettings(Section):
+    """Where the monitor posts its alerts (Alertmanager's v2 API); no url: nowhere."""
+
+    url: str | None = Field(
+        None, pattern=r"^https?://", description="Alertmanager's base URL, e.g. http://alertmanager:9093."
+    )
+    resend_s: float = Field(
+        60.0, gt=0, description="Firing alerts are posted again this often (their endsAt: 4 times ahead)."
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Longest wait for one post.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest wait between attempts while it is down.")
 
 
 class AlertRule(Section):
@@ -241,6 +257,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=lambda: ServeSettings())
     monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     alerts: list[AlertRule] = Field(default_factory=list)
+    alertmanager: AlertmanagerSettings = Field(default_factory=lambda: AlertmanagerSettings())
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Settings:

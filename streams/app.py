@@ -47,6 +47,7 @@ import faust
 from schemas import codec
 from services.config import AlertRule, Settings, load_settings
 from streams import activations
+from streams.alertmanager_agents import AlertmanagerAgents
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
@@ -55,6 +56,7 @@ from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts
 from streams.join import Joiner, JoinStats
 from streams.join_agents import JoinAgents
+from streams.metrics_agents import MetricsAgents
 from streams.rollback import RollbackPolicy
 from streams.routing import Router
 from streams.tables import PartitionedTable
@@ -66,7 +68,7 @@ log = logging.getLogger("modelwatch.monitor")
 READY = "modelwatch monitor ready"
 
 
-class Monitor(JoinAgents):
+class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
     """The Faust app, its topics and tables, and the plain state its agents share."""
 
     def __init__(self, settings: Settings) -> None:
@@ -174,6 +176,8 @@ class Monitor(JoinAgents):
         self.app.task(self.follow_commands)
         self.app.on_rebalance_complete.connect(cast(Any, self.on_rebalance_complete))  # mode's stubs
         self.app.on_before_shutdown.connect(cast(Any, self.on_before_shutdown))
+        self._install_metrics()  # Prometheus, /healthz and /readyz with monitor.metrics_port
+        self._install_alertmanager()  # alerts posted to Alertmanager with [alertmanager] url
 
     def _table(self, name: str, help: str) -> PartitionedTable:
         table = PartitionedTable(
@@ -303,6 +307,7 @@ class Monitor(JoinAgents):
         if self.published is None:
             loop = asyncio.get_running_loop()
             self.published = await loop.run_in_executor(None, published_alerts, self.settings)
+        self._exported(emissions)
         sent = []
         announced: list[tuple[VersionTracker, AlertRule | None, dict[str, Any]]] = []
         for tracker, emission in emissions:
@@ -335,6 +340,7 @@ class Monitor(JoinAgents):
         if sent:
             await asyncio.gather(*sent)
         self.published.update((a["alert_id"], a["state"]) for _, _, a in announced)
+        self._notify(a for _, _, a in announced)
 
     async def _publish_activations(self, fleet: Fleet | None) -> None:
         """The rejected-activation alerts (:mod:`streams.activations`), sent by one worker of the group: the
@@ -350,6 +356,7 @@ class Monitor(JoinAgents):
         if sent:
             await asyncio.gather(*sent)  # on the broker before it counts as sent
         self.published.update((a["alert_id"], a["state"]) for a in alerts)
+        self._notify(alerts)
 
     def _persist(self, trackers: list[VersionTracker]) -> None:
         for tracker in trackers:

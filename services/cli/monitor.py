@@ -22,6 +22,15 @@ def monitor(
         "variables still override it).",
     ),
     log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error."),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=1,
+        max=65535,
+        metavar="PORT",
+        help="Serve Prometheus metrics, /healthz and /readyz on this port [default: monitor.metrics_port, "
+        "none].",
+    ),
 ) -> None:
     """Run the monitor: a faust-streaming worker that joins predictions with outcomes, keeps rolling
     accuracy, precision, recall and F1 per model version, raises alerts and rolls bad versions back.
@@ -36,15 +45,20 @@ def monitor(
 
     Its state (pending joins, windows, alert states) lives in compacted changelog topics named
     <prefix>monitor-*, so a killed worker resumes where it was. The same app runs with
-    `faust -A streams.app worker -l info`. Stop it with Ctrl-C.
+    `faust -A streams.app worker -l info`. Stop it with Ctrl-C. With --metrics-port it serves Prometheus
+    metrics per model version and window (modelwatch_monitor_*), /healthz (alive) and /readyz (tables
+    recovered).
     """
     if config is not None:
         if not config.is_file():
             raise ConfigError(f"--config names {config}, which is not a file")
         os.environ["MODELWATCH_CONFIG"] = str(config)  # read by the settings, here and in Faust's worker
     overrides = {}
-    if log_level is not None:
-        overrides["monitor"] = {**current_settings().monitor.model_dump(), "log_level": log_level}
+    changes = {
+        k: v for k, v in {"log_level": log_level, "metrics_port": metrics_port}.items() if v is not None
+    }
+    if changes:
+        overrides["monitor"] = {**current_settings().monitor.model_dump(), **changes}
     settings = current_settings(**overrides)
 
     from streams.app import run  # Faust is slow to import: only when the monitor really starts

@@ -70,3 +70,34 @@ def test_every_replica_serves_its_probes_and_docker_checks_readyz() -> None:
         check = services[name]["healthcheck"]
         assert check["test"][0] == "CMD" and f"http://127.0.0.1:{port}/readyz" in check["test"][-1]
         assert check["start_period"] and check["retries"] >= 1
+
+
+def test_every_monitor_serves_its_probes_and_docker_checks_readyz() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    monitors = [name for name, s in services.items() if "modelwatch monitor" in s.get("command", "")]
+    assert sorted(monitors) == ["monitor", "secure-monitor"]
+    for name in monitors:
+        port = services[name]["command"].split("--metrics-port ")[1].split()[0].strip('"')
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD" and f"http://127.0.0.1:{port}/readyz" in check["test"][-1]
+        assert check["start_period"] == "300s" and check["retries"] >= 1
+
+
+def test_the_monitoring_profile_mounts_the_shipped_files_and_scrapes_the_services() -> None:
+    root = COMPOSE.parent
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    monitoring = {name for name, s in services.items() if "monitoring" in s.get("profiles", [])}
+    assert monitoring == {"prometheus", "alertmanager", "grafana"}
+    for name in monitoring:
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert source.startswith("./") and (root / source).is_file(), (name, volume)
+    scrape = yaml.safe_load((root / "services/ops/monitoring/prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: {t.split(":")[0] for c in job["static_configs"] for t in c["targets"]}
+        for job in scrape["scrape_configs"]
+    }
+    assert targets == {"modelwatch-serve": {"serve-1", "serve-2"}, "modelwatch-monitor": {"monitor"}}
+    for job, hosts in targets.items():
+        for host in hosts:
+            assert "--metrics-port 9100" in services[host]["command"], (job, host)
