@@ -30,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from schemas.errors import RegistryError, VerificationError, VersionNotFound
 from services.config import Settings
-from services.model.recommender import Recommender
+from services.model.protocol import Model, class_name
 from services.registry.manifest import VERSION_PATTERN, Manifest, library_mismatches, running_libraries
 
 ARTIFACT = "model.joblib"
@@ -96,7 +96,7 @@ class Registry:
             data=dict(data_summary),
             parent=parent,
             libraries=running_libraries(),
-            model=describe() if callable(describe) else {"class": type(model).__qualname__},
+            model=describe() if callable(describe) else {"class": class_name(model)},
             baseline=dict(baseline or {}),
         )
         if self.signing_key:
@@ -188,8 +188,11 @@ class Registry:
         """Check the manifest (and its signature with a key) and the artifact's digest; unpickle nothing."""
         return self._verified_artifact(version)[0]
 
-    def load(self, version: str) -> Recommender:
-        """The model of ``version``, unpickled only after its digest (and signature) verified."""
+    def load(self, version: str) -> Model:
+        """The model of ``version``, unpickled only after its digest (and signature) verified.
+
+        Unpickling imports the model's class: a class whose module cannot be imported here (a user's model
+        outside ``model_path`` and the environment) is a :class:`RegistryError` naming the module."""
         manifest, artifact = self._verified_artifact(version)
         mismatches = library_mismatches(manifest.libraries)
         if mismatches:
@@ -200,9 +203,16 @@ class Registry:
             )
         try:
             model = joblib.load(io.BytesIO(artifact))
+        except ModuleNotFoundError as exc:  # the user's code is not installed, nor on model_path
+            raise RegistryError(
+                f"version {version}: verified, but its model's module {exc.name!r} cannot be imported "
+                f"here ({manifest.model.get('class', 'class unknown')}); install it"
+            ) from exc
         except Exception as exc:  # a verified artifact that still fails: a library or code change
             raise RegistryError(f"version {version}: verified, but cannot be unpickled: {exc}") from exc
-        if not (callable(getattr(model, "score_batch", None)) and callable(getattr(model, "select", None))):
-            raise RegistryError(f"version {version}: the artifact is a {type(model).__name__}, not a model")
-        loaded: Recommender = model
+        if not callable(getattr(model, "score_batch", None)):
+            raise RegistryError(
+                f"version {version}: the artifact is a {type(model).__name__}, not a model (no score_batch)"
+            )
+        loaded: Model = model
         return loaded
