@@ -21,7 +21,9 @@ import hmac
 import io
 import secrets
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from os import PathLike
 from typing import Any
 
 import fsspec
@@ -31,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from schemas.errors import RegistryError, VerificationError, VersionNotFound
 from services.config import Settings
 from services.model.protocol import Model, class_name
+from services.model.user_code import use_model_path
 from services.registry.manifest import VERSION_PATTERN, Manifest, library_mismatches, running_libraries
 
 ARTIFACT = "model.joblib"
@@ -44,16 +47,20 @@ class LibraryMismatchWarning(UserWarning):
 class Registry:
     """Versions of the recommender, stored under ``url`` (a directory or an fsspec URL)."""
 
-    def __init__(self, url: str, signing_key: str | None = None) -> None:
+    def __init__(
+        self, url: str, signing_key: str | None = None, model_path: Sequence[str | PathLike[str]] = ()
+    ) -> None:
         self.url = url
         self.signing_key = signing_key or None
+        #: Directories put first on ``sys.path`` before unpickling (the ``model_path`` setting).
+        self.model_path = list(model_path)
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.root = self.root.rstrip("/") or "/"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
-        return cls(settings.registry, key)
+        return cls(settings.registry, key, settings.model_path)
 
     def __repr__(self) -> str:
         return f"Registry({self.url!r}, signed={self.signing_key is not None})"
@@ -201,12 +208,14 @@ class Registry:
                 LibraryMismatchWarning,
                 stacklevel=2,
             )
+        use_model_path(self.model_path)  # only now: the artifact verified
         try:
             model = joblib.load(io.BytesIO(artifact))
         except ModuleNotFoundError as exc:  # the user's code is not installed, nor on model_path
             raise RegistryError(
                 f"version {version}: verified, but its model's module {exc.name!r} cannot be imported "
-                f"here ({manifest.model.get('class', 'class unknown')}); install it"
+                f"here ({manifest.model.get('class', 'class unknown')}); install it or add its directory "
+                "to model_path"
             ) from exc
         except Exception as exc:  # a verified artifact that still fails: a library or code change
             raise RegistryError(f"version {version}: verified, but cannot be unpickled: {exc}") from exc
