@@ -1,7 +1,8 @@
 """The README's "Your own model", run as written on the real broker: a model class in a module outside the
 project's packages (``user_models/shop_knn.py``) is trained by the README's Python block, registered and
 deployed by its commands, served by two replicas whose predictions are what the class computes for the same
-requests (contexts included), and watched by the monitor; a third replica without ``model_path`` rejects
+requests (contexts included), and watched by the monitor, which rolls it back when its live precision
+falls under half the baseline its registration recorded; a third replica without ``model_path`` rejects
 the version naming the module and keeps serving the version before it."""
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import pytest
 
 from services.cli import main
 from services.config import Settings
-from services.deployment.commands import make, publish
+from services.deployment.commands import make, publish, read_history
 from services.model.recommender import Recommender
 from services.registry import Registry
 from services.sandbox.world import World
+from streams.rollback import ISSUER
 from tests.integration.monitor_support import MonitorProcess, Storefront, read_events, write_config
 from tests.integration.serving_support import Collector, Replica, encoded, produce, requests_of, wait_for
 
@@ -36,6 +38,9 @@ MONITOR = {
     "session_timeout_s": 6,
 }
 REQUESTS = 300
+#: Watched like the built-in one: precision under half the registered baseline (from --evaluate) rolls back.
+RULE = {"name": "precision-drop", "metric": "precision", "below_baseline": 0.5, "min_samples": 40, "for": 1,
+        "severity": "critical", "action": "rollback"}  # fmt: skip
 
 
 def readme_example() -> tuple[str, list[str]]:
@@ -71,7 +76,7 @@ def test_a_users_own_model_is_registered_deployed_served_and_watched_as_the_read
     with_path = {"MODELWATCH_MODEL_PATH": str(USER_MODELS)}
     serving = [replicas("serve-1", env=with_path), replicas("serve-2", env=with_path)]
     without: Replica = replicas("serve-x", env={"MODELWATCH_MODEL_PATH": ""})
-    monitor = MonitorProcess(settings, write_config(tmp_path / "monitor.toml", MONITOR, []), tmp_path)
+    monitor = MonitorProcess(settings, write_config(tmp_path / "monitor.toml", MONITOR, [RULE]), tmp_path)
     wait_for(lambda: len(collector.events("activated")) == 3, 90, "three replicas serving v1")
     monitor.start()
 
@@ -113,15 +118,18 @@ def test_a_users_own_model_is_registered_deployed_served_and_watched_as_the_read
         produce(settings, encoded(requests))
         wait_for(lambda: len(collector.answered()) >= REQUESTS, 90, f"{REQUESTS} predictions")
 
-        # Outcomes, so the monitor labels the predictions and emits each version's metrics.
+        # Outcomes, so the monitor labels the predictions: what the model recommended is never bought, what
+        # the previous version recommended is. The model's precision falls to 0, under half its baseline.
         storefront = Storefront(settings)
+        answers = {p["request_id"]: p for p in collector.predictions()}
         for r in requests:
-            storefront._send(
-                "outcomes",
-                "outcome",
-                r["request_id"],
-                {"request_id": r["request_id"], "purchased": r["items"][2:3], "ts": r["ts"] + 500},
+            p = answers[r["request_id"]]
+            picked = p["recommended"]
+            bought = (
+                [i for i in r["items"] if i not in picked][:1] if p["model_version"] == v2 else picked[:1]
             )
+            outcome = {"request_id": r["request_id"], "purchased": bought, "ts": r["ts"] + 500}
+            storefront._send("outcomes", "outcome", r["request_id"], outcome)
         storefront.flush()
         metrics = wait_for(
             lambda: [m for m in read_events(settings, "metrics", "metrics") if m["model_version"] == v2],
@@ -129,9 +137,28 @@ def test_a_users_own_model_is_registered_deployed_served_and_watched_as_the_read
             f"the monitor's metrics for {v2}",
             every=1.0,
         )
+        history = wait_for(
+            lambda: (h := read_history(settings)).active_version == v1 and h, 90, "the monitor's rollback"
+        )
+        wait_for(
+            lambda: {e["instance"] for e in collector.events("activated") if e.get("command_id")
+                     == history.applied[-1]["command_id"]} >= {"serve-1", "serve-2"},
+            60,
+            "serve-1 and serve-2 to serve the previous version again",
+        )  # fmt: skip
     finally:
         monitor.stop()
-    assert metrics[-1]["n"] > 0 and metrics[-1]["f1"] is not None
+    assert metrics[-1]["n"] > 0 and metrics[-1]["precision"] == 0.0
+    rollback = history.applied[-1]
+    alerts = [a for a in read_events(settings, "alerts", "alert") if a["state"] == "firing"]
+    # serve-x's rejection is an alert too (the monitor watches what the fleet serves), for that version.
+    assert {(a["rule"], a["model_version"]) for a in alerts} == {
+        ("activation-rejected", v2),
+        ("precision-drop", v2),
+    }
+    firing = next(a for a in alerts if a["alert_id"] == rollback.get("alert_id"))
+    assert (firing["rule"], firing["model_version"], firing["value"]) == ("precision-drop", v2, 0.0)
+    assert (rollback["action"], rollback["issued_by"]) == ("rollback", ISSUER)
 
     predictions = {p["request_id"]: p for p in collector.predictions()}
     assert not collector.dead()
@@ -156,7 +183,7 @@ def test_a_users_own_model_is_registered_deployed_served_and_watched_as_the_read
     print(
         f"{len(by_v2)} requests served by shop_knn ({v2}) on serve-1 and serve-2, {len(by_x)} by {v1} on "
         f"serve-x; held-out F1 {manifest.metrics['f1']:.3f} (popularity {manifest.baseline['f1']:.3f}); "
-        f"last live metrics n={metrics[-1]['n']} F1={metrics[-1]['f1']}"
+        f"rolled back to {v1} by the monitor (alert {firing['alert_id']})"
     )
     for replica in (*serving, without):
         assert replica.proc.poll() is None, replica.log[-2000:]
