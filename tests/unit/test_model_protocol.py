@@ -126,3 +126,21 @@ def test_an_answer_out_of_contract_fails_every_request_with_the_reason(model: An
     assert sorted(i for i, _ in out.failures) == list(range(5))
     assert all(error.startswith("model: ") and reason in error for _, error in out.failures)
     assert out.scores == [None] * 5
+
+
+def test_contexts_reach_a_score_batch_taking_keywords_or_set_on_the_instance() -> None:
+    seen: list[Any] = []
+
+    class Keywords:
+        def score_batch(
+            self, user_ids: Sequence[str], candidates: Sequence[Sequence[str]], **extra: Any
+        ) -> Any:
+            seen.append(extra["contexts"])
+            return [[0.5] * len(c) for c in candidates]
+
+    reqs = requests(3)
+    assert not score(Keywords(), reqs, default_k=2).failures
+    model = Ramp()
+    model.score_batch = Contextual().score_batch  # type: ignore[method-assign]
+    assert served(model).wants_contexts and not served(Ramp()).wants_contexts
+    assert seen == [[r.get("context", {}) for r in reqs]]
