@@ -22,11 +22,20 @@ import tomllib
 from collections import Counter
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -243,6 +252,12 @@ class Settings(BaseSettings):
     )
     signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key for manifests and commands.")
     model_name: str = Field("recommender", description="Key of the model-command topic.")
+    #: Where the code of users' own models lives: each directory goes first on ``sys.path`` just before a
+    #: version is unpickled (after it verified), in replicas and the CLI alike. In the environment: one
+    #: string, directories joined by the OS path separator (``:``), as ``PYTHONPATH``.
+    model_path: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Directories holding the modules of users' own models."
+    )
 
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -258,6 +273,13 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     alerts: list[AlertRule] = Field(default_factory=list)
     alertmanager: AlertmanagerSettings = Field(default_factory=lambda: AlertmanagerSettings())
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _split_model_path(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from MODELWATCH_MODEL_PATH: "dir1:dir2", as PYTHONPATH
+            return [part for part in value.split(os.pathsep) if part]
+        return value
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Settings:

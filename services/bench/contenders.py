@@ -75,9 +75,10 @@ def naive(
     limit: int | None = None,
 ) -> int:
     """The textbook loop: one request, one decode, one model call, one produce."""
+    from services.model import protocol
     from services.registry import Registry
 
-    model = Registry.from_settings(settings).load(version)
+    model = protocol.served(Registry.from_settings(settings).load(version))
     requests, predictions = codec("prediction-request"), codec("prediction")
     consumer = kafka.consumer(settings, group, **{"enable.auto.commit": True})  # the library's default
     producer = kafka.producer(settings)

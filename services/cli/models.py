@@ -1,4 +1,4 @@
-"""``modelwatch models``: the registry's versions, their verification, and the deployment history."""
+"""``modelwatch models``: the registry's versions, registering one's own, verification, and the history."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.cli.common import console, current_settings, err
 from services.deployment.follower import read_state
 from services.deployment.orders import iso, timeline
 from services.deployment.state import DeploymentState
+from services.model.registration import register_model
 from services.registry import Manifest, Registry
 
 app = typer.Typer(help="The model registry's versions and the deployment history.", no_args_is_help=True)
@@ -104,6 +105,11 @@ def show(
     _print_manifest(manifest)
 
 
+def _count(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
 def _print_manifest(m: Manifest) -> None:
     console.print(f"version   {m.version}")
     console.print(f"created   {m.created}")
@@ -111,16 +117,50 @@ def _print_manifest(m: Manifest) -> None:
     console.print(f"sha256    {m.sha256} ({m.size:,} bytes)")
     console.print(f"signed    {'yes' if m.signature else 'no'}")
     data = m.data
-    console.print(
-        f"data      {data.get('source', '?')}: {data.get('rows', '?'):,} rows, {data.get('sessions', '?'):,} "
-        f"sessions, {data.get('users', '?'):,} users, {data.get('items', '?'):,} items"
-        + (f", labels degraded {data['degrade']:.0%}" if data.get("degrade") else "")
-    )
+    if "rows" in data:
+        console.print(
+            f"data      {data.get('source', '?')}: {_count(data, 'rows')} rows, {_count(data, 'sessions')} "
+            f"sessions, {_count(data, 'users')} users, {_count(data, 'items')} items"
+            + (f", labels degraded {data['degrade']:.0%}" if data.get("degrade") else "")
+        )
+    else:  # a registered model of one's own: no training data known
+        console.print(f"data      {data.get('source', '?')} {data.get('path', '')}".rstrip(), markup=False)
+    if "evaluated_on" in data:
+        console.print(
+            f"evaluated {data['evaluated_on']}: {_count(data.get('held_out', {}), 'sessions')} "
+            "held-out sessions",
+            markup=False,
+        )
     console.print(f"model     {m.model.get('class', '?')} threshold {m.model.get('threshold')}")
     console.print(f"{'held-out':<10}{'model':>8}{'popularity':>12}")
     for name in ("accuracy", "precision", "recall", "f1"):
         console.print(f"{name:<10}{_fmt(m.metrics.get(name)):>8}{_fmt(m.baseline.get(name)):>12}")
     console.print("libraries " + ", ".join(f"{k} {v}" for k, v in sorted(m.libraries.items())))
+
+
+@app.command()
+def register(
+    file: str = typer.Argument(..., metavar="FILE", help="The joblib file of your model (a path or URL)."),
+    evaluate: str | None = typer.Option(
+        None,
+        "--evaluate",
+        metavar="DATA",
+        help="An interaction log (.npz or .csv, as train --data reads) to record held-out metrics from: "
+        "its last 20% of sessions by time.",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the new version's manifest as one JSON document."
+    ),
+) -> None:
+    """Register a model of your own (any object implementing services/model/protocol.py) as a new version.
+
+    The file is unpickled here (it is your artifact; its module must be importable: model_path), checked by
+    scoring a few generated requests, optionally evaluated, and stored as an immutable, verified version."""
+    manifest = register_model(current_settings(), file, evaluate=evaluate)
+    if as_json:
+        _echo_json(manifest.as_dict())
+        return
+    console.print(manifest.version)
 
 
 @app.command()

@@ -8,34 +8,26 @@ baseline means the same thing as a live window's value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
-
 import numpy as np
 
 from schemas.metrics import Counts, request_counts
 from services.model.interactions import Interactions
+from services.model.protocol import Model, Served, served
 
 
-class Scorer(Protocol):
-    def score_batch(
-        self, user_ids: Sequence[str], candidates: Sequence[Sequence[str]]
-    ) -> list[np.ndarray]: ...
-
-    def select(self, scores: Sequence[np.ndarray], ks: Sequence[int]) -> list[np.ndarray]: ...
-
-
-def held_out_counts(model: Scorer, log: Interactions, k: int) -> Counts:
-    """The item-level counts of ``model`` over every session of ``log``, ``k`` recommendations each."""
+def held_out_counts(model: Model | Served, log: Interactions, k: int) -> Counts:
+    """The item-level counts of ``model`` over every session of ``log``, ``k`` recommendations each
+    (a logged session has no request context: a model that takes contexts is given empty ones)."""
     users, candidates, purchased = log.requests()
-    scores = model.score_batch(users, candidates)
-    picks = model.select(scores, [k] * len(users))
+    scorer = served(model)
+    scores = scorer.score_batch(users, candidates)
+    picks = scorer.select(scores, [k] * len(users))
     total = Counts()
     for cands, pick, bought in zip(candidates, picks, purchased, strict=True):
-        total += request_counts(cands, [cands[i] for i in pick.tolist()], bought)
+        total += request_counts(cands, [cands[i] for i in np.asarray(pick).tolist()], bought)
     return total
 
 
-def evaluate(model: Scorer, log: Interactions, k: int) -> dict[str, float | None]:
+def evaluate(model: Model | Served, log: Interactions, k: int) -> dict[str, float | None]:
     """Held-out accuracy, precision, recall and F1 (``None`` where undefined, as in the monitor)."""
     return held_out_counts(model, log, k).as_dict()

@@ -16,10 +16,11 @@ from sklearn.base import BaseEstimator
 from schemas.errors import ModelError
 from services.model import ranking
 from services.model.interactions import Interactions
+from services.model.protocol import ModelBase
 from services.model.recommender import smoothed_rates
 
 
-class Popularity(BaseEstimator):
+class Popularity(ModelBase, BaseEstimator):
     """Scores each candidate by its item's smoothed purchase rate."""
 
     def __init__(
@@ -65,6 +66,3 @@ class Popularity(BaseEstimator):
     def score_batch(self, user_ids: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         flat_items, offsets = ranking.flatten(candidates)
         return ranking.split(self.score_pairs([], flat_items), offsets)
-
-    def select(self, scores: Sequence[np.ndarray], ks: Sequence[int]) -> list[np.ndarray]:
-        return ranking.select(scores, ks, getattr(self, "threshold_", None))

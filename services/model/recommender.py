@@ -20,7 +20,9 @@ Unknown users and items map to an extra all-zero embedding row and the global ra
 calibrated popularity prediction: never an error.
 
 Scoring flattens a whole batch, gathers embeddings and rates with integer indices, and computes every
-probability in one numpy expression (see :mod:`services.model.ranking`).
+probability in one numpy expression (see :mod:`services.model.ranking`). It is one implementation of
+:mod:`services.model.protocol`, and selects with the protocol's default: the top k at or above the fitted
+``threshold_``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from schemas.errors import ModelError
 from services.model import ranking
 from services.model.interactions import Interactions
+from services.model.protocol import ModelBase
 
 #: Probabilities are clipped away from 0 and 1 before taking logits.
 _EPS = 1e-6
@@ -61,7 +64,7 @@ def smoothed_rates(index: np.ndarray, y: np.ndarray, n: int, prior: float, stren
     return rates
 
 
-class Recommender(BaseEstimator):
+class Recommender(ModelBase, BaseEstimator):
     """Collaborative filtering over (user, candidate items) batches; see the module docstring.
 
     Parameters
@@ -197,11 +200,6 @@ class Recommender(BaseEstimator):
         # Each request's user is looked up once, then repeated per candidate as a row index.
         users = ranking.lookup(self.user_index_, user_ids, len(self.user_index_))
         return ranking.split(self._score_rows(np.repeat(users, np.diff(offsets)), flat_items), offsets)
-
-    def select(self, scores: Sequence[np.ndarray], ks: Sequence[int]) -> list[np.ndarray]:
-        """Per request, the indices of the recommended candidates, best first: the top k, keeping only
-        those at or above the model's threshold when it has one."""
-        return ranking.select(scores, ks, getattr(self, "threshold_", None))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):

@@ -21,7 +21,9 @@ import hmac
 import io
 import secrets
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from os import PathLike
 from typing import Any
 
 import fsspec
@@ -30,7 +32,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from schemas.errors import RegistryError, VerificationError, VersionNotFound
 from services.config import Settings
-from services.model.recommender import Recommender
+from services.model.protocol import Model, class_name
+from services.model.user_code import use_model_path
 from services.registry.manifest import VERSION_PATTERN, Manifest, library_mismatches, running_libraries
 
 ARTIFACT = "model.joblib"
@@ -44,16 +47,20 @@ class LibraryMismatchWarning(UserWarning):
 class Registry:
     """Versions of the recommender, stored under ``url`` (a directory or an fsspec URL)."""
 
-    def __init__(self, url: str, signing_key: str | None = None) -> None:
+    def __init__(
+        self, url: str, signing_key: str | None = None, model_path: Sequence[str | PathLike[str]] = ()
+    ) -> None:
         self.url = url
         self.signing_key = signing_key or None
+        #: Directories put first on ``sys.path`` before unpickling (the ``model_path`` setting).
+        self.model_path = list(model_path)
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.root = self.root.rstrip("/") or "/"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
-        return cls(settings.registry, key)
+        return cls(settings.registry, key, settings.model_path)
 
     def __repr__(self) -> str:
         return f"Registry({self.url!r}, signed={self.signing_key is not None})"
@@ -96,7 +103,7 @@ class Registry:
             data=dict(data_summary),
             parent=parent,
             libraries=running_libraries(),
-            model=describe() if callable(describe) else {"class": type(model).__qualname__},
+            model=describe() if callable(describe) else {"class": class_name(model)},
             baseline=dict(baseline or {}),
         )
         if self.signing_key:
@@ -188,8 +195,11 @@ class Registry:
         """Check the manifest (and its signature with a key) and the artifact's digest; unpickle nothing."""
         return self._verified_artifact(version)[0]
 
-    def load(self, version: str) -> Recommender:
-        """The model of ``version``, unpickled only after its digest (and signature) verified."""
+    def load(self, version: str) -> Model:
+        """The model of ``version``, unpickled only after its digest (and signature) verified.
+
+        Unpickling imports the model's class: a class whose module cannot be imported here (a user's model
+        outside ``model_path`` and the environment) is a :class:`RegistryError` naming the module."""
         manifest, artifact = self._verified_artifact(version)
         mismatches = library_mismatches(manifest.libraries)
         if mismatches:
@@ -198,11 +208,20 @@ class Registry:
                 LibraryMismatchWarning,
                 stacklevel=2,
             )
+        use_model_path(self.model_path)  # only now: the artifact verified
         try:
             model = joblib.load(io.BytesIO(artifact))
+        except ModuleNotFoundError as exc:  # the user's code is not installed, nor on model_path
+            raise RegistryError(
+                f"version {version}: verified, but its model's module {exc.name!r} cannot be imported "
+                f"here ({manifest.model.get('class', 'class unknown')}); install it or add its directory "
+                "to model_path"
+            ) from exc
         except Exception as exc:  # a verified artifact that still fails: a library or code change
             raise RegistryError(f"version {version}: verified, but cannot be unpickled: {exc}") from exc
-        if not (callable(getattr(model, "score_batch", None)) and callable(getattr(model, "select", None))):
-            raise RegistryError(f"version {version}: the artifact is a {type(model).__name__}, not a model")
-        loaded: Recommender = model
+        if not callable(getattr(model, "score_batch", None)):
+            raise RegistryError(
+                f"version {version}: the artifact is a {type(model).__name__}, not a model (no score_batch)"
+            )
+        loaded: Model = model
         return loaded

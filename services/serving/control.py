@@ -38,9 +38,9 @@ from services import kafka
 from services.config import Settings
 from services.deployment.follower import new_state, open_command_log
 from services.deployment.state import LOAD_FAILURE
+from services.model.protocol import Served, served
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
-from services.serving.scoring import Scorer
 
 
 class ModelSource(Protocol):
@@ -54,7 +54,7 @@ class Activation:
     """A loaded, verified version, and the command that ordered it."""
 
     version: str
-    model: Scorer
+    model: Served
     command: dict[str, Any]
 
 
@@ -93,12 +93,12 @@ class ModelSlot:
             return self.pending is not None
 
 
-def load_logged(registry: ModelSource, version: str, log: EventLog) -> Any:
-    """``registry.load(version)``, its warnings (a version built with other library versions) logged as
-    events rather than printed."""
+def load_logged(registry: ModelSource, version: str, log: EventLog) -> Served:
+    """``registry.load(version)`` wrapped for serving, its warnings (a version built with other library
+    versions) logged as events rather than printed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = registry.load(version)
+        model = served(registry.load(version))
     for w in caught:
         log.warning("load_warning", version=version, category=w.category.__name__, message=str(w.message))
     return model

@@ -1,31 +1,31 @@
 """Scoring: one model call for a whole batch, with the requests that make the model fail isolated.
 
-The model is asked once per batch (``score_batch`` then ``select``). Its output is checked before anything
-is published: one score array per request, one score per candidate, every score a number in [0, 1], every
-selected index a candidate. If the call raises or the output is wrong, the batch is bisected: each half is
-scored on its own, recursively, so a single poisonous request costs about ``2 log2(n)`` extra calls and
-only the requests that fail alone are dead-lettered, with the error.
+The model is any object implementing :mod:`services.model.protocol` (the built-in recommender is one).
+It is asked once per batch (``score_batch``, given the requests' contexts when it takes them, then
+``select`` or the protocol's default). Its output is checked before anything is published: one score
+array per request, one number per candidate, every score in [0, 1] and not NaN, every selected index a
+distinct candidate, at most k of them. If the call raises or the output is wrong, the batch is bisected:
+each half is scored on its own, recursively, so a single poisonous request costs about ``2 log2(n)`` extra
+calls and only the requests that fail alone are dead-lettered, with the error. A model that answers out of
+contract on every request has every request dead-lettered, never a dead replica.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from schemas.errors import ModelError
+from services.model.protocol import Model, Served, served
 
+#: What the service needs of a model: :class:`services.model.protocol.Model`.
+Scorer = Model
 
-class Scorer(Protocol):
-    """What the service needs of a model (:class:`services.model.recommender.Recommender` is one)."""
-
-    def score_batch(
-        self, user_ids: Sequence[str], candidates: Sequence[Sequence[str]]
-    ) -> list[np.ndarray]: ...
-
-    def select(self, scores: Sequence[np.ndarray], ks: Sequence[int]) -> list[np.ndarray]: ...
+#: A request without a context is given this one (never mutated).
+NO_CONTEXT: Mapping[str, Any] = {}
 
 
 #: Scores are published rounded: six decimals are far finer than any calibration, and half the bytes.
@@ -41,19 +41,40 @@ class Scored:
     failures: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _checked(
-    model: Scorer, users: list[str], candidates: list[list[str]], ks: list[int]
-) -> tuple[list[list[float]], list[list[int]]]:
-    """Score and select for these requests, or raise if the model fails or answers out of contract."""
-    scores = model.score_batch(users, candidates)
-    n = len(users)
+def _flat_scores(scores: Sequence[Any], sizes: np.ndarray) -> np.ndarray:
+    """The batch's scores as one flat float array, or :class:`ModelError` saying how they are wrong."""
+    n = len(sizes)
     if len(scores) != n:
         raise ModelError(f"score_batch returned {len(scores)} score arrays for {n} requests")
-    sizes = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=n)
-    got = np.fromiter((len(s) for s in scores), dtype=np.int64, count=n)
+    try:
+        got = np.fromiter(map(len, scores), dtype=np.int64, count=n)
+    except TypeError as exc:  # a number, None... where an array was due
+        raise ModelError(f"score_batch returned something other than one array per request ({exc})") from exc
     if not np.array_equal(sizes, got):
         raise ModelError("score_batch returned a score array whose length is not its request's candidates")
-    flat = np.round(np.concatenate(scores).astype(np.float64, copy=False), DECIMALS) if n else np.zeros(0)
+    if not n:
+        return np.zeros(0)
+    try:
+        flat = np.concatenate(scores).astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:  # strings, objects, arrays of mixed dimensions
+        raise ModelError(f"score_batch returned scores that are not numbers ({exc})") from exc
+    if flat.ndim != 1:
+        raise ModelError(f"score_batch returned {flat.ndim}-D score arrays; one 1-D array per request")
+    return flat
+
+
+def _checked(
+    model: Served,
+    users: list[str],
+    candidates: list[list[str]],
+    contexts: list[Mapping[str, Any]],
+    ks: list[int],
+) -> tuple[list[list[float]], list[list[int]]]:
+    """Score and select for these requests, or raise if the model fails or answers out of contract."""
+    scores = model.score_batch(users, candidates, contexts)
+    n = len(users)
+    sizes = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=n)
+    flat = np.round(_flat_scores(scores, sizes), DECIMALS)
     if not np.all((flat >= 0.0) & (flat <= 1.0)):  # NaN fails both comparisons
         raise ModelError("score_batch returned a score outside [0, 1] (or NaN)")
     selected = model.select(scores, ks)
@@ -64,6 +85,8 @@ def _checked(
     owner = np.repeat(np.arange(n), counts)
     if np.any(counts > np.asarray(ks)) or np.any((picked < 0) | (picked >= sizes[owner])):
         raise ModelError("select returned more than k indices, or an index outside the candidates")
+    if len(np.unique(owner * (int(sizes.max(initial=0)) + 1) + picked)) != len(picked):
+        raise ModelError("select returned the same candidate twice for one request")
     # One conversion to Python numbers for the whole batch, then slices per request.
     flat_scores, flat_picked = flat.tolist(), picked.tolist()
     score_ends, pick_ends = np.cumsum(sizes).tolist(), np.cumsum(counts).tolist()
@@ -74,43 +97,57 @@ def _checked(
     )
 
 
-def score(model: Scorer, requests: Sequence[dict[str, Any]], default_k: int) -> Scored:
-    """Score ``requests`` with ``model``: every request gets scores and a selection, or a failure."""
+@dataclass
+class _Batch:
+    """The requests' fields the model is given, by position in the batch."""
+
+    users: list[str]
+    candidates: list[list[str]]
+    contexts: list[Mapping[str, Any]]
+    ks: list[int]
+
+    def at(self, positions: list[int]) -> _Batch:
+        if len(positions) == len(self.users):
+            return self
+        return _Batch(
+            [self.users[i] for i in positions],
+            [self.candidates[i] for i in positions],
+            [self.contexts[i] for i in positions],
+            [self.ks[i] for i in positions],
+        )
+
+
+def score(model: Model | Served, requests: Sequence[dict[str, Any]], default_k: int) -> Scored:
+    """Score ``requests`` with ``model``: every request gets scores and a selection, or a failure.
+
+    ``model`` is best given already wrapped by :func:`services.model.protocol.served` (the service wraps
+    each version once, when it loads it)."""
     n = len(requests)
-    users = [r["user_id"] for r in requests]
-    candidates = [r["items"] for r in requests]
-    ks = [r.get("k", default_k) for r in requests]
+    batch = _Batch(
+        users=[r["user_id"] for r in requests],
+        candidates=[r["items"] for r in requests],
+        contexts=[r.get("context", NO_CONTEXT) for r in requests],
+        ks=[r.get("k", default_k) for r in requests],
+    )
     out = Scored(scores=[None] * n, selected=[None] * n)
-    _bisect(model, users, candidates, ks, list(range(n)), out)
+    _bisect(served(model), batch, list(range(n)), out)
     return out
 
 
-def _bisect(
-    model: Scorer,
-    users: list[str],
-    candidates: list[list[str]],
-    ks: list[int],
-    positions: list[int],
-    out: Scored,
-) -> None:
+def _bisect(model: Served, batch: _Batch, positions: list[int], out: Scored) -> None:
     if not positions:
         return
-    whole = len(positions) == len(users)
+    part = batch.at(positions)
     try:
-        scores, selected = _checked(
-            model,
-            users if whole else [users[i] for i in positions],
-            candidates if whole else [candidates[i] for i in positions],
-            ks if whole else [ks[i] for i in positions],
-        )
+        scores, selected = _checked(model, part.users, part.candidates, part.contexts, part.ks)
     except Exception as exc:  # a model may raise anything: isolate it rather than die of it
         if len(positions) == 1:
             reason = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
             out.failures.append((positions[0], f"model: {reason}"[:2000]))
             return
         half = len(positions) // 2
-        _bisect(model, users, candidates, ks, positions[:half], out)
-        _bisect(model, users, candidates, ks, positions[half:], out)
+        _bisect(model, batch, positions[:half], out)
+        _bisect(model, batch, positions[half:], out)
         return
     for j, i in enumerate(positions):
         out.scores[i] = scores[j]
