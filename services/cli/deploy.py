@@ -24,7 +24,8 @@ TimeoutOption = typer.Option(
     "--timeout",
     metavar="SECONDS",
     min=0.0,
-    help="How long every live replica has to answer.",
+    help="How long every live replica has to answer (and, at least 30 s, how long reading the deployment "
+    "state before publishing may take).",
 )
 
 
@@ -37,7 +38,8 @@ def publish_and_wait(
 ) -> Acknowledgements | None:
     """Publish with ``publish()`` and, if ``wait``, wait for the live replicas' answers, printing each;
     exit 1 naming the replicas that rejected the command or did not answer."""
-    with AckWait(settings) if wait else nullcontext() as acks:
+    # A loaded host can take a while to read the command log and the replicas' events: the same budget.
+    with AckWait(settings, ready_timeout_s=max(30.0, timeout)) if wait else nullcontext() as acks:
         command = publish()
         what = "deploy" if command["action"] == "deploy" else "rollback to"
         console.print(f"{what} {command['model_version']} published ({command['command_id']})", markup=False)
