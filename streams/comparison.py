@@ -10,7 +10,11 @@ version that recommends less; it lies in [0, 1], so every moment exists.
 
 **Two modes.** *Shadow*: both versions answered the same requests, so the observations are the paired
 values and the comparison is on their differences (the requests' own difficulty cancels). *Canary*: the
-two arms saw different users, two independent samples.
+two arms saw different users, two independent samples whose units are the *users* (the split is by user,
+and a user's requests are alike): each arm's mean is a ratio of per-user sums and its variance comes from
+the users by the delta method, as GrowthBook analyses user-randomised experiments. Counting requests as
+independent there wrongly aborted 13% of A/A canaries in the simulation (alpha 0.05), users as units
+keeps it under alpha.
 
 **The method** is the asymptotic confidence sequence (CS) of Waudby-Smith, Arnold, Wu, McAuliffe and
 Ramdas, "Time-uniform central limit theory and asymptotic confidence sequences" (Annals of Statistics,
@@ -37,9 +41,11 @@ margin), *promote* once its whole interval lies above 0 and each arm has ``min_s
 once ``max_duration_s`` of event time has passed. Hence P(abort | the candidate is within the margin) and
 P(promote | it is worse than the margin) are each at most ``alpha``. A decision is final.
 
-The state is O(1): count, mean and sum of squared deviations per arm (Chan et al.'s pairwise update of
-Welford's, a batch at a time with numpy), plus their co-moment in shadow mode; :meth:`Comparison.to_dict`
-gives a small JSON-able dict for a changelogged table and :meth:`Comparison.from_dict` reads it back.
+The state, updated a batch at a time with numpy: in shadow mode O(1), the count, means, sums of squared
+deviations and co-moment of the pairs (Chan et al.'s pairwise update of Welford's); in canary mode each
+arm's sums over users plus two numbers per user (its requests and their sum), which the sums need to grow.
+:meth:`Comparison.to_dict` gives a JSON-able dict for a changelogged table, :meth:`Comparison.from_dict`
+reads it back.
 """
 
 from __future__ import annotations
@@ -92,29 +98,92 @@ def sequence_halfwidth(s2: float, n: int, alpha: float, rho: float) -> float:
 
 
 @dataclass
-class Moments:
-    """Count, mean and sum of squared deviations of one sample, merged a batch at a time."""
+class UserMoments:
+    """One canary arm: its labelled requests summed per user, the unit the split randomises.
+
+    A canary sends a share of *users* to the candidate, and a user's requests are alike (their tastes), so
+    requests are not independent draws: an arm's mean is a ratio of per-user sums, and its variance comes
+    from the users (the delta method), not from the requests. With one request per user this is the plain
+    sample variance over n. The per-user totals are what the sums need to grow incrementally.
+    """
 
     n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
+    total: float = 0.0
+    #: Over users u with n_u requests summing to s_u: sum of s_u^2, of s_u n_u, of n_u^2.
+    sum_s2: float = 0.0
+    sum_sn: float = 0.0
+    sum_n2: float = 0.0
+    #: The users seen (sorted), and each one's requests and their sum: arrays, so a batch is numpy work.
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    user_n: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    user_s: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
 
-    def add(self, values: np.ndarray) -> None:
-        k = len(values)
-        if not k:
+    def add(self, values: np.ndarray, users: np.ndarray) -> None:
+        if not len(values):
             return
-        batch_mean = float(values.mean())
-        batch_m2 = float(((values - batch_mean) ** 2).sum())
-        total = self.n + k
-        delta = batch_mean - self.mean
-        # Chan, Golub and LeVeque's pairwise update: exact, and stable for long experiments.
-        self.m2 += batch_m2 + delta * delta * self.n * k / total
-        self.mean += delta * k / total
-        self.n = total
+        batch_keys, inverse = np.unique(users, return_inverse=True)
+        counts = np.bincount(inverse, minlength=len(batch_keys))
+        sums = np.bincount(inverse, weights=values, minlength=len(batch_keys))
+        at = np.searchsorted(self.keys, batch_keys)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == batch_keys[known]
+        if not known.all():
+            new = batch_keys[~known]
+            merged = np.concatenate([self.keys, new])
+            order = np.argsort(merged, kind="stable")
+            self.keys = merged[order]
+            self.user_n = np.concatenate([self.user_n, np.zeros(len(new), dtype=np.int64)])[order]
+            self.user_s = np.concatenate([self.user_s, np.zeros(len(new))])[order]
+            at = np.searchsorted(self.keys, batch_keys)
+        n0, s0 = self.user_n[at], self.user_s[at]
+        n1, s1 = n0 + counts, s0 + sums
+        self.sum_s2 += float((s1 * s1 - s0 * s0).sum())
+        self.sum_sn += float((s1 * n1 - s0 * n0).sum())
+        self.sum_n2 += float((n1 * n1 - n0 * n0).sum())
+        self.user_n[at], self.user_s[at] = n1, s1
+        self.n += len(values)
+        self.total += float(values.sum())
 
     @property
-    def variance(self) -> float:
-        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
+    def users(self) -> int:
+        return len(self.keys)
+
+    def as_dict(self) -> dict[str, Any]:
+        sums = {k: getattr(self, k) for k in ("n", "total", "sum_s2", "sum_sn", "sum_n2")}
+        return sums | {
+            "users": {
+                k: [int(n), float(s)]
+                for k, n, s in zip(self.keys.tolist(), self.user_n, self.user_s, strict=True)
+            }
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> UserMoments:
+        users = sorted(state["users"].items())
+        return cls(
+            n=int(state["n"]),
+            total=float(state["total"]),
+            sum_s2=float(state["sum_s2"]),
+            sum_sn=float(state["sum_sn"]),
+            sum_n2=float(state["sum_n2"]),
+            keys=np.array([str(k) for k, _ in users], dtype=str),
+            user_n=np.array([int(v[0]) for _, v in users], dtype=np.int64),
+            user_s=np.array([float(v[1]) for _, v in users], dtype=np.float64),
+        )
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def mean_variance(self) -> float:
+        """Variance of the arm's mean: sum over users of (s_u - mean n_u)^2 / n^2, times U / (U - 1)."""
+        u = self.users
+        if u < 2:
+            return 0.0
+        m = self.mean
+        residuals = self.sum_s2 - 2 * m * self.sum_sn + m * m * self.sum_n2
+        return u / (u - 1) * max(residuals, 0.0) / (self.n * self.n)
 
 
 @dataclass
@@ -168,6 +237,13 @@ def _values(name: str, values: Any) -> np.ndarray:
     return array
 
 
+def _users(name: str, users: Any, values: np.ndarray) -> np.ndarray:
+    keys = np.asarray(users).astype(str).ravel()
+    if len(keys) != len(values):
+        raise ExperimentError(f"{name}: one user per value: {len(values)} values, {len(keys)} users")
+    return keys
+
+
 @dataclass
 class Comparison:
     """One experiment's running comparison; feed it batches of labelled requests, read its decision."""
@@ -180,8 +256,8 @@ class Comparison:
     decision: Decision = Decision.RUNNING
     decided_ms: int | None = None
     reason: str = ""
-    candidate: Moments = field(default_factory=Moments)
-    incumbent: Moments = field(default_factory=Moments)
+    candidate: UserMoments = field(default_factory=UserMoments)
+    incumbent: UserMoments = field(default_factory=UserMoments)
     pairs: PairedMoments = field(default_factory=PairedMoments)
 
     # -- feeding it ------------------------------------------------------------------------------------
@@ -197,14 +273,18 @@ class Comparison:
             self.pairs.add(c, i)
         return self._advance(event_ms)
 
-    def add_arms(self, candidate: Any, incumbent: Any, event_ms: int) -> Decision:
-        """Canary: the per-request F1 of each arm's newly labelled requests (either may be empty)."""
+    def add_arms(
+        self, candidate: Any, candidate_users: Any, incumbent: Any, incumbent_users: Any, event_ms: int
+    ) -> Decision:
+        """Canary: the per-request F1 of each arm's newly labelled requests (either may be empty), and
+        the user of each request."""
         if self.mode is not Mode.CANARY:
             raise ExperimentError("two independent arms belong to a canary experiment, this one is a shadow")
         c, i = _values("candidate", candidate), _values("incumbent", incumbent)
+        c_users, i_users = _users("candidate", candidate_users, c), _users("incumbent", incumbent_users, i)
         if self.decision is Decision.RUNNING:
-            self.candidate.add(c)
-            self.incumbent.add(i)
+            self.candidate.add(c, c_users)
+            self.incumbent.add(i, i_users)
         return self._advance(event_ms)
 
     def tick(self, event_ms: int) -> Decision:
@@ -243,8 +323,9 @@ class Comparison:
         if self.mode is Mode.SHADOW:
             n, s2 = n_c, self.pairs.contrast_variance(weight)
         else:
-            n = n_c + n_i
-            se2 = self.candidate.variance / n_c + weight * weight * self.incumbent.variance / n_i
+            # The units are the users (GrowthBook's N is its users too): s2 is per user.
+            n = self.candidate.users + self.incumbent.users
+            se2 = self.candidate.mean_variance + weight * weight * self.incumbent.mean_variance
             s2 = se2 * n
         rho = mixture_rho(self.settings.alpha, self.settings.tuning)
         half = sequence_halfwidth(s2, n, self.settings.alpha, rho)
@@ -297,8 +378,8 @@ class Comparison:
             "decision": self.decision.value,
             "decided_ms": self.decided_ms,
             "reason": self.reason,
-            "candidate": vars(self.candidate).copy(),
-            "incumbent": vars(self.incumbent).copy(),
+            "candidate": self.candidate.as_dict(),
+            "incumbent": self.incumbent.as_dict(),
             "pairs": vars(self.pairs).copy(),
         }
 
@@ -313,11 +394,11 @@ class Comparison:
                 decision=Decision(state["decision"]),
                 decided_ms=state["decided_ms"],
                 reason=state["reason"],
-                candidate=Moments(**state["candidate"]),
-                incumbent=Moments(**state["incumbent"]),
+                candidate=UserMoments.from_dict(state["candidate"]),
+                incumbent=UserMoments.from_dict(state["incumbent"]),
                 pairs=PairedMoments(**state["pairs"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ExperimentError(f"not a comparison state: {exc}") from exc
 
     def event(
