@@ -20,12 +20,11 @@ from streams.comparison import (
     Comparison,
     Decision,
     Mode,
-    PairedMoments,
-    UserMoments,
     mixture_rho,
     request_f1,
     sequence_halfwidth,
 )
+from streams.moments import PairedMoments, UserMoments
 
 DAY_MS = 86_400_000
 
