@@ -16,12 +16,12 @@ the users by the delta method, as GrowthBook analyses user-randomised experiment
 independent there wrongly aborted 13% of 300 A/A canaries in the simulation (alpha 0.05, 2,000 users).
 
 **The method** is the asymptotic confidence sequence (CS) of Waudby-Smith, Arnold, Wu, McAuliffe and
-Ramdas, "Time-uniform central limit theory and asymptotic confidence sequences" (Annals of Statistics,
-2024; arXiv 2103.06476, eq. (9) and, for rho, its appendix), built on the normal-mixture boundary of
-Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform, nonparametric, nonasymptotic confidence sequences"
-(Annals of Statistics, 2021), exactly as GrowthBook computes its sequential intervals (gbstats
+Ramdas, "Time-uniform central limit theory and asymptotic confidence sequences" (arXiv 2103.06476; rho as
+its appendix chooses it, to be tightest at a given N), built on the normal-mixture boundary of Howard,
+Ramdas, McAuliffe and Sekhon, "Time-uniform, nonparametric, nonasymptotic confidence sequences" (Annals
+of Statistics, 2021), exactly as GrowthBook computes its sequential intervals (gbstats
 ``SequentialTwoSidedTTest``; docs/statistics/sequential). For an estimate with standard error ``se`` from
-``N`` observations (both arms together), per-observation variance ``s2 = se**2 * N``::
+``N`` units (pairs in shadow mode, the users of both arms in canary mode), with ``s2 = se**2 * N``::
 
     halfwidth = sqrt(s2) * sqrt(2 (N rho^2 + 1) / (N^2 rho^2) * ln(sqrt(N rho^2 + 1) / alpha))
     rho^2     = (-2 ln alpha + ln(1 - 2 ln alpha)) / tuning
