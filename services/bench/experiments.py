@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -253,9 +253,8 @@ class ExperimentsReport:
         )
 
     def as_json(self) -> dict[str, Any]:
-        plan = replace(self.plan, settings=ExperimentSettings())  # the settings go in whole below
         return {
-            "plan": {k: v for k, v in vars(plan).items() if k != "settings"},
+            "plan": {k: v for k, v in vars(self.plan).items() if k != "settings"},
             "settings": self.plan.settings.model_dump(),
             "f1_per_request": self.means,
             "results": [r.as_json() for r in self.results],
