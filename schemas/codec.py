@@ -28,6 +28,7 @@ EVENTS = (
     "model-command",
     "model-event",
     "dead-letter",
+    "experiment",
 )
 
 #: Larger messages are refused before parsing: the biggest valid request (1,000 candidates of 128 chars)

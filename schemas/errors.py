@@ -11,6 +11,7 @@
     ├── ModelError                  training or scoring failed
     ├── CommandError                a model command is malformed, unsigned or forged
     ├── ServingError                a prediction replica cannot go on (fenced, fatal producer error)
+    ├── ExperimentError             an experiment's comparison was fed values it cannot use
     └── BenchmarkError              a benchmark run could not finish (a contender died or stalled)
 
 The CLI prints any of them as one line (``modelwatch: error: ...``) and exits 1.
@@ -72,6 +73,11 @@ class CommandError(ModelwatchError):
 class ServingError(ModelwatchError):
     """A prediction replica cannot go on: another replica took its transactional id, or its producer hit a
     fatal error. Nothing past the last commit was acknowledged, so a restart loses nothing."""
+
+
+class ExperimentError(ModelwatchError):
+    """A shadow or canary comparison was given values it cannot use (unpaired, outside [0, 1]) or a
+    state it cannot read."""
 
 
 class BenchmarkError(ModelwatchError):

@@ -46,6 +46,8 @@ MODEL_EVENTS = Topic("model-events", "model-event", "instance", joined=False, re
 REQUESTS_DLQ = Topic("requests.dlq", "dead-letter", "the source key", joined=False, retention_ms=30 * DAY_MS)
 #: Outcomes the monitor could not use (against the schema, or an implausible ts), with the reason.
 OUTCOMES_DLQ = Topic("outcomes.dlq", "dead-letter", "the source key", joined=False, retention_ms=30 * DAY_MS)
+#: Where each shadow or canary experiment stands, after each evaluation (:mod:`streams.comparison`).
+EXPERIMENTS = Topic("experiments", "experiment", "experiment_id", joined=False, retention_ms=90 * DAY_MS)
 
 ALL: tuple[Topic, ...] = (
     REQUESTS,
@@ -57,6 +59,7 @@ ALL: tuple[Topic, ...] = (
     MODEL_EVENTS,
     REQUESTS_DLQ,
     OUTCOMES_DLQ,
+    EXPERIMENTS,
 )
 
 BY_SUFFIX = {t.suffix: t for t in ALL}

@@ -184,6 +184,41 @@ class AlertmanagerSettings(Section):
     retry_max_s: float = Field(30.0, gt=0, description="Longest wait between attempts while it is down.")
 
 
+class ExperimentSettings(Section):
+    """Shadow and canary experiments: the candidate against the incumbent (:mod:`streams.comparison`)."""
+
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Error level: the confidence sequence misses the truth at some "
+        "look with at most this probability, however often it is looked at.",
+    )
+    margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Non-inferiority margin relative to the incumbent: the candidate "
+        "must not be worse than (1 - margin) times the incumbent's per-request F1.",
+    )
+    min_samples: int = Field(1000, ge=1, description="Labelled requests per arm before a promotion.")
+    burn_in: int = Field(
+        100,
+        ge=2,
+        description="Labelled requests per arm before any interval or decision (the "
+        "interval is asymptotic: it needs a variance estimate).",
+    )
+    max_duration_s: float = Field(
+        21_600.0, gt=0, description="Event time after which an undecided experiment is inconclusive."
+    )
+    tuning: float = Field(
+        5000.0,
+        gt=0,
+        description="The confidence sequence's tuning: the number of labelled requests "
+        "(both arms) at which it is tightest; GrowthBook's default.",
+    )
+
+
 class AlertRule(Section):
     """One ``[[alerts]]`` table. Every metric it watches lies in [0, 1]. Quality metrics breach *below* their
     threshold (``below`` in (0, 1]: 0 could never fire; ``resolve_above`` at or above it and below 1: 1 could
@@ -271,6 +306,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=lambda: BrokerSettings())
     serve: ServeSettings = Field(default_factory=lambda: ServeSettings())
     monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
+    experiments: ExperimentSettings = Field(default_factory=lambda: ExperimentSettings())
     alerts: list[AlertRule] = Field(default_factory=list)
     alertmanager: AlertmanagerSettings = Field(default_factory=lambda: AlertmanagerSettings())
 

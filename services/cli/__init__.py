@@ -14,6 +14,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 from schemas.errors import ModelwatchError
 from services.cli import (
     acls,
+    bench_experiments,
     broker,
     demo,
     deploy,
@@ -54,6 +55,7 @@ app.registered_commands += report_cli.app.registered_commands
 app.registered_commands += monitor.app.registered_commands
 app.registered_commands += serve.app.registered_commands
 app.registered_commands += bench_cli.app.registered_commands
+app.registered_commands += bench_experiments.app.registered_commands
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,7 @@ def bindings(prefix: str) -> list[AclBinding]:
     # requests.dlq: model failures count into the error rate; model-events: the replicas' acks.
     for src in ("predictions", "outcomes", "model-commands", "model-events", "requests.dlq"):
         acl += _topic(monitor, t(src), R, D)
-    for out in ("metrics", "alerts", "model-commands", "outcomes.dlq"):
+    for out in ("metrics", "alerts", "model-commands", "outcomes.dlq", "experiments"):
         acl += _topic(monitor, t(out), W, D)
     acl += _topic(monitor, t("monitor"), AclOperation.ALL, prefixed=True)
     acl += _prefixed(monitor, ResourceType.GROUP, t("monitor"), AclOperation.ALL)

@@ -53,6 +53,7 @@ TOPIC_STYLES = {
     "model-commands": "bold bright_blue",
     "model-events": "bright_blue",
     "requests.dlq": "red",
+    "experiments": "bold green",
 }
 
 
@@ -306,6 +307,21 @@ class LineFormatter:
             line.append(f"  +{e['ts'] - issued} ms", style="dim")
         if e.get("error"):
             line.append(f"  {_short(e['error'], 100)}", style="red")
+
+    def _experiment(self, line: Text, e: dict[str, Any]) -> None:
+        decision = e["decision"]
+        style = {"promote": "bold green", "abort": "bold red", "inconclusive": "bold yellow"}.get(
+            decision, ""
+        )
+        self._kind(line, f"{e['mode']} {decision}", style or "green")
+        self._version(line, e["candidate"])
+        labelled = e["labelled"]
+        line.append(f"vs {e['incumbent']}  n {labelled['candidate']}/{labelled['incumbent']}  ", style="dim")
+        line.append(f"{e['metric']} Δ {_num(e['estimate'], 4)}")
+        if e["interval"]:
+            low, high = e["interval"]
+            line.append(f" [{low:.4f}, {high:.4f}]", style="bold" if decision != "running" else "")
+        line.append(f"  [{e['experiment_id']}]", style="dim")
 
     def _dead_letter(self, line: Text, e: dict[str, Any]) -> None:
         self._kind(line, "☠ dead", "bold red")

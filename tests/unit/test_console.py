@@ -50,6 +50,10 @@ def styles(line: Text) -> str:
             "dead-letter",
             ["requests.dlq", "dead", "rec.requests p3@1041", "model: ValueError"],
         ),
+        (
+            "experiment",
+            ["experiments", "canary abort", "vs " + V, "n 812/7297", "Δ -0.0731 [-0.1102, -0.0360]"],
+        ),
     ],
 )
 def test_every_event_type_is_one_readable_line(name: str, essentials: list[str]) -> None:
