@@ -30,6 +30,7 @@ from services.deployment.commands import Action, History
 from services.deployment.follower import Follower, read_state
 from services.deployment.state import DeploymentState
 from services.registry import Registry
+from services.registry.keys import signer_of
 
 
 def _key(settings: Settings) -> str | None:
@@ -55,7 +56,14 @@ def _publish(
 ) -> dict[str, Any]:
     # Verify first: raises VersionNotFound or VerificationError, and then nothing is published.
     (registry or Registry.from_settings(settings)).verify(version)
-    command = commands.make(action, version, reason, key=_key(settings), issued_by=issued_by or operator())
+    command = commands.make(
+        action,
+        version,
+        reason,
+        key=_key(settings),
+        signer=signer_of(settings, "operator"),
+        issued_by=issued_by or operator(),
+    )
     commands.publish(settings, command)
     return command
 

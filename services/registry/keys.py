@@ -202,7 +202,7 @@ class Keyring:
         except (binascii.Error, ValueError, InvalidSignature):
             return f"{BAD_SIGNATURE}: the {kind} does not match its signature by key {key.key_id} (altered?)"
         if action not in MAY[key.role]:
-            return f"{NOT_ALLOWED}: key {key.key_id} is a {key.role} key, and a {key.role} may not {action}"
+            return f"{NOT_ALLOWED}: key {key.key_id} has the {key.role} role, which may not {action}"
         if key.role == "monitor" and version is not None and version not in deployed:
             return (
                 f"{NOT_ALLOWED}: key {key.key_id} is the monitor's, and the monitor may not order "

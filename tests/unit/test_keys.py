@@ -69,13 +69,17 @@ def test_each_role_signs_only_what_it_may(tmp_path: Path) -> None:
     manifest = {"version": "v2", "sha256": "0" * 64}
     assert ring.refusal("manifest", _signed(publisher, manifest, "manifest"), "publish") is None
     refused = ring.refusal("manifest", _signed(operator, manifest, "manifest"), "publish")
-    assert refused is not None and refused.startswith(NOT_ALLOWED) and "operator may not publish" in refused
+    assert (
+        refused is not None
+        and refused.startswith(NOT_ALLOWED)
+        and "operator role, which may not publish" in refused
+    )
 
     assert ring.refusal("command", _signed(operator, COMMAND), "deploy") is None
     refused = ring.refusal("command", _signed(publisher, COMMAND), "deploy")
     assert refused is not None and refused.startswith(NOT_ALLOWED)
     refused = ring.refusal("command", _signed(monitor, COMMAND), "deploy", version="v2", deployed=["v2"])
-    assert refused is not None and "monitor may not deploy" in refused
+    assert refused is not None and "monitor role, which may not deploy" in refused
 
     rollback = {**COMMAND, "action": "rollback", "model_version": "v1"}
     assert (
