@@ -113,6 +113,33 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
+#: Hosts a listener may bind without being reachable from another machine.
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def anonymous_super_user_exposure(properties: str) -> list[str]:
+    """The listeners on which an unauthenticated client would be a super user although they are reachable
+    from outside the host: with ``User:ANONYMOUS`` in ``super.users``, every PLAINTEXT (or SSL) listener
+    is such a door unless it binds a loopback address (an empty host or ``0.0.0.0`` binds them all).
+    An empty list: no such door."""
+    props: dict[str, str] = {}
+    for line in properties.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith("#"):
+            props[key.strip()] = value.strip()
+    if "User:ANONYMOUS" not in props.get("super.users", "").split(";"):
+        return []
+    protocols = dict(p.split(":", 1) for p in props.get("listener.security.protocol.map", "").split(",") if p)
+    exposed = []
+    for listener in filter(None, props.get("listeners", "").split(",")):
+        name, _, address = listener.partition("://")
+        host = address.rpartition(":")[0]
+        anonymous = protocols.get(name, name) in ("PLAINTEXT", "SSL")  # no SASL: the peer is ANONYMOUS
+        if anonymous and not host.startswith(LOOPBACK):
+            exposed.append(listener)
+    return exposed
+
+
 @dataclass
 class Node:
     node_id: int
@@ -245,15 +272,21 @@ class LocalCluster:
                 "sasl.enabled.mechanisms=SCRAM-SHA-256",
                 "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
                 "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                # The controller quorum talks PLAINTEXT on loopback, as User:ANONYMOUS; that listener
-                # serves only controller APIs, never produce or fetch.
+                # The controller quorum talks PLAINTEXT, as User:ANONYMOUS, which must be a super user for
+                # the quorum's own requests: safe only because that listener binds 127.0.0.1 (checked below).
                 "super.users=User:admin;User:ANONYMOUS",
                 "allow.everyone.if.no.acl.found=false",
                 "listener.name.client.scram-sha-256.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required "
                 f'username="admin" password="{self.sasl["admin"]}";',
             ]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        exposed = anonymous_super_user_exposure(text)
+        if exposed:
+            raise BrokerError(
+                f"User:ANONYMOUS would be a super user on {', '.join(exposed)}: bind it to 127.0.0.1"
+            )
+        return text
 
     def _java(self, lib: Path, node: Node, main: str, *args: str) -> list[str]:
         return [
