@@ -30,7 +30,7 @@ from services.deployment.commands import Action, History
 from services.deployment.follower import Follower, read_state
 from services.deployment.state import DeploymentState
 from services.registry import Registry
-from services.registry.keys import signer_of
+from services.registry.keys import keyring_of, signer_of
 
 
 def _key(settings: Settings) -> str | None:
@@ -56,13 +56,15 @@ def _publish(
 ) -> dict[str, Any]:
     # Verify first: raises VersionNotFound or VerificationError, and then nothing is published.
     (registry or Registry.from_settings(settings)).verify(version)
+    signer = signer_of(settings, "operator")
+    if signer is None and keyring_of(settings) is not None:
+        # The replicas holding that keyring would ignore an unsigned command: say so now instead.
+        raise CommandError(
+            f"a keyring is set but no operator key (keys.operator_key): the replicas would ignore an "
+            f"unsigned {action}; nothing published"
+        )
     command = commands.make(
-        action,
-        version,
-        reason,
-        key=_key(settings),
-        signer=signer_of(settings, "operator"),
-        issued_by=issued_by or operator(),
+        action, version, reason, key=_key(settings), signer=signer, issued_by=issued_by or operator()
     )
     commands.publish(settings, command)
     return command

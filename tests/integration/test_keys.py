@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from services.config import Settings
+from services.cli import main
+from services.config import Settings, load_settings
 from services.deployment import commands
 from services.model.recommender import Recommender
 from services.registry import Registry
 from services.registry.keys import PublicKey, Signer, generate
+from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
 from tests.integration.serving_support import Collector, Replica, encoded, produce, requests_of, wait_for
 
@@ -199,3 +201,38 @@ def test_rotation_both_keys_verify_while_listed_and_old_ones_are_refused_once_re
         assert "unknown key" in answer["error"] and v_old.version in answer["error"]
     for name, answer in answers(collector, still_good, restarted).items():
         assert answer["event"] == "activated", (name, answer)
+
+
+def test_train_and_deploy_sign_with_the_private_keys_the_settings_name(
+    settings: Settings,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, publisher_pub = key_pair(tmp_path, "publisher", "publisher")
+    _, operator_pub = key_pair(tmp_path, "operator", "operator")
+    env = keyring_env(tmp_path / "keyring", publisher_pub, operator_pub)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MODELWATCH_KEYS__PUBLISHER_KEY", str(tmp_path / "publisher.pem"))
+    keyed = load_settings()
+    assert keyed.topic_prefix == settings.topic_prefix
+    version = train_on_world(keyed, seed=18, world=world, sessions=1500).version
+    manifest = Registry.from_settings(keyed).manifest(version)  # raises unless a publisher signed it
+    assert manifest.signed_by is not None and manifest.signed_by["key_id"] == publisher_pub.key_id
+
+    # Without the operator's private key the CLI refuses: the keyring's holders would ignore the command.
+    assert main(["deploy", version, "--no-wait", "--reason", "no key"]) == 1
+    assert "no operator key (keys.operator_key)" in capsys.readouterr().err
+    commands.publish(keyed, commands.make("deploy", version, "no key"))  # written anyway: ignored
+    monkeypatch.setenv("MODELWATCH_KEYS__OPERATOR_KEY", str(tmp_path / "operator.pem"))
+    assert main(["deploy", version, "--no-wait", "--reason", "signed"]) == 0
+    history = commands.read_history(load_settings())
+    assert [c["reason"] for c in history.applied] == ["signed"]
+    assert history.applied[0]["signed_by"]["key_id"] == operator_pub.key_id
+    [(ignored, why)] = history.ignored
+    assert ignored is not None and ignored["reason"] == "no key" and "unsigned" in why
+    capsys.readouterr()
+    assert main(["models", "history"]) == 0
+    assert "unsigned" in capsys.readouterr().out
