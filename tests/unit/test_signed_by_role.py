@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from schemas import codec
 from schemas.errors import ContractError, RegistryError, VerificationError
+from services.config import KeySettings, load_settings
 from services.deployment import commands
+from services.deployment.follower import UNAUTHENTICATED, Follower, authenticated
 from services.deployment.state import DeploymentState
 from services.registry import Registry
 from services.registry.keys import Keyring, PublicKey, Signer, generate
@@ -159,3 +163,26 @@ def test_an_altered_manifest_fails_the_publisher_signature(tmp_path: Path, keys:
     assert both.verify(manifest.version) == manifest
     with pytest.raises(VerificationError, match="signature does not match"):
         Registry(url, "other", keyring=keys.ring).verify(manifest.version)
+
+
+def test_readers_of_the_command_log_warn_at_start_when_nothing_authenticates_commands(
+    tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    keyring = tmp_path / "keyring"
+    keyring.write_text(keys.operator_pub.line() + "\n")
+    plain = load_settings(bootstrap="127.0.0.1:1")  # never reached: the follower is stopped before it reads
+    cases = [
+        (plain, True),
+        (plain.model_copy(update={"signing_key": SecretStr("k")}), False),
+        (plain.model_copy(update={"keys": KeySettings(keyring_file=keyring)}), False),
+        (plain.model_copy(update={"keys": KeySettings(keyring=[keys.operator_pub.line()])}), False),
+    ]
+    for settings, warned in cases:
+        assert authenticated(settings) is not warned
+        caplog.clear()
+        follower = Follower(settings, "test-group")
+        follower.stop_event.set()
+        with caplog.at_level(logging.WARNING, logger="services.deployment.follower"):
+            follower.run()
+        assert (UNAUTHENTICATED in caplog.text) is warned
+    assert "commands are not authenticated" in UNAUTHENTICATED
