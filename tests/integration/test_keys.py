@@ -236,3 +236,5 @@ def test_train_and_deploy_sign_with_the_private_keys_the_settings_name(
     capsys.readouterr()
     assert main(["models", "history"]) == 0
     assert "unsigned" in capsys.readouterr().out
+    assert main(["models", "verify", version]) == 0
+    assert "verified (publisher key and sha256" in capsys.readouterr().out
