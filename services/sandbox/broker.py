@@ -22,6 +22,7 @@ from pathlib import Path
 
 from schemas.errors import BrokerError
 from services.config import BrokerSettings
+from services.sandbox.listeners import anonymous_super_user_exposure
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -111,33 +112,6 @@ def _alive(pid: int | None) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return False
-
-
-#: Hosts a listener may bind without being reachable from another machine.
-LOOPBACK = ("127.", "localhost", "::1", "[::1]")
-
-
-def anonymous_super_user_exposure(properties: str) -> list[str]:
-    """The listeners on which an unauthenticated client would be a super user although they are reachable
-    from outside the host: with ``User:ANONYMOUS`` in ``super.users``, every PLAINTEXT (or SSL) listener
-    is such a door unless it binds a loopback address (an empty host or ``0.0.0.0`` binds them all).
-    An empty list: no such door."""
-    props: dict[str, str] = {}
-    for line in properties.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and not key.startswith("#"):
-            props[key.strip()] = value.strip()
-    if "User:ANONYMOUS" not in props.get("super.users", "").split(";"):
-        return []
-    protocols = dict(p.split(":", 1) for p in props.get("listener.security.protocol.map", "").split(",") if p)
-    exposed = []
-    for listener in filter(None, props.get("listeners", "").split(",")):
-        name, _, address = listener.partition("://")
-        host = address.rpartition(":")[0]
-        anonymous = protocols.get(name, name) in ("PLAINTEXT", "SSL")  # no SASL: the peer is ANONYMOUS
-        if anonymous and not host.startswith(LOOPBACK):
-            exposed.append(listener)
-    return exposed
 
 
 @dataclass

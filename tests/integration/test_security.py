@@ -19,7 +19,8 @@ from services.config import BrokerSettings, Settings, load_settings
 from services.deployment import commands
 from services.kafka import acls
 from services.kafka.topics import create_topics
-from services.sandbox.broker import LocalCluster, anonymous_super_user_exposure
+from services.sandbox.broker import LocalCluster
+from services.sandbox.listeners import anonymous_super_user_exposure
 
 PORT = int(os.environ.get("MODELWATCH_TEST_SECURE_PORT", "39092"))
 

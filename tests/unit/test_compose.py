@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from services.config import BrokerSettings
-from services.sandbox.broker import LocalCluster, anonymous_super_user_exposure
+from services.sandbox.broker import LocalCluster
+from services.sandbox.listeners import anonymous_super_user_exposure
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
