@@ -79,6 +79,21 @@ class BrokerSettings(Section):
     heap: str = Field("512m", description="JVM heap per node (-Xmx).")
 
 
+class KeySettings(Section):
+    """Public-key signatures (services/registry/keys.py): the keyring every verifier holds, and the private
+    key of the role this process runs as. With no keyring, signatures are not checked."""
+
+    keyring_file: Path | None = Field(
+        None, description="Keyring file: lines of '<role> <key-id> <base64 public key>'."
+    )
+    keyring: list[str] = Field(
+        default_factory=list, description="Keyring lines given inline, added to the file's."
+    )
+    publisher_key: Path | None = Field(None, description="Private key that signs manifests (train).")
+    operator_key: Path | None = Field(None, description="Private key that signs the CLI's commands.")
+    monitor_key: Path | None = Field(None, description="Private key that signs the monitor's commands.")
+
+
 class ServeSettings(Section):
     """The prediction service."""
 
@@ -285,7 +300,9 @@ class Settings(BaseSettings):
         default_factory=lambda: str(_data_home() / "registry"),
         description="Model registry: a directory or any fsspec URL (s3://, hdfs://, memory://).",
     )
-    signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key for manifests and commands.")
+    signing_key: SecretStr | None = Field(
+        None, description="Legacy: one shared HMAC-SHA256 key for manifests and commands (see keys)."
+    )
     model_name: str = Field("recommender", description="Key of the model-command topic.")
     #: Where the code of users' own models lives: each directory goes first on ``sys.path`` just before a
     #: version is unpickled (after it verified), in replicas and the CLI alike. In the environment: one
@@ -304,6 +321,7 @@ class Settings(BaseSettings):
     ssl_key_password: SecretStr | None = None
 
     broker: BrokerSettings = Field(default_factory=lambda: BrokerSettings())
+    keys: KeySettings = Field(default_factory=lambda: KeySettings())
     serve: ServeSettings = Field(default_factory=lambda: ServeSettings())
     monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     experiments: ExperimentSettings = Field(default_factory=lambda: ExperimentSettings())

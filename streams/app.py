@@ -46,6 +46,7 @@ import faust
 
 from schemas import codec
 from services.config import AlertRule, Settings, load_settings
+from services.registry.keys import signer_of
 from streams import activations
 from streams.alertmanager_agents import AlertmanagerAgents
 from streams.alerts import RegistryBaselines
@@ -151,7 +152,9 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         self.tracker_config = TrackerConfig.from_settings(m, settings.alerts)
         self.baselines = RegistryBaselines(settings)
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
-        self.policy = RollbackPolicy(int(m.rollback_cooldown_s * 1000), signing_key=key)
+        self.policy = RollbackPolicy(
+            int(m.rollback_cooldown_s * 1000), signing_key=key, signer=signer_of(settings, "monitor")
+        )
         self.decisions = Decisions(self.policy, self.baselines)
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
         self.follower = CommandFollower(settings)

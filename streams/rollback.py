@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.deployment import commands
+from services.registry.keys import Signer
 from streams.fleet import Fleet
 
 ISSUER = "modelwatch-monitor"
@@ -57,9 +58,13 @@ def describe(alert: dict[str, Any]) -> str:
 
 
 class RollbackPolicy:
-    def __init__(self, cooldown_ms: int, signing_key: str | None = None) -> None:
+    def __init__(
+        self, cooldown_ms: int, signing_key: str | None = None, signer: Signer | None = None
+    ) -> None:
         self.cooldown_ms = cooldown_ms
         self.signing_key = signing_key
+        # The monitor's key (keys.monitor_key): replicas with a keyring obey only signed rollbacks.
+        self.signer = signer
         self._ordered: dict[
             str, int
         ] = {}  # our commands -> when ordered (our clock), until the topic shows them
@@ -116,6 +121,7 @@ class RollbackPolicy:
             target,
             reason,
             key=self.signing_key,
+            signer=self.signer,
             command_id=cid,
             issued_by=ISSUER,
             alert_id=alert["alert_id"],

@@ -35,6 +35,9 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MODELWATCH_CONFIG", raising=False)
     monkeypatch.setenv("MODELWATCH_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.delenv("MODELWATCH_SIGNING_KEY", raising=False)
+    for name in list(os.environ):  # nor the developer's keyring or private keys
+        if name.upper().startswith("MODELWATCH_KEYS__"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

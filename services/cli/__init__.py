@@ -18,6 +18,7 @@ from services.cli import (
     broker,
     demo,
     deploy,
+    keys,
     models,
     monitor,
     serve,
@@ -44,6 +45,7 @@ app = typer.Typer(
 app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
 app.add_typer(acls.app, name="acls")
+app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
 app.registered_commands += train.app.registered_commands
 app.registered_commands += deploy.app.registered_commands

@@ -170,7 +170,8 @@ def verify(version: str = typer.Argument(..., help="The version to check.")) -> 
     Exits 1 with the reason when it does not verify."""
     registry = Registry.from_settings(current_settings())
     manifest = registry.verify(version)
-    how = "signature and sha256" if registry.signing_key else "sha256 (no signing key set)"
+    signed = [n for n, on in (("publisher key", registry.keyring), ("signature", registry.signing_key)) if on]
+    how = f"{' and '.join(signed)} and sha256" if signed else "sha256 (no keyring or signing key set)"
     console.print(f"{manifest.version}: verified ({how} {manifest.sha256[:16]}…)")
 
 

@@ -1,8 +1,13 @@
 """Model commands: the deployment audit log on ``rec.model-commands``.
 
 A command orders every replica to activate a version (``deploy``, or ``rollback`` to an earlier one).
-With a signing key set, commands carry an HMAC-SHA256 ``signature`` over their canonical JSON (sorted keys,
-no whitespace, the signature field left out), and an unsigned or forged command is ignored by every reader.
+With a keyring set (:mod:`services.registry.keys`), a command counts only when its ``signed_by`` is a valid
+Ed25519 signature by a key whose role may order its action: an operator's (the CLI) or the monitor's (which
+may only name a version some earlier command named). A replica holds the keyring of public keys, so it can
+verify commands but cannot sign one. The legacy HMAC mode (``signing_key``, one secret shared by every
+signer and verifier) is checked as before when set: an HMAC-SHA256 ``signature`` over the canonical JSON
+(sorted keys, no whitespace, the signature fields left out). Every reader ignores a command that fails
+either, with the reason.
 
 The history is read in log order: the command topic has exactly one partition
 (:func:`services.kafka.topics.check_command_log`), so its offsets order every command, whoever wrote it
@@ -27,12 +32,14 @@ from schemas import codec
 from schemas.errors import CommandError, ContractError
 from services import kafka
 from services.config import Settings
+from services.registry.keys import SIGNATURE_FIELDS, Keyring, Signer
 
 Action = Literal["deploy", "rollback"]
 
 
 def _canonical(command: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in command.items() if k != "signature"}
+    # Both signatures cover the same body, so neither depends on whether the other is there.
+    body = {k: v for k, v in command.items() if k not in SIGNATURE_FIELDS}
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
@@ -60,12 +67,13 @@ def make(
     reason: str,
     *,
     key: str | None = None,
+    signer: Signer | None = None,
     command_id: str | None = None,
     issued_by: str | None = None,
     alert_id: str | None = None,
     ts: int | None = None,
 ) -> dict[str, Any]:
-    """A valid (and, with ``key``, signed) model-command event."""
+    """A valid model-command event, signed by ``signer`` (Ed25519) and with ``key`` (legacy HMAC) if given."""
     command: dict[str, Any] = {
         "command_id": command_id or f"c-{uuid.uuid4().hex}",
         "action": action,
@@ -77,6 +85,8 @@ def make(
         command["issued_by"] = issued_by
     if alert_id:
         command["alert_id"] = alert_id
+    if signer is not None:
+        command["signed_by"] = signer.sign("command", command)
     if key:
         command = sign(command, key)
     codec("model-command").validate(command)
@@ -107,6 +117,8 @@ class History:
     """The deployment history, built by feeding commands in log order."""
 
     key: str | None = None
+    #: The public keys that may order commands; ``None``: no public-key signature is asked for.
+    keyring: Keyring | None = None
     #: Applied commands, in order.
     applied: list[dict[str, Any]] = field(default_factory=list)
     #: Commands ignored, with the reason (unsigned, forged, replayed, malformed).
@@ -137,6 +149,16 @@ class History:
             verify(command, self.key)
         except CommandError as exc:
             return str(exc)
+        if self.keyring is not None:
+            refused = self.keyring.refusal(
+                "command",
+                command,
+                command["action"],
+                version=command["model_version"],
+                deployed={c["model_version"] for c in self.applied},
+            )
+            if refused is not None:
+                return f"command {command['command_id']} refused: {refused}"
         return None
 
     def feed(self, command: dict[str, Any]) -> bool:
@@ -158,8 +180,10 @@ class History:
         return self.feed(command)
 
     @classmethod
-    def of(cls, commands: Iterable[dict[str, Any]], key: str | None = None) -> History:
-        history = cls(key=key)
+    def of(
+        cls, commands: Iterable[dict[str, Any]], key: str | None = None, keyring: Keyring | None = None
+    ) -> History:
+        history = cls(key=key, keyring=keyring)
         for c in commands:
             history.feed(c)
         return history

@@ -26,6 +26,7 @@ from services.config import Settings
 from services.deployment.state import DeploymentState, now_ms
 from services.kafka.retry import NotYet, retry
 from services.kafka.topics import check_command_log, check_command_topic
+from services.registry.keys import keyring_of
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,23 @@ EVENTS_LOOKBACK_MS = 24 * 3600 * 1000
 
 
 def new_state(settings: Settings) -> DeploymentState:
-    """An empty state with the settings' signing key; a replica missing three heartbeats is not live."""
+    """An empty state that checks commands with the settings' keyring (and legacy signing key); a replica
+    missing three heartbeats is not live."""
     key = settings.signing_key.get_secret_value() if settings.signing_key else None
-    return DeploymentState(key=key, live_ms=int(3 * settings.serve.heartbeat_s * 1000))
+    live_ms = int(3 * settings.serve.heartbeat_s * 1000)
+    return DeploymentState(key=key, live_ms=live_ms, keyring=keyring_of(settings))
+
+
+#: What a replica and the monitor log at start when nothing authenticates the commands they obey.
+UNAUTHENTICATED = (
+    "commands are not authenticated: no keyring (keys.keyring_file, keys.keyring) and no signing_key "
+    "is set, so anyone who may write the command topic can deploy any version"
+)
+
+
+def authenticated(settings: Settings) -> bool:
+    """Whether commands are checked at all (a keyring, or the legacy shared key)."""
+    return bool(settings.keys.keyring_file or settings.keys.keyring or settings.signing_key)
 
 
 def open_command_log(
@@ -113,6 +128,8 @@ class Follower(threading.Thread):
             self.join(timeout=10)
 
     def run(self) -> None:
+        if not authenticated(self.settings):
+            log.warning(UNAUTHENTICATED)
         consumer = kafka.consumer(
             self.settings, self.group, **{"enable.partition.eof": True}
         )  # EOF tells when the history has caught up
@@ -183,4 +200,12 @@ def read_state(
     return state
 
 
-__all__ = ["EVENTS_LOOKBACK_MS", "Follower", "new_state", "open_command_log", "read_state"]
+__all__ = [
+    "EVENTS_LOOKBACK_MS",
+    "UNAUTHENTICATED",
+    "Follower",
+    "authenticated",
+    "new_state",
+    "open_command_log",
+    "read_state",
+]

@@ -30,6 +30,7 @@ from services.deployment.commands import Action, History
 from services.deployment.follower import Follower, read_state
 from services.deployment.state import DeploymentState
 from services.registry import Registry
+from services.registry.keys import keyring_of, signer_of
 
 
 def _key(settings: Settings) -> str | None:
@@ -55,7 +56,16 @@ def _publish(
 ) -> dict[str, Any]:
     # Verify first: raises VersionNotFound or VerificationError, and then nothing is published.
     (registry or Registry.from_settings(settings)).verify(version)
-    command = commands.make(action, version, reason, key=_key(settings), issued_by=issued_by or operator())
+    signer = signer_of(settings, "operator")
+    if signer is None and keyring_of(settings) is not None:
+        # The replicas holding that keyring would ignore an unsigned command: say so now instead.
+        raise CommandError(
+            f"a keyring is set but no operator key (keys.operator_key): the replicas would ignore an "
+            f"unsigned {action}; nothing published"
+        )
+    command = commands.make(
+        action, version, reason, key=_key(settings), signer=signer, issued_by=issued_by or operator()
+    )
     commands.publish(settings, command)
     return command
 

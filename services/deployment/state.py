@@ -28,6 +28,7 @@ from typing import Any
 from schemas import codec
 from schemas.errors import ContractError
 from services.deployment.commands import History
+from services.registry.keys import Keyring
 
 #: A replica's ``rejected`` event whose error starts with this says the version would not load there
 #: (missing, tampered, unpicklable), as opposed to a command refused for itself (replayed, forged).
@@ -63,8 +64,8 @@ def now_ms() -> int:
 class DeploymentState:
     """Commands in log order plus every replica's acknowledgements; fed by a follower, read by anyone."""
 
-    def __init__(self, key: str | None = None, live_ms: int = 15_000) -> None:
-        self.history = History(key=key)
+    def __init__(self, key: str | None = None, live_ms: int = 15_000, keyring: Keyring | None = None) -> None:
+        self.history = History(key=key, keyring=keyring)
         self.live_ms = live_ms
         #: Where each applied command sits in the log (its offset), for people and tests.
         self.offsets: dict[str, int] = {}

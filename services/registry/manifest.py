@@ -1,8 +1,13 @@
 """A version's manifest: what the artifact is, how it did on held-out data, and who may vouch for it.
 
-The manifest is JSON beside the artifact. Its ``sha256`` pins the artifact's bytes; with a signing key
-its ``signature`` (HMAC-SHA256 over the canonical JSON: sorted keys, no whitespace, the signature left out)
-pins the manifest itself, so nobody without the key can swap both artifact and digest.
+The manifest is JSON beside the artifact. Its ``sha256`` pins the artifact's bytes; its signatures pin the
+manifest itself, so nobody without a signing key can swap both artifact and digest:
+
+- ``signed_by``: an Ed25519 signature by a *publisher* key (:mod:`services.registry.keys`), checked against
+  the keyring: who may verify cannot sign;
+- ``signature`` (legacy): HMAC-SHA256 with the one shared ``signing_key``.
+
+Both cover the canonical JSON (sorted keys, no whitespace) of everything but the two signature fields.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import hmac
 import importlib.metadata
 import platform
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
 
 from schemas.errors import VerificationError
+from services.registry.keys import SIGNATURE_FIELDS, Keyring, Signer
 
 #: Version names travel in commands from Kafka and become paths: nothing that could climb out of the root.
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -71,11 +77,14 @@ class Manifest:
     #: Held-out metrics of the popularity baseline on the same split, for comparison.
     baseline: dict[str, float | None] = field(default_factory=dict)
     signature: str | None = None
+    #: The publisher's Ed25519 signature: ``{key_id, alg, value}``.
+    signed_by: dict[str, str] | None = None
 
     def body(self) -> dict[str, Any]:
-        """The signed content: everything but the signature."""
+        """The signed content: everything but the signatures."""
         out = asdict(self)
-        out.pop("signature")
+        for name in SIGNATURE_FIELDS:
+            out.pop(name)
         return out
 
     def canonical(self) -> bytes:
@@ -83,7 +92,17 @@ class Manifest:
 
     def signed(self, key: str) -> Manifest:
         digest = hmac.new(key.encode(), self.canonical(), hashlib.sha256).hexdigest()
-        return Manifest(**{**self.body(), "signature": digest})
+        return replace(self, signature=digest)
+
+    def published_by(self, signer: Signer) -> Manifest:
+        """This manifest with the publisher's signature."""
+        return replace(self, signed_by=signer.sign("manifest", self.body()))
+
+    def check_publisher(self, keyring: Keyring) -> None:
+        """Raise :class:`VerificationError` unless a publisher key of ``keyring`` signed this manifest."""
+        refused = keyring.refusal("manifest", self.as_dict(), "publish")
+        if refused is not None:
+            raise VerificationError(f"version {self.version}: manifest refused: {refused}")
 
     def check_signature(self, key: str) -> None:
         """Raise :class:`VerificationError` unless the manifest carries a valid signature for ``key``."""
@@ -128,6 +147,7 @@ class Manifest:
             "parent": doc["parent"] is None or isinstance(doc["parent"], str),
             "libraries": isinstance(doc["libraries"], dict),
             "signature": doc.get("signature") is None or isinstance(doc.get("signature"), str),
+            "signed_by": doc.get("signed_by") is None or isinstance(doc.get("signed_by"), dict),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

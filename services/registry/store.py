@@ -8,10 +8,11 @@ Layout under the registry root (``MODELWATCH_REGISTRY``)::
 A version name is ``<UTC time>-<8 hex>``, e.g. ``20261124T034100-3f2a9c1b``; the hex comes from the
 artifact's digest, the creation time and a random salt, so two identical models never share a version.
 
-joblib is pickle, and unpickling runs code, so :meth:`Registry.load` reads the artifact's bytes, checks
-their sha256 against the manifest (and, with a signing key, the manifest's HMAC signature) and only then
-unpickles them, from memory. A model built with other library versions loads with a
-:class:`LibraryMismatchWarning`.
+joblib is pickle, and unpickling runs code, so :meth:`Registry.load` checks the manifest first (with a
+keyring, its Ed25519 signature by a publisher key; with the legacy signing key, its HMAC), then reads the
+artifact's bytes and checks their sha256 against the manifest, and only then unpickles them, from memory.
+A registry given a publisher's private key (``keys.publisher_key``) signs the versions it registers.
+A model built with other library versions loads with a :class:`LibraryMismatchWarning`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from schemas.errors import RegistryError, VerificationError, VersionNotFound
 from services.config import Settings
 from services.model.protocol import Model, class_name
 from services.model.user_code import use_model_path
+from services.registry.keys import Keyring, Signer, keyring_of, signer_of
 from services.registry.manifest import VERSION_PATTERN, Manifest, library_mismatches, running_libraries
 
 ARTIFACT = "model.joblib"
@@ -48,22 +50,36 @@ class Registry:
     """Versions of the recommender, stored under ``url`` (a directory or an fsspec URL)."""
 
     def __init__(
-        self, url: str, signing_key: str | None = None, model_path: Sequence[str | PathLike[str]] = ()
+        self,
+        url: str,
+        signing_key: str | None = None,
+        model_path: Sequence[str | PathLike[str]] = (),
+        *,
+        keyring: Keyring | None = None,
+        publisher: Signer | None = None,
     ) -> None:
         self.url = url
         self.signing_key = signing_key or None
         #: Directories put first on ``sys.path`` before unpickling (the ``model_path`` setting).
         self.model_path = list(model_path)
+        self.keyring = keyring  # manifests must carry a publisher's signature when set
+        self.publisher = publisher  # signs what register() writes
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.root = self.root.rstrip("/") or "/"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
-        return cls(settings.registry, key, settings.model_path)
+        return cls(
+            settings.registry,
+            key,
+            settings.model_path,
+            keyring=keyring_of(settings),
+            publisher=signer_of(settings, "publisher"),
+        )
 
     def __repr__(self) -> str:
-        return f"Registry({self.url!r}, signed={self.signing_key is not None})"
+        return f"Registry({self.url!r}, signed={self.signing_key is not None}, keyring={self.keyring})"
 
     # ------------------------------------------------------------------ paths
     def _dir(self, version: str) -> str:
@@ -106,6 +122,8 @@ class Registry:
             model=describe() if callable(describe) else {"class": class_name(model)},
             baseline=dict(baseline or {}),
         )
+        if self.publisher is not None:
+            manifest = manifest.published_by(self.publisher)
         if self.signing_key:
             manifest = manifest.signed(self.signing_key)
         directory = self._dir(version)
@@ -161,13 +179,16 @@ class Registry:
         return found[-1] if found else None
 
     def manifest(self, version: str) -> Manifest:
-        """The manifest of ``version``, its signature verified when a signing key is set."""
+        """The manifest of ``version``, its signatures verified (a publisher's with a keyring, the HMAC with a
+        signing key); the artifact is not read."""
         path = self._path(version, MANIFEST)
         try:
             raw = self.fs.cat_file(path)
         except FileNotFoundError as exc:
             raise VersionNotFound(f"no version {version} in registry {self.url}") from exc
         manifest = Manifest.from_json(raw, version)
+        if self.keyring is not None:
+            manifest.check_publisher(self.keyring)
         if self.signing_key:
             manifest.check_signature(self.signing_key)
         return manifest

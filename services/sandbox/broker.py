@@ -22,6 +22,7 @@ from pathlib import Path
 
 from schemas.errors import BrokerError
 from services.config import BrokerSettings
+from services.sandbox.listeners import anonymous_super_user_exposure
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -245,15 +246,21 @@ class LocalCluster:
                 "sasl.enabled.mechanisms=SCRAM-SHA-256",
                 "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
                 "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                # The controller quorum talks PLAINTEXT on loopback, as User:ANONYMOUS; that listener
-                # serves only controller APIs, never produce or fetch.
+                # The controller quorum talks PLAINTEXT, as User:ANONYMOUS, which must be a super user for
+                # the quorum's own requests: safe only because that listener binds 127.0.0.1 (checked below).
                 "super.users=User:admin;User:ANONYMOUS",
                 "allow.everyone.if.no.acl.found=false",
                 "listener.name.client.scram-sha-256.sasl.jaas.config="
                 "org.apache.kafka.common.security.scram.ScramLoginModule required "
                 f'username="admin" password="{self.sasl["admin"]}";',
             ]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        exposed = anonymous_super_user_exposure(text)
+        if exposed:
+            raise BrokerError(
+                f"User:ANONYMOUS would be a super user on {', '.join(exposed)}: bind it to 127.0.0.1"
+            )
+        return text
 
     def _java(self, lib: Path, node: Node, main: str, *args: str) -> list[str]:
         return [

@@ -16,8 +16,9 @@ two versions' predictions. Events on ``rec.model-events`` (key: instance):
 
 - ``activated``: version and command_id, after the swap;
 - ``rejected``: the command's version and command_id with the reason: the version cannot be loaded (the
-  error starts with ``cannot load``: missing, failing its digest or signature, unpicklable), or the
-  command is malformed, unsigned or forged when a key is set, or replayed. The current model keeps serving;
+  error starts with ``cannot load``: missing, failing its digest or its manifest's signature, unpicklable),
+  or the command is malformed, replayed, or refused by the keyring (unsigned, unknown key, a role not
+  allowed this action, a bad signature) or the legacy signing key. The current model keeps serving;
 - ``heartbeat``: every ``serve.heartbeat_s``, with the active version (null before the first deploy) and
   the partitions this replica serves.
 """
@@ -36,7 +37,7 @@ from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
-from services.deployment.follower import new_state, open_command_log
+from services.deployment.follower import UNAUTHENTICATED, authenticated, new_state, open_command_log
 from services.deployment.state import LOAD_FAILURE
 from services.model.protocol import Served, served
 from services.serving.logs import EventLog, KafkaReporter
@@ -207,6 +208,8 @@ class Control(threading.Thread):
 
     def run(self) -> None:
         consumer: Consumer | None = None
+        if not authenticated(self.settings):
+            self.log.warning("commands_not_authenticated", message=UNAUTHENTICATED)
         try:
             consumer = self._reader()
             if consumer is None:

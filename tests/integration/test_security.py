@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from services.deployment import commands
 from services.kafka import acls
 from services.kafka.topics import create_topics
 from services.sandbox.broker import LocalCluster
+from services.sandbox.listeners import anonymous_super_user_exposure
 
 PORT = int(os.environ.get("MODELWATCH_TEST_SECURE_PORT", "39092"))
 
@@ -94,3 +96,34 @@ def test_a_wrong_password_is_refused(secure_cluster: tuple[str, dict[str, str]])
     while not errors and time.monotonic() < deadline:
         p.poll(0.2)
     assert errors and errors[0].code() == KafkaError._AUTHENTICATION
+
+
+def outside_address() -> str | None:
+    """This host's address on a route out (not loopback), or ``None`` when it has none."""
+    for probe in ("192.0.2.1", "10.255.255.255", "8.8.8.8"):  # UDP connect: nothing is sent
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((probe, 9))
+            except OSError:
+                continue
+            host = str(s.getsockname()[0])
+        if not host.startswith("127."):
+            return host
+    return None
+
+
+def test_the_anonymous_super_user_s_controller_listener_is_reachable_only_from_this_host(
+    secure_cluster: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    controller_port = PORT + 1
+    properties = next(tmp_path_factory.getbasetemp().glob("secure-broker*/node-1/server.properties"))
+    text = properties.read_text()
+    assert "super.users=User:admin;User:ANONYMOUS" in text  # the quorum's PLAINTEXT peers need it...
+    assert anonymous_super_user_exposure(text) == []  # ...so its listener binds loopback only
+    with socket.create_connection(("127.0.0.1", controller_port), timeout=5):
+        pass  # the quorum's own address answers
+    outside = outside_address()
+    if outside is None:
+        pytest.skip("this host has no address but loopback: nothing else could reach the controller")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((outside, controller_port), timeout=5).close()

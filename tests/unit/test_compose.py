@@ -6,6 +6,10 @@ from pathlib import Path
 
 import yaml
 
+from services.config import BrokerSettings
+from services.sandbox.broker import LocalCluster
+from services.sandbox.listeners import anonymous_super_user_exposure
+
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
@@ -34,8 +38,14 @@ def test_the_secure_profile_mirrors_the_local_scram_broker_and_its_acls() -> Non
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found=false",
         "super.users=User:admin;User:ANONYMOUS",
+        # ... which is safe only because the PLAINTEXT controller listener is on loopback:
+        "listeners=CLIENT://:9092,CONTROLLER://127.0.0.1:9093",
+        "controller.quorum.voters=1@127.0.0.1:9093",
     ):
         assert line in broker
+    properties = broker.split("cat > /tmp/server.properties <<EOF", 1)[1].split("EOF", 1)[0]
+    assert "super.users=User:admin;User:ANONYMOUS" in properties
+    assert anonymous_super_user_exposure(properties) == []
     assert {user for user in ROLES if f"name={user}," in broker} == set(ROLES)  # every role's SCRAM user
     assert "modelwatch acls apply" in secure["secure-setup"]["command"]
     principals = {
@@ -59,6 +69,38 @@ def test_the_secure_profile_mirrors_the_local_scram_broker_and_its_acls() -> Non
             "SCRAM-SHA-256",
         )
         assert "topics" not in secure[name].get("depends_on", {})  # never waits on the plain broker's setup
+
+
+def test_an_anonymous_super_user_is_refused_on_any_listener_reachable_from_outside() -> None:
+    base = (
+        "super.users=User:admin;User:ANONYMOUS\n"
+        "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+    )
+    for listeners, exposed in [
+        ("CLIENT://:9092,CONTROLLER://:9093", ["CONTROLLER://:9093"]),  # the secure profile before issue 18
+        ("CLIENT://:9092,CONTROLLER://0.0.0.0:9093", ["CONTROLLER://0.0.0.0:9093"]),
+        ("CLIENT://:9092,CONTROLLER://kafka-secure:9093", ["CONTROLLER://kafka-secure:9093"]),
+        ("CLIENT://:9092,CONTROLLER://127.0.0.1:9093", []),
+        ("CLIENT://:9092,CONTROLLER://[::1]:9093", []),
+    ]:
+        assert anonymous_super_user_exposure(f"{base}listeners={listeners}\n") == exposed
+    # Without ANONYMOUS among the super users there is nothing to expose.
+    plain = "super.users=User:admin\nlisteners=PLAINTEXT://:9092,CONTROLLER://:9093\n"
+    assert anonymous_super_user_exposure(plain) == []
+
+
+def test_the_local_secure_broker_keeps_its_controller_on_loopback(tmp_path: Path) -> None:
+    for nodes in (1, 3):
+        cluster = LocalCluster(
+            BrokerSettings(port=39092, data_dir=tmp_path / str(nodes)),
+            nodes=nodes,
+            scram_users={"admin": "x"},
+        )
+        for node in cluster.nodes:
+            properties = cluster._properties(node)
+            assert "super.users=User:admin;User:ANONYMOUS" in properties
+            assert f"CONTROLLER://127.0.0.1:{node.controller_port}" in properties
+            assert anonymous_super_user_exposure(properties) == []
 
 
 def test_every_replica_serves_its_probes_and_docker_checks_readyz() -> None:
