@@ -131,14 +131,17 @@ class AlertSender:
         resend_s: float = 60.0,
         timeout_s: float = 5.0,
         retry_max_s: float = 30.0,
+        first_retry_s: float = 0.5,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/api/v2/alerts"
         self.resend_s = resend_s
         self.timeout_s = timeout_s
         self.retry_max_s = retry_max_s
+        self.first_retry_s = first_retry_s
         self.clock = clock
         self.posted = 0  # successful posts, for tests and the log
+        self.failed = 0  # attempts that found Alertmanager unreachable
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -164,6 +167,14 @@ class AlertSender:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop, posting what is pending once more first (waiting at most ``timeout_s``, default the post's
+        own timeout): a monitor stopped by SIGTERM must not leave a resolved alert firing in Alertmanager
+        until its endsAt, four re-send intervals later."""
+        self.stop()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 1 if timeout_s is None else timeout_s)
 
     # -- the sender's thread -----------------------------------------------------------------------------
 
@@ -208,8 +219,23 @@ class AlertSender:
                 retry_max_s=self.retry_max_s,
                 on_retry=self._on_retry,
                 stop=self._stop,
+                first_s=self.first_retry_s,
             )
             next_resend = self.clock() + self.resend_s
+        self._last_post()
+
+    def _last_post(self) -> None:
+        # Once, no retry: stopping must not wait out an Alertmanager that is down.
+        self._take_inbox()
+        if self._state.resolved or self._state.changed:
+            try:
+                self._post_once(0)
+            except AlertmanagerUnavailable as exc:
+                log.warning(
+                    "alertmanager unreachable at shutdown; %d resolution(s) not posted: %s",
+                    len(self._state.resolved),
+                    exc,
+                )
 
     def _post_once(self, attempt: int) -> None:
         """Post the resolved alerts not posted yet and every firing one (with what came in meanwhile)."""
@@ -239,4 +265,5 @@ class AlertSender:
         state.changed = False
 
     def _on_retry(self, attempt: int, wait_s: float, error: BaseException) -> None:
+        self.failed += 1
         log.warning("alertmanager unreachable (attempt %d, again in %.1fs): %s", attempt, wait_s, error)

@@ -6,6 +6,7 @@ worker's versions (after a restart or a rebalance too), so it re-sends them whil
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -50,6 +51,11 @@ class AlertmanagerAgents:
     async def _start_alert_sender(self) -> None:
         assert self.alert_sender is not None
         self.alert_sender.start()
+
+    async def _close_alert_sender(self) -> None:
+        """At shutdown: what is pending (a resolution above all) is posted once more, off the event loop."""
+        if self.alert_sender is not None:
+            await asyncio.to_thread(self.alert_sender.close)
 
     def _notify(self, alerts: Iterable[Mapping[str, Any]]) -> None:
         """Alert events now on the alert topic (acknowledged by the broker): to Alertmanager too."""

@@ -215,6 +215,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
 
     async def on_before_shutdown(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.follower.stop()
+        await self._close_alert_sender()
 
     # -- the windows -------------------------------------------------------------------------------------
 

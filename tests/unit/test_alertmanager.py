@@ -146,3 +146,27 @@ def test_the_alerts_firing_now_cover_rules_drift_and_rejected_activations() -> N
     ]
     alerts = [alert_of(e, "recommender", now=1.0) for e in events]  # each a valid alert for Alertmanager
     assert {a.labels["alertname"] for a in alerts} == {"f1-low", "drift", "activation-rejected"}
+
+
+def test_a_resolution_pending_at_shutdown_is_posted_before_close_returns() -> None:
+    """Alertmanager was down, the sender waits 30 s before its next attempt; it comes back and the monitor
+    stops meanwhile: the resolution goes out at close, not never (Alertmanager would keep it firing)."""
+    port = free_port()
+    sender = AlertSender(
+        f"http://127.0.0.1:{port}", resend_s=60, timeout_s=2, retry_max_s=60, first_retry_s=30
+    )
+    sender.start()
+    receiver = None
+    try:
+        sender.transition(FIRING, "recommender")
+        wait_for(lambda: sender.failed >= 1, 10, "the first attempt to fail")
+        sender.transition({**FIRING, "state": "resolved"}, "recommender")
+        receiver = Receiver(port)
+        sender.close()
+        assert [[(a["labels"]["model_version"], a["endsAt"] >= a["startsAt"]) for a in post]
+                for post in receiver.posts] == [[("v2", True)]]  # fmt: skip
+        assert sender.posted == 1 and not sender._thread.is_alive()
+    finally:
+        sender.stop()
+        if receiver is not None:
+            receiver.close()
