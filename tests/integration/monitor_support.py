@@ -396,3 +396,33 @@ def check_against_sklearn(
             assert m[name] == value, (name, m, expected)
         checked += 1
     return checked
+
+
+#: A monitor that reacts within a second or two of event time, with a label window of
+#: ``QUICK_WINDOW_MS``: what most monitor tests run.
+QUICK_WINDOW_MS = 2000
+QUICK_MONITOR: dict[str, Any] = {
+    "label_window_s": QUICK_WINDOW_MS / 1000,
+    "count_window": 40,
+    "time_window_s": 1,
+    "emit_every_n": 20,
+    "emit_every_s": 1.0,
+    "commit_interval_s": 0.3,
+    "session_timeout_s": 6,
+}
+
+#: The rollback tests' monitor: a one-second label window, and a cooldown long enough that a test sees
+#: exactly one rollback; and their rule, which orders it.
+ROLLBACK_WINDOW_MS = 1000
+ROLLBACK_MONITOR: dict[str, Any] = {
+    "label_window_s": ROLLBACK_WINDOW_MS / 1000,
+    "count_window": 40,
+    "time_window_s": 2,
+    "emit_every_n": 20,
+    "emit_every_s": 1.0,
+    "commit_interval_s": 0.3,
+    "session_timeout_s": 6,
+    "rollback_cooldown_s": 300,
+}
+ROLLBACK_RULE = {"name": "f1-rollback", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20,
+                 "for": 2, "severity": "critical", "action": "rollback"}  # fmt: skip

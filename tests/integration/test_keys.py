@@ -27,11 +27,16 @@ from services.registry.keys import PublicKey, Signer, generate
 from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
 from streams.rollback import ISSUER
-from tests.integration.monitor_support import MonitorProcess, Storefront, traffic, write_config
+from tests.integration.monitor_support import (
+    ROLLBACK_MONITOR,
+    ROLLBACK_RULE,
+    ROLLBACK_WINDOW_MS,
+    MonitorProcess,
+    Storefront,
+    traffic,
+    write_config,
+)
 from tests.integration.serving_support import Collector, Replica, encoded, produce, requests_of, wait_for
-from tests.integration.test_monitor_fleet import MONITOR as FLEET_MONITOR
-from tests.integration.test_monitor_fleet import PARTITIONS, W
-from tests.integration.test_monitor_fleet import RULE as FLEET_RULE
 
 NAMES = ("serve-a", "serve-b")
 
@@ -270,7 +275,7 @@ def test_the_monitors_rollback_is_signed_with_its_key_and_obeyed(
 
     workdir = tmp_path / "monitor"
     workdir.mkdir()
-    config = write_config(workdir / "monitor.toml", FLEET_MONITOR, [FLEET_RULE])
+    config = write_config(workdir / "monitor.toml", ROLLBACK_MONITOR, [ROLLBACK_RULE])
     monitor = MonitorProcess(
         settings, config, workdir, {**env, "MODELWATCH_KEYS__MONITOR_KEY": str(tmp_path / "monitor.pem")}
     )
@@ -281,7 +286,7 @@ def test_the_monitors_rollback_is_signed_with_its_key_and_obeyed(
         storefront = Storefront(settings)
         storefront.predictions(reqs)
         storefront.outcomes(reqs)
-        storefront.tick(reqs[-1].ts + 2 * W, PARTITIONS)
+        storefront.tick(reqs[-1].ts + 2 * ROLLBACK_WINDOW_MS, 6)
         storefront.flush()
         rollback = wait_for(
             lambda: [c for c in read_state(settings).applied if c["action"] == "rollback"],

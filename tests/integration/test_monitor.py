@@ -17,6 +17,8 @@ from services.bench import baseline
 from services.config import AlertRule, MonitorSettings, Settings
 from services.registry import Registry
 from tests.integration.monitor_support import (
+    QUICK_MONITOR,
+    QUICK_WINDOW_MS,
     MonitorProcess,
     Req,
     Storefront,
@@ -32,17 +34,8 @@ from tests.integration.monitor_support import (
 )
 
 PARTITIONS = 3
-W = 2000  # label window, ms of event time
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 40,
-    "time_window_s": 1,
-    "emit_every_n": 20,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.3,
-    "session_timeout_s": 6,
-    "unlabelled": "no_purchase",
-}
+W = QUICK_WINDOW_MS  # label window, ms of event time
+MONITOR = {**QUICK_MONITOR, "unlabelled": "no_purchase"}
 ALERTS: list[dict[str, Any]] = [
     {"name": "f1-low", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20, "for": 2,
      "severity": "critical"},

@@ -14,6 +14,8 @@ from services import kafka
 from services.config import Settings
 from services.deployment.commands import make, publish
 from tests.integration.monitor_support import (
+    QUICK_MONITOR,
+    QUICK_WINDOW_MS,
     MonitorProcess,
     Storefront,
     topic_world,
@@ -25,17 +27,8 @@ from tests.integration.monitoring_support import Alertmanager, Webhook
 from tests.integration.serving_support import free_port
 
 PARTITIONS = 3
-W = 2000  # label window, ms of event time
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 40,
-    "time_window_s": 1,
-    "emit_every_n": 20,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.3,
-    "session_timeout_s": 6,
-    "rollback_cooldown_s": 0,  # the bad deploy is rolled back at once
-}
+W = QUICK_WINDOW_MS  # label window, ms of event time
+MONITOR = {**QUICK_MONITOR, "rollback_cooldown_s": 0}  # the bad deploy is rolled back at once
 ALERTS = [{"name": "f1-low", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20,
            "severity": "critical", "action": "rollback"}]  # fmt: skip
 

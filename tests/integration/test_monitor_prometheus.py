@@ -11,6 +11,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.monitor_support import (
+    QUICK_MONITOR,
+    QUICK_WINDOW_MS,
     MonitorProcess,
     Storefront,
     by_ts,
@@ -24,16 +26,8 @@ from tests.integration.serving_support import free_port
 from tests.unit.test_health import get
 
 PARTITIONS = 3
-W = 2000  # label window, ms of event time
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 40,
-    "time_window_s": 1,
-    "emit_every_n": 20,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.3,
-    "session_timeout_s": 6,
-}
+W = QUICK_WINDOW_MS  # label window, ms of event time
+MONITOR = QUICK_MONITOR
 ALERTS = [{"name": "f1-low", "metric": "f1", "below": 0.3, "min_samples": 20, "severity": "critical"}]
 RATIOS = {"accuracy": "accuracy_ratio", "precision": "precision_ratio", "recall": "recall_ratio",
           "f1": "f1_ratio", "error_rate": "error_ratio"}  # fmt: skip

@@ -22,6 +22,9 @@ from services.config import Settings
 from services.deployment.commands import History, make, publish, read_history
 from streams.rollback import ISSUER
 from tests.integration.monitor_support import (
+    ROLLBACK_MONITOR,
+    ROLLBACK_RULE,
+    ROLLBACK_WINDOW_MS,
     MonitorProcess,
     Req,
     Storefront,
@@ -33,20 +36,9 @@ from tests.integration.monitor_support import (
 )
 
 PARTITIONS = 3
-W = 1000
+W = ROLLBACK_WINDOW_MS
 KEY = "test-signing-key"
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 40,
-    "time_window_s": 2,
-    "emit_every_n": 20,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.3,
-    "session_timeout_s": 6,
-    "rollback_cooldown_s": 300,
-}
-RULE = {"name": "f1-rollback", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20,
-        "for": 2, "severity": "critical", "action": "rollback"}  # fmt: skip
+MONITOR, RULE = ROLLBACK_MONITOR, ROLLBACK_RULE
 
 
 @dataclass
