@@ -234,6 +234,12 @@ class Service:
             "heartbeat.interval.ms": max(serve.session_timeout_ms // 3, 100),  # three beats per session
             "max.poll.interval.ms": serve.max_poll_interval_ms,  # a slow model's batch is not a dead replica
         }
+        if serve.gather_ms > 0:
+            # At a live pace a fetch answered at the first request makes batches of one or two, and each
+            # batch costs a model call, a produce wake-up, a store and metrics: the broker holds a fetch
+            # up to gather_ms (or until it has fetch.min.bytes, which a backlog reaches at once) instead.
+            consumer_settings["fetch.wait.max.ms"] = serve.gather_ms
+            consumer_settings["fetch.min.bytes"] = 1024 * 1024
         if self.exactly_once:
             # Offsets go in the transactions; requests are read committed (the librdkafka default).
             consumer_settings["enable.auto.commit"] = False
