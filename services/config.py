@@ -76,7 +76,7 @@ class ServeSettings(Section):
     batch_size: int = Field(500, ge=1, le=100_000, description="Most requests taken per poll.")
     poll_timeout_s: float = Field(0.05, gt=0, description="How long one poll waits for the first message.")
     gather_ms: int = Field(
-        10,
+        25,
         ge=0,
         le=1000,
         description="How long the broker may hold a fetch to gather a batch (0: answer at once).",

@@ -379,11 +379,9 @@ class Service:
         latency_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
         version, instance, topic = active.version, self.instance, self.predictions_topic
         produce, dumps = producer.produce, orjson.dumps
-        all_scores, all_selected = scored.scores, scored.selected
         try:
-            for i, request in enumerate(requests):
-                scores = all_scores[i]
-                selected = all_selected[i]
+            # One pass over three parallel lists: no per-request indexing.
+            for request, scores, selected in zip(requests, scored.scores, scored.selected, strict=True):
                 if scores is None or selected is None:
                     continue
                 items = request["items"]
