@@ -44,6 +44,7 @@ from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, E
 from services.serving.intake import Decoder, dead_letter
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
+from services.serving.process import tune_gc_for_serving
 from services.serving.scoring import score
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -112,8 +113,11 @@ class Service:
         instance: str | None = None,
         exactly_once: bool = False,
         registry: ModelSource | None = None,
+        own_process: bool = False,
     ) -> None:
         self.settings = settings
+        #: The replica is the whole process (``modelwatch serve``): it may tune the process's GC.
+        self.own_process = own_process
         self.instance = instance or default_instance()
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance id {self.instance!r}: use 1-100 letters, digits, '.', '_' or '-'")
@@ -318,6 +322,8 @@ class Service:
         m = self.settings.monitor  # the contract's time tolerances, which the monitor applies to outcomes
         decoder = Decoder(int(m.future_tolerance_s * 1000), int(m.past_tolerance * 1000))
         closed = False
+        if self.own_process:
+            tune_gc_for_serving()  # the model and the clients are loaded by now
         try:
             while not stop.is_set():
                 messages = self._poll(consumer, serve.batch_size, serve.poll_timeout_s)
@@ -454,6 +460,6 @@ def serve(
     stop: threading.Event | None = None,
 ) -> Counts:
     """Run one replica in this thread until ``stop`` is set; what the CLI and subprocess tests call."""
-    service = Service(settings, instance=instance, exactly_once=exactly_once)
+    service = Service(settings, instance=instance, exactly_once=exactly_once, own_process=True)
     service.run(stop)
     return service.counts
