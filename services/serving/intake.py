@@ -202,7 +202,8 @@ class Decoder:
 
     A request whose ``ts`` is implausible for its message's broker timestamp (more than ``future_ms``
     after it or ``past_ms`` before it: :mod:`schemas.eventtime`) is dead-lettered too: its event time
-    would be the prediction's ``request_ts``, which the monitor's join runs on.
+    would be the prediction's ``request_ts``, which the monitor's join runs on. ``contract`` is the schema
+    the fast path is checked against at start (the shipped one unless given: tests give others).
     """
 
     def __init__(
