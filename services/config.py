@@ -81,6 +81,11 @@ class ServeSettings(Section):
         le=1000,
         description="How long the broker may hold a fetch to gather a batch (0: answer at once).",
     )
+    gather_bytes: int = Field(
+        4096,
+        ge=1,
+        description="A held fetch is answered once it has this much (about eight 20-candidate requests).",
+    )
     default_k: int = Field(5, ge=1, description="Items recommended when a request gives no k.")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between a replica's heartbeat events.")
     metrics_port: int | None = Field(None, description="Prometheus port; none serves no metrics.")

@@ -31,8 +31,6 @@ from services.registry import Registry
 from services.sandbox.processes import wait_for
 from services.sandbox.storefront import SimulationPlan, simulate
 
-INSTANCE = "steady-1"
-
 
 def resident_mb(pid: int) -> float | None:
     """Resident memory of ``pid`` in MB (VmRSS), ``None`` if it is gone."""
@@ -91,7 +89,9 @@ def run_steady(
     rig.create(settings)
     result = SteadyRun(rate=rate, seconds=seconds)
     deployment.deploy(settings, version, "bench: steady rate", registry=Registry.from_settings(settings))
-    replica = rig.serve(settings, INSTANCE)
+    # One instance (and log) per rate: waiting for "assigned" must not find an earlier run's line.
+    instance = f"steady-{int(rate)}"
+    replica = rig.serve(settings, instance)
     stop_sim, pause = threading.Event(), threading.Event()
     sim = threading.Thread(
         target=simulate,
@@ -117,7 +117,7 @@ def run_steady(
         while (now := time.monotonic()) < t0 + seconds:
             mb = resident_mb(pid)
             if mb is None:
-                raise RuntimeError(f"replica {INSTANCE} exited during the steady run")
+                raise RuntimeError(f"replica {instance} exited during the steady run")
             rss.append((now - t0, mb))
             pause.wait(min(1.0, t0 + seconds - now))
         cpu1, t1 = process_cpu_seconds(pid), time.monotonic()

@@ -241,9 +241,9 @@ class Service:
         if serve.gather_ms > 0:
             # At a live pace a fetch answered at the first request makes batches of one or two, and each
             # batch costs a model call, a produce wake-up, a store and metrics: the broker holds a fetch
-            # up to gather_ms (or until it has fetch.min.bytes, which a backlog reaches at once) instead.
+            # up to gather_ms, or until it has gather_bytes (a backlog has them at once; 1,000/s in ms).
             consumer_settings["fetch.wait.max.ms"] = serve.gather_ms
-            consumer_settings["fetch.min.bytes"] = 1024 * 1024
+            consumer_settings["fetch.min.bytes"] = serve.gather_bytes
         if self.exactly_once:
             # Offsets go in the transactions; requests are read committed (the librdkafka default).
             consumer_settings["enable.auto.commit"] = False
