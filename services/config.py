@@ -99,6 +99,17 @@ class ServeSettings(Section):
 
     batch_size: int = Field(500, ge=1, le=100_000, description="Most requests taken per poll.")
     poll_timeout_s: float = Field(0.05, gt=0, description="How long one poll waits for the first message.")
+    gather_ms: int = Field(
+        25,
+        ge=0,
+        le=1000,
+        description="How long the broker may hold a fetch to gather a batch (0: answer at once).",
+    )
+    gather_bytes: int = Field(
+        4096,
+        ge=1,
+        description="A held fetch is answered once it has this much (about eight 20-candidate requests).",
+    )
     default_k: int = Field(5, ge=1, description="Items recommended when a request gives no k.")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between a replica's heartbeat events.")
     metrics_port: int | None = Field(None, description="Prometheus port; none serves no metrics.")

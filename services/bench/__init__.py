@@ -10,6 +10,7 @@ One module per measurement:
 ``sweep``          throughput and p99 per ``serve.batch_size``
 ``monitor``        labelled requests/s through the Faust worker beside ``baseline``'s plain loop
 ``live``           the monitor's lag behind the simulator, and the control loop: alert, rollback, acks
+``steady``         one replica's share of a core and memory slope at a steady offered rate
 ``micro``          codec cost per event, scoring cost per request
 =================  ==========================================================================================
 

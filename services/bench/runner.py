@@ -25,6 +25,7 @@ from services.bench.micro import codec_costs, scoring_costs
 from services.bench.monitor import faust_monitor, plain_monitor, prepare
 from services.bench.rig import Rig, caught_up, delete_group, end_offsets, stamp_on_append
 from services.bench.stats import REQUIRED_KEYS, derived, judge_targets
+from services.bench.steady import SteadyRun, run_steady
 from services.bench.sweep import sweep_batch_sizes
 from services.bench.throughput import Throughput, best_of, committed_through, measure, outputs_reached
 from services.config import Settings
@@ -39,6 +40,8 @@ Step = Callable[[str], None]
 TARGET_RATE = 1000.0
 #: The demo's storefront rate (``modelwatch demo --rate``).
 DEMO_RATE = 150.0
+#: The live pace a replica's share of a core is judged at.
+STEADY_RATE = 300.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class BenchPlan:
     faust: bool = True  # the Faust worker (the plain consumer always runs)
     live: bool = True  # lag behind the simulator, and the control loop
     live_warmup_s: float = 15.0
+    #: One replica at each steady offered rate (its share of a core, its memory), for ``steady_s`` each.
+    steady_rates: tuple[float, ...] = (STEADY_RATE,)
+    steady_s: float = 30.0
     train_sessions: int = DEFAULT_SESSIONS
     #: Rounds of the four throughput contenders; the best run of each is reported.
     rounds: int = 1
@@ -67,6 +73,7 @@ class BenchPlan:
         out += [f"throughput, round {r} of {self.rounds}" for r in range(1, self.rounds + 1)]
         out += [f"latency at {rate:,.0f}/s" for rate in self.latency_rates]
         out += ["batch sizes"] if self.batch_sizes else []
+        out += [f"steady: one replica at {rate:,.0f}/s" for rate in self.steady_rates]
         out += ["monitor traffic", *(["monitor (Faust)"] if self.faust else []), "monitor (plain consumer)"]
         out += ["live: lag and control loop"] if self.live else []
         return [*out, "cleanup"]
@@ -94,6 +101,8 @@ FULL = BenchPlan(
     micro_s=2.0,
     live_warmup_s=40.0,
     batch_sizes=(50, 200, 500, 1000, 2000),
+    steady_rates=(STEADY_RATE, TARGET_RATE),
+    steady_s=120.0,
 )
 
 
@@ -274,6 +283,12 @@ def run_bench(
                 timeout,
             )
 
+        steady: list[SteadyRun] = []
+        for rate in plan.steady_rates:
+            step(f"steady: one replica at {rate:,.0f}/s")
+            steady.append(run_steady(rig, good.version, rate, plan.steady_s))
+        details["steady"] = steady
+
         step("monitor traffic")
         monitor_settings = prepare(rig, world, plan.monitor_labelled)
         emit_every_n = max(100, plan.monitor_labelled // 20)
@@ -359,6 +374,11 @@ def summarize(plan: BenchPlan, details: dict[str, Any], base: Settings) -> dict[
                 "alert_to_command_ms": live.alert_to_command_ms,
             }
         )
+    steady: list[SteadyRun] = details.get("steady", [])
+    at_steady = next((run for run in steady if run.rate == STEADY_RATE), None)
+    summary["replica_cpu_share_300"] = at_steady.cpu_share if at_steady else None
+    summary["replica_rss_slope_mb_per_min_300"] = at_steady.rss_slope_mb_per_min if at_steady else None
+    summary["steady"] = [run.as_dict() for run in steady]
     summary.update(derived(summary))
     summary["batch_sizes"] = [p.as_dict() for p in details.get("batch_sizes", [])]
     summary["rounds"] = plan.rounds

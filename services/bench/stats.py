@@ -87,6 +87,20 @@ def cpu_between(samples: Sequence[tuple[float, float]], start: float, end: float
     return max(0.0, b - a)
 
 
+def least_squares_slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """The slope of the least-squares line through ``(x, y)`` points (y per unit of x); ``None`` for fewer
+    than two distinct x. A memory reading's slope, unlike its last minus its first, is not one sample's
+    noise."""
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
 def per_thousand(cpu_s: float | None, count: int) -> float | None:
     """CPU-seconds per 1,000 items."""
     return None if cpu_s is None or count <= 0 else cpu_s * 1000.0 / count
@@ -120,6 +134,11 @@ TARGETS: tuple[Target, ...] = (
     Target("monitor_per_s", ">=", 10_000.0, "monitor labelled requests/s"),
     Target("monitor_vs_raw", ">=", 0.3, "monitor vs plain consumer"),
     Target("ack_ms", "<=", 1000.0, "slowest replica acknowledgement (ms)"),
+    # Issue 14's, by CPU per item (which a contended machine moves far less than a rate).
+    Target("service_cpu_us_per_prediction", "<=", 10.0, "service CPU per prediction (µs)"),
+    Target("service_vs_naive_cpu", ">=", 20.0, "service vs naive service, by CPU per item"),
+    Target("service_vs_passthrough_cpu", ">=", 0.25, "service vs pass-through, by CPU per item"),
+    Target("replica_cpu_share_300", "<=", 0.05, "one replica's share of a core at 300 requests/s"),
 )
 
 #: Keys every JSON result carries, measured or ``None``.
@@ -134,6 +153,9 @@ REQUIRED_KEYS = (
     "monitor_per_s",
     "monitor_vs_raw",
     "ack_ms",
+    "service_cpu_us_per_prediction",
+    "replica_cpu_share_300",
+    "replica_rss_slope_mb_per_min_300",
 )
 
 
@@ -149,8 +171,11 @@ def judge_targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def derived(summary: Mapping[str, Any]) -> dict[str, float | None]:
-    """The ratios the targets judge, computed from the measured rates in ``summary``."""
+    """The ratios the targets judge, computed from the measured rates in ``summary``, and the service's
+    CPU per prediction in µs."""
+    service_cpu = summary.get("service_cpu_s_per_1000")
     return {
+        "service_cpu_us_per_prediction": None if service_cpu is None else service_cpu * 1000.0,
         "service_vs_passthrough": ratio(summary.get("service_per_s"), summary.get("passthrough_per_s")),
         "service_vs_naive": ratio(summary.get("service_per_s"), summary.get("naive_per_s")),
         "exactly_once_ratio": ratio(summary.get("exactly_once_per_s"), summary.get("service_per_s")),

@@ -73,6 +73,24 @@ def bench_table(summary: dict[str, Any]) -> Table:
         "service_vs_naive",
         digits=1,
     )
+    row("service CPU per prediction", _n(s.get("service_cpu_us_per_prediction"), 1, " µs"), "", None)
+    for by_cpu, label in (("service_vs_naive_cpu", "naive"), ("service_vs_passthrough_cpu", "pass-through")):
+        target, mark = _verdict(s, by_cpu)
+        table.add_row(f"service vs {label}, by CPU per item", "", "", _n(s.get(by_cpu), 2), target, mark)
+    for run in s.get("steady", []):
+        target, mark = _verdict(s, "replica_cpu_share_300") if run["rate"] == 300 else ("", "")
+        share, idle = run.get("cpu_share"), run.get("idle_cpu_share")
+        table.add_row(
+            f"one replica at a steady {run['rate']:,.0f}/s",
+            "-" if share is None else f"{share * 100:.1f}% of a core",
+            f"{_n(run.get('cpu_us_per_request'))} µs CPU per request; "
+            f"idle {'-' if idle is None else f'{idle * 100:.1f}%'}; "
+            f"resident {_n(run.get('rss_last_mb'))} MB, {_n(run.get('rss_slope_mb_per_min'), 2)} MB/min; "
+            f"{_n(run.get('answered_per_s'))}/s answered",
+            "",
+            target,
+            mark,
+        )
     row(
         "serve --exactly-once",
         _n(s.get("exactly_once_per_s"), unit="/s"),

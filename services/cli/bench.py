@@ -23,10 +23,11 @@ def bench(
     quick: bool = typer.Option(
         True,
         "--quick/--full",
-        help="--quick (default, about three minutes): 50,000 recorded requests (5,000 for the naive "
-        "service), latency at 1,000/s, 20,000 labelled requests through the monitor. --full (about ten "
-        "minutes): 200,000 requests, latency at 1,000 and 5,000/s, throughput and p99 per batch size, "
-        "100,000 labelled requests, a longer live run.",
+        help="--quick (default, about four minutes): 50,000 recorded requests (5,000 for the naive "
+        "service), latency at 1,000/s, one replica at a steady 300/s for 30 s, 20,000 labelled requests "
+        "through the monitor. --full (about fifteen minutes): 200,000 requests, latency at 1,000 and "
+        "5,000/s, throughput and p99 per batch size, one replica at a steady 300 and 1,000/s for two "
+        "minutes each, 100,000 labelled requests, a longer live run.",
     ),
     json_path: Path | None = typer.Option(
         None, "--json", metavar="PATH", help="Write every figure as JSON here (targets and details included)."
@@ -38,14 +39,16 @@ def bench(
     """Benchmark modelwatch on the real broker, each figure beside its reference in one run: one replica of
     `modelwatch serve` against a pass-through ceiling and a naive one-request-at-a-time service on the
     same recorded requests (predictions/s, CPU-s per 1,000); end-to-end latency at fixed offered rates;
-    --exactly-once against at-least-once; the Faust monitor against a plain consumer computing the same
-    metrics, and its lag behind the simulator; the control loop from a bad deploy to the rollback's
-    acknowledgements; codec and scoring costs per event.
+    --exactly-once against at-least-once; one replica's share of a core and memory slope at a steady
+    rate; the Faust monitor against a plain consumer computing the same metrics, and its lag behind the
+    simulator; the control loop from a bad deploy to the rollback's acknowledgements; codec and scoring
+    costs per event.
 
     Starts the local broker unless MODELWATCH_BOOTSTRAP names a cluster. Uses a fresh topic prefix
     (bench-<id>.) and a temporary registry, and deletes both at the end. The targets (service >= 20x
     naive and >= 0.5x pass-through, p99 <= 50 ms at 1,000/s, exactly-once >= 0.7x, monitor >= 10,000/s
-    and >= 0.3x plain, acknowledgements within 1 s) are shown, met or missed.
+    and >= 0.3x plain, acknowledgements within 1 s; by CPU per item: at most 10 µs a prediction, >= 20x
+    naive, >= 0.25x pass-through; one replica at most 5% of a core at 300/s) are shown, met or missed.
     """
     plan = QUICK if quick else FULL
     settings = current_settings()

@@ -8,7 +8,8 @@
 ``modelwatch serve --instance serve-1 [--exactly-once]`` runs one replica as a process (SIGTERM stops it
 the same way). Modules: :mod:`.service` (the poll loop), :mod:`.intake` (decode, validate, dead letters),
 :mod:`.scoring` (one model call per batch, failures isolated), :mod:`.delivery` (at-least-once and
-exactly-once), :mod:`.control` (commands, model swaps, model events), :mod:`.metrics`, :mod:`.logs`.
+exactly-once), :mod:`.control` (commands, model swaps, model events), :mod:`.process` (the GC of a
+serving process), :mod:`.metrics`, :mod:`.logs`.
 """
 
 from services.serving.service import Counts, Service, default_instance, serve, wait_for_broker

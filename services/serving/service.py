@@ -44,6 +44,7 @@ from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, E
 from services.serving.intake import Decoder, dead_letter
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
+from services.serving.process import tune_gc_for_serving
 from services.serving.scoring import score
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -112,8 +113,11 @@ class Service:
         instance: str | None = None,
         exactly_once: bool = False,
         registry: ModelSource | None = None,
+        own_process: bool = False,
     ) -> None:
         self.settings = settings
+        #: The replica is the whole process (``modelwatch serve``): it may tune the process's GC.
+        self.own_process = own_process
         self.instance = instance or default_instance()
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance id {self.instance!r}: use 1-100 letters, digits, '.', '_' or '-'")
@@ -234,6 +238,12 @@ class Service:
             "heartbeat.interval.ms": max(serve.session_timeout_ms // 3, 100),  # three beats per session
             "max.poll.interval.ms": serve.max_poll_interval_ms,  # a slow model's batch is not a dead replica
         }
+        if serve.gather_ms > 0:
+            # At a live pace a fetch answered at the first request makes batches of one or two, and each
+            # batch costs a model call, a produce wake-up, a store and metrics: the broker holds a fetch
+            # up to gather_ms, or until it has gather_bytes (a backlog has them at once; 1,000/s in ms).
+            consumer_settings["fetch.wait.max.ms"] = serve.gather_ms
+            consumer_settings["fetch.min.bytes"] = serve.gather_bytes
         if self.exactly_once:
             # Offsets go in the transactions; requests are read committed (the librdkafka default).
             consumer_settings["enable.auto.commit"] = False
@@ -312,6 +322,8 @@ class Service:
         m = self.settings.monitor  # the contract's time tolerances, which the monitor applies to outcomes
         decoder = Decoder(int(m.future_tolerance_s * 1000), int(m.past_tolerance * 1000))
         closed = False
+        if self.own_process:
+            tune_gc_for_serving()  # the model and the clients are loaded by now
         try:
             while not stop.is_set():
                 messages = self._poll(consumer, serve.batch_size, serve.poll_timeout_s)
@@ -373,11 +385,9 @@ class Service:
         latency_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
         version, instance, topic = active.version, self.instance, self.predictions_topic
         produce, dumps = producer.produce, orjson.dumps
-        all_scores, all_selected = scored.scores, scored.selected
         try:
-            for i, request in enumerate(requests):
-                scores = all_scores[i]
-                selected = all_selected[i]
+            # One pass over three parallel lists: no per-request indexing.
+            for request, scores, selected in zip(requests, scored.scores, scored.selected, strict=True):
                 if scores is None or selected is None:
                     continue
                 items = request["items"]
@@ -450,6 +460,6 @@ def serve(
     stop: threading.Event | None = None,
 ) -> Counts:
     """Run one replica in this thread until ``stop`` is set; what the CLI and subprocess tests call."""
-    service = Service(settings, instance=instance, exactly_once=exactly_once)
+    service = Service(settings, instance=instance, exactly_once=exactly_once, own_process=True)
     service.run(stop)
     return service.counts

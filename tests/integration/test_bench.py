@@ -23,6 +23,8 @@ TINY = BenchPlan(
     faust=False,  # the worker's start-up alone takes longer than this whole test should
     live=False,
     train_sessions=5_000,
+    steady_rates=(100.0, 150.0),  # not the target's 300/s: judged only in a real run
+    steady_s=3.0,
 )
 
 
@@ -55,6 +57,15 @@ def test_tiny_bench_measures_everything_and_leaves_nothing_behind(kafka_bootstra
     assert s["details"]["monitor_raw"]["labelled"] == TINY.monitor_labelled
     assert s["monitor_raw_per_s"] > 0
     assert s["monitor_per_s"] is None and s["monitor_vs_raw"] is None and s["ack_ms"] is None
+    # The steady run: the replica answered what was offered, and its CPU and memory were read.
+    assert [run["rate"] for run in s["steady"]] == list(TINY.steady_rates)
+    for steady in s["steady"]:
+        assert steady["requests"] > 0 and steady["cpu_share"] > 0 and steady["rss_last_mb"] > 0
+        assert steady["cpu_us_per_request"] > 0
+        # Idle means a replica with its model and partitions (about 1% of a core), not one still starting:
+        # the second run's replica must not be timed from the first one's log line.
+        assert steady["idle_cpu_share"] is not None and steady["idle_cpu_share"] < 0.3
+    assert s["replica_cpu_share_300"] is None
     assert set(s["codec_us"]) >= {"request_decode_us", "prediction_decode_us", "outcome_decode_us"}
     assert all(v > 0 for v in (*s["codec_us"].values(), *s["scoring_us"].values()))
     # The run's topics are gone.

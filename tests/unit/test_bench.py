@@ -31,12 +31,14 @@ from services.bench.stats import (
     interpolate,
     judge_targets,
     latency_summary,
+    least_squares_slope,
     per_thousand,
     percentile,
     rate_of_timestamps,
     ratio,
     span_rate,
 )
+from services.bench.steady import SteadyRun, resident_mb
 from services.bench.table import bench_table
 from services.bench.throughput import Throughput, best_of
 from services.config import load_settings
@@ -118,6 +120,7 @@ def test_derived_ratios() -> None:
         }
     )
     assert {k: v for k, v in got.items() if not k.endswith("_cpu")} == {
+        "service_cpu_us_per_prediction": None,
         "service_vs_passthrough": 0.25,
         "service_vs_naive": 20.0,
         "exactly_once_ratio": 0.8,
@@ -136,6 +139,7 @@ def test_derived_ratios() -> None:
             "monitor_raw_cpu_s_per_1000": 0.05,
         }
     )
+    assert by_cpu["service_cpu_us_per_prediction"] == pytest.approx(20.0)
     assert by_cpu["service_vs_naive_cpu"] == pytest.approx(15.0)  # 15 times cheaper per request
     assert by_cpu["service_vs_passthrough_cpu"] == pytest.approx(0.1)
     assert by_cpu["exactly_once_ratio_cpu"] == pytest.approx(0.8)
@@ -161,6 +165,10 @@ def _details() -> dict[str, Any]:
         "monitor": MonitorRun("faust", 20_000, 10.0, 2_000.0, 5.0, 0.25),
         "monitor_raw": MonitorRun("plain", 20_000, 1.0, 20_000.0, 0.5, 0.025),
         "live": live,
+        "steady": [
+            SteadyRun(300.0, 30.0, 0.01, 0.04, 9000, 300.0, 133.0, 180.0, 180.5, 0.01),
+            SteadyRun(1000.0, 30.0, 0.01, 0.12, 30000, 1000.0, 120.0, 181.0, 181.0, 0.0),
+        ],
     }
 
 
@@ -185,7 +193,13 @@ def test_summary_carries_every_key_and_the_ratios() -> None:
         "monitor_per_s": False,
         "monitor_vs_raw": False,
         "ack_ms": True,
+        "service_cpu_us_per_prediction": False,  # _run's 0.2 CPU-s per 1,000: 200 µs a prediction
+        "service_vs_naive_cpu": False,  # every _run costs the same per item
+        "service_vs_passthrough_cpu": True,
+        "replica_cpu_share_300": True,
     }
+    assert summary["replica_rss_slope_mb_per_min_300"] == 0.01
+    assert summary["service_cpu_us_per_prediction"] == pytest.approx(200.0)
     decoded = orjson.loads(orjson.dumps(summary))  # JSON all the way down
     assert decoded["details"]["live"]["ack_ms"] == 900
 
@@ -239,3 +253,18 @@ def test_best_of_keeps_the_fastest_run_and_the_lowest_cpu() -> None:
     best = best_of(runs)
     assert (best.per_s, best.seconds, best.cpu_per_1000) == (1000.0, 1.0, 0.5)
     assert best_of([Throughput("x", 1, 1, 0.0, None, None, None)]).cpu_per_1000 is None
+
+
+def test_least_squares_slope() -> None:
+    assert least_squares_slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
+    assert least_squares_slope([(0.0, 1.0), (1.0, 9.0), (2.0, 1.0)]) == pytest.approx(0.0)
+    assert least_squares_slope([(1.0, 1.0)]) is None
+    assert least_squares_slope([(1.0, 1.0), (1.0, 2.0)]) is None
+
+
+def test_resident_mb_reads_this_process_and_none_for_a_gone_one() -> None:
+    mine = resident_mb(os.getpid())
+    assert mine is not None and mine > 10
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert resident_mb(child.pid) is None
