@@ -35,10 +35,6 @@ def counting(monitor: MonitorProcess, version: str) -> bool:
     return re.search(rf"counting {re.escape(version)} from labelled partition \d+", monitor.log()) is not None
 
 
-@pytest.mark.skip(
-    reason="known race (issue 13): in 2 of 11 runs on 2026-11-29 the surviving worker stopped short of "
-    "counting all of v2 after the rollback (its join counters frozen); remove this mark to run it"
-)
 def test_two_monitor_workers_one_sigkilled_with_a_rollback_pending(
     kafka_bootstrap: str, tmp_path: Path, fault: FaultRow
 ) -> None:
