@@ -58,6 +58,7 @@ from streams.history import CommandFollower, published_alerts
 from streams.join import Joiner, JoinStats
 from streams.join_agents import JoinAgents
 from streams.metrics_agents import MetricsAgents
+from streams.offsets import PartitionOffsets
 from streams.rollback import RollbackPolicy
 from streams.routing import Router
 from streams.tables import PartitionedTable
@@ -162,6 +163,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         self._owned: set[int] = set()  # the labelled partitions this worker owns
 
         self.joiners: dict[int, Joiner] = {}
+        self.join_offsets = PartitionOffsets()  # the next joinable offset per partition (streams.offsets)
         self.join_stats = JoinStats()
         self.invalid = 0
         self._generation = 0  # bumped at each rebalance: the agents rebuild their plain state from the tables

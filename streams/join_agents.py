@@ -3,7 +3,9 @@
 ``route`` reads predictions and outcomes as their producers partitioned them and repartitions them by
 request_id (:mod:`streams.routing`); ``join`` joins each partition of that stream in event time
 (:mod:`streams.join`) and sends the labelled requests on, by version. The plain modules hold the logic;
-this holds the Kafka side: what is sent, and in which order it is acknowledged and persisted.
+this holds the Kafka side: what is sent, and in which order it is acknowledged and persisted. ``join``
+takes each joinable message once and in offset order, whatever its consumer delivers around a rebalance
+(:mod:`streams.offsets`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import orjson
 
 from services.config import Settings
 from streams.join import Joiner, JoinStats, Labelled, encode_bundle
+from streams.offsets import SEEN, PartitionOffsets, read_range
 from streams.routing import Router, dead_letter
 from streams.routing import decode_bundle as decode_joinable
-from streams.tables import PartitionedTable, PendingStore, load_join_state
+from streams.tables import PartitionedTable, PendingStore, load_join_offsets, load_join_state
 
 log = logging.getLogger("modelwatch.monitor")
 
@@ -42,6 +45,7 @@ class JoinAgents:
     label_window_ms: int
     router: Router
     joiners: dict[int, Joiner]
+    join_offsets: PartitionOffsets
     join_stats: JoinStats
     invalid: int
     _generation: int
@@ -91,20 +95,14 @@ class JoinAgents:
             stores: dict[int, PendingStore] = {}
             by_version: dict[str, list[Labelled]] = {}
             for event in events:
-                joiner = self._joiner(event.message.partition, stores)
-                try:
-                    joinable, reports = decode_joinable(event.value)
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    self.invalid += 1
-                    log.warning("skipped a joinable message at offset %d: %r", event.message.offset, exc)
-                    continue
-                out = [item for e in joinable for item in joiner.event(e)]
-                for r in reports:
-                    out += joiner.report(
-                        r["stream"], r["partition"], r["latest"], r["idle"], r["partitions"], r["now"]
-                    )
-                for item in out:
-                    by_version.setdefault(item.model_version, []).append(item)
+                partition, offset = event.message.partition, event.message.offset
+                missed = self.join_offsets.missed(partition, offset)
+                if missed is SEEN:
+                    continue  # delivered again around a rebalance: its effects are in the state
+                if missed:
+                    for at, value in await self._read_missed(partition, missed):
+                        self._join_message(partition, at, value, stores, by_version)
+                self._join_message(partition, offset, event.value, stores, by_version)
             # A batch holds a bundle per join partition: each version's labelled requests go on in event-time
             # order, not grouped by the partition that joined them (the count window follows this order).
             for items in by_version.values():
@@ -121,7 +119,43 @@ class JoinAgents:
             for partition, store in stores.items():
                 joiner = self.joiners[partition]
                 joiner.sync()
-                store.flush(joiner.clocks)
+                store.flush(joiner.clocks, self.join_offsets.next.get(partition))
+
+    def _join_message(
+        self,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        stores: dict[int, PendingStore],
+        by_version: dict[str, list[Labelled]],
+    ) -> None:
+        """One message of joinable ``partition``: its events joined, its reports applied."""
+        joiner = self._joiner(partition, stores)
+        self.join_offsets.done(partition, offset)
+        try:
+            joinable, reports = decode_joinable(value or b"")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self.invalid += 1
+            log.warning("skipped a joinable message at offset %d: %r", offset, exc)
+            return
+        out = [item for e in joinable for item in joiner.event(e)]
+        for r in reports:
+            out += joiner.report(
+                r["stream"], r["partition"], r["latest"], r["idle"], r["partitions"], r["now"]
+            )
+        for item in out:
+            by_version.setdefault(item.model_version, []).append(item)
+
+    async def _read_missed(self, partition: int, missed: range) -> list[tuple[int, bytes | None]]:
+        """The joinable messages the consumer passed over, read from the broker (:mod:`streams.offsets`)."""
+        topic = self.joinable.get_topic_name()
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, read_range, self.settings, topic, partition, missed)
+        log.warning(
+            "joinable partition %d: the consumer passed over offsets %d..%d; read %d of them from the broker",
+            partition, missed.start, missed.stop - 1, len(found),
+        )  # fmt: skip
+        return found
 
     def _joiner(self, partition: int, stores: dict[int, PendingStore]) -> Joiner:
         joiner = self.joiners.get(partition)
@@ -145,6 +179,7 @@ class JoinAgents:
     def _load_joiners(self) -> None:
         """Rebuild each partition's join bookkeeping from the ``pending`` table (after recovery)."""
         self.joiners = {}
+        self.join_offsets = PartitionOffsets(load_join_offsets(self.pending))
         state = load_join_state(self.pending)
         for partition, (entries, markers, clocks) in state.items():
             joiner = self._joiner(partition, {})

@@ -36,10 +36,12 @@ class PendingStore:
     """The join's pending store for one partition: the ``pending`` table, written back once per batch.
 
     Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>`` (markers) and
-    ``c:<partition>`` (the clocks). A batch's records go out in this order, on one changelog partition: new
+    ``c:<partition>`` (the clocks, and the next offset of the joinable partition to process:
+    :mod:`streams.offsets`). A batch's records go out in this order, on one changelog partition: new
     and changed entries and markers, then the clocks, then deletions. Whatever prefix of them survives a
     crash, the clocks are never ahead of the entries they account for, and never behind a deletion they
-    justified (a deleted marker with an older clock would let a replayed prediction through as new).
+    justified (a deleted marker with an older clock would let a replayed prediction through as new); nor
+    is the next offset ahead of the effects of the messages before it.
     """
 
     def __init__(self, table: PartitionedTable, partition: int) -> None:
@@ -47,6 +49,7 @@ class PendingStore:
         self.partition = partition
         self.prefix = f"r:{partition}:"
         self.dirty: dict[str, dict[str, Any] | None] = {}  # full keys, both kinds; None deletes
+        self.written_offset: int | None = None  # the next offset in the last clocks record written
 
     def get(self, key: str) -> dict[str, Any] | None:
         full = self.prefix + key
@@ -75,8 +78,9 @@ class PendingStore:
         prefix = f"m:{self.partition}:"
         return [(int(k[len(prefix) :]), v["ids"]) for k, v in self.table.items() if k.startswith(prefix)]
 
-    def flush(self, clocks: Clocks) -> None:
-        if not self.dirty:
+    def flush(self, clocks: Clocks, next_offset: int | None = None) -> None:
+        """Write the batch's records; ``next_offset``: the joinable partition's offset after the batch."""
+        if not self.dirty and next_offset == self.written_offset:
             return
         table = self.table
         table.writing_partition = self.partition
@@ -86,7 +90,11 @@ class PendingStore:
                 table[full] = value
             else:
                 deleted.append(full)
-        table[f"c:{self.partition}"] = clocks.as_dict()
+        record = clocks.as_dict()
+        if next_offset is not None:
+            record["next_offset"] = next_offset
+        table[f"c:{self.partition}"] = record
+        self.written_offset = next_offset
         for full in deleted:
             if full in table:
                 del table[full]
@@ -115,6 +123,16 @@ def load_join_state(table: Any) -> dict[int, tuple[Entries, Markers, Clocks]]:
             partition, _, bucket = rest.partition(":")
             of(int(partition))[1].append((int(bucket), value["ids"]))
     return state
+
+
+def load_join_offsets(table: Any) -> dict[int, int]:
+    """Each partition's next joinable offset to process, as the ``pending`` table's clocks records hold it
+    (none for a partition whose state an older monitor wrote)."""
+    return {
+        int(key[2:]): int(value["next_offset"])
+        for key, value in table.items()
+        if key.startswith("c:") and isinstance(value, dict) and "next_offset" in value
+    }
 
 
 def _readable(entry: dict[str, Any]) -> dict[str, Any]:

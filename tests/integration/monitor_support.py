@@ -27,6 +27,7 @@ from services import kafka
 from services.config import Settings, load_settings
 from services.kafka.topics import create_topics, delete_topics
 from services.sandbox.processes import wait_for
+from streams.failures import is_failures
 
 READY = "modelwatch monitor ready"
 
@@ -319,12 +320,17 @@ def read_events(settings: Settings, suffix: str, event: str) -> list[dict[str, A
 
 
 def read_labelled(settings: Settings) -> list[dict[str, Any]]:
-    """The monitor's repartition topic, in each partition's order (so in each version's order)."""
+    """The labelled predictions on the monitor's repartition topic, in each partition's order (so in each
+    version's order)."""
     topic = f"{settings.topic_prefix}monitor-labelled"
-    # Each message is a bundle: one version's labelled requests from one batch of the join.
-    return [
-        item for _, v, _ in kafka.read_topic(settings, topic) if v is not None for item in orjson.loads(v)
-    ]
+    return labelled_predictions(v for _, v, _ in kafka.read_topic(settings, topic))
+
+
+def labelled_predictions(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The labelled predictions in messages of the repartition topic. A message is a bundle, one version's
+    labelled requests from one batch of the join (a JSON array), or a batch of that version's model
+    failures (a JSON object, :mod:`streams.failures`), which holds no prediction."""
+    return [item for v in values if v is not None and not is_failures(v) for item in orjson.loads(v)]
 
 
 def sklearn_metrics(y_true: list[int], y_pred: list[int]) -> dict[str, float | None]:

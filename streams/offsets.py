@@ -1,0 +1,84 @@
+"""Every message of a partition once, in offset order: the join's guard against its consumer skipping or
+repeating messages across a rebalance.
+
+Why. When a rebalance hands a worker a partition, Faust 0.15's recovery resumes the partition and only then
+seeks it to the group's committed offset; messages fetched in between are delivered to the agent, and
+delivered again after the seek. Its read-offset bookkeeping across that seek can also pass over a message
+while the ones after it are acknowledged, so the group's offset moves past a message no agent ever saw.
+Reproduced with two monitor workers, one SIGKILLed (tests/faults/test_monitor_workers.py): the survivor
+was handed the dead worker's joinable partition and never joined one of its messages (35 requests of
+4,000 never labelled, the partition's committed offset far past it).
+
+So the join keeps, with its state (the ``pending`` table), the next offset it expects on each partition.
+A message below it was processed already and its effects are in the state: it is skipped. A message above
+it means the consumer passed over the ones in between: they are read from the broker directly
+(:func:`read_range`) and processed first. Offsets, not clocks, decide what was seen.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from schemas.errors import KafkaClientError
+from services import kafka
+from services.config import Settings
+
+#: What :meth:`PartitionOffsets.missed` returns for a message processed before.
+SEEN = None
+
+
+@dataclass
+class PartitionOffsets:
+    """The next offset expected on each partition (absent: nothing known yet, any offset is next)."""
+
+    next: dict[int, int] = field(default_factory=dict)
+
+    def missed(self, partition: int, offset: int) -> range | None:
+        """The offsets passed over before message ``offset`` of ``partition`` (an empty range: none), or
+        :data:`SEEN` for a message processed already."""
+        expected = self.next.get(partition)
+        if expected is None or offset == expected:
+            return range(offset, offset)
+        if offset < expected:
+            return SEEN
+        return range(expected, offset)
+
+    def done(self, partition: int, offset: int) -> None:
+        """Message ``offset`` of ``partition`` is processed."""
+        self.next[partition] = max(self.next.get(partition, 0), offset + 1)
+
+
+def read_range(
+    settings: Settings, topic: str, partition: int, offsets: range, timeout: float = 30.0
+) -> list[tuple[int, bytes | None]]:
+    """The messages of ``topic[partition]`` at ``offsets`` (those still on the broker), as (offset, value),
+    read with ``assign()``: no group is joined and nothing is committed."""
+    if not offsets:
+        return []
+    consumer = kafka.consumer(settings, f"{settings.topic_prefix}monitor-gap-reader")
+    try:
+        low, high = kafka.watermarks(consumer, topic, partition, timeout=timeout)
+        start, stop = max(offsets.start, low), min(offsets.stop, high)
+        if start >= stop:
+            return []
+        consumer.assign([TopicPartition(topic, partition, start)])
+        out: list[tuple[int, bytes | None]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaClientError(f"cannot read {topic}[{partition}]: {err.str()}")
+                    continue
+                offset = msg.offset()
+                if offset is not None and start <= offset < stop:
+                    out.append((offset, msg.value()))
+                if offset is not None and offset >= stop - 1:
+                    return out
+        raise KafkaClientError(f"timed out reading {topic}[{partition}] at {start}..{stop - 1}")
+    finally:
+        consumer.close()
