@@ -131,7 +131,9 @@ def fast_decode(value: bytes) -> dict[str, Any] | None:
     as the same dict); ``None`` means ask the codec."""
     try:
         checked = _decode_request(value)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec raises RecursionError past its nesting depth (hostile JSON, e.g. 10,000 "[" in context):
+        # the codec then rejects it with a reason, and the replica lives.
         return None
     items = checked.items
     if len(set(items)) != len(items) or checked.ts > _LARGEST_FAST_TS:

@@ -207,3 +207,18 @@ def test_the_fast_path_and_the_codec_agree_on_valid_requests(value: Any) -> None
     )
     if plain:
         assert fast_decode(orjson.dumps(value)) == value
+
+
+@pytest.mark.parametrize("depth", [2_000, 20_000])
+def test_json_nested_past_every_parsers_depth_is_dead_lettered_not_fatal(depth: int) -> None:
+    """msgspec raises RecursionError (not DecodeError) past its nesting limit: a replica once died of a
+    request whose context held 10,000 nested arrays (found by tests/faults/test_hostile_input.py)."""
+    deep = b'{"request_id":"r-deep","user_id":"u","items":["i-1"],"ts":1,"context":{"a":' + b"[" * depth
+    deep += b"]" * depth + b"}}"
+    good = orjson.dumps(request(request_id="r-good"))
+    intake = Decoder().decode([message(deep, offset=1), message(good, offset=2)])
+    assert [r["request_id"] for r in intake.requests] == ["r-good"]
+    assert (
+        len(intake.dead) == 1
+        and "prediction-request" in codec("dead-letter").decode(intake.dead[0][1])["error"]
+    )
