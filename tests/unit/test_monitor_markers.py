@@ -6,7 +6,7 @@ import random
 import tracemalloc
 
 from streams.join import MARKER_BUCKET_MS, DictStore, Joiner
-from streams.markers import HashSet, Markers, decode_hashes, encode_hashes, request_hash
+from streams.markers import HashSet, Markers, RecentHashes, decode_hashes, encode_hashes, request_hash
 
 
 def test_request_hash_is_stable_and_never_a_slot_marker() -> None:
@@ -83,3 +83,26 @@ def test_the_join_writes_only_new_markers_per_batch() -> None:
     assert sorted(store.markers) == [(0, 0), (0, 1)]
     assert [len(decode_hashes(v)) for v in store.markers.values()] == [1, 1]
     assert MARKER_BUCKET_MS == 1000
+
+
+def test_recent_hashes_keep_the_last_n() -> None:
+    recent = RecentHashes(3)
+    for rid in "abcd":
+        recent.push(request_hash(rid))
+    assert len(recent) == 3 and request_hash("a") not in recent
+    assert all(request_hash(r) in recent for r in "bcd")
+    off = RecentHashes(0)  # dedupe horizon 0: nothing kept
+    off.push(request_hash("a"))
+    assert len(off) == 0 and request_hash("a") not in off
+
+
+def test_a_version_remembers_its_horizon_in_a_few_dozen_bytes_a_request() -> None:
+    """The tracker's replay dedupe at its default horizon (50,000): no Python object per request."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    recent = RecentHashes(50_000)
+    for i in range(120_000):
+        recent.push(request_hash(f"{i:08d}-4b1c-9a7e-{i:012d}"))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(recent) == 50_000 and held / 50_000 < 64, f"{held / 50_000:.0f} bytes a request"
