@@ -28,8 +28,9 @@ dropped as unlabelled. Either way they are reported as expired.
 Duplicates. The monitor is at-least-once: after a crash it reads again what it had not committed, with
 state that may already include it, and upstream services may send an event twice. A joined or expired
 request therefore leaves a marker until both watermarks are two windows past it; a prediction or outcome
-that finds a marker is a duplicate and is ignored. Markers are kept in buckets of a second of event time
-(one record per bucket, not per request: they are most of the join's writes otherwise). A replay that
+that finds a marker is a duplicate and is ignored. Markers are 64-bit hashes of the request ids, kept in
+buckets of a second of event time and written a few records per batch, not per request
+(:mod:`streams.markers`: they are most of the join's writes and memory otherwise). A replay that
 comes after its marker is gone (a prediction is resolved again, as expired) is recognised downstream: each
 version's windows remember their last ``dedupe_horizon`` request ids (:mod:`streams.tracker`).
 """
@@ -44,6 +45,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from schemas.metrics import Counts, request_counts
+from streams.markers import MarkerRecord, Markers, request_hash
 from streams.watermarks import ALL_IDLE, Clocks
 
 Unlabelled = Literal["no_purchase", "drop"]
@@ -89,11 +91,11 @@ class PendingStore(Protocol):
 
     def items(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
 
-    def put_markers(self, bucket: int, request_ids: list[str]) -> None: ...
+    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None: ...
 
-    def delete_markers(self, bucket: int) -> None: ...
+    def delete_markers(self, bucket: int, chunks: list[int | None]) -> None: ...
 
-    def marker_buckets(self) -> Iterable[tuple[int, list[str]]]: ...
+    def marker_records(self) -> Iterable[MarkerRecord]: ...
 
 
 class DictStore:
@@ -101,7 +103,7 @@ class DictStore:
 
     def __init__(self) -> None:
         self.data: dict[str, dict[str, Any]] = {}
-        self.markers: dict[int, list[str]] = {}
+        self.markers: dict[tuple[int, int | None], dict[str, Any]] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
@@ -118,14 +120,15 @@ class DictStore:
     def __len__(self) -> int:
         return len(self.data)
 
-    def put_markers(self, bucket: int, request_ids: list[str]) -> None:
-        self.markers[bucket] = request_ids
+    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None:
+        self.markers[bucket, chunk] = value
 
-    def delete_markers(self, bucket: int) -> None:
-        self.markers.pop(bucket, None)
+    def delete_markers(self, bucket: int, chunks: list[int | None]) -> None:
+        for chunk in chunks:
+            self.markers.pop((bucket, chunk), None)
 
-    def marker_buckets(self) -> Iterator[tuple[int, list[str]]]:
-        return iter(list(self.markers.items()))
+    def marker_records(self) -> Iterator[MarkerRecord]:
+        return iter([(b, c, v) for (b, c), v in self.markers.items()])
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +206,7 @@ class Joiner:
     # (ts, request_id) per kind; entries may be stale (the request moved on), so each is checked.
     _predictions: list[tuple[int, str]] = field(default_factory=list)
     _outcomes: list[tuple[int, str]] = field(default_factory=list)
-    _marked: dict[str, int] = field(default_factory=dict)  # request_id -> its marker's bucket
-    _buckets: dict[int, list[str]] = field(default_factory=dict)
-    _bucket_order: list[int] = field(default_factory=list)  # a heap of the buckets' numbers
-    _dirty_buckets: set[int] = field(default_factory=set)
+    markers: Markers = field(default_factory=Markers)
     now_ms: int = -1  # the router's clock (processing time), as last reported
 
     # -- events ------------------------------------------------------------------------------------------
@@ -219,8 +219,9 @@ class Joiner:
         rid, ts = p["request_id"], p["ts"]
         watermarks = self.clocks
         out: list[Labelled] = []
-        entry = None if rid in self._marked else self.store.get(rid)
-        if rid in self._marked or (entry is not None and entry["kind"] == PREDICTION):
+        marked = request_hash(rid) in self.markers
+        entry = None if marked else self.store.get(rid)
+        if marked or (entry is not None and entry["kind"] == PREDICTION):
             self.stats.duplicates += 1
         elif entry is not None:
             self.stats.outcome_first += 1
@@ -239,8 +240,9 @@ class Joiner:
         rid, ts = o["request_id"], o["ts"]
         watermarks = self.clocks
         out: list[Labelled] = []
-        entry = None if rid in self._marked else self.store.get(rid)
-        if rid in self._marked or (entry is not None and entry["kind"] == OUTCOME):
+        marked = request_hash(rid) in self.markers
+        entry = None if marked else self.store.get(rid)
+        if marked or (entry is not None and entry["kind"] == OUTCOME):
             self.stats.duplicates += 1
         elif entry is not None:
             out.append(self._resolve(rid, entry, _pending_outcome(o)))
@@ -289,14 +291,7 @@ class Joiner:
         ts = int(pred["ts"])
         self.store.delete(rid)
         # The bucket ends after ts: the marker outlives ts + 2 windows.
-        bucket = max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS
-        ids = self._buckets.get(bucket)
-        if ids is None:
-            ids = self._buckets[bucket] = []
-            heapq.heappush(self._bucket_order, bucket)
-        ids.append(rid)
-        self._marked[rid] = bucket
-        self._dirty_buckets.add(bucket)
+        self.markers.mark(request_hash(rid), max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS)
         version, candidates, recommended = pred["version"], pred["candidates"], pred["recommended"]
         if outcome is not None and int(outcome["ts"]) <= ts + self.label_window_ms:
             self.stats.joined += 1
@@ -326,24 +321,21 @@ class Joiner:
                 self.stats.orphan_outcomes += 1
 
     def _forget_markers(self) -> None:
-        heap = self._bucket_order
+        markers = self.markers
         now = min(self.clocks.predictions.watermark, self.clocks.outcomes.watermark)
-        while heap and (heap[0] + 1) * MARKER_BUCKET_MS + 2 * self.label_window_ms < now:
-            bucket = heapq.heappop(heap)
-            for rid in self._buckets.pop(bucket, []):
-                if self._marked.get(rid) == bucket:
-                    del self._marked[rid]
-            self._dirty_buckets.discard(bucket)
-            self.store.delete_markers(bucket)
+        while (oldest := markers.oldest()) is not None and (
+            (oldest + 1) * MARKER_BUCKET_MS + 2 * self.label_window_ms < now
+        ):
+            self.store.delete_markers(*markers.forget_oldest())
 
     def sync(self) -> None:
-        """Write the marker buckets changed since the last call to the store (once per batch)."""
-        for bucket in sorted(self._dirty_buckets):
-            self.store.put_markers(bucket, list(self._buckets[bucket]))
-        self._dirty_buckets.clear()
+        """Write the markers added since the last call to the store (once per batch: a record per bucket
+        touched, holding only the new ones)."""
+        for bucket, chunk, value in self.markers.unwritten():
+            self.store.put_markers(bucket, chunk, value)
 
     def rebuild(
-        self, entries: Iterable[tuple[str, dict[str, Any]]], buckets: Iterable[tuple[int, list[str]]] = ()
+        self, entries: Iterable[tuple[str, dict[str, Any]]], markers: Iterable[MarkerRecord] = ()
     ) -> None:
         """Rebuild the expiry heaps and markers from the store's records of this partition (a restart)."""
         self._predictions, self._outcomes = [], []
@@ -352,10 +344,7 @@ class Joiner:
             heap.append((int(entry["ts"]), rid))
         for heap in (self._predictions, self._outcomes):
             heapq.heapify(heap)
-        self._buckets = {int(b): list(ids) for b, ids in buckets}
-        self._bucket_order = sorted(self._buckets)
-        self._marked = {rid: b for b, ids in self._buckets.items() for rid in ids}
-        self._dirty_buckets = set()
+        self.markers = Markers.load(markers)
 
     def pending(self) -> int:
         """Requests waiting for their other half (markers excluded); heaps may hold stale entries."""

@@ -10,10 +10,11 @@ from typing import Any
 
 import faust
 
+from streams.markers import MarkerRecord
 from streams.watermarks import Clocks
 
 Entries = list[tuple[str, dict[str, Any]]]
-Markers = list[tuple[int, list[str]]]
+Markers = list[MarkerRecord]
 
 
 class PartitionedTable(faust.Table):
@@ -35,7 +36,9 @@ class PartitionedTable(faust.Table):
 class PendingStore:
     """The join's pending store for one partition: the ``pending`` table, written back once per batch.
 
-    Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>`` (markers) and
+    Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>:<chunk>`` (the
+    markers a batch added to a bucket, :mod:`streams.markers`; ``m:<partition>:<bucket>`` from older
+    monitors) and
     ``c:<partition>`` (the clocks, and the next offset of the joinable partition to process:
     :mod:`streams.offsets`). A batch's records go out in this order, on one changelog partition: new
     and changed entries and markers, then the clocks, then deletions. Whatever prefix of them survives a
@@ -68,15 +71,16 @@ class PendingStore:
         n = len(self.prefix)
         return [(k[n:], v) for k, v in self.table.items() if k.startswith(self.prefix)]
 
-    def put_markers(self, bucket: int, request_ids: list[str]) -> None:
-        self.dirty[f"m:{self.partition}:{bucket}"] = {"ids": request_ids}
+    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None:
+        self.dirty[_marker_key(self.partition, bucket, chunk)] = value
 
-    def delete_markers(self, bucket: int) -> None:
-        self.dirty[f"m:{self.partition}:{bucket}"] = None
+    def delete_markers(self, bucket: int, chunks: list[int | None]) -> None:
+        for chunk in chunks:
+            self.dirty[_marker_key(self.partition, bucket, chunk)] = None
 
-    def marker_buckets(self) -> list[tuple[int, list[str]]]:
+    def marker_records(self) -> list[MarkerRecord]:
         prefix = f"m:{self.partition}:"
-        return [(int(k[len(prefix) :]), v["ids"]) for k, v in self.table.items() if k.startswith(prefix)]
+        return [_marker_record(k[len(prefix) :], v) for k, v in self.table.items() if k.startswith(prefix)]
 
     def flush(self, clocks: Clocks, next_offset: int | None = None) -> None:
         """Write the batch's records; ``next_offset``: the joinable partition's offset after the batch."""
@@ -120,9 +124,20 @@ def load_join_state(table: Any) -> dict[int, tuple[Entries, Markers, Clocks]]:
             partition, _, rid = rest.partition(":")
             of(int(partition))[0].append((rid, _readable(value)))
         elif kind == "m":
-            partition, _, bucket = rest.partition(":")
-            of(int(partition))[1].append((int(bucket), value["ids"]))
+            partition, _, where = rest.partition(":")
+            of(int(partition))[1].append(_marker_record(where, value))
     return state
+
+
+def _marker_key(partition: int, bucket: int, chunk: int | None) -> str:
+    return f"m:{partition}:{bucket}" if chunk is None else f"m:{partition}:{bucket}:{chunk}"
+
+
+def _marker_record(where: str, value: dict[str, Any]) -> MarkerRecord:
+    """A marker record from what follows ``m:<partition>:`` in its key: ``<bucket>:<chunk>``, or an older
+    monitor's ``<bucket>``."""
+    bucket, _, chunk = where.partition(":")
+    return int(bucket), (int(chunk) if chunk else None), value
 
 
 def load_join_offsets(table: Any) -> dict[int, int]:

@@ -28,7 +28,6 @@ meta that no longer needs them.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ from streams.alerts import (
 )
 from streams.epochs import epoch_token
 from streams.join import Labelled
+from streams.markers import RecentHashes, request_hash
 from streams.windows import CountWindow, Entry, ServingWindows, TimeWindow
 
 BLOCK = 256
@@ -104,10 +104,11 @@ class VersionTracker:
         self.retired = False  # another version is served: counted, not judged
         self.left_firing = False  # it was firing a rollback rule when it was retired: no rollback target
         self.duplicates = 0
-        # The last dedupe_horizon requests, kept (and persisted in the blocks) beyond the windows only so
-        # that a request the join sends again after a crash is recognised, however late it comes.
-        self._recent: deque[Entry] = deque()
-        self._ids: dict[str, int] = {}  # request ids held -> by how many of: count, time window, recent
+        # The hashes of the last dedupe_horizon requests, kept (and persisted, as the requests, in the blocks)
+        # beyond the windows only so that a request the join sends again after a crash is recognised,
+        # however late it comes: compact (streams.markers), as it is the most numerous thing kept.
+        self._recent = RecentHashes(config.dedupe_horizon)
+        self._ids: dict[str, int] = {}  # request ids in the windows -> by how many of: count, time window
         self._open: dict[int, list[Entry]] = {}  # blocks not yet written in full
         self._first_block = 0  # older blocks are deleted
         self._stale: list[int] = []  # blocks found below first_block at restore
@@ -153,7 +154,8 @@ class VersionTracker:
                 return None
             self.last_offset = offset
         self._changed = True
-        if item.request_id in self._ids:  # the join sent it again after a crash
+        if item.request_id in self._ids or request_hash(item.request_id) in self._recent:
+            # the join sent it again after a crash
             self.duplicates += 1
             return None
         self.serving.add(item.ts)  # answered, whatever its outcome
@@ -192,11 +194,7 @@ class VersionTracker:
                 ids[rid] += 1
             if pushed is not None:
                 left.append(pushed)
-        if self.config.dedupe_horizon:
-            ids[rid] += 1
-            self._recent.append(entry)
-            if len(self._recent) > self.config.dedupe_horizon:
-                left.append(self._recent.popleft())
+        self._recent.push(request_hash(rid))
         if ids[rid] == 0:
             del ids[rid]
         for old in left:
@@ -286,8 +284,6 @@ class VersionTracker:
         self.alerts = {r.name: AlertState() for r in self.config.rules}
         self.drift = DriftWatch(self.config.drift_delta) if self.config.drift_delta else None
         self._ids = {}
-        for entry in self._recent:
-            self._ids[entry.request_id] = self._ids.get(entry.request_id, 0) + 1
         self._changed = True
         return emission
 
@@ -391,7 +387,7 @@ class VersionTracker:
             records.append((self.block_key(b), {"v": self.version, "b": b, "e": rows}))
             if b < current:
                 del self._open[b]  # full, and now written in full
-        recent = self._recent[0].seq if self._recent else None
+        recent = self.total - len(self._recent) + 1 if len(self._recent) else None  # consecutive seqs
         oldest = [s for s in (self.count.oldest_seq(), self.time.oldest_seq(), recent) if s is not None]
         live = (min(oldest) - 1) // BLOCK if oldest else current
         dead = [*self._stale, *range(self._first_block, live)]

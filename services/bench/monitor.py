@@ -17,6 +17,7 @@ event to its last.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class MonitorRun:
     per_s: float | None
     cpu_s: float | None
     cpu_per_1000: float | None
+    rss_mb: float | None = None  # resident memory once every labelled request was counted (Faust worker)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,7 @@ def faust_monitor(
     proc = rig.command("monitor-bench", ["monitor", "--config", str(config)], settings, env)
     sampler = CpuSampler(proc.pid).start()
     deadline = time.monotonic() + timeout
+    rss = None
     try:
         while not _covered(tap, n):
             if not proc.running:
@@ -93,6 +96,7 @@ def faust_monitor(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the monitor did not count {n} labelled requests within {timeout:.0f}s")
             time.sleep(0.1)  # the tap reads in its own thread; this only checks its findings
+        rss = resident_mb(proc.pid)
     finally:
         sampler.stop()
         proc.stop(30)
@@ -105,7 +109,16 @@ def faust_monitor(
     seconds = points[-1][0] - points[0][0] if len(points) > 1 else 0.0
     cpu = sampler.between(points[0][0], points[-1][0]) if len(points) > 1 else None
     counted = points[-1][1] - points[0][1] if points else 0
-    return MonitorRun("faust", n, seconds, per_s, cpu, per_thousand(cpu, counted))
+    return MonitorRun("faust", n, seconds, per_s, cpu, per_thousand(cpu, counted), rss)
+
+
+def resident_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` in MB (Linux; ``None`` elsewhere or once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _covered(tap: Tap, n: int) -> bool:
@@ -122,3 +135,29 @@ def plain_monitor(settings: Settings, n: int, emit_every_n: int) -> MonitorRun:
     return MonitorRun(
         "plain", run.labelled, run.seconds, run.labelled_per_s, cpu, per_thousand(cpu, run.labelled)
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m services.bench.monitor N``: the monitor's measurement alone, at N labelled requests (the
+    Faust worker, then the plain loop on the same events), on the broker ``modelwatch bench`` would use.
+    Prints each run as JSON, resident memory included: how the figures of a volume curve were taken."""
+    import json
+    import sys
+
+    n = int((argv if argv is not None else sys.argv[1:])[0])
+    rig = Rig(Settings(), say=print)
+    try:
+        rig.start_broker()
+        settings = prepare(rig, workload.world(), n)
+        emit_every_n = max(100, n // 20)
+        for run in (
+            faust_monitor(rig, settings, n, emit_every_n, timeout=180 + n / 100),
+            plain_monitor(settings, n, emit_every_n),
+        ):
+            print(json.dumps(run.as_dict()), flush=True)
+    finally:
+        rig.close()
+
+
+if __name__ == "__main__":
+    main()

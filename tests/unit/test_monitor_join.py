@@ -157,7 +157,7 @@ def test_a_restarted_joiner_resumes_from_its_store() -> None:
     j.sync()  # once per batch, in the worker
     clocks = j.clocks
     restarted = Joiner(store, W, clocks=clocks)
-    restarted.rebuild(store.items(), store.marker_buckets())
+    restarted.rebuild(store.items(), store.marker_records())
     assert restarted.outcome(outcome("r2", 160)) == []  # redelivered after the crash: a duplicate
     assert restarted.outcome(outcome("x", 2000)) == [Labelled("r1", "v1", 100, NOTHING, expired=True)]
 
@@ -278,7 +278,7 @@ def test_watermarks_survive_a_restart() -> None:
     clocks = Clocks.from_dict(orjson.loads(orjson.dumps(j.clocks.as_dict())))
     assert clocks == j.clocks
     restarted = Joiner(store, W, clocks=clocks)
-    restarted.rebuild(store.items(), store.marker_buckets())
+    restarted.rebuild(store.items(), store.marker_records())
     assert restarted.outcome(outcome("o2", 1200, source=0)) == [
         Labelled("r1", "v1", 100, NOTHING, expired=True)
     ]

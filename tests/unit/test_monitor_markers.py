@@ -1,0 +1,108 @@
+"""The join's compact markers: a hash set in an array, buckets forgotten whole, chunks written per batch."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+from streams.join import MARKER_BUCKET_MS, DictStore, Joiner
+from streams.markers import HashSet, Markers, RecentHashes, decode_hashes, encode_hashes, request_hash
+
+
+def test_request_hash_is_stable_and_never_a_slot_marker() -> None:
+    # Persisted: the same id hashes alike in every process (Python's own hash() is salted per process).
+    assert request_hash("r-1") == request_hash("r-1") != request_hash("r-2")
+
+
+def test_hash_set_against_a_python_set() -> None:
+    rng = random.Random(7)
+    mine, ref = HashSet(), set()
+    for _ in range(60_000):
+        h = rng.randrange(2, 5000)  # small: many repeats and deletions of present and absent members
+        if rng.random() < 0.6:
+            mine.add(h)
+            ref.add(h)
+        else:
+            mine.discard(h)
+            ref.discard(h)
+    assert len(mine) == len(ref)
+    assert all((h in mine) == (h in ref) for h in range(2, 5000))
+
+
+def test_markers_are_forgotten_a_bucket_at_a_time_and_round_trip() -> None:
+    markers = Markers()
+    markers.mark(request_hash("a"), 5)
+    markers.mark(request_hash("b"), 6)
+    first = markers.unwritten()
+    markers.mark(request_hash("c"), 6)
+    second = markers.unwritten()
+    assert [(b, c) for b, c, _ in first] == [(5, 0), (6, 0)] and [(b, c) for b, c, _ in second] == [(6, 1)]
+    restored = Markers.load(first + second)
+    assert all(request_hash(r) in restored for r in "abc")
+    assert restored.forget_oldest() == (5, [0])
+    assert request_hash("a") not in restored and request_hash("b") in restored
+    assert sorted(restored.forget_oldest()[1]) == [0, 1] and len(restored) == 0
+
+
+def test_hashes_encode_compactly() -> None:
+    markers = Markers()
+    for i in range(1000):
+        markers.mark(request_hash(f"req-{i}"), 0)
+    [(_, _, value)] = markers.unwritten()
+    assert len(value["h"]) < 11 * 1000  # base64 of 8 bytes a marker
+    assert list(decode_hashes(value)) == [request_hash(f"req-{i}") for i in range(1000)]
+    assert list(decode_hashes(encode_hashes(decode_hashes({"ids": ["x"]})))) == [request_hash("x")]
+
+
+def test_a_marker_costs_a_few_dozen_bytes() -> None:
+    """What the markers hold for 100,000 requests (the ids themselves are the caller's, and freed)."""
+    ids = [f"{i:08d}-4b1c-9a7e-{i:012d}" for i in range(100_000)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    markers = Markers()
+    for i, rid in enumerate(ids):
+        markers.mark(request_hash(rid), i // 300)
+    markers.unwritten()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held / len(ids) < 48, f"{held / len(ids):.0f} bytes a marker"
+
+
+def test_the_join_writes_only_new_markers_per_batch() -> None:
+    store = DictStore()
+    j = Joiner(store, 1000)
+    j.prediction({"kind": "prediction", "request_id": "r1", "ts": 10, "version": "v", "candidates": ["a"],
+                  "recommended": ["a"]})  # fmt: skip
+    j.outcome({"kind": "outcome", "request_id": "r1", "ts": 20, "purchased": ["a"]})
+    j.sync()
+    j.prediction({"kind": "prediction", "request_id": "r2", "ts": 30, "version": "v", "candidates": ["a"],
+                  "recommended": ["a"]})  # fmt: skip
+    j.outcome({"kind": "outcome", "request_id": "r2", "ts": 40, "purchased": []})
+    j.sync()
+    j.sync()  # nothing new: nothing written
+    assert sorted(store.markers) == [(0, 0), (0, 1)]
+    assert [len(decode_hashes(v)) for v in store.markers.values()] == [1, 1]
+    assert MARKER_BUCKET_MS == 1000
+
+
+def test_recent_hashes_keep_the_last_n() -> None:
+    recent = RecentHashes(3)
+    for rid in "abcd":
+        recent.push(request_hash(rid))
+    assert len(recent) == 3 and request_hash("a") not in recent
+    assert all(request_hash(r) in recent for r in "bcd")
+    off = RecentHashes(0)  # dedupe horizon 0: nothing kept
+    off.push(request_hash("a"))
+    assert len(off) == 0 and request_hash("a") not in off
+
+
+def test_a_version_remembers_its_horizon_in_a_few_dozen_bytes_a_request() -> None:
+    """The tracker's replay dedupe at its default horizon (50,000): no Python object per request."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    recent = RecentHashes(50_000)
+    for i in range(120_000):
+        recent.push(request_hash(f"{i:08d}-4b1c-9a7e-{i:012d}"))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(recent) == 50_000 and held / 50_000 < 64, f"{held / 50_000:.0f} bytes a request"
