@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ import pytest
 from services import kafka
 from services.cli import main
 from services.config import Settings
+from services.deployment import commands
 from services.deployment.follower import read_state
 from services.model.recommender import Recommender
 from services.registry import Registry
@@ -61,9 +63,9 @@ def test_canary_promote_shadow_and_abort_on_two_replicas(
     world = World.generate(17, n_users=4000, n_items=120)
     interactions = world.interactions(3000, seed=1)
     registry = Registry(settings.registry)
-    v1, v2, v3 = (
+    v1, v2, v3, v4 = (
         registry.register(Recommender(n_components=c).fit(interactions), metrics={}, data_summary={}).version
-        for c in (4, 3, 2)
+        for c in (4, 3, 2, 5)
     )
     run(capsys, ["deploy", v1])
     started = {name: replicas(name) for name in NAMES}
@@ -136,3 +138,15 @@ def test_canary_promote_shadow_and_abort_on_two_replicas(
     assert (state.commanded, state.experiment) == (v2, None)
     assert {p["model_version"] for p in serve_all(settings, collector, world, 300, "a")} == {v2}
     assert not any(p["request_id"].startswith("a-") for p in shadow_predictions(settings))
+
+    # A candidate the replicas cannot load (its artifact damaged after the command was signed): each
+    # replica rejects the canary, saying why, and keeps serving v2 to everyone.
+    artifact = Path(settings.registry, v4, "model.joblib")
+    artifact.chmod(0o644)
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
+    broken = commands.make("canary", v4, "a damaged candidate", traffic=0.5)
+    commands.publish(settings, broken)
+    wait_for(lambda: set(collector.acked(broken["command_id"])) == set(NAMES), 60, "both answers")
+    for answer in collector.acked(broken["command_id"]).values():
+        assert answer["event"] == "rejected" and f"cannot load {v4}" in answer["error"], answer
+    assert {p["model_version"] for p in serve_all(settings, collector, world, 300, "b")} == {v2}
