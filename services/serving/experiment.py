@@ -115,6 +115,7 @@ class ShadowScorer(threading.Thread):
             self._batches.put_nowait((trial, list(requests)))
         except queue.Full:
             self.dropped += len(requests)
+            self.log.warning("shadow_dropped", requests=len(requests), total=self.dropped)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

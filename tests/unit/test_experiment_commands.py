@@ -9,6 +9,7 @@ import pytest
 
 from schemas import codec
 from schemas.errors import ContractError
+from services.cli import main
 from services.deployment import commands
 from services.deployment.commands import History
 from services.deployment.experiments import experiment_id_of
@@ -153,3 +154,18 @@ def test_the_schema_accepts_each_new_action() -> None:
     for action, extra in (("shadow", {}), ("canary", {"traffic": 0.2}), ("promote", {}), ("abort", {})):
         command = {"command_id": "c-1", "action": action, "model_version": "v2", "reason": "r", "ts": 1}
         codec("model-command").validate({**command, **extra, "experiment_id": "e-c-0"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["deploy", "v2", "--shadow", "--canary", "0.2"], "--shadow and --canary exclude each other"),
+        (["deploy", "v2", "--canary", "1"], "--canary must be in (0, 1), not 1"),
+        (["deploy", "v2", "--canary", "0"], "--canary must be in (0, 1), not 0"),
+    ],
+)
+def test_the_cli_refuses_a_bad_experiment_before_reading_anything(
+    argv: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert why in capsys.readouterr().err
