@@ -10,6 +10,7 @@ import pytest
 from schemas import codec
 from schemas.errors import ContractError
 from services.cli import main
+from services.cli.models import history_document
 from services.deployment import commands
 from services.deployment.commands import History
 from services.deployment.experiments import experiment_id_of
@@ -169,3 +170,21 @@ def test_the_cli_refuses_a_bad_experiment_before_reading_anything(
 ) -> None:
     assert main(argv) == 2
     assert why in capsys.readouterr().err
+
+
+def test_models_history_shows_the_running_experiment_and_each_step() -> None:
+    canary = commands.make("canary", "v2", "try v2", traffic=0.2)
+    state = DeploymentState()
+    for c in (commands.make("deploy", "v1", "a"), canary):
+        assert state.feed_command(c)
+    doc = history_document(state)
+    assert doc["active"] == "v1"
+    assert doc["experiment"] == {
+        "experiment_id": f"e-{canary['command_id']}",
+        "mode": "canary",
+        "candidate": "v2",
+        "incumbent": "v1",
+        "traffic": 0.2,
+        "command_id": canary["command_id"],
+    }
+    assert [(p["action"], p["traffic"]) for p in doc["periods"]] == [("deploy", None), ("canary", 0.2)]
