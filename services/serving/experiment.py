@@ -104,7 +104,7 @@ class ShadowScorer(threading.Thread):
         self.producer, self.topic, self.instance = producer, topic, instance
         self.default_k, self.log = default_k, log
         self._batches: queue.Queue[tuple[Trial, list[dict[str, Any]]]] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.scored = 0  # shadow predictions handed to the producer
         self.dropped = 0  # requests not shadowed because the queue was full
         self.failed = 0  # requests the candidate failed on
@@ -118,13 +118,13 @@ class ShadowScorer(threading.Thread):
             self.log.warning("shadow_dropped", requests=len(requests), total=self.dropped)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self.ident is not None:
             self.join(timeout)
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set() or not self._batches.empty():
+            while not self._stopping.is_set() or not self._batches.empty():
                 try:
                     trial, requests = self._batches.get(timeout=0.1)
                 except queue.Empty:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from services.deployment.experiments import Experiment
 from services.model.protocol import served
@@ -12,12 +13,14 @@ from services.model.recommender import Recommender
 from services.sandbox.world import World
 from services.serving.control import Activation
 from services.serving.experiment import (
+    ShadowScorer,
     Trial,
     bucket,
     on_candidate,
     predictions_by_version,
     score_with_experiment,
 )
+from services.serving.logs import EventLog
 from services.serving.scoring import score
 
 
@@ -82,3 +85,27 @@ def test_without_a_canary_every_request_is_the_active_versions(world: World, mod
     scored, versions = score_with_experiment(Activation("v1", incumbent, {}), requests, default_k=3)
     assert versions == ["v1"] * 50
     assert scored.scores == score(incumbent, requests, 3).scores
+
+
+def scorer(depth: int = 64) -> ShadowScorer:
+    # No broker: nothing is produced in these tests, so the producer never has to connect.
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
+    return ShadowScorer(producer, "rec.predictions.shadow", "r1", 3, EventLog("serve", instance="r1"), depth)
+
+
+def test_the_shadow_scorer_starts_and_stops_cleanly() -> None:
+    shadow = scorer()
+    shadow.start()
+    shadow.stop()
+    assert not shadow.is_alive()
+
+
+def test_a_full_shadow_queue_drops_the_batch_without_waiting(world: World, models: tuple[Any, Any]) -> None:
+    shadow = scorer(depth=1)  # not started: nothing takes from the queue
+    trial = Trial(Experiment("e-1", "shadow", "v2", "v1", None, "c-1"), models[1], shadow)
+    active = Activation("v1", models[0], {}, trial)
+    requests = requests_of(world, 20)
+    for _ in range(3):
+        _, versions = score_with_experiment(active, requests, default_k=3)
+        assert versions == ["v1"] * 20  # the storefront's answers are the incumbent's
+    assert shadow.dropped == 40  # the first batch is queued, the next two dropped
