@@ -38,6 +38,11 @@ DAY_MS = 24 * 3600 * 1000
 
 REQUESTS = Topic("requests", "prediction-request", "user_id", joined=True, retention_ms=7 * DAY_MS)
 PREDICTIONS = Topic("predictions", "prediction", "request_id", joined=True, retention_ms=7 * DAY_MS)
+#: What a shadow candidate would have answered (:mod:`services.serving.experiment`): the prediction event,
+#: co-partitioned with the requests like the predictions, never read by the storefront.
+PREDICTIONS_SHADOW = Topic(
+    "predictions.shadow", "prediction", "request_id", joined=True, retention_ms=7 * DAY_MS
+)
 OUTCOMES = Topic("outcomes", "outcome", "request_id", joined=True, retention_ms=7 * DAY_MS)
 METRICS = Topic("metrics", "metrics", "model_version", joined=False, retention_ms=30 * DAY_MS)
 ALERTS = Topic("alerts", "alert", "model_version", joined=False, retention_ms=90 * DAY_MS)
@@ -60,6 +65,7 @@ ALL: tuple[Topic, ...] = (
     REQUESTS_DLQ,
     OUTCOMES_DLQ,
     EXPERIMENTS,
+    PREDICTIONS_SHADOW,
 )
 
 BY_SUFFIX = {t.suffix: t for t in ALL}

@@ -1,5 +1,6 @@
-"""``modelwatch deploy`` and ``modelwatch rollback``: publish a verified version's command, then wait for
-every live replica's answer (``--no-wait`` to publish and return)."""
+"""``modelwatch deploy`` (also ``--shadow`` and ``--canary F``), ``rollback``, ``promote`` and ``abort``:
+publish a verified version's command, then wait for every live replica's answer (``--no-wait`` to publish
+and return)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ import typer
 
 from services.cli.common import console, current_settings, err
 from services.config import Settings
-from services.deployment.orders import ACK_TIMEOUT_S, Acknowledgements, AckWait, Answer, deploy, rollback
+from services.deployment.orders import (
+    ACK_TIMEOUT_S,
+    Acknowledgements,
+    AckWait,
+    Answer,
+    abort,
+    deploy,
+    promote,
+    rollback,
+    start_experiment,
+)
 
 app = typer.Typer()
 
@@ -29,6 +40,17 @@ TimeoutOption = typer.Option(
 )
 
 
+#: How each action reads in what the CLI prints.
+DOING = {
+    "deploy": "deploy",
+    "rollback": "rollback to",
+    "shadow": "shadow of",
+    "canary": "canary of",
+    "promote": "promote of",
+    "abort": "abort of",
+}
+
+
 def _print_answer(answer: Answer) -> None:
     console.print(f"  {answer.describe()}", markup=False)
 
@@ -41,8 +63,11 @@ def publish_and_wait(
     # A loaded host can take a while to read the command log and the replicas' events: the same budget.
     with AckWait(settings, ready_timeout_s=max(30.0, timeout)) if wait else nullcontext() as acks:
         command = publish()
-        what = "deploy" if command["action"] == "deploy" else "rollback to"
-        console.print(f"{what} {command['model_version']} published ({command['command_id']})", markup=False)
+        what = DOING[command["action"]]
+        extra = f" at {command['traffic']:g}" if "traffic" in command else ""
+        console.print(
+            f"{what} {command['model_version']}{extra} published ({command['command_id']})", markup=False
+        )
         if acks is None:
             return None
         result = acks.wait(command, timeout, on_answer=_print_answer)
@@ -67,17 +92,65 @@ def publish_and_wait(
 @app.command(name="deploy")
 def deploy_command(
     version: str = typer.Argument(..., help="A registry version (see `modelwatch models list`)."),
+    shadow: bool = typer.Option(
+        False, "--shadow", help="Keep the active version serving and also score every request with VERSION."
+    ),
+    canary: float | None = typer.Option(
+        None, "--canary", metavar="F", help="Send the share F (0 < F < 1) of users to VERSION."
+    ),
     reason: str = ReasonOption,
     no_wait: bool = NoWaitOption,
     timeout: float = TimeoutOption,
 ) -> None:
     """Order every prediction service to activate VERSION, and wait for every live replica's answer.
 
-    Refuses a version that is not in the registry or does not verify. The command is signed when
-    MODELWATCH_SIGNING_KEY is set. Exits 1 if a live replica rejects the version or does not answer in
-    time; with no live replica, succeeds (replicas load the commanded version when they start)."""
+    With --shadow or --canary F, VERSION runs as an experiment beside the active version instead, until
+    `modelwatch promote` or `modelwatch abort`. Refuses a version that is not in the registry or does
+    not verify. Exits 1 if a live replica rejects the command or does not answer in time; with no live
+    replica, succeeds (replicas load the commanded version when they start)."""
     settings = current_settings()
-    publish_and_wait(settings, lambda: deploy(settings, version, reason), not no_wait, timeout)
+    if shadow and canary is not None:
+        err.print("modelwatch: error: --shadow and --canary exclude each other", markup=False)
+        raise typer.Exit(2)
+    if canary is not None and not 0.0 < canary < 1.0:
+        err.print(f"modelwatch: error: --canary must be in (0, 1), not {canary:g}", markup=False)
+        raise typer.Exit(2)
+    if shadow or canary is not None:
+        order = lambda: start_experiment(settings, version, canary, reason)  # noqa: E731
+    else:
+        order = lambda: deploy(settings, version, reason)  # noqa: E731
+    publish_and_wait(settings, order, not no_wait, timeout)
+
+
+CandidateArgument = typer.Argument(
+    None, metavar="[V]", help="The running experiment's candidate [default: whichever it is]."
+)
+
+
+@app.command(name="promote")
+def promote_command(
+    version: str | None = CandidateArgument,
+    reason: str = ReasonOption,
+    no_wait: bool = NoWaitOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Make the running shadow or canary's candidate the active version for everyone, and wait for every
+    live replica's answer as `deploy` does."""
+    settings = current_settings()
+    publish_and_wait(settings, lambda: promote(settings, version, reason), not no_wait, timeout)
+
+
+@app.command(name="abort")
+def abort_command(
+    version: str | None = CandidateArgument,
+    reason: str = ReasonOption,
+    no_wait: bool = NoWaitOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """End the running shadow or canary: everyone back on the active version; waits for every live
+    replica's answer as `deploy` does."""
+    settings = current_settings()
+    publish_and_wait(settings, lambda: abort(settings, version, reason), not no_wait, timeout)
 
 
 @app.command(name="rollback")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -194,6 +195,7 @@ def history_document(state: DeploymentState) -> dict[str, Any]:
     return {
         "active": commanded,
         "commanded": commanded,
+        "experiment": asdict(state.experiment) if state.experiment is not None else None,
         "served": state.served(),
         "serving": state.serving(),
         "rejected": state.rejected(commanded) if commanded else {},
@@ -237,6 +239,9 @@ def history(
     for p in doc["periods"]:
         until = iso(p["until"]) if p["until"] is not None else "now"
         why = p["reason"] + (f" (alert {p['alert_id']})" if p["alert_id"] else "")
+        if p["experiment_id"]:
+            share = f" traffic {p['traffic']:g}" if p["traffic"] is not None else ""
+            why += f" [experiment {p['experiment_id']}{share}]"
         if p["until"] is not None and p["until"] < p["since"]:
             # The log's order holds; the times are the issuers' clocks, and these two disagree.
             why += " [stamped later than the next command: the issuers' clocks disagree]"
@@ -248,6 +253,12 @@ def history(
         console.print(f"    {_answers(p['acks'])}", markup=False)
     if doc["periods"]:
         console.print(f"active: {doc['active']} (commanded)")
+        if doc["experiment"] is not None:
+            x = doc["experiment"]
+            share = f" at {x['traffic']:g}" if x["traffic"] is not None else ""
+            console.print(
+                f"experiment: {x['experiment_id']}: {x['mode']} of {x['candidate']}{share}", markup=False
+            )
         serving = (
             ", ".join(f"{i} {v or '(no model)'}" for i, v in doc["serving"].items()) or "no live replica"
         )

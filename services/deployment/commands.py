@@ -1,6 +1,8 @@
 """Model commands: the deployment audit log on ``rec.model-commands``.
 
-A command orders every replica to activate a version (``deploy``, or ``rollback`` to an earlier one).
+A command orders every replica to activate a version (``deploy``, or ``rollback`` to an earlier one), or
+runs an experiment on top of the active version (``shadow``, ``canary``, then ``promote`` or ``abort``:
+:mod:`services.deployment.experiments`).
 With a keyring set (:mod:`services.registry.keys`), a command counts only when its ``signed_by`` is a valid
 Ed25519 signature by a key whose role may order its action: an operator's (the CLI) or the monitor's (which
 may only name a version some earlier command named). A replica holds the keyring of public keys, so it can
@@ -32,9 +34,11 @@ from schemas import codec
 from schemas.errors import CommandError, ContractError
 from services import kafka
 from services.config import Settings
+from services.deployment import experiments
+from services.deployment.experiments import Experiment
 from services.registry.keys import SIGNATURE_FIELDS, Keyring, Signer
 
-Action = Literal["deploy", "rollback"]
+Action = Literal["deploy", "rollback", "shadow", "canary", "promote", "abort"]
 
 
 def _canonical(command: dict[str, Any]) -> bytes:
@@ -72,6 +76,8 @@ def make(
     issued_by: str | None = None,
     alert_id: str | None = None,
     ts: int | None = None,
+    traffic: float | None = None,
+    experiment_id: str | None = None,
 ) -> dict[str, Any]:
     """A valid model-command event, signed by ``signer`` (Ed25519) and with ``key`` (legacy HMAC) if given."""
     command: dict[str, Any] = {
@@ -85,6 +91,10 @@ def make(
         command["issued_by"] = issued_by
     if alert_id:
         command["alert_id"] = alert_id
+    if traffic is not None:
+        command["traffic"] = traffic
+    if experiment_id:
+        command["experiment_id"] = experiment_id
     if signer is not None:
         command["signed_by"] = signer.sign("command", command)
     if key:
@@ -131,12 +141,22 @@ class History:
 
     @property
     def active_version(self) -> str | None:
-        return self.current["model_version"] if self.current else None
+        """The version everyone is sent to outside an experiment (the incumbent during one)."""
+        return experiments.active_version(self.applied)
+
+    @property
+    def experiment(self) -> Experiment | None:
+        """The experiment running now, if any."""
+        return experiments.running(self.applied)
+
+    def activations(self) -> list[dict[str, Any]]:
+        """The applied commands that made their version active for everyone, in order."""
+        return [c for c in self.applied if c["action"] in experiments.ACTIVATING]
 
     def previous_version(self) -> str | None:
         """The version that was active before the current one (``rollback`` without ``--to``)."""
         current = self.active_version
-        for command in reversed(self.applied):
+        for command in reversed(self.activations()):
             if command["model_version"] != current:
                 return str(command["model_version"])
         return None
@@ -159,7 +179,7 @@ class History:
             )
             if refused is not None:
                 return f"command {command['command_id']} refused: {refused}"
-        return None
+        return experiments.refusal(command, self.applied)
 
     def feed(self, command: dict[str, Any]) -> bool:
         """Apply ``command`` if it is valid and new; return whether it was applied."""

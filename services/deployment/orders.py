@@ -1,4 +1,9 @@
-"""Deploy and roll back: verified versions in, signed commands out, and the history read back.
+"""Deploy, roll back and run experiments: verified versions in, signed commands out, the history read back.
+
+``start_experiment`` publishes a ``shadow`` or a ``canary`` of a candidate beside the active version;
+``promote`` and ``abort`` end the running one (:mod:`services.deployment.experiments`). Each is refused
+before anything is published when the command log would refuse it (no active version, no experiment
+running, another candidate).
 
 ``rollback`` with no target reads the deployment state (:mod:`services.deployment.state`) and goes to the
 most recent version that was healthy: a version the monitor rolled back for an alert, or one that no
@@ -25,7 +30,7 @@ from typing import Any
 
 from schemas.errors import CommandError, KafkaClientError
 from services.config import Settings
-from services.deployment import commands
+from services.deployment import commands, experiments
 from services.deployment.commands import Action, History
 from services.deployment.follower import Follower, read_state
 from services.deployment.state import DeploymentState
@@ -53,6 +58,7 @@ def _publish(
     reason: str,
     registry: Registry | None,
     issued_by: str | None,
+    **experiment: Any,
 ) -> dict[str, Any]:
     # Verify first: raises VersionNotFound or VerificationError, and then nothing is published.
     (registry or Registry.from_settings(settings)).verify(version)
@@ -64,7 +70,13 @@ def _publish(
             f"unsigned {action}; nothing published"
         )
     command = commands.make(
-        action, version, reason, key=_key(settings), signer=signer, issued_by=issued_by or operator()
+        action,
+        version,
+        reason,
+        key=_key(settings),
+        signer=signer,
+        issued_by=issued_by or operator(),
+        **experiment,
     )
     commands.publish(settings, command)
     return command
@@ -100,6 +112,72 @@ def rollback(
         if to is None:
             raise CommandError(why_not)
     return _publish(settings, "rollback", to, reason or f"roll back to {to}", registry, issued_by)
+
+
+def start_experiment(
+    settings: Settings,
+    version: str,
+    traffic: float | None = None,
+    reason: str = "",
+    *,
+    registry: Registry | None = None,
+    issued_by: str | None = None,
+    state: DeploymentState | None = None,
+) -> dict[str, Any]:
+    """Publish a ``shadow`` of ``version`` (``traffic`` None) or a ``canary`` sending the share ``traffic``
+    of users to it, beside the active version; refused (nothing published) when the log would refuse it."""
+    if traffic is not None and not 0.0 < traffic < 1.0:
+        raise CommandError(f"a canary's traffic must be in (0, 1), not {traffic:g}")
+    action: Action = "shadow" if traffic is None else "canary"
+    state = state or read_state(settings)
+    probe = {"command_id": "c-new", "action": action, "model_version": version, "traffic": traffic}
+    refused = experiments.refusal(probe, state.applied)
+    if refused is not None:
+        raise CommandError(refused.replace("command c-new: ", "", 1))
+    what = f"shadow {version}" if traffic is None else f"canary {version} at {traffic:g}"
+    return _publish(settings, action, version, reason or what, registry, issued_by, traffic=traffic)
+
+
+def end_experiment(
+    settings: Settings,
+    action: Action,
+    version: str | None = None,
+    reason: str = "",
+    *,
+    registry: Registry | None = None,
+    issued_by: str | None = None,
+    state: DeploymentState | None = None,
+) -> dict[str, Any]:
+    """Publish a ``promote`` or ``abort`` of the running experiment (whose candidate ``version``, when
+    given, must be), carrying its ``experiment_id``."""
+    state = state or read_state(settings)
+    running = state.experiment
+    if running is None:
+        raise CommandError(f"no experiment is running to {action}")
+    if version is not None and version != running.candidate:
+        raise CommandError(
+            f"the running experiment {running.experiment_id} is on {running.candidate}, not {version}"
+        )
+    what = f"{action} {running.candidate} ({running.mode} {running.experiment_id})"
+    return _publish(
+        settings,
+        action,
+        running.candidate,
+        reason or what,
+        registry,
+        issued_by,
+        experiment_id=running.experiment_id,
+    )
+
+
+def promote(settings: Settings, version: str | None = None, reason: str = "", **kw: Any) -> dict[str, Any]:
+    """Make the running experiment's candidate the active version for everyone."""
+    return end_experiment(settings, "promote", version, reason, **kw)
+
+
+def abort(settings: Settings, version: str | None = None, reason: str = "", **kw: Any) -> dict[str, Any]:
+    """End the running experiment: everyone back to the incumbent."""
+    return end_experiment(settings, "abort", version, reason, **kw)
 
 
 #: How long ``deploy`` and ``rollback`` wait for the live replicas' answers by default (seconds).
@@ -239,6 +317,8 @@ class Period:
     command_id: str
     issued_by: str | None
     alert_id: str | None
+    experiment_id: str | None = None  # a shadow, canary, promote or abort's experiment
+    traffic: float | None = None  # a canary's share
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +332,8 @@ class Period:
             "command_id": self.command_id,
             "issued_by": self.issued_by,
             "alert_id": self.alert_id,
+            "experiment_id": self.experiment_id,
+            "traffic": self.traffic,
         }
 
 
@@ -275,6 +357,12 @@ def timeline(history: History) -> list[Period]:
                 command_id=command["command_id"],
                 issued_by=command.get("issued_by"),
                 alert_id=command.get("alert_id"),
+                experiment_id=(
+                    experiments.experiment_id_of(command)
+                    if command["action"] in experiments.STARTING
+                    else command.get("experiment_id")
+                ),
+                traffic=command.get("traffic"),
             )
         )
     return out

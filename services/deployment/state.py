@@ -28,6 +28,7 @@ from typing import Any
 from schemas import codec
 from schemas.errors import ContractError
 from services.deployment.commands import History
+from services.deployment.experiments import Experiment
 from services.registry.keys import Keyring
 
 #: A replica's ``rejected`` event whose error starts with this says the version would not load there
@@ -105,8 +106,13 @@ class DeploymentState:
 
     @property
     def commanded(self) -> str | None:
-        """The version the last applied command names."""
+        """The version commanded for everyone (during an experiment, the incumbent)."""
         return self.history.active_version
+
+    @property
+    def experiment(self) -> Experiment | None:
+        """The experiment commanded now, if any."""
+        return self.history.experiment
 
     # -- the replicas' events --------------------------------------------------------------------------
 
@@ -180,12 +186,13 @@ class DeploymentState:
         served when it came, that is the last commanded before it that some replica could load (a version
         no replica loaded was never served, so an alert cannot have been about it)."""
         out: set[str] = set()
-        for at, command in enumerate(self.applied):
+        activations = self.history.activations()
+        for at, command in enumerate(activations):
             if command["action"] != "rollback" or not (
                 command.get("alert_id") or command.get("issued_by") == MONITOR
             ):
                 continue
-            earlier = (str(c["model_version"]) for c in reversed(self.applied[:at]))
+            earlier = (str(c["model_version"]) for c in reversed(activations[:at]))
             served = next((v for v in earlier if not self.unloadable(v)), None)
             if served is not None:
                 out.add(served)
@@ -198,7 +205,7 @@ class DeploymentState:
         if current is None:
             return None, "nothing is deployed yet, so there is nothing to roll back"
         for_alerts, skipped = self.rolled_back_for_alerts(), dict[str, str]()
-        for command in reversed(self.applied):
+        for command in reversed(self.history.activations()):
             version = str(command["model_version"])
             if version == current or version in skipped:
                 continue

@@ -3,12 +3,15 @@
 The roles, with the least each needs (topic names are relative to the prefix):
 
     storefront  writes requests and outcomes; nothing else, in particular not model-commands
-    service     reads requests and model-commands; writes predictions, requests.dlq, model-events;
-                its consumer group and transactional ids carry the prefix
-    monitor     reads predictions, outcomes, model-commands, model-events (the replicas' acks) and
-                requests.dlq (model failures); writes metrics, alerts, model-commands, outcomes.dlq; owns
-                everything under ``<prefix>monitor`` (the Faust app's internal topics and group)
-    operator    writes model-commands (deploy, rollback); reads every topic under the prefix
+    service     reads requests and model-commands; writes predictions, predictions.shadow (a shadow
+                candidate's answers), requests.dlq, model-events; its consumer group and transactional
+                ids carry the prefix
+    monitor     reads predictions, predictions.shadow, outcomes, model-commands, model-events (the
+                replicas' acks) and requests.dlq (model failures); writes metrics, alerts, model-commands,
+                outcomes.dlq, experiments; owns everything under ``<prefix>monitor`` (the Faust app's
+                internal topics and group)
+    operator    writes model-commands (deploy, rollback, shadow, canary, promote, abort); reads every
+                topic under the prefix
 
 ``admin`` is the brokers' own super user. ``modelwatch broker start --secure`` creates the users (with
 random passwords, saved 0600 beside the cluster's data) and ``modelwatch acls apply`` writes the ACLs.
@@ -87,12 +90,20 @@ def bindings(prefix: str) -> list[AclBinding]:
     acl: list[AclBinding] = []
     acl += _topic(store, t("requests"), W, D) + _topic(store, t("outcomes"), W, D)
     acl += _topic(service, t("requests"), R, D) + _topic(service, t("model-commands"), R, D)
-    for out in ("predictions", "requests.dlq", "model-events"):
+    for out in ("predictions", "predictions.shadow", "requests.dlq", "model-events"):
         acl += _topic(service, t(out), W, D)
     acl += _prefixed(service, ResourceType.GROUP, prefix, R, D)
     acl += _prefixed(service, ResourceType.TRANSACTIONAL_ID, prefix, W, D)
     # requests.dlq: model failures count into the error rate; model-events: the replicas' acks.
-    for src in ("predictions", "outcomes", "model-commands", "model-events", "requests.dlq"):
+    sources = (
+        "predictions",
+        "predictions.shadow",
+        "outcomes",
+        "model-commands",
+        "model-events",
+        "requests.dlq",
+    )
+    for src in sources:
         acl += _topic(monitor, t(src), R, D)
     for out in ("metrics", "alerts", "model-commands", "outcomes.dlq", "experiments"):
         acl += _topic(monitor, t(out), W, D)

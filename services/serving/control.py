@@ -14,7 +14,9 @@ on this thread, off the hot path. The loaded model is handed to the poll loop th
 prediction is tagged with the version that computed it, and the acknowledgement's ``ts`` separates the
 two versions' predictions. Events on ``rec.model-events`` (key: instance):
 
-- ``activated``: version and command_id, after the swap;
+- ``activated``: version and command_id, after the swap. The version is the one this replica serves to
+  everyone: for a ``shadow`` or ``canary``, the incumbent, with the candidate loaded beside it
+  (:mod:`services.serving.experiment`); a ``promote`` swaps the loaded candidate in without reloading it;
 - ``rejected``: the command's version and command_id with the reason: the version cannot be loaded (the
   error starts with ``cannot load``: missing, failing its digest or its manifest's signature, unpicklable),
   or the command is malformed, replayed, or refused by the keyring (unsigned, unknown key, a role not
@@ -37,9 +39,11 @@ from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
+from services.deployment.experiments import ACTIVATING, STARTING, Experiment
 from services.deployment.follower import UNAUTHENTICATED, authenticated, new_state, open_command_log
 from services.deployment.state import LOAD_FAILURE
 from services.model.protocol import Served, served
+from services.serving.experiment import ShadowScorer, Trial
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 
@@ -52,11 +56,13 @@ class ModelSource(Protocol):
 
 @dataclass(frozen=True)
 class Activation:
-    """A loaded, verified version, and the command that ordered it."""
+    """A loaded, verified version, the experiment running beside it (if any), and the command that
+    ordered it."""
 
     version: str
     model: Served
     command: dict[str, Any]
+    trial: Trial | None = None
 
 
 class ModelSlot:
@@ -139,6 +145,17 @@ class Control(threading.Thread):
         )
         self._reporter = reporter
         self._next_heartbeat = 0.0
+        self.shadow = ShadowScorer(
+            kafka.producer(
+                settings,
+                **reporter.client_settings(),
+                **{"client.id": f"{settings.topic_prefix}serve-{instance}-shadow"},
+            ),
+            settings.topic("predictions.shadow"),
+            instance,
+            settings.serve.default_k,
+            log.bind(client="shadow"),
+        )
 
     # -- events ---------------------------------------------------------------------------------------
 
@@ -176,11 +193,14 @@ class Control(threading.Thread):
         command = activation.command
         self.metrics.activated(activation.version)
         self.metrics.commands.labels("activated").inc()
+        trial = activation.trial
         self.log.info(
             "activated",
             version=activation.version,
             command_id=command.get("command_id"),
             action=command.get("action"),
+            experiment=trial.experiment.experiment_id if trial else None,
+            candidate=trial.experiment.candidate if trial else None,
         )
         self._publish("activated", activation.version, ts=ts, command_id=command.get("command_id"))
 
@@ -211,6 +231,7 @@ class Control(threading.Thread):
         if not authenticated(self.settings):
             self.log.warning("commands_not_authenticated", message=UNAUTHENTICATED)
         try:
+            self.shadow.start()
             consumer = self._reader()
             if consumer is None:
                 return
@@ -234,6 +255,7 @@ class Control(threading.Thread):
             self.ready.set()
             if consumer is not None:
                 consumer.close()
+            self.shadow.stop()
             self.heartbeat(force=True)
             self.events.flush(10)
 
@@ -281,7 +303,7 @@ class Control(threading.Thread):
                 else:
                     self.log.warning("command_read_error", error=err.str())
             self.heartbeat()
-        for command in reversed(self.state.applied):
+        for command in reversed(self.state.history.activations()):
             version = command["model_version"]
             try:
                 model = load_logged(self.registry, version, self.log)
@@ -289,7 +311,13 @@ class Control(threading.Thread):
                 self._reject(command, f"{LOAD_FAILURE} {version}: {exc}")
                 continue
             self.log.info("history_read", commands=len(self.state.applied), version=version)
-            self.slot.offer(Activation(version, model, command), self.stop_event, idle=self.heartbeat)
+            activation = Activation(version, model, command)
+            experiment = self.state.experiment
+            if experiment is not None and experiment.incumbent == version:
+                trial = self._trial(experiment, self._command(experiment.command_id), None)
+                if trial is not None:
+                    activation = Activation(version, model, self._command(experiment.command_id), trial)
+            self.slot.offer(activation, self.stop_event, idle=self.heartbeat)
             return
         self.log.warning(
             "no_model",
@@ -316,10 +344,25 @@ class Control(threading.Thread):
             self._reject(command, reason)
             return
         self.state.feed_command(command, offset)
-        version = command["model_version"]
-        active = self.slot.active
+        action, version, active = command["action"], command["model_version"], self.slot.active
+        if action not in ACTIVATING:  # an experiment starts or ends beside the active version
+            if active is None:
+                self._reject(command, f"no active version here to run the {action} of {version} beside")
+                return
+            trial = None
+            experiment = self.state.experiment
+            if action in STARTING and experiment is not None:
+                trial = self._trial(experiment, command, active.trial)
+                if trial is None:
+                    return  # rejected: the incumbent keeps serving alone
+            self.slot.offer(
+                Activation(active.version, active.model, command, trial), self.stop_event, idle=self.heartbeat
+            )
+            return
         if active is not None and active.version == version:
             model = active.model  # already serving it: obey (and acknowledge) without reloading
+        elif active is not None and active.trial is not None and active.trial.experiment.candidate == version:
+            model = active.trial.model  # a promote: the candidate is loaded and verified already
         else:
             self.log.info("loading", version=version, command_id=command["command_id"])
             try:
@@ -328,3 +371,21 @@ class Control(threading.Thread):
                 self._reject(command, f"{LOAD_FAILURE} {version}: {exc}")
                 return
         self.slot.offer(Activation(version, model, command), self.stop_event, idle=self.heartbeat)
+
+    def _command(self, command_id: str) -> dict[str, Any]:
+        return next(c for c in self.state.applied if c["command_id"] == command_id)
+
+    def _trial(self, experiment: Experiment, command: dict[str, Any], running: Trial | None) -> Trial | None:
+        """The experiment with its candidate loaded (reused from ``running`` when it is the same version),
+        or ``None`` after rejecting ``command`` because the candidate would not load."""
+        candidate = experiment.candidate
+        if running is not None and running.experiment.candidate == candidate:
+            model = running.model
+        else:
+            self.log.info("loading", version=candidate, command_id=command["command_id"])
+            try:
+                model = load_logged(self.registry, candidate, self.log)
+            except Exception as exc:  # as a deploy's: the registry verifies before unpickling
+                self._reject(command, f"{LOAD_FAILURE} {candidate}: {exc}")
+                return None
+        return Trial(experiment, model, self.shadow if experiment.mode == "shadow" else None)

@@ -41,11 +41,11 @@ from services.config import Settings
 from services.kafka.retry import NotYet, backoff_s, retry
 from services.serving.control import Activation, Control, ModelSlot, ModelSource
 from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, ExactlyOnce
+from services.serving.experiment import predictions_by_version, score_with_experiment
 from services.serving.intake import Decoder, dead_letter
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 from services.serving.process import tune_gc_for_serving
-from services.serving.scoring import score
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -368,13 +368,13 @@ class Service:
         assert active is not None, "serving without a model"
         requests, sources = intake.requests, intake.sources
         dead = intake.dead
-        scored = score(active.model, requests, self.settings.serve.default_k)
+        scored, versions = score_with_experiment(active, requests, self.settings.serve.default_k)
         model_dead = 0
         if scored.failures:
             now_ms = int(time.time() * 1000)
             for position, error in scored.failures:
                 # The version that failed: the monitor counts it into that version's error rate.
-                dead.append(dead_letter(sources[position], error, now_ms, model_version=active.version))
+                dead.append(dead_letter(sources[position], error, now_ms, model_version=versions[position]))
             model_dead = len(scored.failures)
             self.log.warning("model_failed", requests=model_dead, first_error=scored.failures[0][1])
 
@@ -383,11 +383,13 @@ class Service:
         now_ms = max(int(time.time() * 1000), self._last_ts)
         self._last_ts = now_ms
         latency_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
-        version, instance, topic = active.version, self.instance, self.predictions_topic
+        instance, topic = self.instance, self.predictions_topic
         produce, dumps = producer.produce, orjson.dumps
         try:
             # One pass over three parallel lists: no per-request indexing.
-            for request, scores, selected in zip(requests, scored.scores, scored.selected, strict=True):
+            for request, version, scores, selected in zip(
+                requests, versions, scored.scores, scored.selected, strict=True
+            ):
                 if scores is None or selected is None:
                     continue
                 items = request["items"]
@@ -396,7 +398,7 @@ class Service:
                     {
                         "request_id": rid,
                         "user_id": request["user_id"],
-                        "model_version": version,
+                        "model_version": version,  # a canary's candidate, or the active version
                         "scores": dict(zip(items, scores, strict=False)),  # lengths checked in scoring
                         "recommended": [items[j] for j in selected],
                         "instance": instance,
@@ -430,7 +432,8 @@ class Service:
         m = self.metrics
         m.requests.inc(n)
         if predictions:
-            m.predictions.labels(version).inc(predictions)
+            for made_by, count in predictions_by_version(scored, versions).items():
+                m.predictions.labels(made_by).inc(count)
         if len(dead) > model_dead:
             m.dead_letters.labels("contract").inc(len(dead) - model_dead)
         if model_dead:
