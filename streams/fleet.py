@@ -17,12 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.deployment.experiments import ACTIVATING
 from services.deployment.state import DeploymentState
 
 
 @dataclass(frozen=True)
 class Fleet:
-    applied: Sequence[dict[str, Any]]  # the applied commands, in log order
+    #: The applied commands that made their version active for everyone (deploy, rollback, promote), in
+    #: log order: a shadow or canary experiment, and its abort, leave the incumbent what is commanded.
+    applied: Sequence[dict[str, Any]]
     commanded: str | None  # the version the last applied command names
     acknowledged: str | None = None  # the version most live replicas serve (None: no live replica has one)
     serving: dict[str, str | None] = field(default_factory=dict)  # live replica -> the version it serves
@@ -43,7 +46,7 @@ class Fleet:
         """The view of ``state`` now (the caller holds whatever lock guards ``state``)."""
         versions = {str(c["model_version"]) for c in state.applied} | set(state.load_failures)
         return cls(
-            applied=list(state.applied),
+            applied=[c for c in state.applied if c["action"] in ACTIVATING],
             commanded=state.commanded,
             acknowledged=state.served(now_ms),
             serving=state.serving(now_ms),

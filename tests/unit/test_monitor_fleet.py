@@ -195,3 +195,16 @@ def test_the_same_version_deployed_again_and_rejected_again_is_a_new_incident() 
         ("firing", activations.alert_id("v2", again["command_id"])),
         ("resolved", activations.alert_id("v2", cmds[2]["command_id"])),
     ]
+
+
+def test_a_canary_leaves_the_incumbent_commanded_and_out_of_the_epochs() -> None:
+    """A shadow or canary command names its candidate; the monitor must not take it for a deploy (its epochs,
+    its rollback targets): the incumbent stays what is commanded until a promote."""
+    v1 = deploy("v1")
+    canary = make("canary", "v2", "try v2", ts=NOW - 5 * MIN, traffic=0.2)
+    fleet = Fleet.of_commands([v1, canary])
+    assert fleet.commanded == "v1"
+    assert [c["action"] for c in fleet.applied] == ["deploy"]
+    promote = make("promote", "v2", "v2 is no worse", ts=NOW - MIN, experiment_id=f"e-{canary['command_id']}")
+    promoted = Fleet.of_commands([v1, canary, promote])
+    assert promoted.commanded == "v2" and [c["action"] for c in promoted.applied] == ["deploy", "promote"]
