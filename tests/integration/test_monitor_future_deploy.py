@@ -21,24 +21,21 @@ from services.model.recommender import Recommender
 from services.registry import Registry
 from services.sandbox.world import World
 from streams.rollback import ISSUER
-from tests.integration.monitor_support import MonitorProcess, Storefront, traffic, write_config
+from tests.integration.monitor_support import (
+    ROLLBACK_MONITOR,
+    ROLLBACK_RULE,
+    ROLLBACK_WINDOW_MS,
+    MonitorProcess,
+    Storefront,
+    traffic,
+    write_config,
+)
 from tests.integration.serving_support import Collector, Replica, wait_for
 
 PARTITIONS = 6  # the settings fixture's topics
-W = 1000
+W = ROLLBACK_WINDOW_MS
 AHEAD_MS = 600_000  # the operator's clock: ten minutes ahead
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 40,
-    "time_window_s": 2,
-    "emit_every_n": 20,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.3,
-    "session_timeout_s": 6,
-    "rollback_cooldown_s": 1,
-}
-RULE = {"name": "f1-rollback", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20,
-        "for": 2, "severity": "critical", "action": "rollback"}  # fmt: skip
+MONITOR, RULE = {**ROLLBACK_MONITOR, "rollback_cooldown_s": 1}, ROLLBACK_RULE
 REPLICAS = ("serve-a", "serve-b")
 
 
