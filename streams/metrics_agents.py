@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 
+from schemas.errors import ConfigError
 from services.config import Settings
 from streams.activations import RULE as ACTIVATION_RULE
 from streams.exposition import JoinPartition, MonitorMetrics, firing_alerts
@@ -55,13 +56,14 @@ class MetricsAgents:
             return
         self.exposition = MonitorMetrics(m.unlabelled)
         self.app.timer(REFRESH_S, name=f"{self.app.conf.id}.metrics")(self.refresh_metrics)
-        self.app.task(self._serve_metrics)
-
-    async def _serve_metrics(self) -> None:
-        assert self.exposition is not None and self.settings.monitor.metrics_port is not None
+        # Served from now on, not from a Faust task: /healthz answers as soon as the process lives, and
+        # never after the worker says it is ready (a task may start later than that).
         self.exposition.refresh({}, [], [], ready=False)
-        self.exposition.start_http(self.settings.monitor.metrics_port, ready=self.is_ready)
-        log.info("metrics, /healthz and /readyz on port %d", self.settings.monitor.metrics_port)
+        try:
+            self.exposition.start_http(m.metrics_port, ready=self.is_ready)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on port {m.metrics_port}: {exc}") from exc
+        log.info("metrics, /healthz and /readyz on port %d", m.metrics_port)
 
     def is_ready(self) -> bool:
         """Connected and recovered: the first rebalance's tables are restored, no rebalance or recovery is

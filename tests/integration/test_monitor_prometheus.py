@@ -139,3 +139,23 @@ def test_a_scrape_shows_what_the_monitor_emitted(kafka_bootstrap: str, tmp_path:
             assert sample(samples, "modelwatch_monitor_ready") == 1
         finally:
             monitor.stop()
+
+
+def test_healthz_answers_from_the_moment_the_monitor_is_built_and_readyz_waits(kafka_bootstrap: str) -> None:
+    """Liveness must not wait for Faust to start its tasks (which may come after the worker says it is
+    ready): the endpoints are up once the monitor exists; /readyz says 503 until a rebalance is done."""
+    from streams.app import create_monitor  # Faust is slow to import
+
+    port = free_port()
+    with topic_world(kafka_bootstrap, PARTITIONS) as settings:
+        monitor = create_monitor(
+            settings.model_copy(
+                update={"monitor": settings.monitor.model_copy(update={"metrics_port": port})}
+            )
+        )
+        try:
+            assert probe(port, "/healthz") == 200
+            assert probe(port, "/readyz") == 503
+        finally:
+            assert monitor.exposition is not None
+            monitor.exposition.stop_http()
