@@ -38,7 +38,7 @@ unit: $(BIN)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 test: lint monitoring-tools
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)  # the slowest tests, to keep the run within its budget
 
 # The real Prometheus, promtool and Alertmanager the integration tests run: Debian bookworm's packages
 # (Prometheus 2.42, Alertmanager 0.25), installed once when missing, as the broker fetches the Kafka jars.

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from services.config import Settings
 from services.model.recommender import Recommender
 from services.sandbox.world import World
-from tests.integration.serving_support import Collector, Replica
+
+# The integration tests' collector and replicas fixtures, shared: a fixture is found by its name here.
+from tests.integration.conftest import collector, replicas  # noqa: F401
 
 
 @dataclass
@@ -131,29 +132,6 @@ def models(world: World) -> tuple[Recommender, Recommender]:
     """Two real, quickly trained versions (different ranks, so their scores differ)."""
     log = world.interactions(3000, seed=1)
     return Recommender(n_components=4).fit(log), Recommender(n_components=2).fit(log)
-
-
-@pytest.fixture
-def collector(settings: Settings) -> Iterator[Collector]:
-    """Everything the replicas publish, read committed, from the start of the test's topics."""
-    c = Collector(settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Any]:
-    """Starts ``modelwatch serve`` replicas (logs in tmp_path); kills what is left at the end."""
-    started: list[Replica] = []
-
-    def start(instance: str, *args: str, env: dict[str, str] | None = None) -> Replica:
-        replica = Replica(instance, tmp_path, *args, env=env)
-        started.append(replica)
-        return replica
-
-    yield start
-    for r in started:
-        r.close()
 
 
 @pytest.fixture
