@@ -19,6 +19,7 @@ from services import kafka
 from services.config import Settings
 from streams.routing import Router, partition_of
 from tests.integration.monitor_support import (
+    QUICK_MONITOR,
     MonitorProcess,
     Storefront,
     read_events,
@@ -30,15 +31,8 @@ from tests.integration.monitor_support import (
 
 PARTITIONS = 3
 W = 1000  # label window, ms
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 100,
-    "time_window_s": 5,
-    "emit_every_n": 10,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.5,
-    "session_timeout_s": 6,
-}
+MONITOR = {**QUICK_MONITOR, "label_window_s": W / 1000, "count_window": 100, "time_window_s": 5,
+           "emit_every_n": 10, "commit_interval_s": 0.5}  # fmt: skip
 
 
 def total(settings: Settings, version: str) -> int:

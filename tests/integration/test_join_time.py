@@ -24,6 +24,7 @@ from services.registry import Registry
 from services.sandbox.world import World as SandboxWorld
 from services.serving import Service
 from tests.integration.monitor_support import (
+    QUICK_MONITOR,
     MonitorProcess,
     Req,
     Storefront,
@@ -41,18 +42,9 @@ PARTITIONS = 3
 W = 2000  # label window, ms
 IDLE_S = 2.0
 PAST_S = 15.0
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": 100,
-    "time_window_s": 5,
-    "emit_every_n": 50,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 0.3,
-    "session_timeout_s": 6,
-    "idle_timeout_s": IDLE_S,
-    "past_tolerance_s": PAST_S,
-    "unlabelled": "no_purchase",
-}
+MONITOR = {**QUICK_MONITOR, "label_window_s": W / 1000, "count_window": 100, "time_window_s": 5,
+           "emit_every_n": 50, "idle_timeout_s": IDLE_S, "past_tolerance_s": PAST_S,
+           "unlabelled": "no_purchase"}  # fmt: skip
 #: Every version here is healthy (F1 0.8 on each labelled request, about 0.75 with a tenth of them never
 #: bought from): far below means labels were lost.
 RULE = {"name": "f1-low", "metric": "f1", "below": 0.6, "min_samples": 20, "for": 1, "severity": "critical"}

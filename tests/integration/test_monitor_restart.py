@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.monitor_support import (
+    QUICK_MONITOR,
     MonitorProcess,
     Req,
     Storefront,
@@ -29,16 +30,8 @@ PARTITIONS = 3
 W = 1000
 N = 40
 BATCH = 200
-MONITOR = {
-    "label_window_s": W / 1000,
-    "count_window": N,
-    "time_window_s": 1,
-    "emit_every_n": 25,
-    "emit_every_s": 1.0,
-    "commit_interval_s": 1.0,
-    "session_timeout_s": 6,
-    "batch_size": BATCH,
-}
+MONITOR = {**QUICK_MONITOR, "label_window_s": W / 1000, "count_window": N, "emit_every_n": 25,
+           "commit_interval_s": 1.0, "batch_size": BATCH}  # fmt: skip
 RULE = {"name": "f1-low", "metric": "f1", "below": 0.3, "resolve_above": 0.5, "min_samples": 20, "for": 2}
 
 
