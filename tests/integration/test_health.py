@@ -10,8 +10,8 @@ from services.config import Settings
 from services.model.recommender import Recommender
 from services.registry import Registry
 from services.sandbox.world import World
+from tests.endpoints import get
 from tests.integration.serving_support import Replica, free_port, wait_for
-from tests.unit.test_health import get
 
 
 def status_of(port: int, path: str) -> int | None:

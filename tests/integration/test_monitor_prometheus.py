@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.endpoints import get
 from tests.integration.monitor_support import (
     QUICK_MONITOR,
     QUICK_WINDOW_MS,
@@ -23,7 +24,6 @@ from tests.integration.monitor_support import (
     write_config,
 )
 from tests.integration.serving_support import free_port
-from tests.unit.test_health import get
 
 PARTITIONS = 3
 W = QUICK_WINDOW_MS  # label window, ms of event time

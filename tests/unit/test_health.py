@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import socket
 import threading
-import urllib.error
-import urllib.request
 
 from services.serving.metrics import ServeMetrics
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from tests.endpoints import get
 
 
 def test_healthz_is_alive_readyz_follows_readiness_and_the_metrics_stay() -> None:
