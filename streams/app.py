@@ -52,6 +52,8 @@ from streams.alertmanager_agents import AlertmanagerAgents
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
+from streams.experiment_agents import ExperimentAgents
+from streams.experiments import is_evidence
 from streams.failures import Failure, encode_failures, failure_of
 from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts
@@ -70,7 +72,7 @@ log = logging.getLogger("modelwatch.monitor")
 READY = "modelwatch monitor ready"
 
 
-class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
+class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
     """The Faust app, its topics and tables, and the plain state its agents share."""
 
     def __init__(self, settings: Settings) -> None:
@@ -107,11 +109,15 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         self.partitions = partitions
         self.predictions_topic = settings.topic("predictions")
         self.outcomes_topic = settings.topic("outcomes")
+        self.shadow_topic = settings.topic("predictions.shadow")  # paired with the outcomes, never windowed
         raw: dict[str, Any] = {"key_type": str, "value_type": bytes, "value_serializer": "raw"}
         # Keys as bytes, never decoded: the join reads the request_id from the value, and a key that is not
         # UTF-8 would otherwise raise in Faust's decoder and stall the join agent for good, silently.
         self.sources = self.app.topic(
-            self.predictions_topic, self.outcomes_topic, **{**raw, "key_type": bytes, "key_serializer": "raw"}
+            self.predictions_topic,
+            self.outcomes_topic,
+            self.shadow_topic,
+            **{**raw, "key_type": bytes, "key_serializer": "raw"},
         )
         self.joinable = self.app.topic(
             f"{self.app_id}-joinable",
@@ -157,6 +163,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
             int(m.rollback_cooldown_s * 1000), signing_key=key, signer=signer_of(settings, "monitor")
         )
         self.decisions = Decisions(self.policy, self.baselines)
+        self._install_experiments(key, signer_of(settings, "monitor"))  # signed like the rollbacks
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
@@ -228,10 +235,11 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
                 if self._watch_generation != self._generation:
                     self._load_trackers()
                 fleet = self._fleet()
-                batch = ((e.value, e.message.partition, e.message.offset) for e in events)
-                emissions, touched = self.watching.count(batch, fleet)
+                batch = [(e.value, e.message.partition, e.message.offset) for e in events]
+                emissions, touched = self.watching.count((b for b in batch if not is_evidence(b[0])), fleet)
                 await self._publish(emissions, fleet)
                 self._persist(touched)
+                await self.count_experiments([b for b in batch if is_evidence(b[0])])
 
     async def failures(self, stream: faust.StreamT) -> None:
         """Model failures from the dead-letter topic, sent on to the labelled stream by version."""
@@ -266,6 +274,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
             await self._publish(emissions, fleet)
             self._persist(touched)
             await self._publish_activations(fleet)
+            await self.count_experiments([])  # decisions the history held back; paced events
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats
