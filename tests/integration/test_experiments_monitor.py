@@ -11,6 +11,7 @@ a retrain at a margin of 0.05 needs thousands of labelled requests, see the READ
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -77,7 +78,7 @@ def fleet(
     replicas: Callable[..., Replica],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[Settings, dict[str, str], list[PublicKey]]]:
+) -> Iterator[tuple[Settings, dict[str, str], MonitorProcess, list[PublicKey]]]:
     """Keys (publisher, operator, monitor), four versions, two replicas on the first and the monitor."""
     publisher, publisher_pub = key_pair(tmp_path, "publisher")
     _, operator_pub = key_pair(tmp_path, "operator")
@@ -114,7 +115,7 @@ def fleet(
     monitor = MonitorProcess(keyed, config, workdir, monitor_env)
     monitor.start()
     try:
-        yield keyed, versions, [monitor_pub]
+        yield keyed, versions, monitor, [monitor_pub]
     finally:
         monitor.stop()
         admin = kafka.admin(keyed)
@@ -131,6 +132,7 @@ def run_experiment(
     capsys: pytest.CaptureFixture[str],
     argv: list[str],
     seed: int,
+    during: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], Counter[str], float]:
     """Start the experiment, play the storefront until the monitor's command is on the log and both
     replicas obeyed it; return the command, the experiment's last event, the predictions per version made
@@ -144,6 +146,8 @@ def run_experiment(
     eid = experiment.experiment_id
     storefront = Storefront(settings, seed)
     try:
+        if during is not None:
+            during(eid)
 
         def decided() -> dict[str, Any] | None:
             ours = [c for c in read_state(settings).applied if c.get("experiment_id") == eid]
@@ -183,11 +187,11 @@ def everyone_on(settings: Settings, collector: Collector, version: str, tag: str
 
 
 def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
-    fleet: tuple[Settings, dict[str, str], list[PublicKey]],
+    fleet: tuple[Settings, dict[str, str], MonitorProcess, list[PublicKey]],
     collector: Collector,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings, v, [monitor_pub] = fleet
+    settings, v, monitor, [monitor_pub] = fleet
     report = []
 
     def check(command: dict[str, Any], final: dict[str, Any], action: str, candidate: str) -> None:
@@ -215,9 +219,35 @@ def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
     assert share <= 0.25, made
     everyone_on(settings, collector, v["v1"], "after-abort")
 
-    # A healthy retrain at 0.2: promoted, then it serves everyone.
+    def kill_and_restart(eid: str) -> None:
+        """SIGKILL the monitor once it has counted some of the experiment, start it again: it resumes the
+        comparison from its changelog, and sends one decision."""
+
+        def counted() -> bool:
+            events = read_events(settings, "experiments", "experiment")
+            return any(e["experiment_id"] == eid and e["labelled"]["candidate"] > 0 for e in events)
+
+        wait_for(counted, 60, f"the monitor counting {eid}", every=0.25)
+        monitor.kill()
+        monitor.start()
+        restored = wait_for(
+            lambda: re.search(
+                rf"restored experiment {eid}: running, labelled \((\d+), (\d+)\)", monitor.log()
+            ),
+            60,
+            "the experiment restored",
+        )
+        report.append(f"killed mid-experiment; restored with {restored.group(1)} candidate labelled requests")
+        assert int(restored.group(1)) > 0
+
+    # A healthy retrain at 0.2: promoted, then it serves everyone; the monitor is killed (SIGKILL) on the way.
     command, final, made, took = run_experiment(
-        settings, collector, capsys, ["deploy", v["retrain"], "--canary", "0.2"], seed=2
+        settings,
+        collector,
+        capsys,
+        ["deploy", v["retrain"], "--canary", "0.2"],
+        seed=2,
+        during=kill_and_restart,
     )
     check(command, final, "promote", v["retrain"])
     report.append(f"canary retrain: promote after {took:.0f} s, labelled {final['labelled']}")
