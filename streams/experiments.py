@@ -52,6 +52,8 @@ log = logging.getLogger("modelwatch.monitor")
 #: Keys of the labelled topic (and of the ``windows`` table) that hold an experiment, not a version.
 KEY_PREFIX = "experiment:"
 _MARK = b'{"experiment":'
+#: Ended experiments remembered (in memory) against their late evidence.
+FINISHED_KEPT = 100
 
 
 def command_id(experiment_id: str, decision: Decision) -> str:
@@ -155,6 +157,10 @@ class Experiments:
     #: ``None`` to delete it).
     dirty: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
     _last_event: dict[str, int] = field(default_factory=dict)
+    #: The last run that ended on this worker, as its final event: the metrics still show its decision.
+    ended: dict[str, Any] | None = None
+    #: Experiments that ended here: evidence the join sent before it saw the end is not counted afresh.
+    finished: dict[str, None] = field(default_factory=dict)
 
     def restore(self, records: Iterable[tuple[str, Any]], owned: Collection[int]) -> None:
         self.runs = {}
@@ -184,6 +190,8 @@ class Experiments:
             log.warning("skipped an experiment message at offset %d: %r", offset, exc)
             return None
         run = self.runs.get(experiment.experiment_id)
+        if run is None and experiment.experiment_id in self.finished:
+            return None  # late evidence of an experiment that has ended
         if run is None:
             comparison = Comparison(Mode(experiment.mode), self.settings)
             run = self.runs[experiment.experiment_id] = Run(experiment, comparison, partition)
@@ -274,6 +282,10 @@ class Experiments:
     def _end(self, eid: str, why: str) -> None:
         run = self.runs.pop(eid)
         log.info("experiment %s ends in the monitor: %s", eid, why)
+        self.ended = run.event(run.comparison.latest_ms or 0)
+        self.finished[eid] = None
+        while len(self.finished) > FINISHED_KEPT:
+            del self.finished[next(iter(self.finished))]
         self.dirty[run.key] = (run.partition, None)
         self._last_event.pop(eid, None)
 
@@ -288,6 +300,12 @@ class Experiments:
                 self._last_event[eid] = now_ms
                 out.append(run.event(now_ms))
         return out
+
+    def standing(self) -> list[dict[str, Any]]:
+        """Where each run stands (an experiment event each), the last ended one too: for the metrics."""
+        running = [run.event(run.comparison.latest_ms or 0) for run in self.runs.values()]
+        ended = [] if self.ended is None or self.ended["experiment_id"] in self.runs else [self.ended]
+        return ended + running
 
     def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | None]]:
         """(key, partition, the state or ``None`` to delete it) to write now."""

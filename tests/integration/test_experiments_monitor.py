@@ -32,7 +32,16 @@ from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
 from streams.rollback import ISSUER
 from tests.integration.monitor_support import MonitorProcess, read_events, write_config
-from tests.integration.serving_support import Collector, Replica, encoded, produce, requests_of, wait_for
+from tests.integration.serving_support import (
+    Collector,
+    Replica,
+    encoded,
+    free_port,
+    produce,
+    requests_of,
+    wait_for,
+)
+from tests.integration.test_monitor_prometheus import sample, scrape
 
 NAMES = ("serve-a", "serve-b")
 MONITOR = {
@@ -78,7 +87,7 @@ def fleet(
     replicas: Callable[..., Replica],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[Settings, dict[str, str], MonitorProcess, list[PublicKey]]]:
+) -> Iterator[tuple[Settings, dict[str, str], MonitorProcess, tuple[PublicKey, int]]]:
     """Keys (publisher, operator, monitor), four versions, two replicas on the first and the monitor."""
     publisher, publisher_pub = key_pair(tmp_path, "publisher")
     _, operator_pub = key_pair(tmp_path, "operator")
@@ -106,7 +115,8 @@ def fleet(
 
     workdir = tmp_path / "monitor"
     workdir.mkdir()
-    config = write_config(workdir / "monitor.toml", MONITOR, [])
+    port = free_port()
+    config = write_config(workdir / "monitor.toml", {**MONITOR, "metrics_port": port}, [])
     monitor_env = {
         **env,
         "MODELWATCH_KEYS__MONITOR_KEY": str(tmp_path / "monitor.pem"),
@@ -115,7 +125,7 @@ def fleet(
     monitor = MonitorProcess(keyed, config, workdir, monitor_env)
     monitor.start()
     try:
-        yield keyed, versions, monitor, [monitor_pub]
+        yield keyed, versions, monitor, (monitor_pub, port)
     finally:
         monitor.stop()
         admin = kafka.admin(keyed)
@@ -187,11 +197,11 @@ def everyone_on(settings: Settings, collector: Collector, version: str, tag: str
 
 
 def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
-    fleet: tuple[Settings, dict[str, str], MonitorProcess, list[PublicKey]],
+    fleet: tuple[Settings, dict[str, str], MonitorProcess, tuple[PublicKey, int]],
     collector: Collector,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings, v, monitor, [monitor_pub] = fleet
+    settings, v, monitor, (monitor_pub, port) = fleet
     report = []
 
     def check(command: dict[str, Any], final: dict[str, Any], action: str, candidate: str) -> None:
@@ -267,5 +277,16 @@ def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
     assert set(made) == {v["retrain"]}, made
     report.append(f"shadow retrain: promote after {took:.0f} s, labelled {final['labelled']}")
     everyone_on(settings, collector, v["retrain2"], "after-shadow")
+
+    # The last experiment, as the monitor's Prometheus endpoint shows it.
+    eid, labels = command["experiment_id"], final["labelled"]
+    samples = scrape(port)
+    assert (
+        sample(samples, "modelwatch_monitor_experiment_decision", experiment_id=eid, decision="promote") == 1
+    )
+    for arm in ("candidate", "incumbent"):
+        got = sample(samples, "modelwatch_monitor_experiment_labelled_requests", experiment_id=eid, arm=arm)
+        assert got == labels[arm]
+    assert (sample(samples, "modelwatch_monitor_shadow_paired_total") or 0) >= labels["candidate"]
     with capsys.disabled():
         print("\n" + "\n".join(report))

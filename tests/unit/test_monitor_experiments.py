@@ -15,6 +15,7 @@ from services.deployment.experiments import Experiment, running
 from services.serving.experiment import on_candidate
 from streams.comparison import Decision
 from streams.experiments import Experiments, command_id, evidence, is_evidence
+from streams.exposition import MonitorMetrics
 from streams.join import SHADOW, DictStore, Joiner, Labelled, Paired, joinable_outcome, joinable_prediction
 from streams.routing import Router
 from streams.watch import Watch
@@ -184,6 +185,8 @@ def test_a_humans_command_ends_the_experiment_without_one_of_ours() -> None:
     assert runs.decide(log, running(log), 1) == []
     assert runs.runs == {}
     assert [v for _, _, v in runs.take_dirty()][-1] is None  # its state deleted
+    # Evidence the join sent before it saw the end starts no fresh comparison of it.
+    assert runs.count(shadow_message(30, worse=False, start=30), 0, 2) is None and runs.runs == {}
 
 
 def test_promote_and_paced_events() -> None:
@@ -209,3 +212,24 @@ def test_the_watch_never_takes_an_experiment_state_for_a_version() -> None:
     watch = Watch.__new__(Watch)
     watch.config = None  # type: ignore[assignment]
     assert watch.restore(records, owned={0}) == 0 and watch.trackers == {}
+
+
+def test_the_metrics_show_where_each_experiment_stands_and_the_last_one_ended() -> None:
+    runs = Experiments(SMALL)
+    log = commands_log(("shadow", "s1"))
+    runs.count(shadow_message(100, worse=True), 0, 1)
+    metrics = MonitorMetrics()
+    metrics.refresh({}, [], [], ready=True, experiments=runs.standing(), shadow=(100, 3))
+    [event] = runs.standing()
+    labels = {"experiment_id": "e-s1"}
+    assert metrics.value("modelwatch_monitor_experiment_labelled_requests", **labels, arm="candidate") == 100
+    assert metrics.value("modelwatch_monitor_experiment_estimate", **labels) == pytest.approx(
+        event["estimate"]
+    )
+    assert metrics.value("modelwatch_monitor_experiment_interval_high", **labels) == event["interval"][1] < 0
+    assert metrics.value("modelwatch_monitor_experiment_decision", **labels, decision="abort") == 1
+    assert metrics.value("modelwatch_monitor_shadow_unpaired_total") == 3
+    [command] = runs.decide(log, running(log), 1)
+    on_log = [*log, command]
+    runs.decide(on_log, running(on_log), 2)  # ended: its command is on the log
+    assert runs.runs == {} and [e["decision"] for e in runs.standing()] == ["abort"]
