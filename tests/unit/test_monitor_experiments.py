@@ -233,3 +233,13 @@ def test_the_metrics_show_where_each_experiment_stands_and_the_last_one_ended() 
     on_log = [*log, command]
     runs.decide(on_log, running(on_log), 2)  # ended: its command is on the log
     assert runs.runs == {} and [e["decision"] for e in runs.standing()] == ["abort"]
+
+
+def test_an_inconclusive_experiment_is_aborted_saying_why() -> None:
+    runs = Experiments(SMALL.model_copy(update={"max_duration_s": 10.0}))
+    log = commands_log(("shadow", "s1"))
+    runs.count(shadow_message(30, worse=False), 0, 1)  # event times 1000..1029 ms
+    runs.count(shadow_message(5, worse=False, start=20_000), 0, 2)  # 20 s of event time later
+    [command] = runs.decide(log, running(log), 1)
+    assert (command["action"], command["command_id"]) == ("abort", "experiment:e-s1:inconclusive")
+    assert "inconclusive: undecided after 10 s of event time" in command["reason"]
