@@ -64,9 +64,7 @@ class ExperimentAgents:
         _, running = self.follower.experiment()
         if running is None:
             return []
-        labelled = [item for items in by_version.values() for item in items]
-        message = evidence(running, labelled, paired)
-        return [] if message is None else [message]
+        return evidence(running, [item for items in by_version.values() for item in items], paired)
 
     async def count_experiments(self, messages: list[tuple[bytes, int, int]]) -> None:
         """The watch's side (under its lock): evidence counted, events and decisions sent, state written."""

@@ -52,6 +52,8 @@ log = logging.getLogger("modelwatch.monitor")
 #: Keys of the labelled topic (and of the ``windows`` table) that hold an experiment, not a version.
 KEY_PREFIX = "experiment:"
 _MARK = b'{"experiment":'
+#: Labelled requests (or pairs) per evidence message.
+CHUNK = 1000
 #: Ended experiments remembered (in memory) against their late evidence.
 FINISHED_KEPT = 100
 
@@ -68,8 +70,9 @@ def is_evidence(value: bytes) -> bool:
 
 def evidence(
     experiment: Experiment, labelled: Iterable[Labelled], paired: Iterable[Paired]
-) -> tuple[str, bytes] | None:
-    """One batch's evidence for ``experiment``, as (key, value) of a labelled-topic message, or ``None``."""
+) -> list[tuple[str, bytes]]:
+    """One batch's evidence for ``experiment``, as (key, value) of labelled-topic messages of at most
+    :data:`CHUNK` requests each (well under Kafka's 1 MB message limit); none when it has none."""
     arms: list[list[Any]] = []
     pairs: list[list[Any]] = []
     if experiment.mode == Mode.CANARY and experiment.traffic is not None:
@@ -88,10 +91,16 @@ def evidence(
             if (p.candidate, p.incumbent) == (experiment.candidate, experiment.incumbent):
                 c, i = p.candidate_counts, p.incumbent_counts
                 pairs.append([p.ts, c.tp, c.fp, c.fn, i.tp, i.fp, i.fn])
-    if not arms and not pairs:
-        return None
-    value = orjson.dumps({"experiment": asdict(experiment), "arms": arms, "pairs": pairs})
-    return f"{KEY_PREFIX}{experiment.experiment_id}", value
+    key, described = f"{KEY_PREFIX}{experiment.experiment_id}", asdict(experiment)
+    return [
+        (
+            key,
+            orjson.dumps(
+                {"experiment": described, "arms": arms[i : i + CHUNK], "pairs": pairs[i : i + CHUNK]}
+            ),
+        )
+        for i in range(0, max(len(arms), len(pairs)), CHUNK)
+    ]
 
 
 @dataclass

@@ -125,12 +125,15 @@ def test_canary_evidence_keeps_the_incumbents_arm_to_its_users() -> None:
         Labelled("rc", "v2", 150, BAD, False, next(u for u in users if on_candidate("e-c1", u, 0.5)))
     )
     items.append(Labelled("rx", "v3", 150, BAD, False, "u1"))  # neither arm
-    key, value = evidence(CANARY, items, []) or ("", b"")
+    [(key, value)] = evidence(CANARY, items, [])
     assert key == "experiment:e-c1" and is_evidence(value)
     arms = orjson.loads(value)["arms"]
     assert [a[1] for a in arms if a[0] == 1] == [items[-2].user_id]
     assert {a[1] for a in arms if a[0] == 0} == {u for u in users if not on_candidate("e-c1", u, 0.5)}
-    assert evidence(CANARY, [], [Paired("r", 1, "v1", "v2", GOOD, BAD)]) is None
+    assert evidence(CANARY, [], [Paired("r", 1, "v1", "v2", GOOD, BAD)]) == []
+    many = [Paired(f"r{i}", i, "v1", "v2", GOOD, BAD) for i in range(2500)]
+    chunks = evidence(SHADOW_RUN, [], many)
+    assert [len(orjson.loads(v)["pairs"]) for _, v in chunks] == [1000, 1000, 500]
 
 
 def commands_log(*actions: tuple[str, str]) -> list[dict[str, Any]]:
@@ -143,9 +146,8 @@ def commands_log(*actions: tuple[str, str]) -> list[dict[str, Any]]:
 def shadow_message(n: int, worse: bool, start: int = 0) -> bytes:
     incumbent, candidate = (GOOD, BAD) if worse else (GOOD, GOOD)
     pairs = [Paired(f"r{start + i}", 1000 + start + i, "v1", "v2", incumbent, candidate) for i in range(n)]
-    key_value = evidence(SHADOW_RUN, [], pairs)
-    assert key_value is not None
-    return key_value[1]
+    [(_key, value)] = evidence(SHADOW_RUN, [], pairs)
+    return value
 
 
 SMALL = ExperimentSettings(min_samples=50, burn_in=20, tuning=200)
