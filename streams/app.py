@@ -2,7 +2,7 @@
 
 Three agents, each with concurrency 1 and batches from ``stream.take_events``:
 
-``route``  reads predictions and outcomes as their producers partitioned them, checks them (the contract,
+``route``  reads predictions, outcomes and shadow predictions as produced, checks them (the contract,
            plausible event times: :mod:`schemas.eventtime`; bad outcomes go to ``<prefix>outcomes.dlq``)
            and repartitions them by request_id to the internal topic ``<prefix>monitor-joinable``, one
            message per join partition and batch, with a report on its source partitions
@@ -15,6 +15,9 @@ Three agents, each with concurrency 1 and batches from ``stream.take_events``:
            emits metrics, judges the alert rules (:mod:`streams.alerts`), follows the deployment epochs and
            orders rollbacks (:mod:`streams.decisions`, :mod:`streams.rollback`); its state lives in the
            ``windows`` table.
+           While an experiment runs, the join also sends its evidence (shadow pairs, a canary's arms) on
+           the labelled topic, and the watch agent runs its comparison and sends its decision
+           (:mod:`streams.experiments`, :mod:`streams.experiment_agents`).
 ``failures`` reads the dead-letter topic and sends the model failures on to the labelled stream by
            version (:mod:`streams.failures`), where ``watch`` counts them into the version's error rate.
 
