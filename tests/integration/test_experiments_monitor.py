@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from services import kafka
@@ -31,7 +32,7 @@ from services.sandbox.storefront import SimulationPlan, simulate
 from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
 from streams.rollback import ISSUER
-from tests.integration.monitor_support import MonitorProcess, read_events, write_config
+from tests.integration.monitor_support import MonitorProcess, read_events, read_labelled, write_config
 from tests.integration.serving_support import (
     Collector,
     Replica,
@@ -277,6 +278,21 @@ def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
     assert set(made) == {v["retrain"]}, made
     report.append(f"shadow retrain: promote after {took:.0f} s, labelled {final['labelled']}")
     everyone_on(settings, collector, v["retrain2"], "after-shadow")
+
+    # No shadow prediction counted as a labelled request of its version: the shadowed requests are labelled
+    # under the incumbent's answer only (the version windows read exactly this topic).
+    shadowed: dict[str, set[str]] = {}
+    for _k, value, _ts in kafka.read_topic(settings, settings.topic("predictions.shadow")):
+        p = orjson.loads(value)
+        shadowed.setdefault(p["model_version"], set()).add(p["request_id"])
+    assert set(shadowed) == {v["degraded"], v["retrain2"]}
+    labelled = read_labelled(settings)
+    for version, ids in shadowed.items():
+        assert not [
+            item for item in labelled if item["model_version"] == version and item["request_id"] in ids
+        ]
+    under_incumbent = {i["request_id"] for i in labelled if i["model_version"] == v["retrain"]}
+    assert len(shadowed[v["retrain2"]] & under_incumbent) >= final["labelled"]["incumbent"] > 0
 
     # The last experiment, as the monitor's Prometheus endpoint shows it.
     eid, labels = command["experiment_id"], final["labelled"]
