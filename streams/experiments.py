@@ -80,12 +80,11 @@ def evidence(
             c = item.counts
             if c is None or not item.user_id:
                 continue
-            if item.model_version == experiment.candidate:
-                arms.append([1, item.user_id, item.ts, c.tp, c.fp, c.fn])
-            elif item.model_version == experiment.incumbent and not on_candidate(
-                experiment.experiment_id, item.user_id, experiment.traffic
-            ):
-                arms.append([0, item.user_id, item.ts, c.tp, c.fp, c.fn])
+            # Each arm only its own users: the candidate's answers to others (an earlier experiment's,
+            # labelled late) and the incumbent's to the candidate's users (before this one) are not its.
+            arm = on_candidate(experiment.experiment_id, item.user_id, experiment.traffic)
+            if item.model_version == (experiment.candidate if arm else experiment.incumbent):
+                arms.append([int(arm), item.user_id, item.ts, c.tp, c.fp, c.fn])
     elif experiment.mode == Mode.SHADOW:
         for p in paired:
             if (p.candidate, p.incumbent) == (experiment.candidate, experiment.incumbent):

@@ -125,10 +125,14 @@ def test_canary_evidence_keeps_the_incumbents_arm_to_its_users() -> None:
         Labelled("rc", "v2", 150, BAD, False, next(u for u in users if on_candidate("e-c1", u, 0.5)))
     )
     items.append(Labelled("rx", "v3", 150, BAD, False, "u1"))  # neither arm
+    # The candidate's answer to a user of the incumbent's arm: an earlier experiment's, not this one's.
+    items.append(
+        Labelled("ro", "v2", 90, BAD, False, next(u for u in users if not on_candidate("e-c1", u, 0.5)))
+    )
     [(key, value)] = evidence(CANARY, items, [])
     assert key == "experiment:e-c1" and is_evidence(value)
     arms = orjson.loads(value)["arms"]
-    assert [a[1] for a in arms if a[0] == 1] == [items[-2].user_id]
+    assert [a[1] for a in arms if a[0] == 1] == [items[-3].user_id]  # "rc" only
     assert {a[1] for a in arms if a[0] == 0} == {u for u in users if not on_candidate("e-c1", u, 0.5)}
     assert evidence(CANARY, [], [Paired("r", 1, "v1", "v2", GOOD, BAD)]) == []
     many = [Paired(f"r{i}", i, "v1", "v2", GOOD, BAD) for i in range(2500)]
