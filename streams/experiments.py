@@ -6,9 +6,9 @@ agent also sends that batch's evidence for it, in one message keyed ``experiment
 topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one worker
 (the owner of that partition) runs its comparison, whatever versions the other workers count.
 
-- *Canary*: the candidate's labelled requests, and the incumbent's from the users the split keeps on the
-  incumbent (the same salted hash the replicas use, :func:`services.serving.experiment.on_candidate`), each
-  with its user: the comparison's units are the users.
+- *Canary*: each arm's labelled requests from its own users (the same salted hash the replicas use,
+  :func:`services.serving.experiment.on_candidate`: the candidate's answers to the candidate's users, the
+  incumbent's to the others), each with its user: the comparison's units are the users.
 - *Shadow*: the pairs of the incumbent's and the candidate's shadow prediction of one request labelled by
   the same outcome (:class:`streams.join.Paired`). A shadow prediction is never a labelled request of its
   version: it reached no user, so it counts in no version's windows, alerts or rollbacks.
