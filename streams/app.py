@@ -2,7 +2,7 @@
 
 Three agents, each with concurrency 1 and batches from ``stream.take_events``:
 
-``route``  reads predictions and outcomes as their producers partitioned them, checks them (the contract,
+``route``  reads predictions, outcomes and shadow predictions as produced, checks them (the contract,
            plausible event times: :mod:`schemas.eventtime`; bad outcomes go to ``<prefix>outcomes.dlq``)
            and repartitions them by request_id to the internal topic ``<prefix>monitor-joinable``, one
            message per join partition and batch, with a report on its source partitions
@@ -15,6 +15,9 @@ Three agents, each with concurrency 1 and batches from ``stream.take_events``:
            emits metrics, judges the alert rules (:mod:`streams.alerts`), follows the deployment epochs and
            orders rollbacks (:mod:`streams.decisions`, :mod:`streams.rollback`); its state lives in the
            ``windows`` table.
+           While an experiment runs, the join also sends its evidence (shadow pairs, a canary's arms) on
+           the labelled topic, and the watch agent runs its comparison and sends its decision
+           (:mod:`streams.experiments`, :mod:`streams.experiment_agents`).
 ``failures`` reads the dead-letter topic and sends the model failures on to the labelled stream by
            version (:mod:`streams.failures`), where ``watch`` counts them into the version's error rate.
 
@@ -52,6 +55,8 @@ from streams.alertmanager_agents import AlertmanagerAgents
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
+from streams.experiment_agents import ExperimentAgents
+from streams.experiments import is_evidence
 from streams.failures import Failure, encode_failures, failure_of
 from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts
@@ -70,7 +75,7 @@ log = logging.getLogger("modelwatch.monitor")
 READY = "modelwatch monitor ready"
 
 
-class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
+class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
     """The Faust app, its topics and tables, and the plain state its agents share."""
 
     def __init__(self, settings: Settings) -> None:
@@ -107,11 +112,15 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         self.partitions = partitions
         self.predictions_topic = settings.topic("predictions")
         self.outcomes_topic = settings.topic("outcomes")
+        self.shadow_topic = settings.topic("predictions.shadow")  # paired with the outcomes, never windowed
         raw: dict[str, Any] = {"key_type": str, "value_type": bytes, "value_serializer": "raw"}
         # Keys as bytes, never decoded: the join reads the request_id from the value, and a key that is not
         # UTF-8 would otherwise raise in Faust's decoder and stall the join agent for good, silently.
         self.sources = self.app.topic(
-            self.predictions_topic, self.outcomes_topic, **{**raw, "key_type": bytes, "key_serializer": "raw"}
+            self.predictions_topic,
+            self.outcomes_topic,
+            self.shadow_topic,
+            **{**raw, "key_type": bytes, "key_serializer": "raw"},
         )
         self.joinable = self.app.topic(
             f"{self.app_id}-joinable",
@@ -157,6 +166,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
             int(m.rollback_cooldown_s * 1000), signing_key=key, signer=signer_of(settings, "monitor")
         )
         self.decisions = Decisions(self.policy, self.baselines)
+        self._install_experiments(key, signer_of(settings, "monitor"))  # signed like the rollbacks
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
@@ -228,10 +238,11 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
                 if self._watch_generation != self._generation:
                     self._load_trackers()
                 fleet = self._fleet()
-                batch = ((e.value, e.message.partition, e.message.offset) for e in events)
-                emissions, touched = self.watching.count(batch, fleet)
+                batch = [(e.value, e.message.partition, e.message.offset) for e in events]
+                emissions, touched = self.watching.count((b for b in batch if not is_evidence(b[0])), fleet)
                 await self._publish(emissions, fleet)
                 self._persist(touched)
+                await self.count_experiments([b for b in batch if is_evidence(b[0])])
 
     async def failures(self, stream: faust.StreamT) -> None:
         """Model failures from the dead-letter topic, sent on to the labelled stream by version."""
@@ -266,6 +277,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
             await self._publish(emissions, fleet)
             self._persist(touched)
             await self._publish_activations(fleet)
+            await self.count_experiments([])  # decisions the history held back; paced events
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats

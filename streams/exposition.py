@@ -25,6 +25,19 @@ Per join partition this worker owns (``partition``), and per input stream (``str
 and ``modelwatch_monitor_alert_firing{alertname,model_version,severity}`` (1 per alert firing now) and
 ``modelwatch_monitor_ready`` (1 once recovered).
 
+Per experiment this worker runs (the owner of its evidence partition, :mod:`streams.experiments`; the
+last one ended stays until another starts), what its experiment events say::
+
+    modelwatch_monitor_experiment_labelled_requests{experiment_id,arm}   arm: candidate or incumbent
+    modelwatch_monitor_experiment_estimate{experiment_id}                per-request F1, candidate - incumbent
+    modelwatch_monitor_experiment_interval_low{experiment_id}            its confidence sequence's interval
+    modelwatch_monitor_experiment_interval_high{experiment_id}
+    modelwatch_monitor_experiment_decision{experiment_id,decision}       1: running, promote, abort, ...
+
+and per worker the join's shadow predictions, ``modelwatch_monitor_shadow_paired_total`` (labelled beside
+their incumbent's answer) and ``modelwatch_monitor_shadow_unpaired_total`` (their request resolved first,
+or its incumbent prediction never came).
+
 Ownership. A version's windows belong to the worker that owns its partition of ``<prefix>monitor-labelled``
 (:mod:`streams.watch`); only that worker exports them, so a ``sum by (model_version)`` over the workers
 counts each version once. After a rebalance the versions that moved away disappear from this worker's
@@ -128,8 +141,12 @@ class MonitorMetrics(Collector):
         joins: Iterable[JoinPartition],
         alerts: Iterable[FiringAlert],
         ready: bool,
+        experiments: Iterable[Mapping[str, Any]] = (),
+        shadow: tuple[int, int] = (0, 0),
     ) -> None:
-        """Build the snapshot the next scrapes read: ``trackers`` are the versions this worker owns now."""
+        """Build the snapshot the next scrapes read: ``trackers`` are the versions this worker owns now,
+        ``experiments`` the experiment events of the runs it owns, ``shadow`` the join's (paired, unpaired)
+        shadow predictions."""
         for key in [k for k in self._emitted if k[0] not in trackers]:
             del self._emitted[key]  # moved to another worker, or never ours
         for version, tracker in trackers.items():
@@ -211,6 +228,7 @@ class MonitorMetrics(Collector):
         for alert in sorted(set(alerts), key=lambda a: (a.alertname, a.model_version)):
             firing.add_metric([alert.alertname, alert.model_version, alert.severity], 1)
         families.append(firing)
+        families += _experiment_families(experiments, shadow)
         families.append(
             GaugeMetricFamily(PREFIX + "ready", "1 once the worker's tables are recovered.", value=int(ready))
         )
@@ -237,6 +255,48 @@ class MonitorMetrics(Collector):
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _experiment_families(
+    experiments: Iterable[Mapping[str, Any]], shadow: tuple[int, int]
+) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    labelled = GaugeMetricFamily(
+        PREFIX + "experiment_labelled_requests",
+        "Labelled requests of each arm in the experiment's comparison.",
+        labels=["experiment_id", "arm"],
+    )
+    gauges = {
+        name: GaugeMetricFamily(PREFIX + f"experiment_{name}", doc, labels=["experiment_id"])
+        for name, doc in (
+            ("estimate", "Per-request F1, candidate minus incumbent."),
+            ("interval_low", "Low end of the confidence sequence's interval of the estimate."),
+            ("interval_high", "High end of the confidence sequence's interval of the estimate."),
+        )
+    }
+    decision = GaugeMetricFamily(
+        PREFIX + "experiment_decision",
+        "1 for the experiment's decision so far (running, promote, abort or inconclusive).",
+        labels=["experiment_id", "decision"],
+    )
+    for event in experiments:
+        eid = str(event["experiment_id"])
+        for arm in ("candidate", "incumbent"):
+            labelled.add_metric([eid, arm], event["labelled"][arm])
+        if event.get("estimate") is not None:
+            gauges["estimate"].add_metric([eid], float(event["estimate"]))
+        if event.get("interval") is not None:
+            gauges["interval_low"].add_metric([eid], float(event["interval"][0]))
+            gauges["interval_high"].add_metric([eid], float(event["interval"][1]))
+        decision.add_metric([eid, str(event["decision"])], 1)
+    paired = CounterMetricFamily(
+        PREFIX + "shadow_paired", "Shadow predictions labelled beside their incumbent's.", value=shadow[0]
+    )
+    unpaired = CounterMetricFamily(
+        PREFIX + "shadow_unpaired",
+        "Shadow predictions never paired: their request resolved first, or no incumbent prediction came.",
+        value=shadow[1],
+    )
+    return [labelled, *gauges.values(), decision, paired, unpaired]
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -17,6 +17,7 @@ from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
+from services.deployment.experiments import Experiment
 from services.deployment.follower import Follower
 from services.kafka.topics import check_command_topic
 from streams.fleet import Fleet
@@ -63,6 +64,13 @@ class CommandFollower:
         """One consistent view of the deployment state for one evaluation (:mod:`streams.fleet`)."""
         with self._follower.lock:
             return Fleet.of(self._follower.state)
+
+    def experiment(self) -> tuple[list[dict[str, Any]], Experiment | None]:
+        """Every applied command in log order (experiment commands too), and the experiment running after
+        them: one consistent view."""
+        with self._follower.lock:
+            state = self._follower.state
+            return list(state.applied), state.experiment
 
     def commanded(self) -> str | None:
         """The version the last applied command names (which may be one no replica could load)."""

@@ -42,25 +42,31 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import orjson
-
-from schemas.metrics import Counts, request_counts
+from schemas.metrics import request_counts
+from streams.labelled import Labelled, Paired
+from streams.labelled import decode_bundle as decode_bundle  # re-exported: the join's output, read here
+from streams.labelled import encode_bundle as encode_bundle
 from streams.markers import MarkerRecord, Markers, request_hash
 from streams.watermarks import ALL_IDLE, Clocks
 
 Unlabelled = Literal["no_purchase", "drop"]
 
 PREDICTION, OUTCOME = "prediction", "outcome"
+#: A shadow candidate's prediction (``rec.predictions.shadow``): never a version's labelled request, only
+#: one half of a pair with the incumbent's prediction of the same request (:class:`Paired`).
+SHADOW = "shadow"
 #: Markers are grouped by the prediction clock when they were set, in buckets of this many ms.
 MARKER_BUCKET_MS = 1000
 
 
-def joinable_prediction(p: dict[str, Any], source: int = 0) -> dict[str, Any]:
+def joinable_prediction(p: dict[str, Any], source: int = 0, kind: str = PREDICTION) -> dict[str, Any]:
     """What the join needs of a prediction event: its event time and what the counts need (the candidates,
-    the recommended ones, the version), and the source partition it was read from."""
+    the recommended ones, the version), its user (a canary's arms are users), and the source partition it
+    was read from. ``kind`` is :data:`SHADOW` for a shadow candidate's prediction."""
     ts = p.get("request_ts")
     return {
-        "kind": PREDICTION,
+        "kind": kind,
+        "user": str(p["user_id"]),
         "request_id": p["request_id"],
         "ts": int(p["ts"] if ts is None else ts),
         "version": p["model_version"],
@@ -131,52 +137,6 @@ class DictStore:
         return iter([(b, c, v) for (b, c), v in self.markers.items()])
 
 
-@dataclass(frozen=True, slots=True)
-class Labelled:
-    """A prediction with its label: what the join hands to the per-version windows.
-
-    ``counts`` is ``None`` for an expired prediction that config says to drop (it is still reported).
-    """
-
-    request_id: str
-    model_version: str
-    ts: int
-    counts: Counts | None
-    expired: bool = False
-
-    def encode(self) -> bytes:
-        c = self.counts
-        return orjson.dumps(
-            {
-                "request_id": self.request_id,
-                "model_version": self.model_version,
-                "ts": self.ts,
-                "counts": None if c is None else [c.tp, c.fp, c.fn, c.tn],
-                "expired": self.expired,
-            }
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> Labelled:
-        return cls.from_dict(orjson.loads(data))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Labelled:
-        c = d["counts"]
-        counts = None if c is None else Counts(*c)
-        return cls(d["request_id"], d["model_version"], int(d["ts"]), counts, d["expired"])
-
-
-def encode_bundle(items: list[Labelled]) -> bytes:
-    """Labelled requests of one version as one message: the repartition costs a message per version and
-    batch, not per request."""
-    return b"[" + b",".join(item.encode() for item in items) + b"]"
-
-
-def decode_bundle(data: bytes) -> list[Labelled]:
-    return [Labelled.from_dict(d) for d in orjson.loads(data)]
-
-
 @dataclass
 class JoinStats:
     joined: int = 0
@@ -184,6 +144,8 @@ class JoinStats:
     expired: int = 0
     duplicates: int = 0
     orphan_outcomes: int = 0
+    paired: int = 0  # shadow predictions labelled beside their incumbent's
+    shadow_unpaired: int = 0  # shadow predictions whose request was resolved first, or never predicted
 
     def add(self, other: JoinStats) -> None:
         for name in self.__dataclass_fields__:
@@ -208,11 +170,39 @@ class Joiner:
     _outcomes: list[tuple[int, str]] = field(default_factory=list)
     markers: Markers = field(default_factory=Markers)
     now_ms: int = -1  # the router's clock (processing time), as last reported
+    #: Shadow pairs labelled since the caller last took them (:meth:`take_paired`).
+    paired: list[Paired] = field(default_factory=list)
 
     # -- events ------------------------------------------------------------------------------------------
 
     def event(self, e: dict[str, Any]) -> list[Labelled]:
+        if e["kind"] == SHADOW:
+            return self.shadow(e)
         return self.prediction(e) if e["kind"] == PREDICTION else self.outcome(e)
+
+    def shadow(self, s: dict[str, Any]) -> list[Labelled]:
+        """A shadow candidate's prediction: it waits with its request's prediction or outcome (in the
+        same pending entry, so a request with both halves and a shadow is one entry) and is labelled
+        when its incumbent's prediction is. It moves no clock: the shadow thread lags the answers."""
+        rid = s["request_id"]
+        if request_hash(rid) in self.markers:
+            # The request was labelled already: the shadow came after its outcome, too late to pair (a
+            # later outcome cannot be had again). Never a label of its own, so nothing is biased.
+            self.stats.shadow_unpaired += 1
+            return []
+        entry = self.store.get(rid)
+        if entry is None:
+            self.store.put(rid, {"kind": SHADOW, "ts": int(s["ts"]), "shadow": _pending_shadow(s)})
+            heapq.heappush(self._predictions, (int(s["ts"]), rid))
+        elif "shadow" in entry:
+            self.stats.duplicates += 1
+        else:
+            self.store.put(rid, {**entry, "shadow": _pending_shadow(s)})
+        return []
+
+    def take_paired(self) -> list[Paired]:
+        paired, self.paired = self.paired, []
+        return paired
 
     def prediction(self, p: dict[str, Any]) -> list[Labelled]:
         """A joinable prediction (:func:`joinable_prediction`) whose event time is plausible."""
@@ -221,16 +211,19 @@ class Joiner:
         out: list[Labelled] = []
         marked = request_hash(rid) in self.markers
         entry = None if marked else self.store.get(rid)
+        pending = _pending_prediction(p)
+        if entry is not None and entry["kind"] == SHADOW:  # its shadow came first: they wait together
+            pending["shadow"], entry = entry["shadow"], None
         if marked or (entry is not None and entry["kind"] == PREDICTION):
             self.stats.duplicates += 1
         elif entry is not None:
             self.stats.outcome_first += 1
-            out.append(self._resolve(rid, _pending_prediction(p), entry))
+            out.append(self._resolve(rid, pending, entry))
         elif ts + self.label_window_ms < watermarks.outcomes.watermark:
             # Every outcome within its window has been seen already, and none was this one's.
-            out.append(self._resolve(rid, _pending_prediction(p), None))
+            out.append(self._resolve(rid, pending, None))
         else:
-            self.store.put(rid, _pending_prediction(p))
+            self.store.put(rid, pending)
             heapq.heappush(self._predictions, (ts, rid))
         watermarks.predictions.observe(p.get("source", 0), ts)
         return out + self.advance()
@@ -242,15 +235,20 @@ class Joiner:
         out: list[Labelled] = []
         marked = request_hash(rid) in self.markers
         entry = None if marked else self.store.get(rid)
+        pending = _pending_outcome(o)
+        if entry is not None and entry["kind"] == SHADOW:  # only the shadow so far: they wait together
+            pending["shadow"], entry = entry["shadow"], None
         if marked or (entry is not None and entry["kind"] == OUTCOME):
             self.stats.duplicates += 1
         elif entry is not None:
-            out.append(self._resolve(rid, entry, _pending_outcome(o)))
+            out.append(self._resolve(rid, entry, pending))
         elif ts + self.prediction_wait_ms < watermarks.outcomes.watermark:
             # Its prediction would have come by now: nothing can be judged with it.
             self.stats.orphan_outcomes += 1
+            self.stats.shadow_unpaired += "shadow" in pending
+            self.store.delete(rid)
         else:
-            self.store.put(rid, _pending_outcome(o))
+            self.store.put(rid, pending)
             heapq.heappush(self._outcomes, (ts, rid))
         watermarks.outcomes.observe(o.get("source", 0), ts)
         return out + self.advance()
@@ -293,12 +291,27 @@ class Joiner:
         # The bucket ends after ts: the marker outlives ts + 2 windows.
         self.markers.mark(request_hash(rid), max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS)
         version, candidates, recommended = pred["version"], pred["candidates"], pred["recommended"]
+        user = str(pred.get("user", ""))
+        shadow = pred.get("shadow") or (outcome or {}).get("shadow")
         if outcome is not None and int(outcome["ts"]) <= ts + self.label_window_ms:
             self.stats.joined += 1
-            return Labelled(rid, version, ts, request_counts(candidates, recommended, outcome["purchased"]))
-        self.stats.expired += 1
-        counts = request_counts(candidates, recommended, ()) if self.unlabelled == "no_purchase" else None
-        return Labelled(rid, version, ts, counts, expired=True)
+            purchased = outcome["purchased"]
+            labelled = Labelled(
+                rid, version, ts, request_counts(candidates, recommended, purchased), False, user
+            )
+        else:
+            self.stats.expired += 1
+            purchased = () if self.unlabelled == "no_purchase" else None
+            counts = None if purchased is None else request_counts(candidates, recommended, purchased)
+            labelled = Labelled(rid, version, ts, counts, True, user)
+        if shadow is not None and labelled.counts is not None:
+            # The same outcome labels both answers: a paired observation of the two versions.
+            self.stats.paired += 1
+            shadow_counts = request_counts(shadow["candidates"], shadow["recommended"], purchased or ())
+            self.paired.append(Paired(rid, ts, version, shadow["version"], labelled.counts, shadow_counts))
+        elif shadow is not None:
+            self.stats.shadow_unpaired += 1
+        return labelled
 
     def _expire_predictions(self) -> list[Labelled]:
         out: list[Labelled] = []
@@ -308,6 +321,9 @@ class Joiner:
             entry = self.store.get(rid)
             if entry is not None and entry["kind"] == PREDICTION and entry["ts"] == ts:
                 out.append(self._resolve(rid, entry, None))
+            elif entry is not None and entry["kind"] == SHADOW and entry["ts"] == ts:
+                self.store.delete(rid)  # the incumbent's prediction never came: nothing to pair with
+                self.stats.shadow_unpaired += 1
         return out
 
     def _expire_outcomes(self) -> None:
@@ -319,6 +335,7 @@ class Joiner:
             if entry is not None and entry["kind"] == OUTCOME and entry["ts"] == ts:
                 self.store.delete(rid)
                 self.stats.orphan_outcomes += 1
+                self.stats.shadow_unpaired += "shadow" in entry
 
     def _forget_markers(self) -> None:
         markers = self.markers
@@ -340,7 +357,7 @@ class Joiner:
         """Rebuild the expiry heaps and markers from the store's records of this partition (a restart)."""
         self._predictions, self._outcomes = [], []
         for rid, entry in entries:
-            heap = self._predictions if entry["kind"] == PREDICTION else self._outcomes
+            heap = self._outcomes if entry["kind"] == OUTCOME else self._predictions  # a shadow: predictions
             heap.append((int(entry["ts"]), rid))
         for heap in (self._predictions, self._outcomes):
             heapq.heapify(heap)
@@ -352,7 +369,14 @@ class Joiner:
 
 
 def _pending_prediction(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: p[k] for k in ("kind", "ts", "version", "candidates", "recommended")}
+    pending = {k: p[k] for k in ("kind", "ts", "version", "candidates", "recommended")}
+    if "user" in p:
+        pending["user"] = p["user"]
+    return pending
+
+
+def _pending_shadow(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: s[k] for k in ("version", "candidates", "recommended")}
 
 
 def _pending_outcome(o: dict[str, Any]) -> dict[str, Any]:

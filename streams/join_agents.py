@@ -18,7 +18,7 @@ import faust
 import orjson
 
 from services.config import Settings
-from streams.join import Joiner, JoinStats, Labelled, encode_bundle
+from streams.join import SHADOW, Joiner, JoinStats, Labelled, encode_bundle
 from streams.offsets import SEEN, PartitionOffsets, read_range
 from streams.routing import Router, dead_letter
 from streams.routing import decode_bundle as decode_joinable
@@ -38,6 +38,7 @@ class JoinAgents:
     partitions: int
     predictions_topic: str
     outcomes_topic: str
+    shadow_topic: str
     joinable: faust.TopicT
     outcomes_dlq: faust.TopicT
     labelled: faust.TopicT
@@ -58,13 +59,13 @@ class JoinAgents:
             dead = []
             for event in events:
                 message = event.message
-                kind = "predictions" if message.topic == self.predictions_topic else "outcomes"
+                kind = self._kinds().get(message.topic, "outcomes")
                 broker_ms = round(message.timestamp * 1000) if message.timestamp else None
                 rejected = router.route(kind, message.partition, self.partitions, broker_ms, event.value)
                 if rejected is None:
                     continue
                 error, why = rejected
-                if kind == "outcomes":
+                if kind == "outcomes":  # a bad prediction's request was dead-lettered by the service
                     dead.append(
                         dead_letter(
                             error, event.key, event.value, message.topic, message.partition, message.offset
@@ -74,6 +75,17 @@ class JoinAgents:
                 log.warning("skipped %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
             sent = [await self.outcomes_dlq.send(key=key, value=value, force=True) for key, value in dead]
             await self._send_joinable(sent)
+
+    def _kinds(self) -> dict[str, str]:
+        return {
+            self.predictions_topic: "predictions",
+            self.outcomes_topic: "outcomes",
+            self.shadow_topic: SHADOW,
+        }
+
+    def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
+        """This batch's evidence for a running experiment (:mod:`streams.experiment_agents` has it)."""
+        return []
 
     async def report(self, *_: Any) -> None:
         """Tell every join partition how the source partitions stand, also when no event comes."""
@@ -114,6 +126,8 @@ class JoinAgents:
                 for version, items in by_version.items()
                 for i in range(0, len(items), BUNDLE)
             ]
+            for key, value in self.experiment_messages(by_version):
+                sent.append(await self.labelled.send(key=key, value=value, force=True))
             if sent:
                 await asyncio.gather(*sent)
             for partition, store in stores.items():

@@ -18,9 +18,10 @@ import faust
 from schemas.errors import ConfigError
 from services.config import Settings
 from streams.activations import RULE as ACTIVATION_RULE
+from streams.experiments import Experiments
 from streams.exposition import JoinPartition, MonitorMetrics, firing_alerts
 from streams.history import CommandFollower
-from streams.join import Joiner
+from streams.join import Joiner, JoinStats
 from streams.tables import PartitionedTable
 from streams.tracker import Emission, VersionTracker
 from streams.watch import Watch
@@ -42,6 +43,8 @@ class MetricsAgents:
     pending: PartitionedTable
     joiners: dict[int, Joiner]
     watching: Watch
+    experiments: Experiments
+    join_stats: JoinStats
     follower: CommandFollower
     published: set[tuple[str, str]] | None
     _owned: set[int]
@@ -117,6 +120,12 @@ class MetricsAgents:
                 and (aid, "resolved") not in self.published
             ]
         trackers = self.watching.trackers
+        stats = self.join_stats
         self.exposition.refresh(
-            trackers, joins, firing_alerts(trackers.values(), activations), self.is_ready()
+            trackers,
+            joins,
+            firing_alerts(trackers.values(), activations),
+            self.is_ready(),
+            experiments=self.experiments.standing(),
+            shadow=(stats.paired, stats.shadow_unpaired),
         )

@@ -33,7 +33,7 @@ import orjson
 from schemas import codec
 from schemas.errors import ContractError
 from schemas.eventtime import implausible
-from streams.join import joinable_outcome, joinable_prediction
+from streams.join import SHADOW, joinable_outcome, joinable_prediction
 
 #: A dead letter carries at most this much of the original payload, as the service's do.
 PAYLOAD_LIMIT = 64 * 1024
@@ -54,6 +54,8 @@ class RouterStats:
     invalid_outcomes: int = 0
     implausible_predictions: int = 0
     implausible_outcomes: int = 0
+    shadow: int = 0
+    invalid_shadow: int = 0  # contract-invalid or implausible: dropped, counted
 
 
 @dataclass
@@ -91,6 +93,8 @@ class Router:
     ) -> tuple[str, str] | None:
         """Take one source message; ``None``, or ``(error, kind)`` for a message that goes no further
         (kind ``invalid`` or ``implausible``), the error naming the field."""
+        if stream == SHADOW:
+            return self._route_shadow(partition, broker_ms, value)
         self.assign(stream, partition, partitions)
         source = self.sources[(stream, partition)]
         source.seen = self.clock()
@@ -118,6 +122,26 @@ class Router:
         else:
             self.stats.outcomes += 1
         source.latest = max(source.latest, joinable["ts"])
+        self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
+        return None
+
+    def _route_shadow(
+        self, partition: int, broker_ms: int | None, value: bytes | None
+    ) -> tuple[str, str] | None:
+        """A shadow prediction goes to its request's join partition like the request's prediction. Its
+        source partitions are no stream of their own: they hold no watermark back and move none (the
+        shadow thread may lag, or a shadow end, without any clock waiting for it)."""
+        try:
+            event = codec("prediction").decode(value)
+        except ContractError as exc:
+            self.stats.invalid_shadow += 1
+            return f"shadow {exc}", "invalid"
+        joinable = joinable_prediction(event, partition, kind=SHADOW)
+        problem = implausible(joinable["ts"], broker_ms, self.future_ms, self.prediction_past_ms)
+        if problem is not None:
+            self.stats.invalid_shadow += 1
+            return f"shadow prediction: {problem}", "implausible"
+        self.stats.shadow += 1
         self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
         return None
 

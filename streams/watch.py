@@ -17,6 +17,7 @@ import orjson
 
 from streams.alerts import Baseline
 from streams.decisions import Decisions
+from streams.experiments import KEY_PREFIX as EXPERIMENT_KEYS
 from streams.failures import decode_failures, is_failures
 from streams.fleet import Fleet
 from streams.join import decode_bundle
@@ -50,6 +51,8 @@ class Watch:
         by_version: dict[str, list[dict[str, Any]]] = {}
         partition_of: dict[str, int] = {}
         for key, value in records:
+            if key.startswith(EXPERIMENT_KEYS):
+                continue  # an experiment's state (streams.experiments), not a version's
             version = key.rpartition("|")[0]
             by_version.setdefault(version, []).append(value)
             if "partition" in value:

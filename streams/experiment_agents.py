@@ -1,0 +1,98 @@
+"""The experiments' side of :class:`streams.app.Monitor`: their evidence out of the join, their comparison in
+the watch agent, their events and commands (:mod:`streams.experiments`).
+
+The join agent hands :meth:`ExperimentAgents.experiment_messages` each batch's labelled requests and shadow
+pairs; while the command log says an experiment runs, they go on, as that experiment's evidence, to the
+labelled topic. The watch agent hands the evidence messages it reads to :meth:`count_experiments`, which
+feeds the comparison, sends the experiment events to ``rec.experiments`` and the decision's command to the
+command topic (on the broker before the state that says it was sent is written), and writes the state to
+the ``windows`` table (its changelog is what a restarted worker resumes from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+
+from schemas import codec
+from services.config import Settings
+from streams.experiments import Experiments, evidence
+from streams.history import CommandFollower
+from streams.join import Joiner, Labelled
+from streams.tables import PartitionedTable
+
+log = logging.getLogger("modelwatch.monitor")
+
+
+class ExperimentAgents:
+    """Mixed into :class:`streams.app.Monitor`, which sets these attributes up."""
+
+    settings: Settings
+    app: faust.App
+    labelled: faust.TopicT
+    commands_out: faust.TopicT
+    windows: PartitionedTable
+    follower: CommandFollower
+    joiners: dict[int, Joiner]
+    _generation: int
+    _owned: set[int]
+    experiments: Experiments
+    experiments_out: faust.TopicT
+    _experiments_generation: int = -1
+
+    def _install_experiments(self, signing_key: str | None, signer: Any) -> None:
+        self.experiments_out = self.app.topic(
+            self.settings.topic("experiments"), key_type=str, value_type=bytes, value_serializer="raw"
+        )
+        self.experiments = Experiments(
+            self.settings.experiments,
+            signer=signer,
+            signing_key=signing_key,
+            every_ms=int(self.settings.monitor.emit_every_s * 1000),
+        )
+
+    def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
+        """The join's side: this batch's evidence for the running experiment (the shadow pairs the joiners
+        labelled, or a canary's arms), as labelled-topic messages."""
+        paired = [p for joiner in self.joiners.values() for p in joiner.take_paired()]
+        if not self.follower.ready.is_set():
+            return []  # which experiment runs is not known yet; its evidence starts a little later
+        _, running = self.follower.experiment()
+        if running is None:
+            return []
+        return evidence(running, [item for items in by_version.values() for item in items], paired)
+
+    async def count_experiments(self, messages: list[tuple[bytes, int, int]]) -> None:
+        """The watch's side (under its lock): evidence counted, events and decisions sent, state written."""
+        runs = self.experiments
+        if self._experiments_generation != self._generation:
+            runs.restore(self.windows.items(), self._owned)
+            self._experiments_generation = self._generation
+        for value, partition, offset in messages:
+            runs.count(value, partition, offset)
+        if not runs.runs and not runs.dirty:
+            return
+        now_ms = int(time.time() * 1000)
+        sent = []
+        if self.follower.ready.is_set():  # nothing decided before the command log has been read
+            applied, running = self.follower.experiment()
+            for command in runs.decide(applied, running, now_ms):
+                value = codec("model-command").encode(command)
+                sent.append(
+                    await self.commands_out.send(key=self.settings.model_name, value=value, force=True)
+                )
+        for event in runs.events(now_ms):
+            value = codec("experiment").encode(event)
+            sent.append(await self.experiments_out.send(key=event["experiment_id"], value=value, force=True))
+        if sent:
+            await asyncio.gather(*sent)  # on the broker before the state that says it was sent
+        for key, partition, state in runs.take_dirty():
+            self.windows.writing_partition = partition
+            if state is not None:
+                self.windows[key] = state
+            elif key in self.windows:
+                del self.windows[key]

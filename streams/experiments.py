@@ -1,0 +1,322 @@
+"""The monitor's side of an experiment: the comparison fed from the labelled stream, and its decision.
+
+**Where the evidence comes from.** The join (:mod:`streams.join`) labels each request with its outcome;
+while the command log says an experiment runs (:func:`services.deployment.experiments.running`), the join
+agent also sends that batch's evidence for it, in one message keyed ``experiment:<id>``, on the labelled
+topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one worker
+(the owner of that partition) runs its comparison, whatever versions the other workers count.
+
+- *Canary*: each arm's labelled requests from its own users (the same salted hash the replicas use,
+  :func:`services.serving.experiment.on_candidate`: the candidate's answers to the candidate's users, the
+  incumbent's to the others), each with its user: the comparison's units are the users.
+- *Shadow*: the pairs of the incumbent's and the candidate's shadow prediction of one request labelled by
+  the same outcome (:class:`streams.join.Paired`). A shadow prediction is never a labelled request of its
+  version: it reached no user, so it counts in no version's windows, alerts or rollbacks.
+
+**Since the experiment started.** Nothing in a prediction says which command was in force when it was
+made, and a command's ``ts`` is its issuer's clock. The experiment's start in event time is therefore the
+earliest request time of the first candidate evidence (a canary's candidate answers nobody before the
+command, a shadow scores nothing before it); the incumbent's requests from before it are left out.
+
+**The decision** (:class:`streams.comparison.Comparison`) becomes a command the monitor sends itself:
+``promote`` or ``abort`` (an inconclusive experiment is aborted, saying why), naming the candidate and the
+experiment, signed with the monitor's key like its rollbacks, the evidence in ``reason``. Its id is
+:func:`command_id`, derived from the experiment and the decision: before sending, the command log is
+checked for it (a restart, a second worker), and a decision already sent (kept in the state) is never
+sent again. A promote, abort, deploy or rollback by anyone else that ends the experiment first ends it here
+too, without a command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from schemas.errors import ExperimentError
+from services.config import ExperimentSettings
+from services.deployment import commands
+from services.deployment.experiments import Experiment
+from services.registry.keys import Signer
+from services.serving.experiment import on_candidate
+from streams.comparison import Comparison, Decision, Mode, request_f1
+from streams.join import Labelled, Paired
+from streams.rollback import ISSUER
+
+log = logging.getLogger("modelwatch.monitor")
+
+#: Keys of the labelled topic (and of the ``windows`` table) that hold an experiment, not a version.
+KEY_PREFIX = "experiment:"
+_MARK = b'{"experiment":'
+#: Labelled requests (or pairs) per evidence message.
+CHUNK = 1000
+#: Ended experiments remembered (in memory) against their late evidence.
+FINISHED_KEPT = 100
+
+
+def command_id(experiment_id: str, decision: Decision) -> str:
+    """The monitor's command for ``decision`` of the experiment: the same id on every try."""
+    return f"{KEY_PREFIX}{experiment_id}:{decision.value}"
+
+
+def is_evidence(value: bytes) -> bool:
+    """Whether a message of the labelled stream is an experiment's evidence."""
+    return value.startswith(_MARK)
+
+
+def evidence(
+    experiment: Experiment, labelled: Iterable[Labelled], paired: Iterable[Paired]
+) -> list[tuple[str, bytes]]:
+    """One batch's evidence for ``experiment``, as (key, value) of labelled-topic messages of at most
+    :data:`CHUNK` requests each (well under Kafka's 1 MB message limit); none when it has none."""
+    arms: list[list[Any]] = []
+    pairs: list[list[Any]] = []
+    if experiment.mode == Mode.CANARY and experiment.traffic is not None:
+        for item in labelled:
+            c = item.counts
+            if c is None or not item.user_id:
+                continue
+            # Each arm only its own users: the candidate's answers to others (an earlier experiment's,
+            # labelled late) and the incumbent's to the candidate's users (before this one) are not its.
+            arm = on_candidate(experiment.experiment_id, item.user_id, experiment.traffic)
+            if item.model_version == (experiment.candidate if arm else experiment.incumbent):
+                arms.append([int(arm), item.user_id, item.ts, c.tp, c.fp, c.fn])
+    elif experiment.mode == Mode.SHADOW:
+        for p in paired:
+            if (p.candidate, p.incumbent) == (experiment.candidate, experiment.incumbent):
+                c, i = p.candidate_counts, p.incumbent_counts
+                pairs.append([p.ts, c.tp, c.fp, c.fn, i.tp, i.fp, i.fn])
+    key, described = f"{KEY_PREFIX}{experiment.experiment_id}", asdict(experiment)
+    return [
+        (
+            key,
+            orjson.dumps(
+                {"experiment": described, "arms": arms[i : i + CHUNK], "pairs": pairs[i : i + CHUNK]}
+            ),
+        )
+        for i in range(0, max(len(arms), len(pairs)), CHUNK)
+    ]
+
+
+@dataclass
+class Run:
+    """One experiment as the monitor runs it."""
+
+    experiment: Experiment
+    comparison: Comparison
+    partition: int  # the labelled partition of its evidence (its state is written there too)
+    offset: int = -1  # the last evidence message counted: a message read again is not counted twice
+    commanded: str | None = None  # the decision's command id, once it is on its way
+    changed: bool = True  # counted since its last experiment event
+
+    @property
+    def key(self) -> str:
+        return f"{KEY_PREFIX}{self.experiment.experiment_id}|state"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": asdict(self.experiment),
+            "comparison": self.comparison.to_dict(),
+            "partition": self.partition,
+            "offset": self.offset,
+            "commanded": self.commanded,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Run:
+        return cls(
+            Experiment(**d["experiment"]),
+            Comparison.from_dict(d["comparison"]),
+            int(d["partition"]),
+            int(d["offset"]),
+            d.get("commanded"),
+            changed=False,
+        )
+
+    def event(self, ts: int) -> dict[str, Any]:
+        e = self.experiment
+        traffic = e.traffic if e.traffic is not None else 1.0  # a shadow scores every request
+        return self.comparison.event(
+            experiment_id=e.experiment_id,
+            candidate=e.candidate,
+            incumbent=e.incumbent,
+            traffic=traffic,
+            ts=ts,
+        )
+
+
+@dataclass
+class Experiments:
+    """The experiments this worker runs (those whose evidence partition it owns): feed it the evidence
+    messages, ask it for the commands to send; it knows nothing of Faust."""
+
+    settings: ExperimentSettings
+    signer: Signer | None = None
+    signing_key: str | None = None
+    runs: dict[str, Run] = field(default_factory=dict)
+    invalid: int = 0
+    #: Experiment events at most this often (each decision at once).
+    every_ms: int = 5000
+    #: Keys of the ``windows`` table to write after this evaluation: (partition, the run's state, or
+    #: ``None`` to delete it).
+    dirty: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    _last_event: dict[str, int] = field(default_factory=dict)
+    #: The last run that ended on this worker, as its final event: the metrics still show its decision.
+    ended: dict[str, Any] | None = None
+    #: Experiments that ended here: evidence the join sent before it saw the end is not counted afresh.
+    finished: dict[str, None] = field(default_factory=dict)
+
+    def restore(self, records: Iterable[tuple[str, Any]], owned: Collection[int]) -> None:
+        self.runs = {}
+        for key, value in records:
+            if not key.startswith(KEY_PREFIX) or not isinstance(value, dict):
+                continue
+            try:
+                run = Run.from_dict(value)
+            except (ExperimentError, KeyError, TypeError, ValueError) as exc:
+                log.warning("experiment state %s unreadable, left: %r", key, exc)
+                continue
+            if run.partition in owned:
+                self.runs[run.experiment.experiment_id] = run
+                log.info(
+                    "restored experiment %s: %s, labelled %s",
+                    run.experiment.experiment_id, run.comparison.decision.value, run.comparison.labelled,
+                )  # fmt: skip
+
+    def count(self, value: bytes, partition: int, offset: int) -> Run | None:
+        """One evidence message (:func:`evidence`); the run it changed, if any."""
+        try:
+            doc = orjson.loads(value)
+            experiment = Experiment(**doc["experiment"])
+            arms, pairs = doc["arms"], doc["pairs"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self.invalid += 1
+            log.warning("skipped an experiment message at offset %d: %r", offset, exc)
+            return None
+        run = self.runs.get(experiment.experiment_id)
+        if run is None and experiment.experiment_id in self.finished:
+            return None  # late evidence of an experiment that has ended
+        if run is None:
+            comparison = Comparison(Mode(experiment.mode), self.settings)
+            run = self.runs[experiment.experiment_id] = Run(experiment, comparison, partition)
+            log.info("experiment %s: comparing %s with %s (%s)", experiment.experiment_id,
+                     experiment.candidate, experiment.incumbent, experiment.mode)  # fmt: skip
+        if offset <= run.offset and partition == run.partition:
+            return None  # read again after a restart: counted already
+        run.offset, run.partition = offset, partition
+        try:
+            self._add(run.comparison, arms, pairs)
+        except (ExperimentError, TypeError, ValueError, IndexError) as exc:
+            self.invalid += 1
+            log.warning("skipped an experiment message at offset %d: %r", offset, exc)
+        run.changed = True
+        self.dirty[run.key] = (run.partition, run.as_dict())
+        return run
+
+    @staticmethod
+    def _add(comparison: Comparison, arms: list[list[Any]], pairs: list[list[Any]]) -> None:
+        if comparison.mode is Mode.SHADOW:
+            if not pairs:
+                return
+            a = np.asarray([p[1:] for p in pairs], dtype=np.float64)
+            ts = [int(p[0]) for p in pairs]
+            if comparison.started_ms is None:
+                comparison.started_ms = min(ts)
+            comparison.add_paired(request_f1(*a[:, 0:3].T), request_f1(*a[:, 3:6].T), max(ts))
+            return
+        if comparison.started_ms is None:
+            first = [int(a[2]) for a in arms if a[0] == 1]
+            if not first:
+                return  # no candidate answer labelled yet: the experiment's start is not known
+            comparison.started_ms = min(first)
+        start = comparison.started_ms
+        kept = [a for a in arms if a[0] == 1 or int(a[2]) >= start]
+        if not kept:
+            return
+        c = [a for a in kept if a[0] == 1]
+        i = [a for a in kept if a[0] == 0]
+
+        def f1(rows: list[list[Any]]) -> np.ndarray:
+            counts = np.asarray([r[3:6] for r in rows], dtype=np.float64).reshape(-1, 3)
+            return request_f1(counts[:, 0], counts[:, 1], counts[:, 2])
+
+        latest = max(int(a[2]) for a in kept)
+        comparison.add_arms(f1(c), [r[1] for r in c], f1(i), [r[1] for r in i], latest)
+
+    def decide(
+        self, applied: Sequence[dict[str, Any]], running: Experiment | None, now_ms: int
+    ) -> list[dict[str, Any]]:
+        """The commands to send now, given the applied commands in log order and the experiment they say
+        runs. Runs that something else ended are dropped (their state deleted)."""
+        on_log = {c["command_id"] for c in applied}
+        out = []
+        for eid, run in list(self.runs.items()):
+            decision = run.comparison.decision
+            if run.commanded is not None and run.commanded in on_log:
+                self._end(eid, f"its command {run.commanded} is on the command log")
+                continue
+            if running is None or running.experiment_id != eid:
+                ended = next((c for c in reversed(applied) if c.get("experiment_id") == eid), None)
+                why = f"command {ended['command_id']} ({ended['action']})" if ended else "a later command"
+                self._end(eid, f"ended by {why}")
+                continue
+            if decision is Decision.RUNNING or run.commanded is not None:
+                continue
+            cid = command_id(eid, decision)
+            run.commanded = cid
+            self.dirty[run.key] = (run.partition, run.as_dict())
+            if cid in on_log:
+                continue  # sent before a restart: the log has it
+            out.append(
+                commands.make(
+                    "promote" if decision is Decision.PROMOTE else "abort",
+                    run.experiment.candidate,
+                    f"experiment {eid}: {run.comparison.reason}",
+                    key=self.signing_key,
+                    signer=self.signer,
+                    command_id=cid,
+                    issued_by=ISSUER,
+                    experiment_id=eid,
+                    ts=now_ms,
+                )
+            )
+            log.warning("experiment %s decided: %s (command %s)", eid, run.comparison.reason, cid)
+        return out
+
+    def _end(self, eid: str, why: str) -> None:
+        run = self.runs.pop(eid)
+        log.info("experiment %s ends in the monitor: %s", eid, why)
+        self.ended = run.event(run.comparison.latest_ms or 0)
+        self.finished[eid] = None
+        while len(self.finished) > FINISHED_KEPT:
+            del self.finished[next(iter(self.finished))]
+        self.dirty[run.key] = (run.partition, None)
+        self._last_event.pop(eid, None)
+
+    def events(self, now_ms: int) -> list[dict[str, Any]]:
+        """An experiment event for each run counted since its last one: at most every ``every_ms`` (the
+        monitor's clock, which only paces them), and at once when it has decided."""
+        out = []
+        for eid, run in self.runs.items():
+            due = now_ms - self._last_event.get(eid, -self.every_ms) >= self.every_ms
+            if run.changed and (due or run.comparison.decision is not Decision.RUNNING):
+                run.changed = False
+                self._last_event[eid] = now_ms
+                out.append(run.event(now_ms))
+        return out
+
+    def standing(self) -> list[dict[str, Any]]:
+        """Where each run stands (an experiment event each), the last ended one too: for the metrics."""
+        running = [run.event(run.comparison.latest_ms or 0) for run in self.runs.values()]
+        ended = [] if self.ended is None or self.ended["experiment_id"] in self.runs else [self.ended]
+        return ended + running
+
+    def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | None]]:
+        """(key, partition, the state or ``None`` to delete it) to write now."""
+        out = [(key, partition, value) for key, (partition, value) in self.dirty.items()]
+        self.dirty = {}
+        return out

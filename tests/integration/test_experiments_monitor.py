@@ -1,0 +1,308 @@
+"""The monitor decides experiments by itself, on the real broker: two `serve` replicas, the Faust monitor and
+the sandbox storefront (requests, and each one's outcome a second later), with models trained here.
+
+One set of replicas and one monitor run four experiments in a row, each ended by the monitor's own signed
+command: a `--degrade 0.9` candidate at `--canary 0.2` is aborted, a healthy retrain at `--canary 0.2` is
+promoted, then the same two as shadows of the promoted version. The comparison's settings are small so
+each run decides in seconds: burn-in 50, min_samples 200, tuning 500, and a non-inferiority margin of 0.2
+(per-request F1 on this world: incumbent about 0.24, retrain 0.24, the degraded version 0.15; a canary of
+a retrain at a margin of 0.05 needs thousands of labelled requests, see the README's bench).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from services import kafka
+from services.cli import main
+from services.config import Settings, load_settings
+from services.deployment.follower import read_state
+from services.registry import Registry
+from services.registry.keys import PublicKey, Signer, generate
+from services.sandbox.storefront import SimulationPlan, simulate
+from services.sandbox.versions import train_on_world
+from services.sandbox.world import World
+from streams.rollback import ISSUER
+from tests.integration.monitor_support import MonitorProcess, read_events, read_labelled, write_config
+from tests.integration.serving_support import (
+    Collector,
+    Replica,
+    encoded,
+    free_port,
+    produce,
+    requests_of,
+    wait_for,
+)
+from tests.integration.test_monitor_prometheus import sample, scrape
+
+NAMES = ("serve-a", "serve-b")
+MONITOR = {
+    "label_window_s": 5,
+    "emit_every_s": 1.0,
+    "idle_timeout_s": 5,
+    "commit_interval_s": 0.3,
+    "session_timeout_s": 6,
+}
+EXPERIMENTS = {
+    "MIN_SAMPLES": "200",
+    "BURN_IN": "50",
+    "TUNING": "500",
+    "MARGIN": "0.2",
+    "MAX_DURATION_S": "300",
+}
+SESSIONS = 10_000  # training sessions per version: a few seconds each
+
+
+def key_pair(directory: Path, role: str) -> tuple[Signer, PublicKey]:
+    public = generate(role, directory / f"{role}.pem")  # type: ignore[arg-type]
+    return Signer.load(directory / f"{role}.pem"), public
+
+
+class Storefront:
+    """The sandbox storefront playing in a thread until stopped."""
+
+    def __init__(self, settings: Settings, seed: int) -> None:
+        plan = SimulationPlan(rate=200, duration_s=240, seed=seed, outcome_delay_s=(0.3, 1.0))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=simulate, args=(settings, plan, self.stop), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def fleet(
+    settings: Settings,
+    collector: Collector,
+    replicas: Callable[..., Replica],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Settings, dict[str, str], MonitorProcess, tuple[PublicKey, int]]]:
+    """Keys (publisher, operator, monitor), four versions, two replicas on the first and the monitor."""
+    publisher, publisher_pub = key_pair(tmp_path, "publisher")
+    _, operator_pub = key_pair(tmp_path, "operator")
+    _, monitor_pub = key_pair(tmp_path, "monitor")
+    keyring = tmp_path / "keyring"
+    keyring.write_text("".join(f"{k.line()}\n" for k in (publisher_pub, operator_pub, monitor_pub)))
+    env = {"MODELWATCH_KEYS__KEYRING_FILE": str(keyring)}
+    monkeypatch.setenv("MODELWATCH_KEYS__KEYRING_FILE", str(keyring))
+    monkeypatch.setenv("MODELWATCH_KEYS__OPERATOR_KEY", str(tmp_path / "operator.pem"))
+    keyed = load_settings()
+    registry = Registry(keyed.registry, publisher=publisher)
+    world = World.generate(0)  # the storefront's world
+
+    def train(seed: int, degrade: float = 0.0) -> str:
+        return train_on_world(
+            keyed, seed=seed, degrade=degrade, sessions=SESSIONS, world=world, registry=registry
+        ).version
+
+    versions = {"v1": train(0), "retrain": train(1), "degraded": train(0, 0.9), "retrain2": train(2)}
+    assert main(["deploy", versions["v1"], "--no-wait"]) == 0
+    for name in NAMES:
+        replicas(name, env=env)
+    wait_for(lambda: all(collector.events("activated", n) for n in NAMES), 120, "both replicas on v1")
+    wait_for(lambda: set(read_state(keyed).serving()) == set(NAMES), 30, "both replicas live")
+
+    workdir = tmp_path / "monitor"
+    workdir.mkdir()
+    port = free_port()
+    config = write_config(workdir / "monitor.toml", {**MONITOR, "metrics_port": port}, [])
+    monitor_env = {
+        **env,
+        "MODELWATCH_KEYS__MONITOR_KEY": str(tmp_path / "monitor.pem"),
+        **{f"MODELWATCH_EXPERIMENTS__{k}": v for k, v in EXPERIMENTS.items()},
+    }
+    monitor = MonitorProcess(keyed, config, workdir, monitor_env)
+    monitor.start()
+    try:
+        yield keyed, versions, monitor, (monitor_pub, port)
+    finally:
+        monitor.stop()
+        admin = kafka.admin(keyed)
+        internal = [
+            t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{keyed.topic_prefix}monitor")
+        ]
+        for fut in (admin.delete_topics(internal, request_timeout=30) if internal else {}).values():
+            fut.result()
+
+
+def run_experiment(
+    settings: Settings,
+    collector: Collector,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    seed: int,
+    during: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], Counter[str], float]:
+    """Start the experiment, play the storefront until the monitor's command is on the log and both
+    replicas obeyed it; return the command, the experiment's last event, the predictions per version made
+    until each replica obeyed the command, and how long it took."""
+    before = len(collector.predictions())
+    started = time.monotonic()
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr()
+    experiment = read_state(settings).experiment
+    assert experiment is not None
+    eid = experiment.experiment_id
+    storefront = Storefront(settings, seed)
+    try:
+        if during is not None:
+            during(eid)
+
+        def decided() -> dict[str, Any] | None:
+            ours = [c for c in read_state(settings).applied if c.get("experiment_id") == eid]
+            return next((c for c in ours if c["action"] in ("promote", "abort")), None)
+
+        command = wait_for(decided, 120, f"the monitor's decision on {eid}", every=0.5)
+        wait_for(
+            lambda: set(collector.acked(command["command_id"])) == set(NAMES), 60, "both replicas obey it"
+        )
+    finally:
+        storefront.close()
+    took = time.monotonic() - started
+    # Until each replica obeyed (its own clock on both): after that a promoted candidate serves everyone.
+    obeyed = {name: event["ts"] for name, event in collector.acked(command["command_id"]).items()}
+    made = Counter(
+        p["model_version"] for p in collector.predictions()[before:] if p["ts"] < obeyed[p["instance"]]
+    )
+
+    def final() -> dict[str, Any] | None:
+        events = read_events(settings, "experiments", "experiment")
+        return next((e for e in events if e["experiment_id"] == eid and e["decision"] != "running"), None)
+
+    return command, wait_for(final, 10, f"the decided event of {eid}"), made, took
+
+
+def everyone_on(settings: Settings, collector: Collector, version: str, tag: str) -> None:
+    requests = requests_of(World.generate(0), 300, seed=sum(map(ord, tag)), tag=tag)
+    produce(settings, encoded(requests))
+    wait_for(
+        lambda: sum(p["request_id"].startswith(f"{tag}-") for p in collector.predictions()) == 300,
+        60,
+        f"300 {tag} predictions",
+    )
+    assert {p["model_version"] for p in collector.predictions() if p["request_id"].startswith(f"{tag}-")} == {
+        version
+    }
+
+
+def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
+    fleet: tuple[Settings, dict[str, str], MonitorProcess, tuple[PublicKey, int]],
+    collector: Collector,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, v, monitor, (monitor_pub, port) = fleet
+    report = []
+
+    def check(command: dict[str, Any], final: dict[str, Any], action: str, candidate: str) -> None:
+        eid = command["experiment_id"]
+        assert (command["action"], command["model_version"]) == (action, candidate), command
+        assert command["command_id"] == f"experiment:{eid}:{final['decision']}"
+        assert command["issued_by"] == ISSUER and command["signed_by"]["key_id"] == monitor_pub.key_id
+        labelled = final["labelled"]
+        assert f"{labelled['candidate']} candidate and {labelled['incumbent']} incumbent" in command["reason"]
+        assert final["margin_interval"] is not None
+        decided = [c for c in read_state(settings).applied if c.get("experiment_id") == eid]
+        assert [c["action"] for c in decided if c["action"] in ("promote", "abort")] == [action]
+        raw = read_events(settings, "model-commands", "model-command")
+        assert sum(c.get("experiment_id") == eid and c.get("issued_by") == ISSUER for c in raw) == 1
+
+    # A degraded canary: aborted, with at most its share of the predictions.
+    command, final, made, took = run_experiment(
+        settings, collector, capsys, ["deploy", v["degraded"], "--canary", "0.2"], seed=1
+    )
+    check(command, final, "abort", v["degraded"])
+    share = made[v["degraded"]] / sum(made.values())
+    report.append(
+        f"canary degraded: abort after {took:.0f} s, labelled {final['labelled']}, share {share:.3f}"
+    )
+    assert share <= 0.25, made
+    everyone_on(settings, collector, v["v1"], "after-abort")
+
+    def kill_and_restart(eid: str) -> None:
+        """SIGKILL the monitor once it has counted some of the experiment, start it again: it resumes the
+        comparison from its changelog, and sends one decision."""
+
+        def counted() -> bool:
+            events = read_events(settings, "experiments", "experiment")
+            return any(e["experiment_id"] == eid and e["labelled"]["candidate"] > 0 for e in events)
+
+        wait_for(counted, 60, f"the monitor counting {eid}", every=0.25)
+        monitor.kill()
+        monitor.start()
+        restored = wait_for(
+            lambda: re.search(
+                rf"restored experiment {eid}: running, labelled \((\d+), (\d+)\)", monitor.log()
+            ),
+            60,
+            "the experiment restored",
+        )
+        report.append(f"killed mid-experiment; restored with {restored.group(1)} candidate labelled requests")
+        assert int(restored.group(1)) > 0
+
+    # A healthy retrain at 0.2: promoted, then it serves everyone; the monitor is killed (SIGKILL) on the way.
+    command, final, made, took = run_experiment(
+        settings,
+        collector,
+        capsys,
+        ["deploy", v["retrain"], "--canary", "0.2"],
+        seed=2,
+        during=kill_and_restart,
+    )
+    check(command, final, "promote", v["retrain"])
+    report.append(f"canary retrain: promote after {took:.0f} s, labelled {final['labelled']}")
+    everyone_on(settings, collector, v["retrain"], "after-promote")
+
+    # Shadows of the promoted version: the storefront's topic carries the incumbent's answers only.
+    command, final, made, took = run_experiment(
+        settings, collector, capsys, ["deploy", v["degraded"], "--shadow"], seed=3
+    )
+    check(command, final, "abort", v["degraded"])
+    assert set(made) == {v["retrain"]}, made
+    report.append(f"shadow degraded: abort after {took:.0f} s, labelled {final['labelled']}")
+    command, final, made, took = run_experiment(
+        settings, collector, capsys, ["deploy", v["retrain2"], "--shadow"], seed=4
+    )
+    check(command, final, "promote", v["retrain2"])
+    assert set(made) == {v["retrain"]}, made
+    report.append(f"shadow retrain: promote after {took:.0f} s, labelled {final['labelled']}")
+    everyone_on(settings, collector, v["retrain2"], "after-shadow")
+
+    # No shadow prediction counted as a labelled request of its version: the shadowed requests are labelled
+    # under the incumbent's answer only (the version windows read exactly this topic).
+    shadowed: dict[str, set[str]] = {}
+    for _k, value, _ts in kafka.read_topic(settings, settings.topic("predictions.shadow")):
+        p = orjson.loads(value)
+        shadowed.setdefault(p["model_version"], set()).add(p["request_id"])
+    assert set(shadowed) == {v["degraded"], v["retrain2"]}
+    labelled = read_labelled(settings)
+    for version, ids in shadowed.items():
+        assert not [
+            item for item in labelled if item["model_version"] == version and item["request_id"] in ids
+        ]
+    under_incumbent = {i["request_id"] for i in labelled if i["model_version"] == v["retrain"]}
+    assert len(shadowed[v["retrain2"]] & under_incumbent) >= final["labelled"]["incumbent"] > 0
+
+    # The last experiment, as the monitor's Prometheus endpoint shows it.
+    eid, labels = command["experiment_id"], final["labelled"]
+    samples = scrape(port)
+    assert (
+        sample(samples, "modelwatch_monitor_experiment_decision", experiment_id=eid, decision="promote") == 1
+    )
+    for arm in ("candidate", "incumbent"):
+        got = sample(samples, "modelwatch_monitor_experiment_labelled_requests", experiment_id=eid, arm=arm)
+        assert got == labels[arm]
+    assert (sample(samples, "modelwatch_monitor_shadow_paired_total") or 0) >= labels["candidate"]
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
