@@ -77,7 +77,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         self.settings = settings
         m = settings.monitor
         partitions, replication = wait_for_sources(settings)
-        self.app_id = f"{settings.topic_prefix}monitor"
+        self.app_id = monitor_app_id(settings)
         ensure_internal_topics(settings, self.app_id, partitions, replication)
         self.app = faust.App(
             self.app_id,
@@ -149,12 +149,17 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
             past_ms=int(m.past_tolerance * 1000),
             prediction_past_ms=int(m.prediction_wait_s * 1000),
             idle_timeout_s=m.idle_timeout_s,
+            model=settings.model_name,
+            default_model=settings.default_model,
         )
         self.tracker_config = TrackerConfig.from_settings(m, settings.alerts)
         self.baselines = RegistryBaselines(settings)
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
         self.policy = RollbackPolicy(
-            int(m.rollback_cooldown_s * 1000), signing_key=key, signer=signer_of(settings, "monitor")
+            int(m.rollback_cooldown_s * 1000),
+            signing_key=key,
+            signer=signer_of(settings, "monitor"),
+            model=settings.model_name,
         )
         self.decisions = Decisions(self.policy, self.baselines)
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
@@ -240,7 +245,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
             by_version: dict[str, list[Failure]] = {}
             for event in events:
                 failure = failure_of(event.value)
-                if failure is not None:
+                if failure is not None and (failure.model or self.settings.default_model) == self.model:
                     by_version.setdefault(failure.version, []).append(failure)
             # On the broker before this batch's offsets are committed: a crash sends them again, and the
             # tracker knows a failure by its request id.
@@ -319,7 +324,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         for tracker, emission in emissions:
             for event in emission.metrics:
                 fut = await self.metrics_out.send(
-                    key=tracker.version, value=codec("metrics").encode(event), force=True
+                    key=tracker.version, value=codec("metrics").encode(self._named(event)), force=True
                 )
                 sent.append(fut)
             for rule, alert in emission.alerts:
@@ -340,7 +345,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         for tracker, _rule, alert in announced:
             log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
             fut = await self.alerts_out.send(
-                key=tracker.version, value=codec("alert").encode(alert), force=True
+                key=tracker.version, value=codec("alert").encode(self._named(alert)), force=True
             )
             sent.append(fut)
         if sent:
@@ -357,12 +362,22 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
         sent = []
         for alert in alerts:
             log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
-            value = codec("alert").encode(alert)
+            value = codec("alert").encode(self._named(alert))
             sent.append(await self.alerts_out.send(key=alert["model_version"], value=value, force=True))
         if sent:
             await asyncio.gather(*sent)  # on the broker before it counts as sent
         self.published.update((a["alert_id"], a["state"]) for a in alerts)
         self._notify(alerts)
+
+    @property
+    def model(self) -> str:
+        """The model this monitor watches."""
+        return self.settings.model_name
+
+    def _named(self, event: dict[str, Any]) -> dict[str, Any]:
+        """``event`` (metrics, an alert) naming the model it is about."""
+        event["model"] = self.model
+        return event
 
     def _persist(self, trackers: list[VersionTracker]) -> None:
         for tracker in trackers:
@@ -372,6 +387,13 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
                     self.windows[key] = value
                 elif key in self.windows:
                     del self.windows[key]
+
+
+def monitor_app_id(settings: Settings) -> str:
+    """The Faust app id, also the consumer group and the internal topics' prefix: ``<prefix>monitor`` for
+    the default model, ``<prefix>monitor-<model>`` for another (one monitor per model, each its own group)."""
+    base = f"{settings.topic_prefix}monitor"
+    return base if settings.model_name == settings.default_model else f"{base}-{settings.model_name}"
 
 
 def create_monitor(settings: Settings | None = None) -> Monitor:

@@ -18,6 +18,10 @@ whose time is implausible for its message's broker timestamp (:mod:`schemas.even
 join and moves no clock: an outcome is dead-lettered on ``<prefix>outcomes.dlq`` with the reason naming
 ``ts``; a prediction (the service has dead-lettered its request already, so this is another producer's)
 is dropped and counted.
+
+Models. A monitor watches one model (``model``): another model's prediction still moves its partition's
+clock (event time is the storefront's, whatever the model) but goes no further; a prediction without a
+``model`` field is the default model's.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class RouterStats:
     invalid_outcomes: int = 0
     implausible_predictions: int = 0
     implausible_outcomes: int = 0
+    other_models: int = 0  # predictions of models this monitor does not watch
 
 
 @dataclass
@@ -75,6 +80,9 @@ class Router:
     clock: Callable[[], float] = time.monotonic  # processing time: only says whether a partition is idle
     wall: Callable[[], float] = time.time  # ...and, with every outcome partition idle, how late it is
     stats: RouterStats = field(default_factory=RouterStats)
+    #: The model watched (``None``: every prediction), and the model of predictions that name none.
+    model: str | None = None
+    default_model: str | None = None
     sources: dict[tuple[str, int], _Source] = field(default_factory=dict)
     _events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -113,11 +121,16 @@ class Router:
                 return f"prediction: {problem.replace('ts:', name + ':', 1)}", "implausible"
             self.stats.implausible_outcomes += 1
             return f"outcome: {problem}", "implausible"
+        source.latest = max(source.latest, joinable["ts"])
+        if prediction and self.model is not None:
+            named = event.get("model")
+            if (named if isinstance(named, str) else self.default_model or self.model) != self.model:
+                self.stats.other_models += 1
+                return None
         if prediction:
             self.stats.predictions += 1
         else:
             self.stats.outcomes += 1
-        source.latest = max(source.latest, joinable["ts"])
         self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
         return None
 
