@@ -25,6 +25,11 @@ Names: the app id is ``<prefix>monitor`` (also its consumer group), so its topic
 ``<prefix>monitor-joinable``, ``<prefix>monitor-labelled``, ``<prefix>monitor-pending-changelog`` and
 ``<prefix>monitor-windows-changelog``.
 
+Models: a monitor watches one model, ``model_name`` (``monitor --model cart``). Another model's monitor is
+its own app, ``<prefix>monitor-<model>`` (:func:`monitor_app_id`): ``route`` passes on only its model's
+predictions (:class:`~streams.routing.Router`), ``failures`` only its model's, the command follower reads
+only its model's commands, and metrics, alerts and rollback commands name the model.
+
 Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs) with idempotent effects.
 Faust flushes everything produced before it commits offsets. Each output (joinable events, labelled
 requests, metrics, alerts, commands) is acknowledged before the state that says it was sent is written, so
