@@ -244,9 +244,9 @@ class MonitorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, timeout: float = 90.0, faust_cli: bool = False) -> None:
+    def start(self, timeout: float = 90.0, faust_cli: bool = False, wait: bool = True) -> None:
         """Start ``modelwatch monitor --config FILE`` (or ``faust -A streams.app worker`` with the config in
-        MODELWATCH_CONFIG) and wait until it says it is ready."""
+        MODELWATCH_CONFIG) and wait until it says it is ready (``wait=False``: later, :meth:`wait_ready`)."""
         self.starts += 1
         env = dict(self.env)
         if faust_cli:
@@ -259,13 +259,19 @@ class MonitorProcess:
                 argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
             )
 
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until the started worker says it is ready."""
+
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"the monitor exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
             return READY in self.log()
 
-        wait_for(ready, timeout, "the monitor worker to be ready", every=0.25)
+        wait_for(ready, timeout, f"the {self.name} worker to be ready", every=0.25)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit, no flush."""

@@ -61,23 +61,26 @@ def test_two_models_side_by_side_a_bad_cart_is_rolled_back_and_home_serves_on(
     deploy(settings, h1.version, "home", "--no-wait")
     deploy(settings, c1.version, "cart", "--no-wait")
 
-    serving = [replicas("serve-1", *MODELS), replicas("serve-2", *MODELS)]
-    wait_for(
-        lambda: (
-            {(e["instance"], e.get("model")) for e in collector.events("activated")}
-            >= {(r, m) for r in ("serve-1", "serve-2") for m in ("home", "cart")}
-        ),
-        90,
-        "both replicas serving both models",
-    )
     config = write_config(tmp_path / "monitor.toml", ROLLBACK_MONITOR, [ROLLBACK_RULE])
     monitors = {
         m: MonitorProcess(settings, config, tmp_path, args=["--model", m], name=f"monitor-{m}")
         for m in ("home", "cart")
     }
     try:
+        # Both monitors and both replicas start at once; each waited for after.
         for monitor in monitors.values():
-            monitor.start()
+            monitor.start(wait=False)
+        serving = [replicas("serve-1", *MODELS), replicas("serve-2", *MODELS)]
+        wait_for(
+            lambda: (
+                {(e["instance"], e.get("model")) for e in collector.events("activated")}
+                >= {(r, m) for r in ("serve-1", "serve-2") for m in ("home", "cart")}
+            ),
+            90,
+            "both replicas serving both models",
+        )
+        for monitor in monitors.values():
+            monitor.wait_ready()
         # The bad cart version, waited for by the replicas serving cart, and only by them.
         deploy(settings, c2.version, "cart", "--timeout", "60")
         deploy_c2 = read_history(cart).applied[-1]
