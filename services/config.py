@@ -404,6 +404,13 @@ class Settings(BaseSettings):
         return named if isinstance(named, str) else self.default_model
 
     @property
+    def monitor_app_id(self) -> str:
+        """The monitor's Faust app id (also its consumer group and its internal topics' prefix):
+        ``<prefix>monitor`` for the default model, ``<prefix>monitor-<model>`` for another."""
+        base = f"{self.topic_prefix}monitor"
+        return base if self.model_name == self.default_model else f"{base}-{self.model_name}"
+
+    @property
     def bootstrap_servers(self) -> str:
         return self.bootstrap or f"127.0.0.1:{self.broker.port}"
 

@@ -397,8 +397,7 @@ class Monitor(JoinAgents, MetricsAgents, AlertmanagerAgents):
 def monitor_app_id(settings: Settings) -> str:
     """The Faust app id, also the consumer group and the internal topics' prefix: ``<prefix>monitor`` for
     the default model, ``<prefix>monitor-<model>`` for another (one monitor per model, each its own group)."""
-    base = f"{settings.topic_prefix}monitor"
-    return base if settings.model_name == settings.default_model else f"{base}-{settings.model_name}"
+    return settings.monitor_app_id
 
 
 def create_monitor(settings: Settings | None = None) -> Monitor:
