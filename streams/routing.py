@@ -21,7 +21,9 @@ is dropped and counted.
 
 Models. A monitor watches one model (``model``): another model's prediction still moves its partition's
 clock (event time is the storefront's, whatever the model) but goes no further; a prediction without a
-``model`` field is the default model's.
+``model`` field is the default model's. So does an outcome naming another model; an outcome naming none
+goes to every model's join, where another model's waits for a prediction that never comes
+(``prediction_wait_s``): storefronts that know the model should name it.
 """
 
 from __future__ import annotations
@@ -122,17 +124,23 @@ class Router:
             self.stats.implausible_outcomes += 1
             return f"outcome: {problem}", "implausible"
         source.latest = max(source.latest, joinable["ts"])
-        if prediction and self.model is not None:
-            named = event.get("model")
-            if (named if isinstance(named, str) else self.default_model or self.model) != self.model:
-                self.stats.other_models += 1
-                return None
+        if self.model is not None and not self._watched(event, prediction):
+            self.stats.other_models += 1
+            return None
         if prediction:
             self.stats.predictions += 1
         else:
             self.stats.outcomes += 1
         self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
         return None
+
+    def _watched(self, event: dict[str, Any], prediction: bool) -> bool:
+        """Whether an event is the watched model's: a prediction naming none is the default model's; an
+        outcome naming none could be anyone's (the storefront need not know), so every monitor takes it."""
+        named = event.get("model")
+        if not isinstance(named, str):
+            return not prediction or (self.default_model or self.model) == self.model
+        return named == self.model
 
     def reports(self) -> list[dict[str, Any]]:
         """The state of every source partition this worker reads."""

@@ -135,6 +135,12 @@ def test_a_monitor_routes_only_its_models_predictions_but_every_one_moves_the_cl
     assert [e["request_id"] for e in cart.take()] == ["c"]
     assert (cart.stats.predictions, cart.stats.other_models) == (1, 2)
     assert cart.sources[("predictions", 0)].latest == NOW - 1000 + 2  # the others' event time counts
+    # Outcomes: one naming home goes no further; one naming none may be cart's, and is taken.
+    for rid, model in (("o-home", "home"), ("o-cart", "cart"), ("o-none", None)):
+        event = {"request_id": rid, "purchased": [], "ts": NOW - 500, **({"model": model} if model else {})}
+        assert cart.route("outcomes", 1, 1, NOW, codec("outcome").encode(event)) is None
+    assert sorted(e["request_id"] for e in cart.take()) == ["o-cart", "o-none"]
+    assert cart.stats.other_models == 3 and cart.sources[("outcomes", 1)].latest == NOW - 500
 
 
 def test_each_models_monitor_is_its_own_faust_app() -> None:
