@@ -18,6 +18,7 @@ the variables of known settings at the top level.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections import Counter
 from functools import cache
@@ -28,6 +29,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -42,6 +44,9 @@ from pydantic_settings import (
 )
 
 from schemas.errors import ConfigError
+
+#: A model's name: it names registry directories, consumer groups and the monitor's app id.
+MODEL_NAME = r"^[A-Za-z0-9._-]{1,100}$"
 
 
 def _data_home() -> Path:
@@ -314,7 +319,12 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = Field(
         None, description="Legacy: one shared HMAC-SHA256 key for manifests and commands (see keys)."
     )
-    model_name: str = Field("recommender", description="Key of the model-command topic.")
+    model_name: str = Field(
+        "recommender",
+        pattern=MODEL_NAME,
+        description="The model this process works on (commands, registry, monitor; `--model` overrides it), "
+        "and the default model: the one a request, prediction or command without a `model` field is for.",
+    )
     #: Where the code of users' own models lives: each directory goes first on ``sys.path`` just before a
     #: version is unpickled (after it verified), in replicas and the CLI alike. In the environment: one
     #: string, directories joined by the OS path separator (``:``), as ``PYTHONPATH``.
@@ -368,6 +378,37 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    #: The configured default model, kept when ``--model`` points ``model_name`` elsewhere (``for_model``).
+    _default_model: str | None = PrivateAttr(None)
+
+    @property
+    def default_model(self) -> str:
+        """The model that events without a ``model`` field belong to: the configured ``model_name``."""
+        return self._default_model or self.model_name
+
+    def for_model(self, name: str | None) -> Settings:
+        """These settings working on model ``name`` (``None``: unchanged), the default model kept."""
+        if name is None or name == self.model_name:
+            return self
+        if not re.fullmatch(MODEL_NAME, name):
+            raise ConfigError(f"model name {name!r}: use 1-100 letters, digits, '.', '_' or '-'")
+        copy = self.model_copy(update={"model_name": name})
+        copy._default_model = self.default_model
+        return copy
+
+    def model_of(self, event: dict[str, Any]) -> str:
+        """The model an event (request, prediction, command, model event...) is for: its ``model`` field, or
+        the default model when it has none (events written before models were named)."""
+        named = event.get("model")
+        return named if isinstance(named, str) else self.default_model
+
+    @property
+    def monitor_app_id(self) -> str:
+        """The monitor's Faust app id (also its consumer group and its internal topics' prefix):
+        ``<prefix>monitor`` for the default model, ``<prefix>monitor-<model>`` for another."""
+        base = f"{self.topic_prefix}monitor"
+        return base if self.model_name == self.default_model else f"{base}-{self.model_name}"
 
     @property
     def bootstrap_servers(self) -> str:

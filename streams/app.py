@@ -28,6 +28,11 @@ Names: the app id is ``<prefix>monitor`` (also its consumer group), so its topic
 ``<prefix>monitor-joinable``, ``<prefix>monitor-labelled``, ``<prefix>monitor-pending-changelog`` and
 ``<prefix>monitor-windows-changelog``.
 
+Models: a monitor watches one model, ``model_name`` (``monitor --model cart``). Another model's monitor is
+its own app, ``<prefix>monitor-<model>`` (:func:`monitor_app_id`): ``route`` passes on only its model's
+predictions (:class:`~streams.routing.Router`), ``failures`` only its model's, the command follower reads
+only its model's commands, and metrics, alerts and rollback commands name the model.
+
 Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs) with idempotent effects.
 Faust flushes everything produced before it commits offsets. Each output (joinable events, labelled
 requests, metrics, alerts, commands) is acknowledged before the state that says it was sent is written, so
@@ -82,7 +87,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         self.settings = settings
         m = settings.monitor
         partitions, replication = wait_for_sources(settings)
-        self.app_id = f"{settings.topic_prefix}monitor"
+        self.app_id = monitor_app_id(settings)
         ensure_internal_topics(settings, self.app_id, partitions, replication)
         self.app = faust.App(
             self.app_id,
@@ -158,12 +163,17 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
             past_ms=int(m.past_tolerance * 1000),
             prediction_past_ms=int(m.prediction_wait_s * 1000),
             idle_timeout_s=m.idle_timeout_s,
+            model=settings.model_name,
+            default_model=settings.default_model,
         )
         self.tracker_config = TrackerConfig.from_settings(m, settings.alerts)
         self.baselines = RegistryBaselines(settings)
         key = settings.signing_key.get_secret_value() if settings.signing_key else None
         self.policy = RollbackPolicy(
-            int(m.rollback_cooldown_s * 1000), signing_key=key, signer=signer_of(settings, "monitor")
+            int(m.rollback_cooldown_s * 1000),
+            signing_key=key,
+            signer=signer_of(settings, "monitor"),
+            model=settings.model_name,
         )
         self.decisions = Decisions(self.policy, self.baselines)
         self._install_experiments(key, signer_of(settings, "monitor"))  # signed like the rollbacks
@@ -251,7 +261,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
             by_version: dict[str, list[Failure]] = {}
             for event in events:
                 failure = failure_of(event.value)
-                if failure is not None:
+                if failure is not None and (failure.model or self.settings.default_model) == self.model:
                     by_version.setdefault(failure.version, []).append(failure)
             # On the broker before this batch's offsets are committed: a crash sends them again, and the
             # tracker knows a failure by its request id.
@@ -331,7 +341,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         for tracker, emission in emissions:
             for event in emission.metrics:
                 fut = await self.metrics_out.send(
-                    key=tracker.version, value=codec("metrics").encode(event), force=True
+                    key=tracker.version, value=codec("metrics").encode(self._named(event)), force=True
                 )
                 sent.append(fut)
             for rule, alert in emission.alerts:
@@ -352,7 +362,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         for tracker, _rule, alert in announced:
             log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
             fut = await self.alerts_out.send(
-                key=tracker.version, value=codec("alert").encode(alert), force=True
+                key=tracker.version, value=codec("alert").encode(self._named(alert)), force=True
             )
             sent.append(fut)
         if sent:
@@ -369,12 +379,22 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         sent = []
         for alert in alerts:
             log.warning("alert %s %s: %s", alert["state"], alert["alert_id"], alert["message"])
-            value = codec("alert").encode(alert)
+            value = codec("alert").encode(self._named(alert))
             sent.append(await self.alerts_out.send(key=alert["model_version"], value=value, force=True))
         if sent:
             await asyncio.gather(*sent)  # on the broker before it counts as sent
         self.published.update((a["alert_id"], a["state"]) for a in alerts)
         self._notify(alerts)
+
+    @property
+    def model(self) -> str:
+        """The model this monitor watches."""
+        return self.settings.model_name
+
+    def _named(self, event: dict[str, Any]) -> dict[str, Any]:
+        """``event`` (metrics, an alert) naming the model it is about."""
+        event["model"] = self.model
+        return event
 
     def _persist(self, trackers: list[VersionTracker]) -> None:
         for tracker in trackers:
@@ -384,6 +404,12 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
                     self.windows[key] = value
                 elif key in self.windows:
                     del self.windows[key]
+
+
+def monitor_app_id(settings: Settings) -> str:
+    """The Faust app id, also the consumer group and the internal topics' prefix: ``<prefix>monitor`` for
+    the default model, ``<prefix>monitor-<model>`` for another (one monitor per model, each its own group)."""
+    return settings.monitor_app_id
 
 
 def create_monitor(settings: Settings | None = None) -> Monitor:

@@ -50,6 +50,7 @@ class ExperimentAgents:
         )
         self.experiments = Experiments(
             self.settings.experiments,
+            model=self.settings.model_name,
             signer=signer,
             signing_key=signing_key,
             every_ms=int(self.settings.monitor.emit_every_s * 1000),
@@ -86,7 +87,7 @@ class ExperimentAgents:
                     await self.commands_out.send(key=self.settings.model_name, value=value, force=True)
                 )
         for event in runs.events(now_ms):
-            value = codec("experiment").encode(event)
+            value = codec("experiment").encode({**event, "model": self.settings.model_name})
             sent.append(await self.experiments_out.send(key=event["experiment_id"], value=value, force=True))
         if sent:
             await asyncio.gather(*sent)  # on the broker before the state that says it was sent

@@ -155,6 +155,8 @@ class Experiments:
     messages, ask it for the commands to send; it knows nothing of Faust."""
 
     settings: ExperimentSettings
+    #: The model whose experiments these are (named in each command, inside its signed body).
+    model: str | None = None
     signer: Signer | None = None
     signing_key: str | None = None
     runs: dict[str, Run] = field(default_factory=dict)
@@ -282,6 +284,7 @@ class Experiments:
                     issued_by=ISSUER,
                     experiment_id=eid,
                     ts=now_ms,
+                    model=self.model,
                 )
             )
             log.warning("experiment %s decided: %s (command %s)", eid, run.comparison.reason, cid)

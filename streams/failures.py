@@ -26,6 +26,7 @@ class Failure:
     version: str
     request_id: str  # from the request in the payload; the dead letter's position when it cannot be read
     ts: int  # when the replica gave up on it (the replica's clock, like a prediction's ts)
+    model: str | None = None  # the model the request asked for (None: the default model)
 
 
 def failure_of(value: bytes | None) -> Failure | None:
@@ -41,7 +42,8 @@ def failure_of(value: bytes | None) -> Failure | None:
         request_id = str(orjson.loads(dead["payload"])["request_id"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         request_id = f"{dead['source_topic']}[{dead['partition']}]@{dead['offset']}"
-    return Failure(str(version), request_id, int(dead["ts"]))
+    model = dead.get("model")
+    return Failure(str(version), request_id, int(dead["ts"]), model if isinstance(model, str) else None)
 
 
 def is_failures(value: bytes) -> bool:

@@ -59,9 +59,14 @@ def describe(alert: dict[str, Any]) -> str:
 
 class RollbackPolicy:
     def __init__(
-        self, cooldown_ms: int, signing_key: str | None = None, signer: Signer | None = None
+        self,
+        cooldown_ms: int,
+        signing_key: str | None = None,
+        signer: Signer | None = None,
+        model: str | None = None,
     ) -> None:
         self.cooldown_ms = cooldown_ms
+        self.model = model  # the model whose versions this monitor rolls back (named in each command)
         self.signing_key = signing_key
         # The monitor's key (keys.monitor_key): replicas with a keyring obey only signed rollbacks.
         self.signer = signer
@@ -126,6 +131,7 @@ class RollbackPolicy:
             issued_by=ISSUER,
             alert_id=alert["alert_id"],
             ts=now_ms,
+            model=self.model,
         )
         self._ordered[cid] = now_ms
         return Decision(command, f"rolling back to {target} (command {cid})", settled=True)

@@ -18,6 +18,12 @@ whose time is implausible for its message's broker timestamp (:mod:`schemas.even
 join and moves no clock: an outcome is dead-lettered on ``<prefix>outcomes.dlq`` with the reason naming
 ``ts``; a prediction (the service has dead-lettered its request already, so this is another producer's)
 is dropped and counted.
+
+Models. A monitor watches one model (``model``): another model's prediction still moves its partition's
+clock (event time is the storefront's, whatever the model) but goes no further; a prediction without a
+``model`` field is the default model's. So does an outcome naming another model; an outcome naming none
+goes to every model's join, where another model's waits for a prediction that never comes
+(``prediction_wait_s``): storefronts that know the model should name it.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class RouterStats:
     implausible_outcomes: int = 0
     shadow: int = 0
     invalid_shadow: int = 0  # contract-invalid or implausible: dropped, counted
+    other_models: int = 0  # predictions of models this monitor does not watch
 
 
 @dataclass
@@ -77,6 +84,9 @@ class Router:
     clock: Callable[[], float] = time.monotonic  # processing time: only says whether a partition is idle
     wall: Callable[[], float] = time.time  # ...and, with every outcome partition idle, how late it is
     stats: RouterStats = field(default_factory=RouterStats)
+    #: The model watched (``None``: every prediction), and the model of predictions that name none.
+    model: str | None = None
+    default_model: str | None = None
     sources: dict[tuple[str, int], _Source] = field(default_factory=dict)
     _events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -117,11 +127,14 @@ class Router:
                 return f"prediction: {problem.replace('ts:', name + ':', 1)}", "implausible"
             self.stats.implausible_outcomes += 1
             return f"outcome: {problem}", "implausible"
+        source.latest = max(source.latest, joinable["ts"])
+        if self.model is not None and not self._watched(event, prediction):
+            self.stats.other_models += 1
+            return None
         if prediction:
             self.stats.predictions += 1
         else:
             self.stats.outcomes += 1
-        source.latest = max(source.latest, joinable["ts"])
         self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
         return None
 
@@ -141,9 +154,20 @@ class Router:
         if problem is not None:
             self.stats.invalid_shadow += 1
             return f"shadow prediction: {problem}", "implausible"
+        if self.model is not None and not self._watched(event, prediction=True):
+            self.stats.other_models += 1
+            return None
         self.stats.shadow += 1
         self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
         return None
+
+    def _watched(self, event: dict[str, Any], prediction: bool) -> bool:
+        """Whether an event is the watched model's: a prediction naming none is the default model's; an
+        outcome naming none could be anyone's (the storefront need not know), so every monitor takes it."""
+        named = event.get("model")
+        if not isinstance(named, str):
+            return not prediction or (self.default_model or self.model) == self.model
+        return named == self.model
 
     def reports(self) -> list[dict[str, Any]]:
         """The state of every source partition this worker reads."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from services.cli.common import console, current_settings, err
+from services.cli.common import ModelOption, console, current_settings, err
 from services.config import Settings
 from services.deployment.orders import (
     ACK_TIMEOUT_S,
@@ -101,6 +101,7 @@ def deploy_command(
     reason: str = ReasonOption,
     no_wait: bool = NoWaitOption,
     timeout: float = TimeoutOption,
+    model: str | None = ModelOption,
 ) -> None:
     """Order every prediction service to activate VERSION, and wait for every live replica's answer.
 
@@ -108,7 +109,7 @@ def deploy_command(
     `modelwatch promote` or `modelwatch abort`. Refuses a version that is not in the registry or does
     not verify. Exits 1 if a live replica rejects the command or does not answer in time; with no live
     replica, succeeds (replicas load the commanded version when they start)."""
-    settings = current_settings()
+    settings = current_settings(model)
     if shadow and canary is not None:
         err.print("modelwatch: error: --shadow and --canary exclude each other", markup=False)
         raise typer.Exit(2)
@@ -133,10 +134,11 @@ def promote_command(
     reason: str = ReasonOption,
     no_wait: bool = NoWaitOption,
     timeout: float = TimeoutOption,
+    model: str | None = ModelOption,
 ) -> None:
     """Make the running shadow or canary's candidate the active version for everyone, and wait for every
     live replica's answer as `deploy` does."""
-    settings = current_settings()
+    settings = current_settings(model)
     publish_and_wait(settings, lambda: promote(settings, version, reason), not no_wait, timeout)
 
 
@@ -146,10 +148,11 @@ def abort_command(
     reason: str = ReasonOption,
     no_wait: bool = NoWaitOption,
     timeout: float = TimeoutOption,
+    model: str | None = ModelOption,
 ) -> None:
     """End the running shadow or canary: everyone back on the active version; waits for every live
     replica's answer as `deploy` does."""
-    settings = current_settings()
+    settings = current_settings(model)
     publish_and_wait(settings, lambda: abort(settings, version, reason), not no_wait, timeout)
 
 
@@ -165,8 +168,9 @@ def rollback_command(
     reason: str = ReasonOption,
     no_wait: bool = NoWaitOption,
     timeout: float = TimeoutOption,
+    model: str | None = ModelOption,
 ) -> None:
     """Order every prediction service back to an earlier version (it must still verify), and wait for
     every live replica's answer as `deploy` does."""
-    settings = current_settings()
+    settings = current_settings(model)
     publish_and_wait(settings, lambda: rollback(settings, to, reason), not no_wait, timeout)

@@ -9,7 +9,8 @@ import orjson
 import typer
 
 from schemas.errors import KafkaClientError
-from services.cli.common import console, current_settings, err
+from services.cli.common import ModelOption, console, current_settings, err
+from services.config import Settings
 from services.deployment.follower import read_state
 from services.deployment.orders import iso, timeline
 from services.deployment.state import DeploymentState
@@ -29,10 +30,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _active_version(timeout: float) -> tuple[str | None, str | None]:
+def _active_version(settings: Settings, timeout: float) -> tuple[str | None, str | None]:
     """(active version, why it is unknown): the registry works without a broker, so listing does too."""
     try:
-        return read_state(current_settings(), timeout=timeout).commanded, None
+        return read_state(settings, timeout=timeout).commanded, None
     except KafkaClientError as exc:
         return None, str(exc)
 
@@ -64,10 +65,13 @@ def list_command(
     timeout: float = typer.Option(
         5.0, "--timeout", min=0.1, help="Seconds to wait for the command topic (which version is active)."
     ),
+    model: str | None = ModelOption,
 ) -> None:
-    """Every version: created, held-out F1 (the monitor's baseline), digest, and which one is active."""
-    registry = Registry.from_settings(current_settings())
-    active, unknown = _active_version(timeout)
+    """Every version of the model: created, held-out F1 (the monitor's baseline), digest, and which one is
+    active."""
+    settings = current_settings(model)
+    registry = Registry.from_settings(settings)
+    active, unknown = _active_version(settings, timeout)
     rows = list_versions(registry, active)
     if as_json:
         _echo_json(rows)
@@ -75,7 +79,7 @@ def list_command(
     if unknown:
         err.print(f"modelwatch: active version unknown: {unknown}", markup=False)
     if not rows:
-        console.print(f"no versions in {registry.url} (run `modelwatch train`)")
+        console.print(f"no versions of model {registry.model} in {registry.url} (run `modelwatch train`)")
         return
     width = max(len(r["version"]) for r in rows)
     console.print(
@@ -96,10 +100,12 @@ def list_command(
 
 @app.command()
 def show(
-    version: str = typer.Argument(..., help="The version to describe."), as_json: bool = JsonOption
+    version: str = typer.Argument(..., help="The version to describe."),
+    as_json: bool = JsonOption,
+    model: str | None = ModelOption,
 ) -> None:
     """One version's manifest: digest, data, held-out metrics next to popularity, libraries, parent."""
-    manifest = Registry.from_settings(current_settings()).manifest(version)
+    manifest = Registry.from_settings(current_settings(model)).manifest(version)
     if as_json:
         _echo_json(manifest.as_dict())
         return
@@ -152,12 +158,13 @@ def register(
     as_json: bool = typer.Option(
         False, "--json", help="Print the new version's manifest as one JSON document."
     ),
+    model: str | None = ModelOption,
 ) -> None:
     """Register a model of your own (any object implementing services/model/protocol.py) as a new version.
 
     The file is unpickled here (it is your artifact; its module must be importable: model_path), checked by
     scoring a few generated requests, optionally evaluated, and stored as an immutable, verified version."""
-    manifest = register_model(current_settings(), file, evaluate=evaluate)
+    manifest = register_model(current_settings(model), file, evaluate=evaluate)
     if as_json:
         _echo_json(manifest.as_dict())
         return
@@ -165,11 +172,13 @@ def register(
 
 
 @app.command()
-def verify(version: str = typer.Argument(..., help="The version to check.")) -> None:
+def verify(
+    version: str = typer.Argument(..., help="The version to check."), model: str | None = ModelOption
+) -> None:
     """Check a version's manifest signature (with a key) and artifact digest, unpickling nothing.
 
     Exits 1 with the reason when it does not verify."""
-    registry = Registry.from_settings(current_settings())
+    registry = Registry.from_settings(current_settings(model))
     manifest = registry.verify(version)
     signed = [n for n, on in (("publisher key", registry.keyring), ("signature", registry.signing_key)) if on]
     how = f"{' and '.join(signed)} and sha256" if signed else "sha256 (no keyring or signing key set)"
@@ -223,13 +232,15 @@ def _answers(acks: dict[str, dict[str, Any]]) -> str:
 def history(
     as_json: bool = JsonOption,
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for the command topic."),
+    model: str | None = ModelOption,
 ) -> None:
     """Which version was commanded when, and why (the command topic: the deployment audit log), what each
     replica answered, and which version the live replicas really serve.
 
     Commands are in log order (``ts`` is the issuer's clock, shown for people). Unsigned, forged or
-    replayed commands are listed apart, with the reason they count for nothing."""
-    settings = current_settings()
+    replayed commands are listed apart, with the reason they count for nothing. Only the model's own
+    commands and replicas' answers are shown (--model)."""
+    settings = current_settings(model)
     doc = history_document(read_state(settings, timeout=timeout))
     if as_json:
         _echo_json(doc)

@@ -31,6 +31,13 @@ def monitor(
         help="Serve Prometheus metrics, /healthz and /readyz on this port [default: monitor.metrics_port, "
         "none].",
     ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        metavar="NAME",
+        help="The model to watch: its predictions, model failures, commands and rollbacks only; its own "
+        "Faust app <prefix>monitor-NAME (the default model's is <prefix>monitor) [default: model_name].",
+    ),
 ) -> None:
     """Run the monitor: a faust-streaming worker that joins predictions with outcomes, keeps rolling
     accuracy, precision, recall and F1 per model version, raises alerts and rolls bad versions back.
@@ -53,13 +60,13 @@ def monitor(
         if not config.is_file():
             raise ConfigError(f"--config names {config}, which is not a file")
         os.environ["MODELWATCH_CONFIG"] = str(config)  # read by the settings, here and in Faust's worker
-    overrides = {}
+    overrides: dict[str, object] = {}
     changes = {
         k: v for k, v in {"log_level": log_level, "metrics_port": metrics_port}.items() if v is not None
     }
     if changes:
         overrides["monitor"] = {**current_settings().monitor.model_dump(), **changes}
-    settings = current_settings(**overrides)
+    settings = current_settings(model, **overrides)
 
     from streams.app import run  # Faust is slow to import: only when the monitor really starts
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from services.cli.common import console, current_settings, err
+from services.cli.common import ModelOption, console, current_settings, err
 from services.ops.report import write_report
 
 app = typer.Typer()
@@ -31,6 +31,7 @@ def report_command(
     ),
     bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka cluster [default: settings]."),
     prefix: str | None = typer.Option(None, "--prefix", help="Topic prefix [default: settings, rec.]."),
+    model: str | None = ModelOption,
 ) -> None:
     """Draw the rolling accuracy, precision, recall and F1 per model version over time.
 
@@ -38,7 +39,7 @@ def report_command(
     HTML page (the PNG embedded, plus a table of deploys, rollbacks, alerts and acks) with markers for
     deploys, rollbacks, alerts firing and resolved, and the replicas' activations. Prints both paths.
     """
-    settings = current_settings(bootstrap=bootstrap, topic_prefix=prefix)
+    settings = current_settings(model, bootstrap=bootstrap, topic_prefix=prefix)
     with err.status(f"reading {settings.topic_prefix}metrics, alerts, model-commands, model-events"):
         files = write_report(settings, out, window=window.value, timeout=timeout)
     console.print(f"png:  {files.png}")

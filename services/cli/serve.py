@@ -41,6 +41,13 @@ def serve(
         metavar="PORT",
         help="Serve Prometheus metrics on this port [default: serve.metrics_port, none].",
     ),
+    models: list[str] | None = typer.Option(
+        None,
+        "--model",
+        metavar="NAME",
+        help="A model to serve; repeat it to serve several (--model home --model cart): each request goes "
+        "to the model its `model` field names (absent: model_name) [default: model_name].",
+    ),
 ) -> None:
     """Serve predictions: consume rec.requests in batches as the consumer group <prefix>serve, score them
     with the model version last commanded on rec.model-commands, and produce rec.predictions.
@@ -50,8 +57,13 @@ def serve(
     heartbeat every serve.heartbeat_s). Bad requests go to rec.requests.dlq with the reason. With no
     version ever deployed it waits for a deploy command. Logs are key=value lines on stderr. SIGTERM or
     Ctrl-C finishes the batch in hand, commits and exits.
+
+    With several --model, each model has its own active version and follows only its own commands; a
+    request for a model not served here is dead-lettered with the reason.
     """
     settings = current_settings()
+    for name in models or []:
+        settings.for_model(name)  # a bad name is one line now, not a failure in the replica
     changes = {
         k: v for k, v in {"batch_size": batch_size, "metrics_port": metrics_port}.items() if v is not None
     }
@@ -65,4 +77,4 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    run_replica(settings, instance=instance, exactly_once=exactly_once, stop=stop)
+    run_replica(settings, instance=instance, exactly_once=exactly_once, stop=stop, models=models or ())

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.common import console, current_settings
+from services.cli.common import ModelOption, console, current_settings
 from services.deployment.orders import iso
 from services.ops.status import fleet_status
 
@@ -26,6 +26,8 @@ def render(doc: dict[str, Any]) -> Group:
     """The status document as rich tables."""
     model = doc["model"]
     head = Text()
+    if model.get("name"):
+        head.append(f"model {model['name']}   ")
     head.append(f"commanded {model['commanded'] or '-'}")
     head.append(f"   served {model['served'] or '-'}")
     if model["unloadable"]:
@@ -83,10 +85,12 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of tables."),
     watch: bool = typer.Option(False, "--watch", help="Redraw every --every seconds until Ctrl-C."),
     every: float = typer.Option(2.0, "--every", metavar="SECONDS", min=0.5, help="--watch's period."),
+    model: str | None = ModelOption,
 ) -> None:
     """The fleet at a glance: the commanded and served version, every replica (gone when silent for three
-    heartbeats), the monitor's consumer group and its lag, the alerts firing now, the last commands."""
-    settings = current_settings()
+    heartbeats), the monitor's consumer group and its lag, the alerts firing now, the last commands: of
+    one model (--model)."""
+    settings = current_settings(model)
     if as_json:
         console.print(orjson.dumps(fleet_status(settings)).decode(), markup=False, soft_wrap=True)
         return

@@ -53,6 +53,13 @@ def tail_command(
     ),
     bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka cluster [default: settings]."),
     prefix: str | None = typer.Option(None, "--prefix", help="Topic prefix [default: settings, rec.]."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        metavar="NAME",
+        help="Only events of this model (events naming none are the default model's, model_name) "
+        "[default: every model].",
+    ),
 ) -> None:
     """Follow the contract's topics: one line per event, readable at a glance.
 
@@ -62,6 +69,7 @@ def tail_command(
     consumer group and commits nothing, so it never disturbs the services. Ctrl-C stops it.
     """
     settings = current_settings(bootstrap=bootstrap, topic_prefix=prefix)
+    named = {"model": settings.for_model(model).model_name, "default_model": settings.default_model}
     try:
         resolve_topics(topics or [], settings.topic_prefix)
     except ValueError as exc:
@@ -70,7 +78,12 @@ def tail_command(
         result = tail(
             settings,
             topics or [],
-            filters=Filters(version=version, state=state.value if state else None, instance=instance),
+            filters=Filters(
+                version=version,
+                state=state.value if state else None,
+                instance=instance,
+                **(named if model is not None else {}),
+            ),
             from_beginning=from_beginning,
             max_events=max_events,
             timeout=timeout,

@@ -9,7 +9,7 @@ import orjson
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from services.cli.common import console, current_settings, err
+from services.cli.common import ModelOption, console, current_settings, err
 from services.model.training import DEFAULT_SESSIONS, STEPS, train_version
 from services.model.training import Progress as StepCallback
 from services.sandbox.versions import train_on_world
@@ -76,13 +76,15 @@ def train_command(
     as_json: bool = typer.Option(
         False, "--json", help="Print the new version's manifest as one JSON document."
     ),
+    model: str | None = ModelOption,
 ) -> None:
     """Train on generated data (default), a log file or the topics; register a new immutable version.
 
     The last 20% of sessions by time are held out; the version's held-out accuracy, precision, recall and
-    F1 (counted as the monitor counts them) become the baseline the monitor compares against.
+    F1 (counted as the monitor counts them) become the baseline the monitor compares against. With
+    --model the version is that model's (and --from-topics reads that model's predictions).
     """
-    settings = current_settings()
+    settings = current_settings(model)
     with step_progress() as progress:
         if data is None and not from_topics:
             manifest = train_on_world(
@@ -101,5 +103,5 @@ def train_command(
     )
     console.print(f"{'held-out':<10} {'model':>8} {'popularity':>11}")
     for name in ("accuracy", "precision", "recall", "f1"):
-        model, base = manifest.metrics.get(name), manifest.baseline.get(name)
-        console.print(f"{name:<10} {_fmt(model):>8} {_fmt(base):>11}")
+        value, base = manifest.metrics.get(name), manifest.baseline.get(name)
+        console.print(f"{name:<10} {_fmt(value):>8} {_fmt(base):>11}")

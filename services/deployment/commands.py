@@ -78,8 +78,11 @@ def make(
     ts: int | None = None,
     traffic: float | None = None,
     experiment_id: str | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """A valid model-command event, signed by ``signer`` (Ed25519) and with ``key`` (legacy HMAC) if given."""
+    """A valid model-command event, signed by ``signer`` (Ed25519) and with ``key`` (legacy HMAC) if given;
+    ``model`` names the model it is for (inside the signed body: a signed command cannot be moved to
+    another model), absent: the default model's."""
     command: dict[str, Any] = {
         "command_id": command_id or f"c-{uuid.uuid4().hex}",
         "action": action,
@@ -95,6 +98,8 @@ def make(
         command["traffic"] = traffic
     if experiment_id:
         command["experiment_id"] = experiment_id
+    if model:
+        command["model"] = model
     if signer is not None:
         command["signed_by"] = signer.sign("command", command)
     if key:

@@ -35,11 +35,17 @@ EVENTS_LOOKBACK_MS = 24 * 3600 * 1000
 
 
 def new_state(settings: Settings) -> DeploymentState:
-    """An empty state that checks commands with the settings' keyring (and legacy signing key); a replica
-    missing three heartbeats is not live."""
+    """An empty state of the settings' model (``model_name``) that checks commands with the settings'
+    keyring (and legacy signing key); a replica missing three heartbeats is not live."""
     key = settings.signing_key.get_secret_value() if settings.signing_key else None
     live_ms = int(3 * settings.serve.heartbeat_s * 1000)
-    return DeploymentState(key=key, live_ms=live_ms, keyring=keyring_of(settings))
+    return DeploymentState(
+        key=key,
+        live_ms=live_ms,
+        keyring=keyring_of(settings),
+        model=settings.model_name,
+        default_model=settings.default_model,
+    )
 
 
 #: What a replica and the monitor log at start when nothing authenticates the commands they obey.
@@ -173,7 +179,9 @@ class Follower(threading.Thread):
 
     def _feed(self, msg: Any, commands_topic: str) -> None:
         if msg.topic() == commands_topic:
-            if not self.state.feed_command_raw(msg.value(), msg.offset()):
+            ignored = len(self.state.history.ignored)
+            self.state.feed_command_raw(msg.value(), msg.offset())
+            if len(self.state.history.ignored) > ignored:  # not another model's: refused
                 _, why = self.state.history.ignored[-1]
                 log.warning("ignored a model command: %s", why)
         else:

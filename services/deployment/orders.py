@@ -76,6 +76,7 @@ def _publish(
         key=_key(settings),
         signer=signer,
         issued_by=issued_by or operator(),
+        model=settings.model_name,
         **experiment,
     )
     commands.publish(settings, command)

@@ -16,6 +16,11 @@ says so (which replicas rejected it, and why). Such a version is never a rollbac
 A replica is live while its last event is at most ``live_ms`` old. That compares two wall clocks, the
 replica's and the reader's: a replica whose clock is off by more than ``live_ms`` looks dead (or lingers),
 which changes what is shown and which replicas count, never the order of commands.
+
+Models: the command log and the event topic are shared by every model. A state is about one model
+(``model``): it skips the commands and events that name another (``model``; absent: ``default_model``),
+so a command for one model never moves another, and a replica serving several models is, for each, a
+replica of that model alone. A state built without ``model`` takes every command and event.
 """
 
 from __future__ import annotations
@@ -65,8 +70,21 @@ def now_ms() -> int:
 class DeploymentState:
     """Commands in log order plus every replica's acknowledgements; fed by a follower, read by anyone."""
 
-    def __init__(self, key: str | None = None, live_ms: int = 15_000, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        key: str | None = None,
+        live_ms: int = 15_000,
+        keyring: Keyring | None = None,
+        *,
+        model: str | None = None,
+        default_model: str | None = None,
+    ) -> None:
         self.history = History(key=key, keyring=keyring)
+        #: The model this state is about (``None``: every command and event), and the model of those
+        #: that name none.
+        self.model, self.default_model = model, default_model or model
+        #: Commands skipped because they are another model's.
+        self.other_models = 0
         self.live_ms = live_ms
         #: Where each applied command sits in the log (its offset), for people and tests.
         self.offsets: dict[str, int] = {}
@@ -79,6 +97,13 @@ class DeploymentState:
         self.loaded: dict[str, set[str]] = {}
         self.malformed_events = 0
 
+    def concerns(self, event: dict[str, Any]) -> bool:
+        """Whether a command or model event is about this state's model."""
+        if self.model is None:
+            return True
+        named = event.get("model")
+        return (named if isinstance(named, str) else self.default_model) == self.model
+
     # -- the command log -------------------------------------------------------------------------------
 
     def judge(self, command: dict[str, Any]) -> str | None:
@@ -86,7 +111,11 @@ class DeploymentState:
         return self.history.judge(command)
 
     def feed_command(self, command: dict[str, Any], offset: int | None = None) -> bool:
-        """Apply the next command of the log; return whether it was applied (not replayed, forged...)."""
+        """Apply the next command of the log; return whether it was applied (not replayed, forged, nor
+        another model's: such a command is counted in ``other_models``, not in ``history.ignored``)."""
+        if not self.concerns(command):
+            self.other_models += 1
+            return False
         applied = self.history.feed(command)
         if applied and offset is not None:
             self.offsets[command["command_id"]] = offset
@@ -117,6 +146,8 @@ class DeploymentState:
     # -- the replicas' events --------------------------------------------------------------------------
 
     def feed_event(self, event: dict[str, Any]) -> None:
+        if not self.concerns(event):
+            return
         instance, version, ts = event["instance"], event.get("model_version"), int(event["ts"])
         kind, command_id = event["event"], event.get("command_id")
         replica = self.replicas.setdefault(instance, Replica(instance, None, ts))

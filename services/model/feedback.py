@@ -86,8 +86,14 @@ def _decoded(settings: Settings, suffix: str, event: str, timeout: float) -> lis
 
 
 def interactions_from_topics(settings: Settings, timeout: float = 60.0) -> Interactions:
-    """Read the prediction and outcome topics to their current end and join them into a training log."""
-    predictions = _decoded(settings, "predictions", "prediction", timeout)
+    """Read the prediction and outcome topics to their current end and join the predictions of the
+    settings' model (``model_name``; those naming none are the default model's) into a training log."""
+    # The settings' model's predictions only: each model learns from what it was asked.
+    predictions = [
+        p
+        for p in _decoded(settings, "predictions", "prediction", timeout)
+        if settings.model_of(p) == settings.model_name
+    ]
     outcomes = _decoded(settings, "outcomes", "outcome", timeout)
     log = join_logged(
         predictions,

@@ -140,16 +140,27 @@ class Filters:
     version: str | None = None
     state: State | None = None
     instance: str | None = None
+    #: ``--model``: the events of one model; an event that names none is ``default_model``'s.
+    model: str | None = None
+    default_model: str | None = None
 
     def _wanted(self) -> list[tuple[str, str]]:
         pairs = [("model_version", self.version), ("state", self.state), ("instance", self.instance)]
         return [(field, value) for field, value in pairs if value is not None]
 
+    def _model_admits(self, fields: dict[str, Any]) -> bool:
+        if self.model is None:
+            return True
+        named = fields.get("model")
+        return (named if isinstance(named, str) else self.default_model or self.model) == self.model
+
     def admits(self, ev: TailEvent) -> bool:
         wanted = self._wanted()
         if ev.event is not None:
-            return all(ev.event.get(field) == value for field, value in wanted)
+            return self._model_admits(ev.event) and all(ev.event.get(f) == value for f, value in wanted)
         fields = ev.loose or {}
+        if "model" in fields and not self._model_admits(fields):
+            return False
         return all(field not in fields or fields[field] == value for field, value in wanted)
 
 

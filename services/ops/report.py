@@ -78,16 +78,23 @@ def _read_values(settings: Settings, topic: str, timeout: float) -> list[bytes |
 def write_report(
     settings: Settings, out_dir: Path | str = ".", *, window: Window = "count", timeout: float = 10.0
 ) -> ReportFiles:
-    """Read the four topics and draw the report into ``out_dir``."""
+    """Read the four topics and draw the report of the settings' model (``model_name``) into ``out_dir``:
+    the events naming it, and those naming no model when it is the default model."""
     found = read_report_events(settings, timeout=timeout)
+    model = settings.model_name
+
+    def mine(events: list[Event]) -> list[Event]:
+        return [e for e in events if settings.model_of(e) == model]
+
+    named = "" if model == settings.default_model else f" (model {model})"
     return draw_report(
-        found.metrics,
-        found.alerts,
-        found.commands,
-        found.model_events,
+        mine(found.metrics),
+        mine(found.alerts),
+        mine(found.commands),
+        mine(found.model_events),
         out_dir,
         window=window,
-        title=f"modelwatch report: {settings.topic_prefix}* on {settings.bootstrap_servers}",
+        title=f"modelwatch report: {settings.topic_prefix}* on {settings.bootstrap_servers}{named}",
         unreadable=found.unreadable,
     )
 

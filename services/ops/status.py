@@ -110,7 +110,7 @@ def read_alerts(settings: Settings, since_ms: int, timeout: float = 10.0) -> lis
 def monitor_group(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
     """The monitor's consumer group: its state, members and their partitions, and the lag per partition
     the group has committed (high watermark minus committed offset)."""
-    group = f"{settings.topic_prefix}monitor"
+    group = settings.monitor_app_id  # the monitor of the settings' model
     admin = kafka.admin(settings)
     doc: dict[str, Any] = {"group": group, "state": "unknown", "members": [], "lag": [], "total_lag": 0}
     try:
@@ -153,14 +153,19 @@ def monitor_group(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
 
 
 def fleet_status(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
-    """The whole picture, as ``modelwatch status --json`` prints it."""
+    """The whole picture of the settings' model (``--model``), as ``modelwatch status --json`` prints it."""
     state = read_state(settings, timeout=timeout)
     now = now_ms()
-    alerts = read_alerts(settings, now - ALERTS_LOOKBACK_MS, timeout=timeout)
+    alerts = [
+        a
+        for a in read_alerts(settings, now - ALERTS_LOOKBACK_MS, timeout=timeout)
+        if settings.model_of(a) == settings.model_name
+    ]
     return {
         "at": now,
         "heartbeat_s": settings.serve.heartbeat_s,
         "model": {
+            "name": settings.model_name,
             "commanded": state.commanded,
             "served": state.served(now),
             "unloadable": state.commanded is not None and state.unloadable(state.commanded),

@@ -1,9 +1,16 @@
 """The model registry: immutable, verified versions on a local directory or any fsspec URL.
 
-Layout under the registry root (``MODELWATCH_REGISTRY``)::
+Layout under the registry root (``MODELWATCH_REGISTRY``): the default model's versions (``model_name``)
+where they always were, every other model's in a directory of its own::
 
-    <root>/<version>/model.joblib     the fitted model, as joblib wrote it
-    <root>/<version>/manifest.json    its Manifest (written last: a version exists once it has one)
+    <root>/<version>/model.joblib                    the fitted model, as joblib wrote it
+    <root>/<version>/manifest.json                   its Manifest (written last: a version exists once it
+                                                     has one)
+    <root>/models/<model>/<version>/...              the same, for each other model (``--model``)
+
+So a registry written before models were named is the default model's as it stands, and replicas from
+before then still read what is registered for it now. The default model also reads a version found under
+``models/<its name>/`` (registered under that name before it became the default).
 
 A version name is ``<UTC time>-<8 hex>``, e.g. ``20261124T034100-3f2a9c1b``; the hex comes from the
 artifact's digest, the creation time and a random salt, so two identical models never share a version.
@@ -57,8 +64,13 @@ class Registry:
         *,
         keyring: Keyring | None = None,
         publisher: Signer | None = None,
+        model: str = "recommender",
+        flat: bool = True,
     ) -> None:
         self.url = url
+        #: The model whose versions these are; ``flat``: it is the default model, whose versions are
+        #: written flat under the root, as before models were named.
+        self.model, self.flat = model, flat
         self.signing_key = signing_key or None
         #: Directories put first on ``sys.path`` before unpickling (the ``model_path`` setting).
         self.model_path = list(model_path)
@@ -76,16 +88,41 @@ class Registry:
             settings.model_path,
             keyring=keyring_of(settings),
             publisher=signer_of(settings, "publisher"),
+            model=settings.model_name,
+            flat=settings.model_name == settings.default_model,
         )
 
     def __repr__(self) -> str:
-        return f"Registry({self.url!r}, signed={self.signing_key is not None}, keyring={self.keyring})"
+        return (
+            f"Registry({self.url!r}, model={self.model!r}, signed={self.signing_key is not None}, "
+            f"keyring={self.keyring})"
+        )
 
     # ------------------------------------------------------------------ paths
+    @property
+    def model_root(self) -> str:
+        """Where this model's versions are written: the root for the default model, else
+        ``<root>/models/<model>``."""
+        return self.root if self.flat else self._named_root
+
+    @property
+    def _named_root(self) -> str:
+        return f"{self.root.rstrip('/')}/models/{self.model}"
+
+    def _roots(self) -> list[str]:
+        """Where this model's versions are read, where they are written first."""
+        return [self.root, self._named_root] if self.flat else [self._named_root]
+
     def _dir(self, version: str) -> str:
+        """The directory of ``version``: where its manifest is, else where it would be written."""
         if not VERSION_PATTERN.fullmatch(version):
             raise VersionNotFound(f"{version!r} is not a valid version name")
-        return f"{self.root}/{version}"
+        written = f"{self.model_root.rstrip('/')}/{version}"
+        if self.flat and not self.fs.exists(f"{written}/{MANIFEST}"):
+            named = f"{self._named_root}/{version}"
+            if self.fs.exists(f"{named}/{MANIFEST}"):
+                return named
+        return written
 
     def _path(self, version: str, name: str) -> str:
         return f"{self._dir(version)}/{name}"
@@ -147,14 +184,15 @@ class Registry:
 
     # ------------------------------------------------------------------ reading
     def _names(self) -> list[str]:
-        if not self.fs.exists(self.root):
-            return []
-        names = []
-        for entry in self.fs.ls(self.root, detail=True):
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if entry.get("type") == "directory" and VERSION_PATTERN.fullmatch(name):
-                names.append(name)
-        return names
+        names: set[str] = set()
+        for root in self._roots():
+            if not self.fs.exists(root):
+                continue
+            for entry in self.fs.ls(root, detail=True):
+                name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+                if entry.get("type") == "directory" and VERSION_PATTERN.fullmatch(name):
+                    names.add(name)
+        return sorted(names)
 
     def scan(self) -> tuple[list[Manifest], list[tuple[str, str]]]:
         """(manifests that verify, oldest first; (version, reason) for those that do not)."""
@@ -185,7 +223,9 @@ class Registry:
         try:
             raw = self.fs.cat_file(path)
         except FileNotFoundError as exc:
-            raise VersionNotFound(f"no version {version} in registry {self.url}") from exc
+            raise VersionNotFound(
+                f"no version {version} of model {self.model} in registry {self.url}"
+            ) from exc
         manifest = Manifest.from_json(raw, version)
         if self.keyring is not None:
             manifest.check_publisher(self.keyring)

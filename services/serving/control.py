@@ -23,6 +23,10 @@ two versions' predictions. Events on ``rec.model-events`` (key: instance):
   allowed this action, a bad signature) or the legacy signing key. The current model keeps serving;
 - ``heartbeat``: every ``serve.heartbeat_s``, with the active version (null before the first deploy) and
   the partitions this replica serves.
+
+A Control is about one model (``settings.model_name``): a replica serving several runs one per model, each
+with its own slot, following only its model's commands (:class:`~services.deployment.state.DeploymentState`
+skips the others') and naming its model (``model``) in every event it publishes.
 """
 
 from __future__ import annotations
@@ -124,8 +128,9 @@ class Control(threading.Thread):
         metrics: ServeMetrics,
         stop: threading.Event,
     ) -> None:
-        super().__init__(name=f"control-{instance}", daemon=True)
+        super().__init__(name=f"control-{instance}-{settings.model_name}", daemon=True)
         self.settings, self.instance, self.registry, self.slot = settings, instance, registry, slot
+        self.model = settings.model_name  # the model whose commands this control follows
         self.log, self.metrics, self.stop_event = log, metrics, stop
         self.topic = settings.topic("model-commands")
         self.events_topic = settings.topic("model-events")
@@ -139,7 +144,7 @@ class Control(threading.Thread):
             settings,
             **reporter.client_settings(),
             **{
-                "client.id": f"{settings.topic_prefix}serve-{instance}-events",
+                "client.id": f"{settings.topic_prefix}serve-{instance}-{self.model}-events",
                 "linger.ms": 0,  # acknowledgements are few and someone is waiting for each
             },
         )
@@ -149,12 +154,13 @@ class Control(threading.Thread):
             kafka.producer(
                 settings,
                 **reporter.client_settings(),
-                **{"client.id": f"{settings.topic_prefix}serve-{instance}-shadow"},
+                **{"client.id": f"{settings.topic_prefix}serve-{instance}-{self.model}-shadow"},
             ),
             settings.topic("predictions.shadow"),
             instance,
             settings.serve.default_k,
             log.bind(client="shadow"),
+            model=self.model,
         )
 
     # -- events ---------------------------------------------------------------------------------------
@@ -165,6 +171,7 @@ class Control(threading.Thread):
             "event": event,
             "model_version": version,
             "ts": ts if ts is not None else int(time.time() * 1000),
+            "model": self.model,
             **{k: v for k, v in extra.items() if v is not None},
         }
         try:
@@ -191,7 +198,7 @@ class Control(threading.Thread):
     def acknowledge(self, activation: Activation, ts: int) -> None:
         """Called by the poll loop right after the swap; ``ts`` is later than every earlier prediction's."""
         command = activation.command
-        self.metrics.activated(activation.version)
+        self.metrics.activated(activation.version, self.model)
         self.metrics.commands.labels("activated").inc()
         trial = activation.trial
         self.log.info(
@@ -267,7 +274,7 @@ class Control(threading.Thread):
             f"{self.settings.topic_prefix}serve-control-{self.instance}",
             **self._reporter.client_settings(),
             **{
-                "client.id": f"{self.settings.topic_prefix}serve-{self.instance}-control",
+                "client.id": f"{self.settings.topic_prefix}serve-{self.instance}-{self.model}-control",
                 "enable.partition.eof": True,  # tells when the history has been read
             },
         )
@@ -332,6 +339,8 @@ class Control(threading.Thread):
         except ContractError as exc:
             self._reject(None, str(exc))
             return
+        if not self.state.concerns(command):
+            return  # another model's: that model's control (here or on another replica) obeys it
         self.log.info(
             "command",
             command_id=command["command_id"],

@@ -98,10 +98,18 @@ class ShadowScorer(threading.Thread):
     """Scores batches with a shadow candidate and writes its predictions to the shadow topic."""
 
     def __init__(
-        self, producer: Producer, topic: str, instance: str, default_k: int, log: EventLog, depth: int = 64
+        self,
+        producer: Producer,
+        topic: str,
+        instance: str,
+        default_k: int,
+        log: EventLog,
+        depth: int = 64,
+        model: str | None = None,
     ) -> None:
-        super().__init__(name=f"shadow-{instance}", daemon=True)
+        super().__init__(name=f"shadow-{instance}-{model or ''}", daemon=True)
         self.producer, self.topic, self.instance = producer, topic, instance
+        self.model = model  # named in each shadow prediction
         self.default_k, self.log = default_k, log
         self._batches: queue.Queue[tuple[Trial, list[dict[str, Any]]]] = queue.Queue(maxsize=depth)
         self._stopping = threading.Event()
@@ -156,6 +164,7 @@ class ShadowScorer(threading.Thread):
                     "ts": now_ms,
                     "request_ts": request["ts"],
                     "latency_ms": latency_ms,
+                    **({"model": self.model} if self.model else {}),
                 }
             )
             while True:

@@ -42,6 +42,8 @@ KEY_LIMIT = 4 * 1024
 _LARGEST_FAST_TS = 2**63 - 1
 
 _Id = Annotated[str, Meta(min_length=1, max_length=128)]
+#: A model's name, as the contract allows it (it names registry directories and consumer groups too).
+_ModelName = Annotated[str, Meta(min_length=1, max_length=100, pattern="^[A-Za-z0-9._-]+$")]
 
 
 class PredictionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,6 +60,7 @@ class PredictionRequest(msgspec.Struct, forbid_unknown_fields=True):
     ts: Annotated[int, Meta(ge=0)]
     k: Annotated[int, Meta(ge=1, le=1000)] | UnsetType = UNSET
     context: Annotated[dict[str, Any], Meta(max_length=64)] | UnsetType = UNSET
+    model: _ModelName | UnsetType = UNSET
 
 
 #: What the contract requires that msgspec types cannot say, checked by :func:`fast_decode` after decoding,
@@ -153,6 +156,8 @@ def fast_decode(value: bytes) -> dict[str, Any] | None:
     }
     if checked.k is not UNSET:
         request["k"] = checked.k
+    if checked.model is not UNSET:
+        request["model"] = checked.model
     return request
 
 
@@ -170,10 +175,15 @@ class Intake:
 
 
 def dead_letter(
-    msg: Message, error: str, now_ms: int | None = None, model_version: str | None = None
+    msg: Message,
+    error: str,
+    now_ms: int | None = None,
+    model_version: str | None = None,
+    model: str | None = None,
 ) -> tuple[bytes | None, bytes]:
     """The dead-letter event for ``msg``, keyed like the source, its payload as (bounded) text;
-    ``model_version`` names the version that failed on it (model failures only)."""
+    ``model_version`` names the version that failed on it (model failures only), ``model`` the model the
+    request asked for (once it was read)."""
     raw = msg.value()
     if raw is None:
         payload, size = "", 0
@@ -190,6 +200,8 @@ def dead_letter(
     }
     if model_version is not None:
         event["model_version"] = model_version
+    if model is not None:
+        event["model"] = model
     if size > PAYLOAD_LIMIT:
         event["payload_bytes"] = size
         event["payload_truncated"] = True

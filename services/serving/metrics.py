@@ -128,14 +128,16 @@ class ServeMetrics:
             "Replays after a failed delivery or an aborted transaction.",
             registry=r,
         )
-        self._active_version: str | None = None
+        self._active_versions: dict[str, str] = {}  # model -> its active version
         self._server: WSGIServer | None = None
 
-    def activated(self, version: str) -> None:
-        if self._active_version is not None:
-            self.active.remove(self._active_version)
+    def activated(self, version: str, model: str = "") -> None:
+        """``version`` is now ``model``'s active version (a replica serving several models has one each)."""
+        previous = self._active_versions.get(model)
+        if previous is not None and previous != version:
+            self.active.remove(previous)
         self.active.labels(version).set(1)
-        self._active_version = version
+        self._active_versions[model] = version
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when absent), for tests and the benchmark."""

@@ -17,6 +17,12 @@ the request topic and loops:
 ``stop`` (SIGTERM/SIGINT in the CLI) ends the loop after the batch in hand: its predictions are flushed,
 offsets committed (or the transaction committed) and the consumer closed, which hands its partitions to
 the other replicas at once.
+
+Several models. A replica serves one or several models (``models``; default: ``model_name``), each with
+its own :class:`Control` and :class:`ModelSlot`: its own active version, following only its model's
+commands. Each request goes to the model its ``model`` field names (absent: the default model); a request
+for a model this replica does not serve, or one with no version deployed yet, is dead-lettered with the
+reason and the model named. Every prediction names its model.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +47,10 @@ from services.config import Settings
 from services.kafka.retry import NotYet, backoff_s, retry
 from services.serving.control import Activation, Control, ModelSlot, ModelSource
 from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, ExactlyOnce
-from services.serving.experiment import predictions_by_version, score_with_experiment
-from services.serving.intake import Decoder, dead_letter
+from services.serving.intake import Decoder
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
+from services.serving.models import route
 from services.serving.process import tune_gc_for_serving
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -114,8 +120,12 @@ class Service:
         exactly_once: bool = False,
         registry: ModelSource | None = None,
         own_process: bool = False,
+        models: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        #: The models served, in the order given (default: the settings' model); each one's settings.
+        self.models = list(dict.fromkeys(models)) or [settings.model_name]
+        self.settings_of = {name: settings.for_model(name) for name in self.models}
         #: The replica is the whole process (``modelwatch serve``): it may tune the process's GC.
         self.own_process = own_process
         self.instance = instance or default_instance()
@@ -125,12 +135,17 @@ class Service:
         if registry is None:
             from services.registry import Registry
 
-            registry = Registry.from_settings(settings)
-        self.registry = registry
+            self.registries: dict[str, ModelSource] = {
+                name: Registry.from_settings(s) for name, s in self.settings_of.items()
+            }
+        else:  # one source for every model (tests)
+            self.registries = dict.fromkeys(self.models, registry)
+        self.registry = self.registries[self.models[0]]
         self.log = EventLog("serve", instance=self.instance)
         self.metrics = ServeMetrics()
         self.counts = Counts()
-        self.slot = ModelSlot()
+        self.slots = {name: ModelSlot() for name in self.models}
+        self.slot = self.slots[self.models[0]]  # the first model's (the only one, usually)
         self.stop_event = threading.Event()
         self.serving = threading.Event()  # set once the replica has a model and has joined the group
         self._thread: threading.Thread | None = None
@@ -167,8 +182,13 @@ class Service:
 
     @property
     def active_version(self) -> str | None:
+        """The first model's active version."""
         active = self.slot.active
         return active.version if active else None
+
+    def active_versions(self) -> dict[str, str | None]:
+        """Each model served -> its active version (``None``: none deployed yet)."""
+        return {name: (a.version if (a := slot.active) else None) for name, slot in self.slots.items()}
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -185,6 +205,7 @@ class Service:
             requests=self.requests_topic,
             group=self.group_id,
             batch_size=serve.batch_size,
+            models=",".join(self.models),
         )
         if serve.metrics_port is not None:
             try:
@@ -192,24 +213,37 @@ class Service:
             except OSError as exc:
                 raise ConfigError(f"cannot serve metrics on port {serve.metrics_port}: {exc}") from exc
             self.log.info("metrics", port=serve.metrics_port)
-        control: Control | None = None
+        controls: dict[str, Control] = {}
         try:
             if not wait_for_broker(self.settings, stop, self.log):
                 return
-            control = Control(
-                self.settings, self.instance, self.registry, self.slot, self.log, self.metrics, stop
-            )
-            control.start()
-            while not stop.is_set() and self.slot.active is None:
-                if self.slot.wait_offered(0.1):
-                    self._swap(control)
-                self._check(control)
+            for name in self.models:
+                log = self.log if len(self.models) == 1 else self.log.bind(model=name)
+                controls[name] = Control(
+                    self.settings_of[name],
+                    self.instance,
+                    self.registries[name],
+                    self.slots[name],
+                    log,
+                    self.metrics,
+                    stop,
+                )
+                controls[name].start()
+            # Every model's history read and its starting version (if any) swapped in, and one model to
+            # serve: a model never deployed has its requests dead-lettered until its first deploy.
+            while not stop.is_set() and not (
+                all(c.ready.is_set() for c in controls.values())
+                and any(slot.active is not None for slot in self.slots.values())
+            ):
+                self.slot.wait_offered(0.1)  # wakes at the first model's offer, else after 0.1 s
+                self._swap_pending(controls)
+                self._check(controls)
             if stop.is_set():
                 return
-            self._serve(control, stop)
+            self._serve(controls, stop)
         finally:
             stop.set()
-            if control is not None:
+            for control in controls.values():
                 control.join(30)
             self.metrics.stop_http()
             self.log.info("stopped", **vars(self.counts))
@@ -218,12 +252,23 @@ class Service:
     def group_id(self) -> str:
         return f"{self.settings.topic_prefix}serve"
 
-    def _check(self, control: Control) -> None:
-        if control.failure is not None:
-            raise ServingError(f"the control thread failed: {control.failure}") from control.failure
+    def _check(self, controls: dict[str, Control]) -> None:
+        for control in controls.values():
+            if control.failure is not None:
+                raise ServingError(f"the control thread failed: {control.failure}") from control.failure
 
-    def _swap(self, control: Control) -> None:
-        activation: Activation = self.slot.swap()
+    def _swap_pending(self, controls: dict[str, Control]) -> None:
+        """Between two batches: swap in every model's newly commanded version."""
+        for name, slot in self.slots.items():
+            if slot.pending is not None:
+                self._swap(slot, controls[name])
+
+    def _set_partitions(self, controls: dict[str, Control]) -> None:
+        for control in controls.values():
+            control.partitions = sorted(self._partitions)
+
+    def _swap(self, slot: ModelSlot, control: Control) -> None:
+        activation: Activation = slot.swap()
         # Strictly later than every prediction so far, and no later than any to come: the ack's ts
         # separates the versions.
         self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
@@ -271,7 +316,7 @@ class Service:
             )
         return consumer, lambda: kafka.producer(self.settings, **producer_settings)
 
-    def _serve(self, control: Control, stop: threading.Event) -> None:
+    def _serve(self, controls: dict[str, Control], stop: threading.Event) -> None:
         serve = self.settings.serve
         reporter = KafkaReporter(self.log.bind(client="serve"))
         consumer, make_producer = self._clients(reporter)
@@ -301,20 +346,20 @@ class Service:
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             self._partitions.update(tp.partition for tp in partitions)
-            control.partitions = sorted(self._partitions)
+            self._set_partitions(controls)
             self.log.info("assigned", partitions=",".join(str(tp.partition) for tp in partitions))
             delivery.on_assign(c, partitions)
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             delivery.on_revoke(c, partitions)
             self._partitions.difference_update(tp.partition for tp in partitions)
-            control.partitions = sorted(self._partitions)
+            self._set_partitions(controls)
             self.log.info("revoked", partitions=",".join(str(tp.partition) for tp in partitions))
 
         def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
             delivery.on_lost(c, partitions)
             self._partitions.difference_update(tp.partition for tp in partitions)
-            control.partitions = sorted(self._partitions)
+            self._set_partitions(controls)
             self.log.warning("lost", partitions=",".join(str(tp.partition) for tp in partitions))
 
         consumer.subscribe([self.requests_topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
@@ -327,13 +372,12 @@ class Service:
         try:
             while not stop.is_set():
                 messages = self._poll(consumer, serve.batch_size, serve.poll_timeout_s)
-                if self.slot.pending is not None:
-                    self._swap(control)
+                self._swap_pending(controls)
                 if messages:
                     # The delivery's producer: exactly-once may replace one that hung.
                     self._handle(messages, decoder, delivery.producer, delivery)
                 delivery.tick()
-                self._check(control)
+                self._check(controls)
             delivery.close()
             consumer.close()  # leaves the group now: the others take the partitions without waiting
             closed = True
@@ -343,7 +387,7 @@ class Service:
                 with contextlib.suppress(KafkaException, RuntimeError):
                     consumer.close()
             self._partitions.clear()
-            control.partitions = []
+            self._set_partitions(controls)
             self.serving.clear()
 
     @staticmethod
@@ -364,19 +408,18 @@ class Service:
         intake = decoder.decode(messages)
         for problem in intake.errors:
             self.log.warning("consume_error", error=problem)
-        active = self.slot.active
-        assert active is not None, "serving without a model"
         requests, sources = intake.requests, intake.sources
         dead = intake.dead
-        scored, versions = score_with_experiment(active, requests, self.settings.serve.default_k)
-        model_dead = 0
-        if scored.failures:
-            now_ms = int(time.time() * 1000)
-            for position, error in scored.failures:
-                # The version that failed: the monitor counts it into that version's error rate.
-                dead.append(dead_letter(sources[position], error, now_ms, model_version=versions[position]))
-            model_dead = len(scored.failures)
-            self.log.warning("model_failed", requests=model_dead, first_error=scored.failures[0][1])
+        routed = route(
+            requests,
+            sources,
+            dead,
+            self.slots,
+            self.settings.default_model,
+            self.settings.serve.default_k,
+            self.log,
+        )
+        model_dead = routed.failed
 
         callback = delivery.begin()
         produced = predictions = 0
@@ -386,9 +429,9 @@ class Service:
         instance, topic = self.instance, self.predictions_topic
         produce, dumps = producer.produce, orjson.dumps
         try:
-            # One pass over three parallel lists: no per-request indexing.
-            for request, version, scores, selected in zip(
-                requests, versions, scored.scores, scored.selected, strict=True
+            # One pass over parallel lists: no per-request indexing.
+            for request, version, scores, selected, model in zip(
+                requests, routed.versions, routed.scores, routed.selected, routed.models, strict=True
             ):
                 if scores is None or selected is None:
                     continue
@@ -405,6 +448,7 @@ class Service:
                         "ts": now_ms,
                         "request_ts": request["ts"],  # the storefront's clock: the join's event time
                         "latency_ms": latency_ms,
+                        "model": model,
                     }
                 )
                 try:
@@ -432,12 +476,15 @@ class Service:
         m = self.metrics
         m.requests.inc(n)
         if predictions:
-            for made_by, count in predictions_by_version(scored, versions).items():
+            for made_by, count in routed.made_by.items():
                 m.predictions.labels(made_by).inc(count)
-        if len(dead) > model_dead:
-            m.dead_letters.labels("contract").inc(len(dead) - model_dead)
+        contract_dead = len(dead) - model_dead - routed.unserved
+        if contract_dead:
+            m.dead_letters.labels("contract").inc(contract_dead)
         if model_dead:
             m.dead_letters.labels("model").inc(model_dead)
+        if routed.unserved:
+            m.dead_letters.labels("unserved_model").inc(routed.unserved)
         m.batch_size.observe(n)
         m.latency.observe(latency_ms / 1000.0, predictions)
 
@@ -461,8 +508,10 @@ def serve(
     instance: str | None = None,
     exactly_once: bool = False,
     stop: threading.Event | None = None,
+    models: Sequence[str] = (),
 ) -> Counts:
-    """Run one replica in this thread until ``stop`` is set; what the CLI and subprocess tests call."""
-    service = Service(settings, instance=instance, exactly_once=exactly_once, own_process=True)
+    """Run one replica of ``models`` (default: the settings' model) in this thread until ``stop`` is set;
+    what the CLI and subprocess tests call."""
+    service = Service(settings, instance=instance, exactly_once=exactly_once, own_process=True, models=models)
     service.run(stop)
     return service.counts

@@ -213,16 +213,24 @@ class MonitorProcess:
     """``modelwatch monitor --config FILE`` as a subprocess: started, waited for, killed."""
 
     def __init__(
-        self, settings: Settings, config: Path, workdir: Path, extra_env: dict[str, str] | None = None
+        self,
+        settings: Settings,
+        config: Path,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        args: Iterable[str] = (),
+        name: str = "monitor",
     ):
         self.settings = settings
         self.config = config
         self.workdir = workdir
+        self.args = list(args)  # more of `modelwatch monitor`'s arguments (--model NAME)
+        self.name = name  # of its log files and data directory
         self.env = {
             **os.environ,
             "MODELWATCH_BOOTSTRAP": settings.bootstrap_servers,
             "MODELWATCH_TOPIC_PREFIX": settings.topic_prefix,
-            "MODELWATCH_MONITOR__DATA_DIR": str(workdir / "monitor-data"),
+            "MODELWATCH_MONITOR__DATA_DIR": str(workdir / f"{name}-data"),
             **(extra_env or {}),
         }
         self.env.pop("MODELWATCH_CONFIG", None)
@@ -231,25 +239,31 @@ class MonitorProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"monitor-{self.starts}.log"
+        return self.workdir / f"{self.name}-{self.starts}.log"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, timeout: float = 90.0, faust_cli: bool = False) -> None:
+    def start(self, timeout: float = 90.0, faust_cli: bool = False, wait: bool = True) -> None:
         """Start ``modelwatch monitor --config FILE`` (or ``faust -A streams.app worker`` with the config in
-        MODELWATCH_CONFIG) and wait until it says it is ready."""
+        MODELWATCH_CONFIG) and wait until it says it is ready (``wait=False``: later, :meth:`wait_ready`)."""
         self.starts += 1
         env = dict(self.env)
         if faust_cli:
             argv = [str(Path(sys.executable).parent / "faust"), "-A", "streams.app", "worker", "-l", "info"]
             env["MODELWATCH_CONFIG"] = str(self.config)
         else:
-            argv = [modelwatch_bin(), "monitor", "--config", str(self.config)]
+            argv = [modelwatch_bin(), "monitor", "--config", str(self.config), *self.args]
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
             )
+
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until the started worker says it is ready."""
 
         def ready() -> bool:
             assert self.proc is not None
@@ -257,7 +271,7 @@ class MonitorProcess:
                 raise AssertionError(f"the monitor exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
             return READY in self.log()
 
-        wait_for(ready, timeout, "the monitor worker to be ready", every=0.25)
+        wait_for(ready, timeout, f"the {self.name} worker to be ready", every=0.25)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit, no flush."""

@@ -56,7 +56,12 @@ def test_a_killed_replica_is_shown_gone_within_three_heartbeats_and_a_live_one_s
         120,
         "both replicas serving",
     )
-    assert doc["model"] == {"commanded": version, "served": version, "unloadable": False}
+    assert doc["model"] == {
+        "name": "recommender",
+        "commanded": version,
+        "served": version,
+        "unloadable": False,
+    }
     assert replica(doc, "serve-a")["version"] == version
     assert doc["last_commands"][-1]["action"] == "deploy" and doc["last_commands"][-1]["version"] == version
 

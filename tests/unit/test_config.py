@@ -141,3 +141,21 @@ def test_consistent_rules_load(tmp_path: Path) -> None:
         )
     )
     assert [r.name for r in load_settings().alerts] == ["f1-low", "f1-drop"]
+
+
+def test_model_picks_the_model_and_keeps_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.registry import Registry
+
+    monkeypatch.setenv("MODELWATCH_MODEL_NAME", "home")
+    home = load_settings()
+    cart = home.for_model("cart")
+    assert (home.model_name, home.default_model) == ("home", "home")
+    assert (cart.model_name, cart.default_model) == ("cart", "home")
+    assert cart.for_model("home").default_model == "home"
+    assert home.for_model(None) is home and home.for_model("home") is home
+    assert cart.model_of({}) == "home" and cart.model_of({"model": "cart"}) == "cart"
+    # Only the default model also reads the registry's flat layout from before models were named.
+    assert (Registry.from_settings(home).flat, Registry.from_settings(cart).flat) == (True, False)
+    assert Registry.from_settings(cart).model_root.endswith("/models/cart")
+    with pytest.raises(ConfigError, match="model name 'home feed'"):
+        home.for_model("home feed")

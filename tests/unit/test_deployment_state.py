@@ -100,3 +100,28 @@ def test_malformed_and_forged_commands_are_ignored_with_the_reason() -> None:
 def test_the_monitor_signs_its_rollbacks_as_the_state_expects() -> None:
     # rolled_back_for_alerts also knows a monitor's rollback by its issuer: the two names must agree.
     assert MONITOR == ISSUER
+
+
+def test_a_state_is_about_one_model_and_commands_without_one_are_the_default_models() -> None:
+    home = DeploymentState(model="home", default_model="home")
+    cart = DeploymentState(model="cart", default_model="home")
+    legacy = commands.make("deploy", "h1", "from before models were named")  # no model: the default's
+    cart_deploy = commands.make("deploy", "c1", "cart", model="cart")
+    home_deploy = commands.make("deploy", "h2", "home", model="home")
+    for offset, command in enumerate([legacy, cart_deploy, home_deploy]):
+        home.feed_command(command, offset)
+        cart.feed_command(command, offset)
+    assert [c["model_version"] for c in home.applied] == ["h1", "h2"]
+    assert [c["model_version"] for c in cart.applied] == ["c1"]
+    assert (home.other_models, cart.other_models) == (1, 2)
+    assert not home.history.ignored and not cart.history.ignored  # another model's is not "ignored"
+    # One replica serving both models answers for each; each state hears only its model's answers.
+    for state in (home, cart):
+        state.feed_event(event("r1", "heartbeat", "h2", NOW, partitions=[0]))  # no model: the default's
+        state.feed_event(event("r1", "heartbeat", "c1", NOW, partitions=[0], model="cart"))
+    assert home.serving(NOW) == {"r1": "h2"}
+    assert cart.serving(NOW) == {"r1": "c1"}
+    # A signed command cannot be moved to another model: the model is inside what is signed.
+    signed = commands.sign(commands.make("rollback", "c1", "r", model="cart"), "k")
+    moved = {**signed, "model": "home"}
+    assert DeploymentState(key="k", model="home").judge(moved) is not None

@@ -46,6 +46,12 @@ def test_a_model_failure_is_dead_lettered_with_the_version_and_read_back_as_a_fa
     # Bad input names no version and is not the model's fault; what is not a dead letter is skipped.
     assert failure_of(dead_letter(message(b"{}", offset=5), "prediction-request: ...", 99)[1]) is None
     assert failure_of(b"not json") is None and failure_of(None) is None
+    # The model it failed for, when named (a replica serving several models names it; absent: the default).
+    assert failure.model is None
+    named = dead_letter(
+        message(request("r-8"), offset=6), "model: boom", 99, model_version="c2", model="cart"
+    )
+    assert (failure_of(named[1]) or failure).model == "cart"
 
 
 def test_failures_travel_the_labelled_stream_as_objects_beside_the_join_s_arrays() -> None:

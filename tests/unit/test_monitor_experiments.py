@@ -158,7 +158,7 @@ SMALL = ExperimentSettings(min_samples=50, burn_in=20, tuning=200)
 
 
 def test_one_decision_one_command_across_a_restart_and_a_replay() -> None:
-    runs = Experiments(SMALL)
+    runs = Experiments(SMALL, model="cart")
     log = commands_log(("shadow", "s1"))
     assert runs.count(shadow_message(100, worse=True), 2, 10) is not None
     assert runs.runs["e-s1"].comparison.decision is Decision.ABORT
@@ -166,6 +166,7 @@ def test_one_decision_one_command_across_a_restart_and_a_replay() -> None:
     codec("model-command").decode(codec("model-command").encode(command))
     assert command["command_id"] == command_id("e-s1", Decision.ABORT) == "experiment:e-s1:abort"
     assert (command["action"], command["model_version"], command["experiment_id"]) == ("abort", "v2", "e-s1")
+    assert command["model"] == "cart"  # inside the signed body: it cannot end another model's experiment
     assert "100 candidate and 100 incumbent labelled" in command["reason"]
     assert runs.decide(log, running(log), 6) == []  # sent: never again
     state = dict((k, v) for k, _, v in runs.take_dirty() if v is not None)

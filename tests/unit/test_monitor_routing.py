@@ -123,3 +123,30 @@ def test_one_bad_outcome_cannot_expire_healthy_predictions() -> None:
             out += j.report(s["stream"], s["partition"], s["latest"], s["idle"], s["partitions"])
         assert out == []
     assert j.clocks.outcomes.watermark < NOW and j.store.get("p1") is not None
+
+
+def test_a_monitor_routes_only_its_models_predictions_but_every_one_moves_the_clock() -> None:
+    cart = Router(3, future_ms=5 * MIN, past_ms=HOUR, prediction_past_ms=24 * HOUR, idle_timeout_s=60.0,
+                  model="cart", default_model="home")  # fmt: skip
+    named = {rid: orjson.loads(prediction(rid, NOW - 1000 + i)) for i, rid in enumerate(["h", "c", "d"])}
+    named["h"]["model"], named["c"]["model"] = "home", "cart"  # "d" names none: the default model, home
+    for rid in ("h", "c", "d"):
+        assert cart.route("predictions", 0, 1, NOW, codec("prediction").encode(named[rid])) is None
+    assert [e["request_id"] for e in cart.take()] == ["c"]
+    assert (cart.stats.predictions, cart.stats.other_models) == (1, 2)
+    assert cart.sources[("predictions", 0)].latest == NOW - 1000 + 2  # the others' event time counts
+    # Outcomes: one naming home goes no further; one naming none may be cart's, and is taken.
+    for rid, model in (("o-home", "home"), ("o-cart", "cart"), ("o-none", None)):
+        event = {"request_id": rid, "purchased": [], "ts": NOW - 500, **({"model": model} if model else {})}
+        assert cart.route("outcomes", 1, 1, NOW, codec("outcome").encode(event)) is None
+    assert sorted(e["request_id"] for e in cart.take()) == ["o-cart", "o-none"]
+    assert cart.stats.other_models == 3 and cart.sources[("outcomes", 1)].latest == NOW - 500
+
+
+def test_each_models_monitor_is_its_own_faust_app() -> None:
+    from services.config import load_settings
+    from streams.app import monitor_app_id
+
+    settings = load_settings(topic_prefix="rec.", model_name="home")
+    assert monitor_app_id(settings) == "rec.monitor"  # the default model's, as before
+    assert monitor_app_id(settings.for_model("cart")) == "rec.monitor-cart"

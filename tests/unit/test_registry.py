@@ -274,3 +274,35 @@ def test_memory_store_is_shared_by_registries_on_the_same_url(model: Recommender
     version = _register(Registry(url), model, log)
     assert [m.version for m in Registry(url).versions()] == [version]
     assert fsspec.filesystem("memory").exists(f"/{url.removeprefix('memory://')}/{version}/{MANIFEST}")
+
+
+def test_each_model_keeps_its_own_versions(url: str, model: Recommender, log: Interactions) -> None:
+    home, cart = Registry(url, model="home"), Registry(url, model="cart", flat=False)
+    h, c = _register(home, model, log), _register(cart, model, log)
+    assert [m.version for m in home.versions()] == [h]
+    assert [m.version for m in cart.versions()] == [c]
+    assert cart.model_root.endswith("/models/cart")
+    assert fsspec.core.url_to_fs(url)[0].exists(f"{cart.model_root}/{c}/{MANIFEST}")
+    with pytest.raises(VersionNotFound, match=f"no version {h} of model cart"):
+        cart.load(h)  # a version of one model is never another's, whatever it is named
+    assert isinstance(cart.load(c), Recommender)
+
+
+def test_the_default_model_keeps_the_flat_layout_from_before_models(
+    tmp_path: Path, model: Recommender
+) -> None:
+    """A registry written before models were named holds ``<root>/<version>/``: the default model's versions,
+    read and still written there (replicas from before read them); another model sees none of them. A
+    version under ``models/<name>/`` is the default model's too once that name is the default."""
+    log = World.generate(2, n_users=120, n_items=60).interactions(1500, seed=1)
+    url = str(tmp_path / "registry")
+    default = Registry(url)  # the default model ("recommender"), flat=True
+    old = _register(default, model, log)
+    assert sorted(p.name for p in Path(url, old).iterdir()) == [MANIFEST, ARTIFACT]  # where it always was
+    assert Registry(url, model="cart", flat=False).versions() == []
+    with pytest.raises(VersionNotFound):
+        Registry(url, model="cart", flat=False).load(old)
+    named = _register(Registry(url, model="recommender", flat=False), model, log, parent=old)
+    assert Path(url, "models", "recommender", named, MANIFEST).is_file()
+    assert [m.version for m in default.versions()] == [old, named]
+    assert isinstance(default.load(named), Recommender) and default.verify(old).version == old

@@ -84,6 +84,9 @@ BAD = [
     (orjson.dumps(request(k=0)), "k: must be bigger than or equal to 1"),
     (orjson.dumps(request(items=["i-1", 5])), "items[1]: must be string"),
     (orjson.dumps(request(request_id="r" * 129)), "request_id: must be shorter than or equal to 128"),
+    (orjson.dumps(request(model="")), "model: must be longer than or equal to 1"),
+    (orjson.dumps(request(model="home feed")), "model: must match pattern"),
+    (orjson.dumps(request(model=7)), "model: must be string"),
 ]
 
 
@@ -222,3 +225,10 @@ def test_json_nested_past_every_parsers_depth_is_dead_lettered_not_fatal(depth: 
         len(intake.dead) == 1
         and "prediction-request" in codec("dead-letter").decode(intake.dead[0][1])["error"]
     )
+
+
+def test_the_model_a_request_names_is_read_on_the_fast_path() -> None:
+    named = orjson.dumps(request(context=None, model="cart"))
+    assert fast_decode(named) == {**request(context=None), "model": "cart"}
+    unnamed = orjson.dumps(request(context=None, model=None))
+    assert "model" not in (fast_decode(unnamed) or {"model": "?"})  # absent: the default model's
