@@ -7,8 +7,8 @@ alert rules of that window.
 
 Persistence, for a worker killed at any moment. The state goes to a compacted changelog as records:
 
-- ``<version>|<block>``: the labelled requests ``BLOCK * block + 1 ...`` in order, written again while the
-  block fills;
+- ``<version>|<block>``: the labelled requests ``BLOCK * block + 1 ...`` in order, as packed rows with the
+  hash of each request id (:func:`streams.windows.encode_entries`), written again while the block fills;
 - ``<version>|meta``: totals, alert states, the time window's clock, the offset of the last labelled
   event counted, and the deployment epoch.
 
