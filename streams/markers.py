@@ -183,32 +183,51 @@ class Markers:
         return markers
 
 
-class RecentHashes:
-    """The hashes of the last ``size`` requests of a version, for its replay dedupe (:mod:`streams.tracker`):
-    a ring in an ``array('Q')`` and a :class:`HashSet` of its members, 24 to 64 bytes a request (measured
-    ~53 at the default horizon) rather than some 300 for an entry object, its id and a dict slot.
-    Pushing is O(1); the oldest hash leaves when the ring is full."""
+class SeqHashes:
+    """The hashes of a version's counted requests by position (``seq``), from the oldest still needed, for
+    its replay dedupe (:mod:`streams.tracker`): an ``array('Q')`` in position order and a :class:`HashSet`
+    of its members, 24 to 64 bytes a request (measured ~53) rather than some 300 for an entry object, its
+    id and a dict slot. Pushing and forgetting cost O(1) amortized (the array drops its forgotten front
+    in one move once it is half of it)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._ring = array("Q", bytes(8 * size))
-        self._next = 0  # the slot the next push writes
-        self._len = 0
+    def __init__(self) -> None:
+        self._hashes = array("Q")
+        self._first = 1  # the seq of _hashes[0]
+        self._front = 0  # index of the oldest hash kept; those before it are forgotten
         self._set = HashSet()
 
     def __len__(self) -> int:
-        return self._len
+        return len(self._hashes) - self._front
 
     def __contains__(self, h: int) -> bool:
         return h in self._set
 
-    def push(self, h: int) -> None:
-        if not self.size:
-            return
-        if self._len == self.size:
-            self._set.discard(self._ring[self._next])
-        else:
-            self._len += 1
-        self._ring[self._next] = h
+    @property
+    def first_seq(self) -> int | None:
+        """The position of the oldest hash kept."""
+        return self._first + self._front if len(self) else None
+
+    def push(self, seq: int, h: int) -> None:
+        """Remember request ``seq`` (positions come in order; a gap is filled with nothing)."""
+        if not len(self):
+            self._hashes, self._first, self._front = array("Q"), seq, 0
+        gap = seq - (self._first + len(self._hashes))
+        if gap < 0:
+            raise ValueError(f"position {seq} pushed after {self._first + len(self._hashes) - 1}")
+        if gap:
+            self._hashes.extend(array("Q", bytes(8 * gap)))  # EMPTY: never a hash
+        self._hashes.append(h)
         self._set.add(h)
-        self._next = (self._next + 1) % self.size
+
+    def forget_before(self, seq: int) -> None:
+        """Forget the requests before position ``seq``."""
+        hashes, end = self._hashes, min(seq - self._first, len(self._hashes))
+        while self._front < end:
+            h = hashes[self._front]
+            if h > DELETED:
+                self._set.discard(h)
+            self._front += 1
+        if self._front > 4096 and 2 * self._front > len(hashes):
+            del hashes[: self._front]
+            self._first += self._front
+            self._front = 0

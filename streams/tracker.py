@@ -7,8 +7,8 @@ alert rules of that window.
 
 Persistence, for a worker killed at any moment. The state goes to a compacted changelog as records:
 
-- ``<version>|<block>``: the labelled requests ``BLOCK * block + 1 ...`` in order, written again while the
-  block fills;
+- ``<version>|<block>``: the labelled requests ``BLOCK * block + 1 ...`` in order, as packed rows with the
+  hash of each request id (:func:`streams.windows.encode_entries`), written again while the block fills;
 - ``<version>|meta``: totals, alert states, the time window's clock, the offset of the last labelled
   event counted, and the deployment epoch.
 
@@ -45,8 +45,8 @@ from streams.alerts import (
 )
 from streams.epochs import epoch_token
 from streams.join import Labelled
-from streams.markers import RecentHashes, request_hash
-from streams.windows import CountWindow, Entry, ServingWindows, TimeWindow
+from streams.markers import SeqHashes, request_hash
+from streams.windows import CountWindow, Entry, ServingWindows, TimeWindow, decode_entries, encode_entries
 
 BLOCK = 256
 
@@ -104,11 +104,10 @@ class VersionTracker:
         self.retired = False  # another version is served: counted, not judged
         self.left_firing = False  # it was firing a rollback rule when it was retired: no rollback target
         self.duplicates = 0
-        # The hashes of the last dedupe_horizon requests, kept (and persisted, as the requests, in the blocks)
-        # beyond the windows only so that a request the join sends again after a crash is recognised,
-        # however late it comes: compact (streams.markers), as it is the most numerous thing kept.
-        self._recent = RecentHashes(config.dedupe_horizon)
-        self._ids: dict[str, int] = {}  # request ids in the windows -> by how many of: count, time window
+        # The hashes of the requests in the windows and of the last dedupe_horizon ones (kept, and persisted
+        # in the blocks, so that a request the join sends again after a crash is recognised however late it
+        # comes): compact (streams.markers), as it is the most numerous thing kept.
+        self._seen = SeqHashes()
         self._open: dict[int, list[Entry]] = {}  # blocks not yet written in full
         self._first_block = 0  # older blocks are deleted
         self._stale: list[int] = []  # blocks found below first_block at restore
@@ -154,8 +153,8 @@ class VersionTracker:
                 return None
             self.last_offset = offset
         self._changed = True
-        if item.request_id in self._ids or request_hash(item.request_id) in self._recent:
-            # the join sent it again after a crash
+        key = request_hash(item.request_id)
+        if key in self._seen:  # the join sent it again after a crash
             self.duplicates += 1
             return None
         self.serving.add(item.ts)  # answered, whatever its outcome
@@ -164,7 +163,7 @@ class VersionTracker:
         if item.counts is None:
             return None
         self.total += 1
-        entry = Entry(self.total, item.ts, item.request_id, item.counts, item.expired)
+        entry = Entry(self.total, item.ts, key, item.counts, item.expired)
         self._open.setdefault((entry.seq - 1) // BLOCK, []).append(entry)
         self._place(entry)
         alerts: list[tuple[AlertRule | None, dict[str, Any]]] = []
@@ -182,25 +181,18 @@ class VersionTracker:
         return Emission(alerts=alerts) if alerts else None
 
     def _place(self, entry: Entry) -> None:
-        ids = self._ids
-        rid = entry.request_id
-        ids[rid] = ids.get(rid, 0)
-        left: list[Entry] = []
         if entry.seq > self.epoch_start:  # an earlier epoch's request is only remembered against replays
-            ids[rid] += 1
-            pushed = self.count.add(entry)
-            entered, left = self.time.add(entry)
-            if entered:
-                ids[rid] += 1
-            if pushed is not None:
-                left.append(pushed)
-        self._recent.push(request_hash(rid))
-        if ids[rid] == 0:
-            del ids[rid]
-        for old in left:
-            ids[old.request_id] -= 1
-            if ids[old.request_id] == 0:
-                del ids[old.request_id]
+            self.count.add(entry)
+            self.time.add(entry)
+        self._seen.push(entry.seq, entry.key)
+        self._seen.forget_before(self._oldest_needed(entry.seq))
+
+    def _oldest_needed(self, last: int) -> int:
+        """The oldest position still needed (remembered against replays, or in a window), ``last`` being
+        the newest counted."""
+        oldest = [last - self.config.dedupe_horizon + 1]
+        oldest += [s for s in (self.count.oldest_seq(), self.time.oldest_seq()) if s is not None]
+        return min(oldest)
 
     # -- emitting ----------------------------------------------------------------------------------------
 
@@ -283,7 +275,6 @@ class VersionTracker:
         self.serving = ServingWindows(self.config.count_window, self.config.time_window_s)
         self.alerts = {r.name: AlertState() for r in self.config.rules}
         self.drift = DriftWatch(self.config.drift_delta) if self.config.drift_delta else None
-        self._ids = {}
         self._changed = True
         return emission
 
@@ -383,13 +374,12 @@ class VersionTracker:
         current = self.total // BLOCK  # the block the next request goes to
         records: list[Record] = []
         for b in sorted(self._open):
-            rows = [e.as_list() for e in self._open[b]]
-            records.append((self.block_key(b), {"v": self.version, "b": b, "e": rows}))
+            rows = encode_entries(self._open[b])
+            records.append((self.block_key(b), {"v": self.version, "b": b, "r": rows}))
             if b < current:
                 del self._open[b]  # full, and now written in full
-        recent = self.total - len(self._recent) + 1 if len(self._recent) else None  # consecutive seqs
-        oldest = [s for s in (self.count.oldest_seq(), self.time.oldest_seq(), recent) if s is not None]
-        live = (min(oldest) - 1) // BLOCK if oldest else current
+        oldest = self._seen.first_seq
+        live = (oldest - 1) // BLOCK if oldest is not None else current
         dead = [*self._stale, *range(self._first_block, live)]
         self._stale = []
         self._first_block = max(self._first_block, live)
@@ -429,7 +419,8 @@ class VersionTracker:
             if int(record["b"]) < first:
                 tracker._stale.append(int(record["b"]))
                 continue
-            entries += (e for e in map(Entry.from_list, record["e"]) if e.seq <= total)
+            found = decode_entries(record["r"]) if "r" in record else map(Entry.from_list, record["e"])
+            entries += (e for e in found if e.seq <= total)
         entries.sort(key=lambda e: e.seq)
         for entry in entries:
             tracker._place(entry)

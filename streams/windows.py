@@ -13,13 +13,17 @@ arrives never enters it.
 
 from __future__ import annotations
 
+import base64
 import heapq
+import struct
+from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.metrics import Counts
+from streams.markers import request_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +32,40 @@ class Entry:
 
     seq: int  # position in the version's stream of labelled requests, from 1
     ts: int  # the prediction's event time, ms
-    request_id: str
+    key: int  # the request id's 64-bit hash (streams.markers.request_hash): what replay dedupe compares
     counts: Counts
     expired: bool = False  # no outcome came within the label window: counted as "no purchase"
 
-    def as_list(self) -> list[object]:
-        c = self.counts
-        return [self.seq, self.ts, self.request_id, c.tp, c.fp, c.fn, c.tn, int(self.expired)]
-
     @classmethod
     def from_list(cls, row: Sequence[Any]) -> Entry:
+        """An entry from an older monitor's block row: ``[seq, ts, request_id, tp, fp, fn, tn, expired]``."""
         seq, ts, rid, tp, fp, fn, tn = row[:7]
         expired = bool(row[7]) if len(row) > 7 else False  # rows written before the field: labelled
-        return cls(int(seq), int(ts), str(rid), Counts(int(tp), int(fp), int(fn), int(tn)), expired)
+        return cls(
+            int(seq), int(ts), request_hash(str(rid)), Counts(int(tp), int(fp), int(fn), int(tn)), expired
+        )
+
+
+#: A block's entries as stored (:func:`encode_entries`): seq, ts, key, tp, fp, fn, tn, expired, little-endian.
+_ROW = struct.Struct("<qqQiiiiB")
+
+
+def encode_entries(entries: Sequence[Entry]) -> str:
+    """Entries as one base64 string of fixed-size rows: 55 characters a request in the ``windows`` table (and
+    in memory), rather than a list of eight Python objects."""
+    pack = _ROW.pack
+    rows = b"".join(
+        pack(e.seq, e.ts, e.key, e.counts.tp, e.counts.fp, e.counts.fn, e.counts.tn, e.expired)
+        for e in entries
+    )
+    return base64.b64encode(rows).decode("ascii")
+
+
+def decode_entries(text: str) -> list[Entry]:
+    return [
+        Entry(seq, ts, key, Counts(tp, fp, fn, tn), bool(expired))
+        for seq, ts, key, tp, fp, fn, tn, expired in _ROW.iter_unpack(base64.b64decode(text))
+    ]
 
 
 class CountWindow:
@@ -73,8 +98,18 @@ class CountWindow:
         return self.entries[0].seq if self.entries else None
 
 
+#: Heap keys of the time window are ``ts * _SEQS + seq``: ordered by event time, then position.
+_SEQS = 2**44
+_INSIDE, _EXPIRED = 1, 2  # flags of a time window's column
+
+
 class TimeWindow:
-    """The labelled requests of the last ``size_s`` seconds of event time."""
+    """The labelled requests of the last ``size_s`` seconds of event time.
+
+    Kept in columns, as it may hold hours of traffic: per request its ts, counts and flags in arrays indexed
+    by position (25 bytes), and one int in the heap that evicts by event time; about 75 bytes a request in
+    all, where an :class:`Entry` and its bookkeeping took some 500.
+    """
 
     kind = "time"
 
@@ -84,48 +119,69 @@ class TimeWindow:
         self.max_ts = max_ts
         self.counts = Counts()
         self.expired = 0  # of the requests inside: how many expired rather than met their outcome
-        self._by_ts: list[tuple[int, int, Entry]] = []  # (ts, seq, entry): evicts oldest event time first
-        # Members in arrival order, with evicted ones left in place until they reach the front: it only
+        self._heap: list[int] = []  # ts * _SEQS + seq: evicts oldest event time first
+        # Columns by position from _first; requests that left stay until the front passes them: the front
         # answers "which is the earliest request still inside", which decides what state may be dropped.
-        self._by_seq: deque[Entry] = deque()
-        self._inside: set[int] = set()
+        self._first = 0  # the seq of index 0
+        self._front = 0  # index of the earliest request that may still be inside
+        self._ts = array("q")
+        self._counts = array("i")  # tp, fp, fn, tn per request
+        self._flags = array("B")
 
     @property
     def cutoff(self) -> int | None:
         """Requests at or before this ts are outside the window."""
         return None if self.max_ts is None else self.max_ts - self.span_ms
 
-    def add(self, entry: Entry) -> tuple[bool, list[Entry]]:
-        """Add ``entry``: whether it entered (not when it is already too old), and the requests that left."""
+    def add(self, entry: Entry) -> bool:
+        """Add ``entry`` (positions come in order); whether it entered (not when it is already too old)."""
         if self.max_ts is None or entry.ts > self.max_ts:
             self.max_ts = entry.ts
         cutoff = self.max_ts - self.span_ms
         entered = entry.ts > cutoff
         if entered:
-            heapq.heappush(self._by_ts, (entry.ts, entry.seq, entry))
-            self._by_seq.append(entry)
-            self._inside.add(entry.seq)
+            self._append(entry)
+            heapq.heappush(self._heap, entry.ts * _SEQS + entry.seq)
             self.counts = self.counts + entry.counts
             self.expired += entry.expired
-        left: list[Entry] = []
-        while self._by_ts and self._by_ts[0][0] <= cutoff:
-            old = heapq.heappop(self._by_ts)[2]
-            self._inside.discard(old.seq)
-            self.counts = self.counts - old.counts
-            self.expired -= old.expired
-            left.append(old)
-        while self._by_seq and self._by_seq[0].seq not in self._inside:
-            self._by_seq.popleft()
-        return entered, left
+        heap, flags, counts = self._heap, self._flags, self._counts
+        while heap and heap[0] // _SEQS <= cutoff:
+            i = heapq.heappop(heap) % _SEQS - self._first
+            c = 4 * i
+            self.counts = self.counts - Counts(counts[c], counts[c + 1], counts[c + 2], counts[c + 3])
+            self.expired -= bool(flags[i] & _EXPIRED)
+            flags[i] = 0
+        n = len(flags)
+        while self._front < n and not flags[self._front]:
+            self._front += 1
+        if self._front > 4096 and 2 * self._front > n:  # drop the front that left, in one move
+            front = self._front
+            del self._ts[:front], self._counts[: 4 * front], self._flags[:front]
+            self._first += front
+            self._front = 0
+        return entered
+
+    def _append(self, entry: Entry) -> None:
+        if self._front == len(self._flags):  # nothing inside: start the columns at this position
+            self._ts, self._counts, self._flags = array("q"), array("i"), array("B")
+            self._first, self._front = entry.seq, 0
+        gap = entry.seq - self._first - len(self._flags)
+        if gap < 0:
+            raise ValueError(f"position {entry.seq} added after {self._first + len(self._flags) - 1}")
+        if gap:  # requests that never entered: empty rows
+            self._ts.extend(array("q", bytes(8 * gap)))
+            self._counts.extend(array("i", bytes(16 * gap)))
+            self._flags.extend(array("B", bytes(gap)))
+        c = entry.counts
+        self._ts.append(entry.ts)
+        self._counts.extend((c.tp, c.fp, c.fn, c.tn))
+        self._flags.append(_INSIDE | (_EXPIRED if entry.expired else 0))
 
     def __len__(self) -> int:
-        return len(self._by_ts)
-
-    def __iter__(self) -> Iterator[Entry]:
-        return (e for _, _, e in self._by_ts)
+        return len(self._heap)
 
     def oldest_seq(self) -> int | None:
-        return self._by_seq[0].seq if self._by_seq else None
+        return self._first + self._front if self._front < len(self._flags) else None
 
 
 class ServingWindows:

@@ -366,6 +366,8 @@ class Service:
         self.serving.set()
         m = self.settings.monitor  # the contract's time tolerances, which the monitor applies to outcomes
         decoder = Decoder(int(m.future_tolerance_s * 1000), int(m.past_tolerance * 1000))
+        if decoder.fast_path_off:  # correct, but every request meets the full validator
+            self.log.warning("fast_request_check_off", why="; ".join(decoder.fast_path_off))
         closed = False
         if self.own_process:
             tune_gc_for_serving()  # the model and the clients are loaded by now

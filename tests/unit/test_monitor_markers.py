@@ -6,7 +6,7 @@ import random
 import tracemalloc
 
 from streams.join import MARKER_BUCKET_MS, DictStore, Joiner
-from streams.markers import HashSet, Markers, RecentHashes, decode_hashes, encode_hashes, request_hash
+from streams.markers import HashSet, Markers, SeqHashes, decode_hashes, encode_hashes, request_hash
 
 
 def test_request_hash_is_stable_and_never_a_slot_marker() -> None:
@@ -85,24 +85,28 @@ def test_the_join_writes_only_new_markers_per_batch() -> None:
     assert MARKER_BUCKET_MS == 1000
 
 
-def test_recent_hashes_keep_the_last_n() -> None:
-    recent = RecentHashes(3)
-    for rid in "abcd":
-        recent.push(request_hash(rid))
-    assert len(recent) == 3 and request_hash("a") not in recent
-    assert all(request_hash(r) in recent for r in "bcd")
-    off = RecentHashes(0)  # dedupe horizon 0: nothing kept
-    off.push(request_hash("a"))
-    assert len(off) == 0 and request_hash("a") not in off
+def test_seq_hashes_keep_what_is_not_forgotten() -> None:
+    seen = SeqHashes()
+    for seq, rid in enumerate("abcd", start=1):
+        seen.push(seq, request_hash(rid))
+    seen.forget_before(2)
+    assert len(seen) == 3 and seen.first_seq == 2 and request_hash("a") not in seen
+    assert all(request_hash(r) in seen for r in "bcd")
+    seen.push(7, request_hash("g"))  # a gap: positions 5 and 6 hold nothing
+    seen.forget_before(7)
+    assert len(seen) == 1 and seen.first_seq == 7 and request_hash("d") not in seen
+    seen.forget_before(8)
+    assert len(seen) == 0 and seen.first_seq is None and request_hash("g") not in seen
 
 
 def test_a_version_remembers_its_horizon_in_a_few_dozen_bytes_a_request() -> None:
     """The tracker's replay dedupe at its default horizon (50,000): no Python object per request."""
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    recent = RecentHashes(50_000)
-    for i in range(120_000):
-        recent.push(request_hash(f"{i:08d}-4b1c-9a7e-{i:012d}"))
+    seen = SeqHashes()
+    for i in range(1, 120_001):
+        seen.push(i, request_hash(f"{i:08d}-4b1c-9a7e-{i:012d}"))
+        seen.forget_before(i - 50_000 + 1)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert len(recent) == 50_000 and held / 50_000 < 64, f"{held / 50_000:.0f} bytes a request"
+    assert len(seen) == 50_000 and held / 50_000 < 64, f"{held / 50_000:.0f} bytes a request"

@@ -94,7 +94,7 @@ def test_count_window_rolls_exactly() -> None:
     entries = []
     for seq in range(1, 40):
         items = [(rng.random() < 0.3, rng.random() < 0.2) for _ in range(8)]
-        entry = Entry(seq, seq, f"r{seq}", request_counts(*_split(items)))
+        entry = Entry(seq, seq, seq, request_counts(*_split(items)))
         entries.append(entry)
         pushed = window.add(entry)
         assert pushed == (entries[-6] if seq > 5 else None)
@@ -105,12 +105,13 @@ def test_count_window_rolls_exactly() -> None:
 def test_time_window_refuses_requests_older_than_the_window() -> None:
     window = TimeWindow(2)
     counts = request_counts(["a"], ["a"], ["a"])
-    assert window.add(Entry(1, 10_000, "r1", counts))[0]
-    assert window.add(Entry(2, 13_000, "r2", counts)) == (True, [Entry(1, 10_000, "r1", counts)])
-    entered, left = window.add(Entry(3, 11_000, "r3", counts))  # at the cutoff (13 s - 2 s): outside
-    assert (entered, left, len(window)) == (False, [], 1)
-    assert window.add(Entry(4, 11_001, "r4", counts)) == (True, [])
+    assert window.add(Entry(1, 10_000, 11, counts))
+    assert window.add(Entry(2, 13_000, 12, counts)) and len(window) == 1  # the first left
+    entered = window.add(Entry(3, 11_000, 13, counts))  # at the cutoff (13 s - 2 s): outside
+    assert (entered, len(window)) == (False, 1)
+    assert window.add(Entry(4, 11_001, 14, counts)) and len(window) == 2
     assert window.oldest_seq() == 2
+    assert window.counts == counts + counts
 
 
 def test_each_window_says_how_many_of_its_requests_were_labelled_and_how_many_expired() -> None:

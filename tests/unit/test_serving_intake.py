@@ -1,10 +1,12 @@
-"""Intake: bad requests become dead letters naming the field and the reason; the fast path enforces what
-the contract says (compared schema to schema) and never admits what the codec refuses."""
+"""Intake: bad requests become dead letters naming the field and the reason; the fast path is compiled
+from the contract, enforces what it says (compared schema to schema) and never admits what the codec
+refuses."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import fastjsonschema
 import orjson
 import pytest
 from confluent_kafka import Message
@@ -14,14 +16,8 @@ from hypothesis import strategies as st
 from schemas import codec, load_example, load_schema
 from schemas.codec import MAX_EVENT_BYTES
 from schemas.errors import ContractError
-from services.serving.intake import (
-    PAYLOAD_LIMIT,
-    Decoder,
-    dead_letter,
-    enforced_schema,
-    fast_decode,
-    fast_path_differences,
-)
+from services.serving.intake import PAYLOAD_LIMIT, SHIPPED_CHECK, Decoder, dead_letter, fast_decode
+from services.serving.request_check import check_for
 
 TOPIC = "rec.requests"
 
@@ -36,9 +32,11 @@ def request(**changes: Any) -> dict[str, Any]:
 
 
 def test_the_fast_path_enforces_exactly_the_contract() -> None:
-    # If this fails the request schema changed: change PredictionRequest (services/serving/intake.py) with it.
-    assert fast_path_differences() == []
-    assert Decoder().fast_path_off == []
+    # If this fails, the request schema says something services/serving/request_check.py does not compile:
+    # teach it the keyword (one line in its tables) rather than dropping the fast path.
+    check, off = check_for(load_schema("prediction-request"))
+    assert off == [] and check is not None
+    assert Decoder().fast_path_off == [] and Decoder().fast is SHIPPED_CHECK
 
 
 def _changed(change: Any) -> dict[str, Any]:
@@ -47,29 +45,63 @@ def _changed(change: Any) -> dict[str, Any]:
     return contract
 
 
-CHANGES = {
-    "a tighter bound": lambda s: s["properties"]["items"].update(maxItems=500),
-    "a new optional field": lambda s: s["properties"].update(locale={"type": "string", "maxLength": 8}),
+MODEL_FIELD = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "^[a-z]+$",
+    "description": "a model",
+}
+
+#: Changes the compiler follows: the fast path is compiled from the changed contract, with no code change.
+FOLLOWED = {
+    "a tighter bound": lambda s: s["properties"]["items"].update(maxItems=3),
+    "a new optional field": lambda s: s["properties"].update(model=MODEL_FIELD),
     "a new required field": lambda s: s["required"].append("k"),
-    "a pattern": lambda s: s["properties"]["user_id"].update(pattern="^u-"),
     "uniqueness dropped": lambda s: s["properties"]["items"].pop("uniqueItems"),
+    "a new optional flag": lambda s: s["properties"].update(debug={"type": "boolean"}),
+    "a pattern": lambda s: s["properties"]["user_id"].update(pattern="^u-"),
+}
+#: Changes it cannot check exactly: the fast path turns off and says why.
+UNCOMPILABLE = {
+    "a format": lambda s: s["properties"]["user_id"].update(format="email"),
     "a type changed": lambda s: s["properties"]["ts"].update(type="number"),
     "extras refused": lambda s: s.update(additionalProperties=False),
+    "a nested object": lambda s: s["properties"].update(geo={"type": "object", "properties": {}}),
 }
 
 
-@pytest.mark.parametrize("change", CHANGES.values(), ids=list(CHANGES))
-def test_a_contract_the_fast_path_does_not_match_turns_it_off(change: Any) -> None:
+@pytest.mark.parametrize("change", FOLLOWED.values(), ids=list(FOLLOWED))
+def test_a_changed_contract_is_compiled_as_it_now_reads(change: Any) -> None:
     contract = _changed(change)
-    assert fast_path_differences(contract), "the comparison missed a change of the contract"
+    check, off = check_for(contract)
+    assert off == [] and check is not None
+    assert set(check.enforced_schema()["properties"]) == set(contract["properties"])
+
+
+@pytest.mark.parametrize("change", UNCOMPILABLE.values(), ids=list(UNCOMPILABLE))
+def test_a_contract_the_fast_path_cannot_check_exactly_turns_it_off(change: Any) -> None:
+    contract = _changed(change)
+    check, off = check_for(contract)
+    assert check is None and off, "the compiler accepted a keyword it does not enforce"
     decoder = Decoder(contract=contract)
-    assert decoder.fast_path_off
+    assert decoder.fast is None and decoder.fast_path_off
     intake = decoder.decode([message(orjson.dumps(request()))])  # the codec alone, then
     assert len(intake.requests) == 1 and not intake.dead
 
 
+def test_a_compiled_check_that_does_not_reproduce_its_contract_is_refused() -> None:
+    # The guard behind the compiler: its output is compared with the contract schema to schema.
+    check, _ = check_for(load_schema("prediction-request"))
+    assert check is not None
+    assert check.differences(_changed(lambda s: s["properties"]["k"].update(maximum=5)))
+
+
 def test_the_enforced_schema_names_every_contract_field() -> None:
-    assert set(enforced_schema()["properties"]) == set(load_schema("prediction-request")["properties"])
+    assert SHIPPED_CHECK is not None
+    assert set(SHIPPED_CHECK.enforced_schema()["properties"]) == set(
+        load_schema("prediction-request")["properties"]
+    )
 
 
 BAD = [
@@ -232,3 +264,48 @@ def test_the_model_a_request_names_is_read_on_the_fast_path() -> None:
     assert fast_decode(named) == {**request(context=None), "model": "cart"}
     unnamed = orjson.dumps(request(context=None, model=None))
     assert "model" not in (fast_decode(unnamed) or {"model": "?"})  # absent: the default model's
+
+
+def _reference(contract: dict[str, Any]) -> Any:
+    """What the codec does, for any contract: orjson, then the contract compiled by fastjsonschema."""
+    validate = fastjsonschema.compile(contract)
+
+    def decode(value: bytes) -> dict[str, Any] | None:
+        try:
+            parsed: dict[str, Any] = validate(orjson.loads(value))
+        except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaValueException):
+            return None
+        return parsed
+
+    return decode
+
+
+CONTRACTS = {
+    "shipped": load_schema("prediction-request"),
+    "with a model field": _changed(lambda s: s["properties"].update(model=MODEL_FIELD)),
+}
+with_model = st.one_of(
+    near_valid,
+    st.tuples(near_valid, st.text(max_size=130) | json_values).map(lambda p: {**p[0], "model": p[1]}),
+)
+
+
+@pytest.mark.parametrize("name", list(CONTRACTS))
+@settings(max_examples=400, deadline=None)
+@given(with_model)
+def test_the_compiled_check_and_the_full_validation_agree_on_accept_and_reject(name: str, value: Any) -> None:
+    """Over generated valid and invalid requests: what the compiled check accepts, the full validation
+    accepts as the same dict; what the full validation accepts, the check accepts too, unless it is one of
+    the cases it leaves to the codec by design (unknown fields, integral floats)."""
+    contract = CONTRACTS[name]
+    check, off = check_for(contract)
+    assert check is not None, off
+    raw = orjson.dumps(value)
+    fast, full = check.check(raw), _reference(contract)(raw)
+    if fast is not None:
+        assert full == fast
+    left_to_the_codec = set(value) - set(contract["properties"]) or any(
+        type(value.get(f)) is float for f in ("ts", "k")
+    )
+    if full is not None and not left_to_the_codec:
+        assert fast is not None, "a valid request was refused by the fast path"
