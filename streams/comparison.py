@@ -140,8 +140,8 @@ def _users(name: str, users: Any, values: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _check_pre_period(pre_period: Mapping[str, PrePeriod], users: np.ndarray) -> None:
-    for user in np.unique(users).tolist():
+def _check_pre_period(pre_period: Mapping[str, PrePeriod], users: list[np.ndarray]) -> None:
+    for user in np.concatenate(users).tolist():
         if user not in pre_period:
             continue
         try:
@@ -201,8 +201,8 @@ class Comparison:
             raise ExperimentError("two independent arms belong to a canary experiment, this one is a shadow")
         c, i = _values("candidate", candidate), _values("incumbent", incumbent)
         c_users, i_users = _users("candidate", candidate_users, c), _users("incumbent", incumbent_users, i)
-        if pre_period:
-            _check_pre_period(pre_period, np.concatenate([c_users, i_users]))
+        if pre_period:  # read only for users new to their arm: checked only for them
+            _check_pre_period(pre_period, [self.candidate.unseen(c_users), self.incumbent.unseen(i_users)])
         if self.decision is Decision.RUNNING:
             self.candidate.add(c, c_users, pre_period)
             self.incumbent.add(i, i_users, pre_period)

@@ -119,6 +119,15 @@ class UserMoments:
     def users(self) -> int:
         return len(self.keys)
 
+    def unseen(self, users: np.ndarray) -> np.ndarray:
+        """The distinct users among ``users`` that this arm has not seen yet."""
+        batch_keys = np.unique(users)
+        at = np.searchsorted(self.keys, batch_keys)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == batch_keys[known]
+        out: np.ndarray = batch_keys[~known]
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         """Sums and per-user ``[requests, sum]``, with ``, pre sum, pre requests`` for a user who has a
         pre-period (so a state without covariates reads as before)."""

@@ -70,6 +70,13 @@ class ExperimentPlan:
     seed: int = 0
 
 
+#: The small version ``modelwatch bench`` runs (and ``bench-experiments --quick``): 100 experiments per row,
+#: versions trained on less, batches of 1,000 (60 looks in the 600 s), in a minute or two.
+QUICK_EXPERIMENTS = ExperimentPlan(
+    experiments=100, training_sessions=20_000, pool_requests=50_000, batch=1000, max_duration_s=600.0
+)
+
+
 @dataclass(frozen=True)
 class Pool:
     """Per-request F1 of each version on the same pool requests, and each request's user."""

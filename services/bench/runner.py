@@ -19,7 +19,7 @@ from typing import Any
 from schemas.errors import BenchmarkError
 from services.bench import workload
 from services.bench.cpu import cpu_pressure_us
-from services.bench.experiments import ExperimentPlan, ExperimentsReport, run_experiments
+from services.bench.experiments import QUICK_EXPERIMENTS, ExperimentPlan, ExperimentsReport, run_experiments
 from services.bench.latency import Latency, measure_latency
 from services.bench.live import run_live
 from services.bench.micro import codec_costs, scoring_costs
@@ -87,10 +87,6 @@ class BenchPlan:
         return [*out, "cleanup"]
 
 
-#: The guarantee in a minute or two: fewer experiments and versions trained on less than bench-experiments.
-QUICK_EXPERIMENTS = ExperimentPlan(
-    experiments=200, training_sessions=20_000, pool_requests=50_000, batch=500, max_duration_s=600.0
-)
 QUICK = BenchPlan(
     mode="quick",
     requests=50_000,

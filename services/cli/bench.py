@@ -26,7 +26,7 @@ def bench(
         "--quick/--full",
         help="--quick (default, about six minutes): 50,000 recorded requests (5,000 for the naive "
         "service), latency at 1,000/s, one replica at a steady 300/s for 30 s (then with a canary and with "
-        "a shadow running), 20,000 labelled requests through the monitor, 200 simulated experiments per "
+        "a shadow running), 20,000 labelled requests through the monitor, 100 simulated experiments per "
         "row of the guarantee table. --full (about fifteen minutes): 200,000 requests, latency at 1,000 and "
         "5,000/s, throughput and p99 per batch size, one replica at a steady 300 and 1,000/s for two "
         "minutes each, 100,000 labelled requests, a longer live run.",
