@@ -24,7 +24,8 @@ def bench(
     quick: bool = typer.Option(
         True,
         "--quick/--full",
-        help="--quick (default, about six minutes): 50,000 recorded requests (5,000 for the naive "
+        help="--quick (default, about four minutes, plus about two for the simulated experiments): 50,000 "
+        "recorded requests (5,000 for the naive "
         "service), latency at 1,000/s, one replica at a steady 300/s for 30 s (then with a canary and with "
         "a shadow running), 20,000 labelled requests through the monitor, 100 simulated experiments per "
         "row of the guarantee table. --full (about fifteen minutes): 200,000 requests, latency at 1,000 and "
