@@ -7,8 +7,6 @@ data, so whatever else the machine is doing weighs on both alike and their ratio
 from __future__ import annotations
 
 import gc
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from typing import Any
 
 from schemas.errors import BenchmarkError
 from services.bench import workload
-from services.bench.cpu import cpu_pressure_us
+from services.bench.cpu import cpu_pressure_us, machine
 from services.bench.experiments import QUICK_EXPERIMENTS, ExperimentPlan, ExperimentsReport, run_experiments
 from services.bench.latency import Latency, measure_latency
 from services.bench.live import run_live
@@ -124,25 +122,6 @@ class BenchResult:
 
     def as_json(self) -> dict[str, Any]:
         return self.summary
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    memory_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "memory_gib": memory_gib,
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def _silent(_step: str) -> None:
