@@ -360,6 +360,8 @@ class Comparison:
         }
         difference, contrast = self.difference(), self.noninferiority()
         if difference is not None:
+            # The interval's own centre: with pre-periods, the adjusted difference, not the raw means'.
+            event["estimate"] = difference.estimate
             event["interval"] = [difference.low, difference.high]
         if contrast is not None:
             event["margin_interval"] = [contrast.low, contrast.high]

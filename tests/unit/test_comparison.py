@@ -452,6 +452,8 @@ def test_the_users_pre_periods_narrow_the_canary_interval() -> None:
     assert wide is not None and narrow is not None
     assert narrow.high - narrow.low < (wide.high - wide.low) / 3
     assert narrow.low <= 0 <= narrow.high  # no true difference: the interval still covers it
+    event = adjusted.event(experiment_id="e-1", candidate="v2", incumbent="v1", traffic=0.1, ts=0)
+    assert event["estimate"] == narrow.estimate and event["interval"] == [narrow.low, narrow.high]
 
 
 def test_adjusted_state_round_trips_and_old_states_still_read() -> None:
