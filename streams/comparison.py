@@ -33,6 +33,27 @@ monitor may look after every batch and stop whenever it likes. ``burn_in`` keeps
 the variance estimate is still poor, out of any decision; the simulation in
 :mod:`services.bench.experiments` measures what the guarantee gives on the world's traffic.
 
+**The regression adjustment** (canary mode, when the caller knows the users' pre-experiment periods): a
+user's difficulty (some users are easy to recommend to) puts a floor under a canary's interval that more
+requests do not lower, and it is visible before the experiment. So, as GrowthBook's CUPED does for ratio
+metrics (gbstats ``RegressionAdjustedRatioStatistic``; Deng, Xu, Kohavi and Walker, "Improving the
+sensitivity of online controlled experiments by utilizing pre-experiment data", WSDM 2013), each arm's
+mean ``Y = sum s_u / sum n_u`` is adjusted by the same users' pre-period mean ``X = sum p_u / sum q_u``
+(``s_u, n_u``: user u's sum of per-request F1 and requests in the experiment; ``p_u, q_u``: before it, 0
+and 0 for a user without a pre-period)::
+
+    estimate = (Y_c - w Y_i) - theta (X_c - X_i)
+    se^2     = sum over arms of U/(U-1) sum_u r_u^2,  r_u = w_a (s_u - Y n_u)/n - theta (p_u - X q_u)/q
+    theta    = (C_c + C_i) / (V_c + V_i),  per arm C = sum_u a_u b_u / (U-1), V = sum_u b_u^2 / (U-1)
+               with a_u = (s_u - Y n_u) / (n/U), b_u = (p_u - X q_u) / (q/U)
+
+(``w_c = 1``, ``w_i = w``; ``n``, ``q`` the arm's requests in and before the experiment, ``U`` its users):
+the delta method on each arm's four per-user sums, and theta pooled over the arms as gbstats'
+``compute_theta_regression_adjusted_ratio``. The pre-periods precede the experiment, so ``X_c - X_i`` has
+mean 0 whatever the candidate does and the estimate stays unbiased; ``tests/unit/test_comparison.py``
+reproduces GrowthBook's published ``test_sequential_test_runs_ratio_ra``. Without pre-periods theta is 0
+and this is the plain delta method above.
+
 **The decision** uses the same sequence on the non-inferiority contrast ``candidate - (1 - margin) *
 incumbent``, linear in the two means, so the margin needs no plug-in estimate of the incumbent: *abort*
 as soon as its whole interval lies below 0 (the candidate is worse than the incumbent by more than the
@@ -41,13 +62,14 @@ once ``max_duration_s`` of event time has passed. Hence P(abort | the candidate 
 P(promote | it is worse than the margin) are each at most ``alpha``. A decision is final.
 
 The state (:mod:`streams.moments`), updated a batch at a time with numpy: O(1) in shadow mode; in canary
-mode two numbers per user besides the sums. :meth:`Comparison.to_dict` gives a JSON-able dict for a
-changelogged table, :meth:`Comparison.from_dict` reads it back.
+mode two numbers per user besides the sums (four for a user with a pre-period). :meth:`Comparison.to_dict`
+gives a JSON-able dict for a changelogged table, :meth:`Comparison.from_dict` reads it back.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -56,7 +78,7 @@ import numpy as np
 
 from schemas.errors import ExperimentError
 from services.config import ExperimentSettings
-from streams.moments import PairedMoments, UserMoments
+from streams.moments import PairedMoments, PrePeriod, UserMoments
 
 #: The compared metric's name, as the experiment event carries it.
 METRIC = "f1_per_request"
@@ -118,6 +140,21 @@ def _users(name: str, users: Any, values: np.ndarray) -> np.ndarray:
     return keys
 
 
+def _check_pre_period(pre_period: Mapping[str, PrePeriod], users: list[np.ndarray]) -> None:
+    for user in np.concatenate(users).tolist():
+        if user not in pre_period:
+            continue
+        try:
+            total, requests = (float(x) for x in pre_period[user])
+        except (TypeError, ValueError) as exc:
+            raise ExperimentError(f"pre-period of {user}: not a (sum, requests) pair: {exc}") from exc
+        if not (math.isfinite(total) and requests == int(requests) and 0 <= total <= requests):
+            raise ExperimentError(
+                f"pre-period of {user}: a sum of per-request F1 in [0, requests] over a whole number of "
+                f"requests, not {pre_period[user]!r}"
+            )
+
+
 @dataclass
 class Comparison:
     """One experiment's running comparison; feed it batches of labelled requests, read its decision."""
@@ -148,17 +185,27 @@ class Comparison:
         return self._advance(event_ms)
 
     def add_arms(
-        self, candidate: Any, candidate_users: Any, incumbent: Any, incumbent_users: Any, event_ms: int
+        self,
+        candidate: Any,
+        candidate_users: Any,
+        incumbent: Any,
+        incumbent_users: Any,
+        event_ms: int,
+        pre_period: Mapping[str, PrePeriod] | None = None,
     ) -> Decision:
         """Canary: the per-request F1 of each arm's newly labelled requests (either may be empty), and
-        the user of each request."""
+        the user of each request. ``pre_period`` optionally maps users to their pre-experiment period,
+        ``(sum of per-request F1, labelled requests)`` before the experiment started: the covariate of
+        the regression adjustment, read for a user when the user first appears (others have none)."""
         if self.mode is not Mode.CANARY:
             raise ExperimentError("two independent arms belong to a canary experiment, this one is a shadow")
         c, i = _values("candidate", candidate), _values("incumbent", incumbent)
         c_users, i_users = _users("candidate", candidate_users, c), _users("incumbent", incumbent_users, i)
+        if pre_period:  # read only for users new to their arm: checked only for them
+            _check_pre_period(pre_period, [self.candidate.unseen(c_users), self.incumbent.unseen(i_users)])
         if self.decision is Decision.RUNNING:
-            self.candidate.add(c, c_users)
-            self.incumbent.add(i, i_users)
+            self.candidate.add(c, c_users, pre_period)
+            self.incumbent.add(i, i_users, pre_period)
         return self._advance(event_ms)
 
     def tick(self, event_ms: int) -> Decision:
@@ -197,13 +244,26 @@ class Comparison:
         if self.mode is Mode.SHADOW:
             n, s2 = n_c, self.pairs.contrast_variance(weight)
         else:
-            # The units are the users (GrowthBook's N is its users too): s2 is per user.
+            # The units are the users (GrowthBook's N is its users too): s2 is per user. Adjusted by the
+            # users' pre-periods when they are known (theta 0 otherwise: the plain delta method).
+            theta = self.theta
+            estimate -= theta * (self.candidate.pre_mean - self.incumbent.pre_mean)
             n = self.candidate.users + self.incumbent.users
-            se2 = self.candidate.mean_variance + weight * weight * self.incumbent.mean_variance
+            se2 = self.candidate.linearized(1.0, theta) + self.incumbent.linearized(weight, theta)
             s2 = se2 * n
         rho = mixture_rho(self.settings.alpha, self.settings.tuning)
         half = sequence_halfwidth(s2, n, self.settings.alpha, rho)
         return Interval(estimate, estimate - half, estimate + half)
+
+    @property
+    def theta(self) -> float:
+        """The regression adjustment's coefficient (canary mode), pooled over the arms as GrowthBook's
+        ``compute_theta_regression_adjusted_ratio``: 0 until both arms have users with a pre-period."""
+        if self.mode is Mode.SHADOW or not (self.candidate.sum_q and self.incumbent.sum_q):
+            return 0.0
+        cov_c, var_c = self.candidate.pre_moments()
+        cov_i, var_i = self.incumbent.pre_moments()
+        return (cov_c + cov_i) / (var_c + var_i) if var_c + var_i > 0 else 0.0
 
     # -- deciding --------------------------------------------------------------------------------------
 
@@ -300,6 +360,8 @@ class Comparison:
         }
         difference, contrast = self.difference(), self.noninferiority()
         if difference is not None:
+            # The interval's own centre: with pre-periods, the adjusted difference, not the raw means'.
+            event["estimate"] = difference.estimate
             event["interval"] = [difference.low, difference.high]
         if contrast is not None:
             event["margin_interval"] = [contrast.low, contrast.high]

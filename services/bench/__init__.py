@@ -10,7 +10,9 @@ One module per measurement:
 ``sweep``          throughput and p99 per ``serve.batch_size``
 ``monitor``        labelled requests/s through the Faust worker beside ``baseline``'s plain loop
 ``live``           the monitor's lag behind the simulator, and the control loop: alert, rollback, acks
-``steady``         one replica's share of a core and memory slope at a steady offered rate
+``steady``         one replica's share of a core and memory slope at a steady offered rate, and its CPU per
+                   request with a canary and with a shadow running
+``experiments``    the experiments' error guarantee, simulated without Kafka (also ``bench-experiments``)
 ``micro``          codec cost per event, scoring cost per request
 =================  ==========================================================================================
 

@@ -2,14 +2,17 @@
 read afterwards (the window's ends are only known once the outputs have been read back).
 
 Linux only: user + system time of every thread, from ``/proc/<pid>/stat`` (the clock tick is 10 ms, so
-windows of a second or more are needed for a 1% reading).
+windows of a second or more are needed for a 1% reading). And :func:`machine`: what the figures were
+measured on.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
+from typing import Any
 
 from services.bench.stats import cpu_between
 
@@ -71,3 +74,22 @@ def cpu_pressure_us() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    memory_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }

@@ -37,7 +37,7 @@ from scipy.stats import binomtest
 from schemas.metrics import request_counts
 from services.config import ExperimentSettings
 from services.model.training import train
-from services.sandbox.world import World
+from services.sandbox.world import Sessions, World
 from streams.comparison import Comparison, Decision, Mode, request_f1
 
 Say = Callable[[str], None]
@@ -54,14 +54,27 @@ class ExperimentPlan:
     experiments: int = 1000
     #: Sessions the versions are trained on, and requests in the pool experiments resample.
     training_sessions: int = 50_000
-    pool_requests: int = 20_000
-    #: Labelled requests per monitor batch (both arms together), and how fast they come in event time.
+    #: 100,000: about 50 per user, so that a user's resampled requests vary as fresh ones would (with
+    #: 20,000, each user's ~10 requests, redrawn, froze their noise into the user's level).
+    pool_requests: int = 100_000
+    #: Labelled requests per monitor batch (both arms together), and how fast they come in event time:
+    #: 600 s at 100/s, ten minutes of a storefront's labelled traffic, 6,000 on a 10% canary.
     batch: int = 200
     rate_per_s: float = 100.0
-    max_duration_s: float = 300.0
+    max_duration_s: float = 600.0
     canary_traffic: float = 0.1
+    #: The incumbent's labelled requests before the experiment (five minutes at the same rate), whose
+    #: per-user sums are a canary's covariate (the regression adjustment); 0: none, the plain delta method.
+    pre_period_requests: int = 30_000
     settings: ExperimentSettings = field(default_factory=ExperimentSettings)
     seed: int = 0
+
+
+#: The small version ``modelwatch bench`` runs (and ``bench-experiments --quick``): 100 experiments per row,
+#: versions trained on less, batches of 1,000 (60 looks in the 600 s), in a minute or two.
+QUICK_EXPERIMENTS = ExperimentPlan(
+    experiments=100, training_sessions=20_000, pool_requests=50_000, batch=1000, max_duration_s=600.0
+)
 
 
 @dataclass(frozen=True)
@@ -71,33 +84,48 @@ class Pool:
     user: np.ndarray
     values: dict[str, np.ndarray]
     n_users: int
+    #: Each user's pre-experiment period under the incumbent: (sum of per-request F1, requests).
+    pre_period: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def means(self) -> dict[str, float]:
         return {name: float(v.mean()) for name, v in self.values.items()}
 
 
+def _request_f1(model: Any, sessions: Sessions, bought: list[list[str]]) -> np.ndarray:
+    scores = model.score_batch(sessions.user_ids, sessions.candidates)
+    picks = model.select(scores, [5] * len(scores))
+    counts = [
+        request_counts(cands, [cands[i] for i in pick.tolist()], got)
+        for cands, pick, got in zip(sessions.candidates, picks, bought, strict=True)
+    ]
+    tp, fp, fn = (np.array([getattr(c, k) for c in counts]) for k in ("tp", "fp", "fn"))
+    return request_f1(tp, fp, fn)
+
+
 def build_pool(plan: ExperimentPlan, say: Say = _quiet) -> Pool:
-    """Train the three versions on the world and score the pool once."""
+    """Train the three versions on the world, score the pool once, and the incumbent's pre-period."""
     world = World.generate(plan.seed)
     log = world.interactions(plan.training_sessions, plan.seed)
     versions = {"incumbent": (plan.seed, 0.0), "retrain": (plan.seed + 1, 0.0), "degraded": (plan.seed, 0.5)}
     sessions = world.sessions(plan.pool_requests, plan.seed + 1000)
     bought = world.purchases(sessions, plan.seed + 1000)
     values: dict[str, np.ndarray] = {}
+    pre_period: dict[str, tuple[float, int]] = {}
     for name, (seed, degrade) in versions.items():
         say(f"training the {name} version")
         model = train(log, seed=seed, degrade=degrade).model
-        scores = model.score_batch(sessions.user_ids, sessions.candidates)
-        picks = model.select(scores, [5] * len(scores))
-        counts = [
-            request_counts(cands, [cands[i] for i in pick.tolist()], got)
-            for cands, pick, got in zip(sessions.candidates, picks, bought, strict=True)
-        ]
-        tp, fp, fn = (np.array([getattr(c, k) for c in counts]) for k in ("tp", "fp", "fn"))
-        values[name] = request_f1(tp, fp, fn)
+        values[name] = _request_f1(model, sessions, bought)
+        if name == "incumbent" and plan.pre_period_requests:
+            # Other sessions of the same users, before the experiment, served by the incumbent.
+            before = world.sessions(plan.pre_period_requests, plan.seed + 2000)
+            f1 = _request_f1(model, before, world.purchases(before, plan.seed + 2000))
+            assert before.user_index is not None
+            requests = np.bincount(before.user_index, minlength=world.n_users)
+            sums = np.bincount(before.user_index, weights=f1, minlength=world.n_users)
+            pre_period = {str(u): (float(sums[u]), int(requests[u])) for u in np.flatnonzero(requests)}
     assert sessions.user_index is not None
-    return Pool(np.asarray(sessions.user_index), values, world.n_users)
+    return Pool(np.asarray(sessions.user_index), values, world.n_users, pre_period)
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,8 @@ class Scenario:
     margin: float | None = None  # None: the configured margin
     #: How a canary splits: by user (as serving does: a user stays on one arm) or request by request.
     split: str = "user"
+    #: Canary: adjust by the users' pre-periods (CUPED) when the pool has them.
+    adjusted: bool = True
 
 
 def scenarios(plan: ExperimentPlan) -> list[Scenario]:
@@ -120,6 +150,7 @@ def scenarios(plan: ExperimentPlan) -> list[Scenario]:
         Scenario("retrain", Mode.CANARY, "retrain"),
         Scenario("degraded 0.5", Mode.SHADOW, "degraded"),
         Scenario("degraded 0.5", Mode.CANARY, "degraded"),
+        Scenario("degraded 0.5", Mode.CANARY, "degraded", adjusted=False),
     ]
 
 
@@ -140,6 +171,7 @@ def run_experiment(pool: Pool, plan: ExperimentPlan, scenario: Scenario, rng: np
     incumbent, candidate = pool.values["incumbent"], pool.values[scenario.candidate]
     size = len(pool.user)
     on_candidate = rng.random(pool.n_users) < plan.canary_traffic  # the per-user split of a canary
+    pre_period = pool.pre_period if scenario.adjusted else None
     seen = 0
     while comparison.decision is Decision.RUNNING:
         rows = rng.integers(0, size, plan.batch)
@@ -159,7 +191,12 @@ def run_experiment(pool: Pool, plan: ExperimentPlan, scenario: Scenario, rng: np
                 users = np.arange(seen - plan.batch, seen)
                 arm = rng.random(plan.batch) < plan.canary_traffic
             comparison.add_arms(
-                candidate[rows[arm]], users[arm], incumbent[rows[~arm]], users[~arm], event_ms
+                candidate[rows[arm]],
+                users[arm],
+                incumbent[rows[~arm]],
+                users[~arm],
+                event_ms,
+                pre_period if scenario.split == "user" else None,
             )
     return Outcome(comparison.decision, comparison.labelled[0])
 
@@ -203,6 +240,7 @@ class ScenarioResult:
             "mode": self.scenario.mode.value,
             "candidate": self.scenario.candidate,
             "split": self.scenario.split if self.scenario.mode is Mode.CANARY else None,
+            "adjusted": self.scenario.mode is Mode.CANARY and self.scenario.adjusted,
             "margin": self.margin,
             "aborted": self.aborted.as_json(),
             "promoted": self.promoted.as_json(),
@@ -245,11 +283,14 @@ class ExperimentsReport:
     means: dict[str, float]
     results: list[ScenarioResult]
 
-    def result(self, name: str, mode: Mode, split: str = "user") -> ScenarioResult:
+    def result(self, name: str, mode: Mode, split: str = "user", adjusted: bool = True) -> ScenarioResult:
         return next(
             r
             for r in self.results
-            if r.scenario.name == name and r.scenario.mode is mode and r.scenario.split == split
+            if r.scenario.name == name
+            and r.scenario.mode is mode
+            and r.scenario.split == split
+            and r.scenario.adjusted == adjusted
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -274,7 +315,7 @@ def run_experiments(plan: ExperimentPlan, say: Say = _quiet) -> ExperimentsRepor
 def _mode(scenario: Scenario) -> str:
     if scenario.mode is Mode.SHADOW:
         return "shadow"
-    return f"canary by {scenario.split}"
+    return f"canary{'' if scenario.adjusted else ' unadj.'}"
 
 
 def report_lines(report: ExperimentsReport) -> list[str]:
@@ -285,7 +326,8 @@ def report_lines(report: ExperimentsReport) -> list[str]:
         f"{p.experiments} experiments per row; per-request F1 on the pool: {means}",
         f"alpha {p.settings.alpha:g}, tuning {p.settings.tuning:g}, burn-in {p.settings.burn_in}, "
         f"min_samples {p.settings.min_samples}; batches of {p.batch} labelled requests at {p.rate_per_s:g}/s "
-        f"for at most {p.max_duration_s:g} s; canary traffic {p.canary_traffic:g}, split by user",
+        f"for at most {p.max_duration_s:g} s; canary traffic {p.canary_traffic:g}, split by user, "
+        f"adjusted by {p.pre_period_requests:,} pre-period requests (unadj.: not)",
         f"{'candidate':<13} {'mode':<16} {'margin':>6}  {'aborted [95% Wilson]':<26} {'promoted':>8} "
         f"{'inconcl.':>8}  {'median n to abort':>17} {'to promote':>10} {'time':>6}",
     ]

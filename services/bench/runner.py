@@ -7,8 +7,6 @@ data, so whatever else the machine is doing weighs on both alike and their ratio
 from __future__ import annotations
 
 import gc
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,14 +16,15 @@ from typing import Any
 
 from schemas.errors import BenchmarkError
 from services.bench import workload
-from services.bench.cpu import cpu_pressure_us
+from services.bench.cpu import cpu_pressure_us, machine
+from services.bench.experiments import QUICK_EXPERIMENTS, ExperimentPlan, ExperimentsReport, run_experiments
 from services.bench.latency import Latency, measure_latency
 from services.bench.live import run_live
 from services.bench.micro import codec_costs, scoring_costs
 from services.bench.monitor import faust_monitor, plain_monitor, prepare
 from services.bench.rig import Rig, caught_up, delete_group, end_offsets, stamp_on_append
 from services.bench.stats import REQUIRED_KEYS, derived, judge_targets
-from services.bench.steady import SteadyRun, run_steady
+from services.bench.steady import SteadyRun, cost_figures, run_experiment_costs, run_steady
 from services.bench.sweep import sweep_batch_sizes
 from services.bench.throughput import Throughput, best_of, committed_through, measure, outputs_reached
 from services.config import Settings
@@ -66,6 +65,11 @@ class BenchPlan:
     rounds: int = 1
     #: serve.batch_size values to measure throughput and p99 at 1,000/s for (none: skipped).
     batch_sizes: tuple[int, ...] = ()
+    #: The steady run at the first steady rate again with a canary running, then with a shadow.
+    experiment_costs: bool = True
+    #: The experiments' guarantee, simulated without Kafka (none: skipped); the full table is
+    #: ``modelwatch bench-experiments``.
+    experiments: ExperimentPlan | None = None
 
     def steps(self) -> list[str]:
         """The steps :func:`run_bench` reports, in order."""
@@ -74,8 +78,10 @@ class BenchPlan:
         out += [f"latency at {rate:,.0f}/s" for rate in self.latency_rates]
         out += ["batch sizes"] if self.batch_sizes else []
         out += [f"steady: one replica at {rate:,.0f}/s" for rate in self.steady_rates]
+        out += ["serving cost: canary", "serving cost: shadow"] if self.experiment_costs else []
         out += ["monitor traffic", *(["monitor (Faust)"] if self.faust else []), "monitor (plain consumer)"]
         out += ["live: lag and control loop"] if self.live else []
+        out += ["experiments (simulated)"] if self.experiments else []
         return [*out, "cleanup"]
 
 
@@ -89,6 +95,7 @@ QUICK = BenchPlan(
     monitor_labelled=20_000,
     micro_s=0.5,
     live_warmup_s=15.0,
+    experiments=QUICK_EXPERIMENTS,
 )
 FULL = BenchPlan(
     mode="full",
@@ -103,6 +110,7 @@ FULL = BenchPlan(
     batch_sizes=(50, 200, 500, 1000, 2000),
     steady_rates=(STEADY_RATE, TARGET_RATE),
     steady_s=120.0,
+    experiments=QUICK_EXPERIMENTS,
 )
 
 
@@ -110,28 +118,10 @@ FULL = BenchPlan(
 class BenchResult:
     plan: BenchPlan
     summary: dict[str, Any] = field(default_factory=dict)
+    experiments: ExperimentsReport | None = None
 
     def as_json(self) -> dict[str, Any]:
         return self.summary
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    memory_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "memory_gib": memory_gib,
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def _silent(_step: str) -> None:
@@ -287,6 +277,11 @@ def run_bench(
         for rate in plan.steady_rates:
             step(f"steady: one replica at {rate:,.0f}/s")
             steady.append(run_steady(rig, good.version, rate, plan.steady_s))
+        if plan.experiment_costs:
+            # Any other version will do as the candidate: the cost is scoring, not what it recommends.
+            other = bad or train_on_world(serve, seed=1, sessions=plan.train_sessions, registry=registry)
+            rate = plan.steady_rates[0]
+            steady += run_experiment_costs(rig, good.version, other.version, rate, plan.steady_s, step)
         details["steady"] = steady
 
         step("monitor traffic")
@@ -307,6 +302,9 @@ def run_bench(
         if plan.live and bad is not None:
             step("live: lag and control loop")
             details["live"] = run_live(rig, good.version, bad.version, DEMO_RATE, plan.live_warmup_s)
+        if plan.experiments is not None:
+            step("experiments (simulated)")
+            details["experiments"] = run_experiments(plan.experiments, say)
         failed = False
     except (TimeoutError, RuntimeError, BenchmarkError) as exc:
         # A child that died or stalled: its log says why, so the run's logs are kept.
@@ -318,7 +316,7 @@ def run_bench(
     if pressure is not None and pressure_end is not None:
         # Share of the run's wall time in which some task on this machine waited for a CPU.
         details["cpu_pressure_pct"] = (pressure_end - pressure) / 1e4 / (time.monotonic() - started)
-    return BenchResult(plan, summarize(plan, details, base))
+    return BenchResult(plan, summarize(plan, details, base), details.get("experiments"))
 
 
 def _rate(details: dict[str, Any], key: str) -> float | None:
@@ -375,22 +373,25 @@ def summarize(plan: BenchPlan, details: dict[str, Any], base: Settings) -> dict[
             }
         )
     steady: list[SteadyRun] = details.get("steady", [])
-    at_steady = next((run for run in steady if run.rate == STEADY_RATE), None)
+    at_steady = next((run for run in steady if run.rate == STEADY_RATE and run.mode == "plain"), None)
     summary["replica_cpu_share_300"] = at_steady.cpu_share if at_steady else None
     summary["replica_rss_slope_mb_per_min_300"] = at_steady.rss_slope_mb_per_min if at_steady else None
     summary["steady"] = [run.as_dict() for run in steady]
+    summary.update(cost_figures(steady))
     summary.update(derived(summary))
     summary["batch_sizes"] = [p.as_dict() for p in details.get("batch_sizes", [])]
     summary["rounds"] = plan.rounds
     summary["throughput_rounds"] = details.get("rounds", {})
     summary["codec_us"] = details.get("codec", {})
     summary["scoring_us"] = details.get("scoring", {})
+    experiments: ExperimentsReport | None = details.get("experiments")
+    summary["experiments"] = experiments.as_json() if experiments else None
     for key in REQUIRED_KEYS:
         summary.setdefault(key, None)
     summary["targets"] = judge_targets(summary)
     summary["details"] = {
         k: (v.as_dict() if hasattr(v, "as_dict") else [x.as_dict() for x in v] if isinstance(v, list) else v)
         for k, v in details.items()
-        if k not in ("topic_prefix", "cpu_pressure_pct", "rounds")
+        if k not in ("topic_prefix", "cpu_pressure_pct", "rounds", "experiments")
     }
     return summary

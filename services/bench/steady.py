@@ -13,12 +13,18 @@ candidates per request, the default k of 5, outcomes too) at ``rate`` for ``seco
 
 The window's requests are the predictions written in it (the prediction topic's end offsets), so a replica
 that fell behind shows as answering fewer than were offered.
+
+With ``experiment``, the replica serves the same traffic with an experiment running beside the active
+version: a canary (a share of users answered by the candidate) or a shadow (every request also scored by
+the candidate, on the replica's shadow thread, into ``predictions.shadow``, counted too): the serving cost
+of each, beside the plain run at the same rate in the same benchmark.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,6 +62,9 @@ class SteadyRun:
     rss_first_mb: float | None = None
     rss_last_mb: float | None = None
     rss_slope_mb_per_min: float | None = None
+    shadow_predictions: int = 0  # written to predictions.shadow in the window
+    #: "plain", "canary <traffic>" or "shadow".
+    mode: str = "plain"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,14 +92,23 @@ def run_steady(
     warmup_s: float = 5.0,
     idle_s: float = 5.0,
     timeout: float = 90.0,
+    experiment: tuple[str, float | None] | None = None,
 ) -> SteadyRun:
-    """One replica at a steady ``rate`` for ``seconds`` (after ``warmup_s``); see the module's docstring."""
-    settings: Settings = rig.settings(f"steady{int(rate)}")
+    """One replica at a steady ``rate`` for ``seconds`` (after ``warmup_s``), with ``experiment`` (a
+    candidate version and a canary's traffic, or None for a shadow) running; see the module's docstring."""
+    mode = "plain"
+    if experiment is not None:
+        mode = "shadow" if experiment[1] is None else f"canary {experiment[1]:g}"
+    tag = "" if experiment is None else "-" + mode.split()[0]
+    settings: Settings = rig.settings(f"steady{int(rate)}{tag}")
     rig.create(settings)
-    result = SteadyRun(rate=rate, seconds=seconds)
-    deployment.deploy(settings, version, "bench: steady rate", registry=Registry.from_settings(settings))
-    # One instance (and log) per rate: waiting for "assigned" must not find an earlier run's line.
-    instance = f"steady-{int(rate)}"
+    result = SteadyRun(rate=rate, seconds=seconds, mode=mode)
+    registry = Registry.from_settings(settings)
+    deployment.deploy(settings, version, "bench: steady rate", registry=registry)
+    if experiment is not None:
+        deployment.start_experiment(settings, experiment[0], experiment[1], "bench", registry=registry)
+    # One instance (and log) per run: waiting for "assigned" must not find an earlier run's line.
+    instance = f"steady-{int(rate)}{tag}"
     replica = rig.serve(settings, instance)
     stop_sim, pause = threading.Event(), threading.Event()
     sim = threading.Thread(
@@ -101,7 +119,7 @@ def run_steady(
         daemon=True,
     )
     probe = OffsetProbe(settings)
-    predictions = settings.topic("predictions")
+    predictions, shadow = settings.topic("predictions"), settings.topic("predictions.shadow")
     try:
         replica.wait_for_log("event=assigned", timeout)
         pid = replica.pid
@@ -111,7 +129,7 @@ def run_steady(
         sim.start()
         wait_for(lambda: _produced(probe, predictions) > 0, timeout, "the first prediction")
         pause.wait(warmup_s)
-        before = _produced(probe, predictions)
+        before, shadow_before = _produced(probe, predictions), _produced(probe, shadow)
         cpu0, t0 = process_cpu_seconds(pid), time.monotonic()
         rss: list[tuple[float, float]] = []
         while (now := time.monotonic()) < t0 + seconds:
@@ -122,6 +140,7 @@ def run_steady(
             pause.wait(min(1.0, t0 + seconds - now))
         cpu1, t1 = process_cpu_seconds(pid), time.monotonic()
         result.requests = _produced(probe, predictions) - before
+        result.shadow_predictions = _produced(probe, shadow) - shadow_before
     finally:
         stop_sim.set()
         if sim.is_alive():
@@ -138,3 +157,31 @@ def run_steady(
         slope = least_squares_slope(rss)
         result.rss_slope_mb_per_min = None if slope is None else slope * 60.0
     return result
+
+
+#: The canary share the serving cost is measured at (the share the experiments' guarantee is measured at).
+COST_CANARY_TRAFFIC = 0.1
+
+
+def run_experiment_costs(
+    rig: Rig, incumbent: str, candidate: str, rate: float, seconds: float, step: Callable[[str], None]
+) -> list[SteadyRun]:
+    """The same steady run with a canary of ``candidate`` running, then with a shadow of it."""
+    runs = []
+    for traffic in (COST_CANARY_TRAFFIC, None):
+        step("serving cost: shadow" if traffic is None else "serving cost: canary")
+        runs.append(run_steady(rig, incumbent, rate, seconds, experiment=(candidate, traffic)))
+    return runs
+
+
+def cost_figures(runs: list[SteadyRun]) -> dict[str, float | None]:
+    """CPU per request with a canary and with a shadow running, and each over the plain run's at the same
+    rate (the first rate that has an experiment run)."""
+    plain = {run.rate: run for run in runs if run.mode == "plain"}
+    out: dict[str, float | None] = {}
+    for kind in ("canary", "shadow"):
+        run = next((r for r in runs if r.mode.startswith(kind) and r.rate in plain), None)
+        reference = plain[run.rate].cpu_us_per_request if run else None
+        out[f"{kind}_cpu_us_per_request"] = run.cpu_us_per_request if run else None
+        out[f"{kind}_vs_plain_cpu"] = ratio(run.cpu_us_per_request, reference) if run else None
+    return out

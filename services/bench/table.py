@@ -78,12 +78,16 @@ def bench_table(summary: dict[str, Any]) -> Table:
         target, mark = _verdict(s, by_cpu)
         table.add_row(f"service vs {label}, by CPU per item", "", "", _n(s.get(by_cpu), 2), target, mark)
     for run in s.get("steady", []):
-        target, mark = _verdict(s, "replica_cpu_share_300") if run["rate"] == 300 else ("", "")
+        mode = run.get("mode", "plain")
+        plain = mode == "plain"
+        target, mark = _verdict(s, "replica_cpu_share_300") if run["rate"] == 300 and plain else ("", "")
         share, idle = run.get("cpu_share"), run.get("idle_cpu_share")
+        vs = "" if plain else f" ({_n(s.get(f'{mode.split()[0]}_vs_plain_cpu'), 2)}x plain)"
+        shadowed = f"; {run.get('shadow_predictions', 0):,} shadow predictions" if mode == "shadow" else ""
         table.add_row(
-            f"one replica at a steady {run['rate']:,.0f}/s",
+            f"one replica at a steady {run['rate']:,.0f}/s" + ("" if plain else f", {mode} running"),
             "-" if share is None else f"{share * 100:.1f}% of a core",
-            f"{_n(run.get('cpu_us_per_request'))} µs CPU per request; "
+            f"{_n(run.get('cpu_us_per_request'))} µs CPU per request{vs}{shadowed}; "
             f"idle {'-' if idle is None else f'{idle * 100:.1f}%'}; "
             f"resident {_n(run.get('rss_last_mb'))} MB, {_n(run.get('rss_slope_mb_per_min'), 2)} MB/min; "
             f"{_n(run.get('answered_per_s'))}/s answered",

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from services.bench import FULL, QUICK, run_bench
+from services.bench.experiments import report_lines
 from services.bench.plot import draw
 from services.bench.table import bench_table
 from services.cli.common import console, current_settings, err
@@ -23,9 +24,11 @@ def bench(
     quick: bool = typer.Option(
         True,
         "--quick/--full",
-        help="--quick (default, about four minutes): 50,000 recorded requests (5,000 for the naive "
-        "service), latency at 1,000/s, one replica at a steady 300/s for 30 s, 20,000 labelled requests "
-        "through the monitor. --full (about fifteen minutes): 200,000 requests, latency at 1,000 and "
+        help="--quick (default, about four minutes, plus about two for the simulated experiments): 50,000 "
+        "recorded requests (5,000 for the naive "
+        "service), latency at 1,000/s, one replica at a steady 300/s for 30 s (then with a canary and with "
+        "a shadow running), 20,000 labelled requests through the monitor, 100 simulated experiments per "
+        "row of the guarantee table. --full (about fifteen minutes): 200,000 requests, latency at 1,000 and "
         "5,000/s, throughput and p99 per batch size, one replica at a steady 300 and 1,000/s for two "
         "minutes each, 100,000 labelled requests, a longer live run.",
     ),
@@ -40,9 +43,10 @@ def bench(
     `modelwatch serve` against a pass-through ceiling and a naive one-request-at-a-time service on the
     same recorded requests (predictions/s, CPU-s per 1,000); end-to-end latency at fixed offered rates;
     --exactly-once against at-least-once; one replica's share of a core and memory slope at a steady
-    rate; the Faust monitor against a plain consumer computing the same metrics, and its lag behind the
-    simulator; the control loop from a bad deploy to the rollback's acknowledgements; codec and scoring
-    costs per event.
+    rate, and again with a canary and with a shadow running (their serving cost); the Faust monitor
+    against a plain consumer computing the same metrics, and its lag behind the simulator; the control
+    loop from a bad deploy to the rollback's acknowledgements; codec and scoring costs per event; and a
+    small run of the experiments' guarantee simulation (the full one: modelwatch bench-experiments).
 
     Starts the local broker unless MODELWATCH_BOOTSTRAP names a cluster. Uses a fresh topic prefix
     (bench-<id>.) and a temporary registry, and deletes both at the end. The targets (service >= 20x
@@ -84,4 +88,8 @@ def bench(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         console.print(f"json: {json_path}")
+    if result.experiments is not None:
+        out.print("experiments, simulated (the full table: modelwatch bench-experiments)")
+        for line in report_lines(result.experiments):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"plot: {draw(summary, plot)}")

@@ -41,6 +41,15 @@ VERSION_WIDTH = 24
 ID_WIDTH = 10
 PAYLOAD_CHARS = 120
 
+#: Commands by action: deploys blue, an experiment's start cyan, its end green or red, rollbacks orange.
+COMMAND_STYLES = {
+    "deploy": "bold bright_blue",
+    "shadow": "bold cyan",
+    "canary": "bold cyan",
+    "promote": "bold green",
+    "abort": "bold red",
+}
+
 #: Acks are matched to commands seen earlier in the same run; bounded so a long session stays small.
 REMEMBERED_COMMANDS = 10_000
 
@@ -287,11 +296,16 @@ class LineFormatter:
         if len(self._command_ts) >= REMEMBERED_COMMANDS:
             self._command_ts.popitem(last=False)
         self._command_ts[e["command_id"]] = e["ts"]
-        style = "bold bright_blue" if e["action"] == "deploy" else "bold dark_orange"
+        style = COMMAND_STYLES.get(e["action"], "bold dark_orange")
         self._kind(line, f"▶ {e['action']}", style)
         self._version(line, e["model_version"])
         line.append(e["command_id"].ljust(ID_WIDTH), style=style.removeprefix("bold "))
         line.append("  ")
+        # An experiment's command says what it does to the traffic, and which experiment it ends.
+        if e.get("traffic") is not None:
+            line.append(f"{e['traffic']:.0%} of users  ", style="bold")
+        if e.get("experiment_id"):
+            line.append(f"experiment {e['experiment_id']}  ", style="dim")
         if e.get("issued_by"):
             line.append(f"by {e['issued_by']}: ", style="dim")
         line.append(_short(e["reason"], 80))
@@ -327,11 +341,18 @@ class LineFormatter:
         self._kind(line, f"{e['mode']} {decision}", style or "green")
         self._version(line, e["candidate"])
         labelled = e["labelled"]
-        line.append(f"vs {e['incumbent']}  n {labelled['candidate']}/{labelled['incumbent']}  ", style="dim")
+        share = f"{e['traffic']:.0%} of users  " if e["mode"] == "canary" else ""
+        line.append(
+            f"vs {e['incumbent']}  {share}n {labelled['candidate']}/{labelled['incumbent']}  ", style="dim"
+        )
         line.append(f"{e['metric']} Δ {_num(e['estimate'], 4)}")
         if e["interval"]:
             low, high = e["interval"]
             line.append(f" [{low:.4f}, {high:.4f}]", style="bold" if decision != "running" else "")
+        if e.get("margin_interval"):
+            # What decides: candidate - (1 - margin) x incumbent, abort below 0, promote above.
+            low, high = e["margin_interval"]
+            line.append(f"  margin {e.get('margin', 0):g}: [{low:.4f}, {high:.4f}]", style="dim")
         line.append(f"  [{e['experiment_id']}]", style="dim")
 
     def _dead_letter(self, line: Text, e: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import orjson
 
 from services import kafka
 from services.bench import BenchPlan, run_bench
+from services.bench.experiments import ExperimentPlan
 from services.bench.stats import REQUIRED_KEYS
 from services.config import load_settings
 
@@ -25,6 +26,15 @@ TINY = BenchPlan(
     train_sessions=5_000,
     steady_rates=(100.0, 150.0),  # not the target's 300/s: judged only in a real run
     steady_s=3.0,
+    # A few seconds of the simulation: the harness, not the guarantee (tests/integration/test_experiments_*).
+    experiments=ExperimentPlan(
+        experiments=10,
+        training_sessions=5_000,
+        pool_requests=5_000,
+        pre_period_requests=5_000,
+        batch=500,
+        max_duration_s=30.0,
+    ),
 )
 
 
@@ -58,7 +68,15 @@ def test_tiny_bench_measures_everything_and_leaves_nothing_behind(kafka_bootstra
     assert s["monitor_raw_per_s"] > 0
     assert s["monitor_per_s"] is None and s["monitor_vs_raw"] is None and s["ack_ms"] is None
     # The steady run: the replica answered what was offered, and its CPU and memory were read.
-    assert [run["rate"] for run in s["steady"]] == list(TINY.steady_rates)
+    # ...then again at the first rate with a canary running and with a shadow (the candidate scoring twice).
+    assert [(run["rate"], run["mode"]) for run in s["steady"]] == [
+        (100.0, "plain"),
+        (150.0, "plain"),
+        (100.0, "canary 0.1"),
+        (100.0, "shadow"),
+    ]
+    assert s["steady"][3]["shadow_predictions"] > 0 and s["steady"][2]["shadow_predictions"] == 0
+    assert s["canary_vs_plain_cpu"] > 0 and s["shadow_vs_plain_cpu"] > 0
     for steady in s["steady"]:
         assert steady["requests"] > 0 and steady["cpu_share"] > 0 and steady["rss_last_mb"] > 0
         assert steady["cpu_us_per_request"] > 0
@@ -68,6 +86,13 @@ def test_tiny_bench_measures_everything_and_leaves_nothing_behind(kafka_bootstra
     assert s["replica_cpu_share_300"] is None
     assert set(s["codec_us"]) >= {"request_decode_us", "prediction_decode_us", "outcome_decode_us"}
     assert all(v > 0 for v in (*s["codec_us"].values(), *s["scoring_us"].values()))
+    # The experiments' table: every scenario ran its experiments, each to a decision or the deadline.
+    assert result.experiments is not None
+    rows = s["experiments"]["results"]
+    assert len(rows) == len(result.experiments.results) >= 6
+    for r in rows:
+        decided = r["aborted"]["count"] + r["promoted"]["count"] + r["inconclusive"]["count"]
+        assert decided == r["aborted"]["total"] == 10
     # The run's topics are gone.
     topics = kafka.admin(settings).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(s["topic_prefix"])]

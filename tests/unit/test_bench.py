@@ -38,7 +38,7 @@ from services.bench.stats import (
     ratio,
     span_rate,
 )
-from services.bench.steady import SteadyRun, resident_mb
+from services.bench.steady import SteadyRun, cost_figures, resident_mb
 from services.bench.table import bench_table
 from services.bench.throughput import Throughput, best_of
 from services.config import load_settings
@@ -268,3 +268,17 @@ def test_resident_mb_reads_this_process_and_none_for_a_gone_one() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert resident_mb(child.pid) is None
+
+
+def test_serving_cost_of_a_canary_and_a_shadow_is_told_beside_the_plain_run() -> None:
+    runs = [
+        SteadyRun(300.0, 30.0, cpu_us_per_request=100.0),
+        SteadyRun(1000.0, 30.0, cpu_us_per_request=80.0),
+        SteadyRun(300.0, 30.0, cpu_us_per_request=120.0, mode="canary 0.1"),
+        SteadyRun(300.0, 30.0, cpu_us_per_request=190.0, shadow_predictions=9000, mode="shadow"),
+    ]
+    figures = cost_figures(runs)
+    assert figures["canary_cpu_us_per_request"] == 120.0 and figures["shadow_cpu_us_per_request"] == 190.0
+    assert figures["canary_vs_plain_cpu"] == pytest.approx(1.2)  # beside the plain run at the same rate
+    assert figures["shadow_vs_plain_cpu"] == pytest.approx(1.9)
+    assert set(cost_figures(runs[:2]).values()) == {None}  # not measured: said so, not zero

@@ -52,7 +52,15 @@ def styles(line: Text) -> str:
         ),
         (
             "experiment",
-            ["experiments", "canary abort", "vs " + V, "n 812/7297", "Δ -0.0731 [-0.1102, -0.0360]"],
+            [
+                "experiments",
+                "canary abort",
+                "vs " + V,
+                "10% of users",
+                "n 812/7297",
+                "Δ -0.0731 [-0.1102, -0.0360]",
+                "margin 0.05: [-0.0946, -0.0203]",
+            ],
         ),
     ],
 )
@@ -199,3 +207,18 @@ def test_colour_on_a_terminal() -> None:
     out = io.StringIO()
     _emit([event("alert")], LineFormatter(), False, Console(file=out, force_terminal=True), Console())
     assert "\x1b[" in out.getvalue()
+
+
+def test_experiment_commands_say_their_traffic_and_experiment() -> None:
+    f = LineFormatter()
+    canary = f.format(event("model-command", action="canary", traffic=0.2, command_id="c-9")).plain
+    assert "▶ canary" in canary and "20% of users" in canary
+    shadow = f.format(event("model-command", action="shadow", command_id="c-10")).plain
+    assert "▶ shadow" in shadow and "of users" not in shadow
+    abort = f.format(event("model-command", action="abort", command_id="c-11", experiment_id="e-c-9")).plain
+    assert "▶ abort" in abort and "experiment e-c-9" in abort
+    # Lined up with the deploys and acks: the version in the same column.
+    deploy = f.format(event("model-command")).plain
+    assert canary.index(V) == abort.index(V) == deploy.index(V)
+    ev = event("model-command", action="abort", experiment_id="e-c-9")
+    assert "red" in styles(LineFormatter().format(ev))

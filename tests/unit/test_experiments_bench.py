@@ -46,7 +46,7 @@ def test_a_much_worse_candidate_is_aborted_in_both_modes_and_reported() -> None:
     report = ExperimentsReport(PLAN, pool.means, results)
     lines = report_lines(report)
     assert len(lines) == 3 + len(results)
-    assert any(line.startswith("degraded 0.5  canary by user") for line in lines)
+    assert any(line.startswith("degraded 0.5  canary ") for line in lines)
     figures = json.loads(json.dumps(report.as_json()))
     assert figures["results"][0]["aborted"]["total"] == 20
     assert report.result("degraded 0.5", Mode.SHADOW).aborted.count == 20
