@@ -322,14 +322,16 @@ class Experiments:
 
     def events(self, now_ms: int) -> list[dict[str, Any]]:
         """An experiment event for each run counted since its last one: at most every ``every_ms`` (the
-        monitor's clock, which only paces them), and at once when it has decided."""
+        monitor's clock, which only paces them), and at once when it has decided; its ``ts`` is the latest
+        event time counted."""
         out = []
         for eid, run in self.runs.items():
             due = now_ms - self._last_event.get(eid, -self.every_ms) >= self.every_ms
             if run.changed and (due or run.comparison.decision is not Decision.RUNNING):
                 run.changed = False
                 self._last_event[eid] = now_ms
-                out.append(run.event(now_ms))
+                # Stamped with the evidence's event time (the schema's ts), never the monitor's clock.
+                out.append(run.event(run.comparison.latest_ms or now_ms))
         return out
 
     def standing(self) -> list[dict[str, Any]]:

@@ -67,3 +67,10 @@ def test_without_stages_a_shadow_is_promoted_and_a_bad_one_aborted_either_way() 
     staged.count(shadow_message(100, worse=True), 0, 1)
     [abort] = staged.decide(log, running(log), 1)
     assert (abort["action"], abort["experiment_id"]) == ("abort", "e-s1")
+
+
+def test_an_experiment_event_is_stamped_with_the_evidences_event_time() -> None:
+    runs = Experiments(SMALL)
+    runs.count(shadow_message(10, worse=False), 0, 1)  # request times 1000..1009 ms
+    [event] = runs.events(now_ms=5_000_000)
+    assert event["ts"] == 1009 and event["started_ts"] == 1000
