@@ -17,9 +17,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from services.ops.experiment_chart import experiment_panel
 from services.ops.timeline import (
     ACK,
     DEPLOY,
+    EXPERIMENT,
     FIRING,
     METRICS,
     RESOLVED,
@@ -40,9 +42,10 @@ def render_png(
     *,
     window: Window = "count",
     title: str = "modelwatch report",
+    experiments: Sequence[Event] = (),
 ) -> bytes:
     """The report picture as PNG bytes."""
-    return render_story(Story(metrics, alerts, commands, model_events, window), title)
+    return render_story(Story(metrics, alerts, commands, model_events, window, experiments), title)
 
 
 def render_story(story: Story, title: str) -> bytes:
@@ -62,11 +65,12 @@ def render_story(story: Story, title: str) -> bytes:
 
     lanes = story.lanes()
     lane_rows = max(1, len(lanes))
-    heights = [1.25, *([2.0] * len(METRICS)), 0.35 + 0.3 * lane_rows]
+    experiments = bool(story.intervals())  # a panel of the comparisons, when an experiment ran
+    heights = [1.25, *([2.0] * len(METRICS)), *([1.8] if experiments else []), 0.35 + 0.3 * lane_rows]
     fig = Figure(figsize=(13, 3.2 + sum(heights) * 1.25), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
-    strip, panels, lane_ax = axes[0], list(axes[1:-1]), axes[-1]
+    strip, panels, lane_ax = axes[0], list(axes[1 : 1 + len(METRICS)]), axes[-1]
 
     if story.window_size is not None:
         unit = "labelled requests" if story.window == "count" else "s of event time"
@@ -83,6 +87,8 @@ def render_story(story: Story, title: str) -> bytes:
 
     for name, ax in zip(METRICS, panels, strict=True):
         _metric_panel(ax, name, story, markers, spans)
+    if experiments:
+        experiment_panel(axes[-2], story, markers)
     _lane_panel(lane_ax, lanes, story)
 
     locator = AutoDateLocator()
@@ -95,9 +101,12 @@ def render_story(story: Story, title: str) -> bytes:
         Line2D([], [], color=story.colour[v], lw=2.2, marker="o", ms=4, label=f"version {v}")
         for v in story.versions
     ]
+    if experiments:
+        handles.append(Patch(facecolor=EXPERIMENT, alpha=0.18, label="experiment: estimate and interval"))
     handles += [
         Line2D([], [], color=DEPLOY, lw=1.6, label="deploy"),
-        Line2D([], [], color=ROLLBACK, lw=2.2, label="rollback"),
+        Line2D([], [], color=ROLLBACK, lw=2.2, label="rollback, abort"),
+        Line2D([], [], color=EXPERIMENT, lw=1.6, label="shadow, canary, promote"),
         Line2D([], [], color=FIRING, lw=1.6, ls="--", label="alert firing"),
         Line2D([], [], color=RESOLVED, lw=1.6, ls="--", label="alert resolved"),
         Line2D([], [], color=ACK, lw=1, ls=":", label="replica activated (ack)"),
