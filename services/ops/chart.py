@@ -66,7 +66,14 @@ def render_story(story: Story, title: str) -> bytes:
     lanes = story.lanes()
     lane_rows = max(1, len(lanes))
     experiments = bool(story.intervals())  # a panel of the comparisons, when an experiment ran
-    heights = [1.25, *([2.0] * len(METRICS)), *([1.8] if experiments else []), 0.35 + 0.3 * lane_rows]
+    # An experiment's steps come close together with long labels: more levels in a taller strip.
+    levels = 8 if experiments else 3
+    heights = [
+        0.42 * levels,
+        *([2.0] * len(METRICS)),
+        *([1.8] if experiments else []),
+        0.35 + 0.3 * lane_rows,
+    ]
     fig = Figure(figsize=(13, 3.2 + sum(heights) * 1.25), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
@@ -114,7 +121,7 @@ def render_story(story: Story, title: str) -> bytes:
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     # Last: the labels are placed by measuring them in the final layout and limits.
-    _marker_strip(strip, markers, canvas, fig)
+    _marker_strip(strip, markers, canvas, fig, levels)
     return _png(fig, canvas)
 
 
@@ -189,7 +196,9 @@ def _with_gaps(points: list[Event], name: str) -> tuple[list[datetime], list[flo
     return xs, ys
 
 
-def _marker_strip(ax: Any, markers: list[Marker], canvas: FigureCanvasAgg, fig: Figure) -> None:
+def _marker_strip(
+    ax: Any, markers: list[Marker], canvas: FigureCanvasAgg, fig: Figure, levels: int = 3
+) -> None:
     """Label every marker in the top strip, stacking labels on levels so none hides another; where events
     crowd beyond that, their lines stay and a note says how many labels were left out."""
     ax.set_yticks([])
@@ -197,7 +206,6 @@ def _marker_strip(ax: Any, markers: list[Marker], canvas: FigureCanvasAgg, fig: 
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     ax.set_ylabel("events", fontsize=11)
-    levels = 3
     placed: list[list[Any]] = [[] for _ in range(levels)]
     # Final layout first, so the text extents measured below are the ones drawn.
     fig.get_layout_engine().execute(fig)  # type: ignore[union-attr]

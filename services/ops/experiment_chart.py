@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.ops.timeline import EXPERIMENT, FIRING, RESOLVED, Marker, Story, when
+from services.ops.timeline import EXPERIMENT, FIRING, RESOLVED, Marker, Story, short_id, when
 
 DECIDED = {"promote": RESOLVED, "abort": FIRING, "inconclusive": FIRING}
 
@@ -39,11 +39,13 @@ def experiment_panel(ax: Any, story: Story, markers: list[Marker]) -> None:
         colour = DECIDED.get(decision, EXPERIMENT)
         ax.plot(xs[-1], float(last["estimate"]), marker="D", color=colour, ms=6, zorder=4)
         arms = last["labelled"]
+        counts = f"{arms['candidate']:,} / {arms['incumbent']:,} labelled"
         ax.annotate(
-            f"{eid} ({last['mode']}): {decision}\n{arms['candidate']:,} / {arms['incumbent']:,} labelled",
+            f"{short_id(eid)} ({last['mode']}): {decision}\n{counts}",
             (xs[-1], float(last["interval"][1])),
-            xytext=(3, 2),
+            xytext=(-4, 3),  # left of the decision: the next experiment starts to its right
             textcoords="offset points",
+            ha="right",
             fontsize=7,
             color=colour,
         )

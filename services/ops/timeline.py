@@ -198,15 +198,20 @@ class Story:
         return lanes
 
 
+def short_id(experiment_id: str) -> str:
+    """An experiment id short enough for a label (``e-c-fa917e7e…-canary``); the page gives it whole."""
+    return experiment_id if len(experiment_id) <= 20 else f"{experiment_id[:12]}…{experiment_id[-7:]}"
+
+
 def command_label(c: Event) -> str:
     """``canary v2 at 0.2`` and, for an experiment's command, the experiment and who issued it."""
     label = f"{c['action']} {c['model_version']}"
     if c.get("traffic") is not None:
         label += f" at {c['traffic']:g}"
     if c["action"] in STARTING:
-        label += f"\nexperiment {experiment_id_of(c)}"
+        label += f"\nexperiment {short_id(experiment_id_of(c))}"
     elif c["action"] in EXPERIMENT_ACTIONS and c.get("experiment_id"):
-        label += f"\nexperiment {c['experiment_id']}"
+        label += f"\nexperiment {short_id(c['experiment_id'])}"
     if c["action"] in EXPERIMENT_ACTIONS:
         label += f" by {c.get('issued_by', 'unknown')}"
     return label

@@ -13,7 +13,7 @@ from PIL import Image
 
 from schemas import codec
 from services.ops.report import draw_report, render_png
-from services.ops.timeline import EXPERIMENT, ROLLBACK, Story
+from services.ops.timeline import EXPERIMENT, ROLLBACK, Story, short_id
 
 from .test_report import START, colour_pixels
 
@@ -121,6 +121,8 @@ def test_the_timeline_names_each_step_its_experiment_and_who_ordered_it() -> Non
         assert len(events) == 7 and widths == sorted(widths, reverse=True)
         assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
     assert intervals["e-c2"][-1]["decision"] == "abort"
+    # The system's long ids are shortened in a label (the page gives them whole), keeping the stage.
+    assert short_id("e-c-fa917e7e66d44eefa5e9cec516c97ace-canary") == "e-c-fa917e7e…-canary"
 
 
 def png_height(png: bytes) -> int:
