@@ -248,6 +248,13 @@ class ExperimentSettings(Section):
         description="The confidence sequence's tuning: the number of labelled requests "
         "(both arms) at which it is tightest; GrowthBook's default.",
     )
+    canary_after_shadow: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Stages: a shadow the monitor would promote goes on to a canary at this "
+        "share of users instead (which then decides promote or abort); unset: a shadow is promoted.",
+    )
 
 
 class AlertRule(Section):

@@ -23,8 +23,11 @@ command, a shadow scores nothing before it); the incumbent's requests from befor
 experiment, signed with the monitor's key like its rollbacks, the evidence in ``reason``. Its id is
 :func:`command_id`, derived from the experiment and the decision: before sending, the command log is
 checked for it (a restart, a second worker), and a decision already sent (kept in the state) is never
-sent again. A promote, abort, deploy or rollback by anyone else that ends the experiment first ends it here
-too, without a command.
+sent again. **Stages** (``[experiments] canary_after_shadow``): a shadow it would promote goes on to a
+canary at that share of users instead, by a ``canary`` command (id ``experiment:<id>:canary``, its
+``experiment_id`` :func:`canary_of` the shadow's, both derived, so one command whoever sends it), and that
+canary decides in its turn. A promote, abort, deploy or rollback by anyone else that ends the experiment
+first ends it here too, without a command.
 """
 
 from __future__ import annotations
@@ -58,9 +61,17 @@ CHUNK = 1000
 FINISHED_KEPT = 100
 
 
-def command_id(experiment_id: str, decision: Decision) -> str:
-    """The monitor's command for ``decision`` of the experiment: the same id on every try."""
-    return f"{KEY_PREFIX}{experiment_id}:{decision.value}"
+def command_id(experiment_id: str, decision: Decision | str) -> str:
+    """The monitor's command for ``decision`` (or ``"canary"``, a shadow's next stage) of the experiment:
+    the same id on every try."""
+    step = decision.value if isinstance(decision, Decision) else decision
+    return f"{KEY_PREFIX}{experiment_id}:{step}"
+
+
+def canary_of(shadow_id: str) -> str:
+    """The id of the canary a promoted shadow goes on to: derived from the shadow's, so a restarted or
+    second worker names the same experiment (and the replicas split its users alike)."""
+    return f"{shadow_id}-canary"
 
 
 def is_evidence(value: bytes) -> bool:
@@ -268,27 +279,39 @@ class Experiments:
                 continue
             if decision is Decision.RUNNING or run.commanded is not None:
                 continue
-            cid = command_id(eid, decision)
-            run.commanded = cid
+            command = self._command(run, decision, now_ms)
+            run.commanded = command["command_id"]
             self.dirty[run.key] = (run.partition, run.as_dict())
-            if cid in on_log:
+            if run.commanded in on_log:
                 continue  # sent before a restart: the log has it
-            out.append(
-                commands.make(
-                    "promote" if decision is Decision.PROMOTE else "abort",
-                    run.experiment.candidate,
-                    f"experiment {eid}: {run.comparison.reason}",
-                    key=self.signing_key,
-                    signer=self.signer,
-                    command_id=cid,
-                    issued_by=ISSUER,
-                    experiment_id=eid,
-                    ts=now_ms,
-                    model=self.model,
-                )
-            )
-            log.warning("experiment %s decided: %s (command %s)", eid, run.comparison.reason, cid)
+            out.append(command)
+            log.warning("experiment %s decided: %s (command %s)", eid, run.comparison.reason, run.commanded)
         return out
+
+    def _command(self, run: Run, decision: Decision, now_ms: int) -> dict[str, Any]:
+        """The command that carries out ``decision``: ``promote`` or ``abort`` the candidate; or, for a
+        shadow to promote when stages are configured, a ``canary`` of it (a new experiment, its id
+        :func:`canary_of` the shadow's) that decides in turn."""
+        eid, share = run.experiment.experiment_id, self.settings.canary_after_shadow
+        reason = f"experiment {eid}: {run.comparison.reason}"
+        action: commands.Action = "promote" if decision is Decision.PROMOTE else "abort"
+        cid, next_id, traffic = command_id(eid, decision), eid, None
+        if action == "promote" and run.experiment.mode == Mode.SHADOW and share is not None:
+            action, traffic, next_id = "canary", share, canary_of(eid)
+            cid, reason = command_id(eid, "canary"), f"{reason}; on to a canary at {share:g} of users"
+        return commands.make(
+            action,
+            run.experiment.candidate,
+            reason,
+            key=self.signing_key,
+            signer=self.signer,
+            command_id=cid,
+            issued_by=ISSUER,
+            experiment_id=next_id,
+            traffic=traffic,
+            ts=now_ms,
+            model=self.model,
+        )
 
     def _end(self, eid: str, why: str) -> None:
         run = self.runs.pop(eid)
@@ -302,14 +325,16 @@ class Experiments:
 
     def events(self, now_ms: int) -> list[dict[str, Any]]:
         """An experiment event for each run counted since its last one: at most every ``every_ms`` (the
-        monitor's clock, which only paces them), and at once when it has decided."""
+        monitor's clock, which only paces them), and at once when it has decided; its ``ts`` is the latest
+        event time counted."""
         out = []
         for eid, run in self.runs.items():
             due = now_ms - self._last_event.get(eid, -self.every_ms) >= self.every_ms
             if run.changed and (due or run.comparison.decision is not Decision.RUNNING):
                 run.changed = False
                 self._last_event[eid] = now_ms
-                out.append(run.event(now_ms))
+                # Stamped with the evidence's event time (the schema's ts), never the monitor's clock.
+                out.append(run.event(run.comparison.latest_ms or now_ms))
         return out
 
     def standing(self) -> list[dict[str, Any]]:

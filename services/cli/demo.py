@@ -11,6 +11,7 @@ from rich.table import Table
 from schemas.errors import ModelwatchError
 from services.cli.common import console, current_settings
 from services.sandbox.demo import DemoPlan, Watcher, run_demo
+from services.sandbox.demo_stages import decided_line
 
 app = typer.Typer()
 
@@ -50,11 +51,12 @@ def demo(
         False, "--keep-running", help="Leave everything running after the story (Ctrl-C stops)."
     ),
 ) -> None:
-    """Run the whole system end to end (about two and a half minutes): start the broker (unless
+    """Run the whole system end to end (about two minutes): start the broker (unless
     MODELWATCH_BOOTSTRAP names a cluster), create the topics, train a good and a degraded version, deploy
     the good one, start two replicas and the monitor, play the storefront; then deploy the degraded
-    version and watch the alert, the automatic rollback and the recovery. Prints the timeline and writes
-    a report (PNG and HTML) to --out."""
+    version and watch the alert, the automatic rollback and the recovery; then shadow a retrain, which the
+    monitor moves on to a canary and promotes, and canary the degraded version, which it aborts. Prints
+    the timeline and writes a report (PNG and HTML) to --out."""
     settings = current_settings()
     plan = DemoPlan(rate=rate, warmup_s=warmup, out_dir=out, keep_running=keep_running)
     holder: dict[str, Watcher] = {}
@@ -71,4 +73,13 @@ def demo(
     console.print(
         f"requests sent {result.requests:,}; predictions served {served}; dead letters {result.dead_letters}"
     )
+    if result.staged is not None:
+        console.print("[bold]the monitor's experiment decisions[/bold] (per arm, at each decision)")
+        for event in result.staged.decisions:
+            console.print(f"  {event['experiment_id']} ({event['mode']}): {decided_line(event)}")
+        made = ", ".join(f"{v}: {n:,}" for v, n in sorted(result.staged.canary_made.items()))
+        console.print(
+            f"  the degraded canary made {result.staged.canary_share:.1%} of the predictions until its abort "
+            f"({made}); its share of users: {plan.canary_share:.0%}"
+        )
     console.print(f"report: {result.report_png}\n        {result.report_html}")

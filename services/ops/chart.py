@@ -17,9 +17,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from services.ops.experiment_chart import experiment_panel
 from services.ops.timeline import (
     ACK,
     DEPLOY,
+    EXPERIMENT,
     FIRING,
     METRICS,
     RESOLVED,
@@ -40,9 +42,10 @@ def render_png(
     *,
     window: Window = "count",
     title: str = "modelwatch report",
+    experiments: Sequence[Event] = (),
 ) -> bytes:
     """The report picture as PNG bytes."""
-    return render_story(Story(metrics, alerts, commands, model_events, window), title)
+    return render_story(Story(metrics, alerts, commands, model_events, window, experiments), title)
 
 
 def render_story(story: Story, title: str) -> bytes:
@@ -62,11 +65,19 @@ def render_story(story: Story, title: str) -> bytes:
 
     lanes = story.lanes()
     lane_rows = max(1, len(lanes))
-    heights = [1.25, *([2.0] * len(METRICS)), 0.35 + 0.3 * lane_rows]
+    experiments = bool(story.intervals())  # a panel of the comparisons, when an experiment ran
+    # An experiment's steps come close together with long labels: more levels in a taller strip.
+    levels = 8 if experiments else 3
+    heights = [
+        0.42 * levels,
+        *([2.0] * len(METRICS)),
+        *([1.8] if experiments else []),
+        0.35 + 0.3 * lane_rows,
+    ]
     fig = Figure(figsize=(13, 3.2 + sum(heights) * 1.25), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
-    strip, panels, lane_ax = axes[0], list(axes[1:-1]), axes[-1]
+    strip, panels, lane_ax = axes[0], list(axes[1 : 1 + len(METRICS)]), axes[-1]
 
     if story.window_size is not None:
         unit = "labelled requests" if story.window == "count" else "s of event time"
@@ -83,6 +94,8 @@ def render_story(story: Story, title: str) -> bytes:
 
     for name, ax in zip(METRICS, panels, strict=True):
         _metric_panel(ax, name, story, markers, spans)
+    if experiments:
+        experiment_panel(axes[-2], story, markers)
     _lane_panel(lane_ax, lanes, story)
 
     locator = AutoDateLocator()
@@ -95,9 +108,12 @@ def render_story(story: Story, title: str) -> bytes:
         Line2D([], [], color=story.colour[v], lw=2.2, marker="o", ms=4, label=f"version {v}")
         for v in story.versions
     ]
+    if experiments:
+        handles.append(Patch(facecolor=EXPERIMENT, alpha=0.18, label="experiment: estimate and interval"))
     handles += [
         Line2D([], [], color=DEPLOY, lw=1.6, label="deploy"),
-        Line2D([], [], color=ROLLBACK, lw=2.2, label="rollback"),
+        Line2D([], [], color=ROLLBACK, lw=2.2, label="rollback, abort"),
+        Line2D([], [], color=EXPERIMENT, lw=1.6, label="shadow, canary, promote"),
         Line2D([], [], color=FIRING, lw=1.6, ls="--", label="alert firing"),
         Line2D([], [], color=RESOLVED, lw=1.6, ls="--", label="alert resolved"),
         Line2D([], [], color=ACK, lw=1, ls=":", label="replica activated (ack)"),
@@ -105,7 +121,7 @@ def render_story(story: Story, title: str) -> bytes:
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     # Last: the labels are placed by measuring them in the final layout and limits.
-    _marker_strip(strip, markers, canvas, fig)
+    _marker_strip(strip, markers, canvas, fig, levels)
     return _png(fig, canvas)
 
 
@@ -180,7 +196,9 @@ def _with_gaps(points: list[Event], name: str) -> tuple[list[datetime], list[flo
     return xs, ys
 
 
-def _marker_strip(ax: Any, markers: list[Marker], canvas: FigureCanvasAgg, fig: Figure) -> None:
+def _marker_strip(
+    ax: Any, markers: list[Marker], canvas: FigureCanvasAgg, fig: Figure, levels: int = 3
+) -> None:
     """Label every marker in the top strip, stacking labels on levels so none hides another; where events
     crowd beyond that, their lines stay and a note says how many labels were left out."""
     ax.set_yticks([])
@@ -188,7 +206,6 @@ def _marker_strip(ax: Any, markers: list[Marker], canvas: FigureCanvasAgg, fig: 
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     ax.set_ylabel("events", fontsize=11)
-    levels = 3
     placed: list[list[Any]] = [[] for _ in range(levels)]
     # Final layout first, so the text extents measured below are the ones drawn.
     fig.get_layout_engine().execute(fig)  # type: ignore[union-attr]

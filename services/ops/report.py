@@ -6,7 +6,7 @@ the replicas' activation acks, each labelled in a strip on top; a shaded band wh
 lane per replica at the bottom showing which version it served when (drawn by :mod:`services.ops.chart`).
 
 :func:`draw_report` takes plain lists of events, so the demo and the tests can call it with what they hold;
-:func:`read_report_events` and :func:`write_report` are the thin reading layer over the four topics.
+:func:`read_report_events` and :func:`write_report` are the thin reading layer over the five topics.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from schemas import codec
-from schemas.errors import ContractError
+from schemas.errors import ContractError, KafkaClientError
 from services import kafka
 from services.config import Settings
 from services.ops.chart import render_png, render_story
@@ -32,6 +32,7 @@ TOPICS = {
     "alerts": "alert",
     "model-commands": "model-command",
     "model-events": "model-event",
+    "experiments": "experiment",
 }
 
 
@@ -43,27 +44,37 @@ class ReportFiles:
 
 @dataclass
 class ReportEvents:
-    """The decoded events of the four topics, and why any message could not be read."""
+    """The decoded events of the five topics, and why any message could not be read."""
 
     metrics: list[Event] = field(default_factory=list)
     alerts: list[Event] = field(default_factory=list)
     commands: list[Event] = field(default_factory=list)
     model_events: list[Event] = field(default_factory=list)
+    experiments: list[Event] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
 
 def read_report_events(settings: Settings, timeout: float = 10.0) -> ReportEvents:
-    """Read rec.metrics, rec.alerts, rec.model-commands and rec.model-events whole; bad messages are
-    skipped and counted, never fatal."""
+    """Read rec.metrics, rec.alerts, rec.model-commands, rec.model-events and rec.experiments whole; bad
+    messages are skipped and counted, never fatal (so is a missing rec.experiments, which topics created
+    before experiments lack)."""
     found = ReportEvents()
     lists = {
         "metrics": found.metrics,
         "alerts": found.alerts,
         "model-commands": found.commands,
         "model-events": found.model_events,
+        "experiments": found.experiments,
     }
     for suffix, event in TOPICS.items():
-        for value in _read_values(settings, settings.topic(suffix), timeout):
+        try:
+            values = _read_values(settings, settings.topic(suffix), timeout)
+        except KafkaClientError as exc:
+            if suffix != "experiments":
+                raise
+            found.unreadable.append(str(exc))
+            continue
+        for value in values:
             try:
                 lists[suffix].append(codec(event).decode(value))
             except ContractError as exc:
@@ -78,7 +89,7 @@ def _read_values(settings: Settings, topic: str, timeout: float) -> list[bytes |
 def write_report(
     settings: Settings, out_dir: Path | str = ".", *, window: Window = "count", timeout: float = 10.0
 ) -> ReportFiles:
-    """Read the four topics and draw the report of the settings' model (``model_name``) into ``out_dir``:
+    """Read the five topics and draw the report of the settings' model (``model_name``) into ``out_dir``:
     the events naming it, and those naming no model when it is the default model."""
     found = read_report_events(settings, timeout=timeout)
     model = settings.model_name
@@ -96,6 +107,7 @@ def write_report(
         window=window,
         title=f"modelwatch report: {settings.topic_prefix}* on {settings.bootstrap_servers}{named}",
         unreadable=found.unreadable,
+        experiments=mine(found.experiments),
     )
 
 
@@ -127,6 +139,8 @@ def _rows(story: Story) -> list[tuple[int, str, str, str, str]]:
             detail = f"by {c['issued_by']}: {detail}"
         if c.get("alert_id"):
             detail += f" (alert {c['alert_id']})"
+        if c.get("experiment_id"):
+            detail += f" (experiment {c['experiment_id']})"
         rows.append((c["ts"], c["action"], c["action"], c["model_version"], f"{c['command_id']} · {detail}"))
     for a in story.alerts:
         compare = "<" if a["state"] == "firing" else "≥"
@@ -222,9 +236,11 @@ def draw_report(
     title: str = "modelwatch report",
     unreadable: Sequence[str] = (),
     stem: str = "modelwatch-report",
+    experiments: Sequence[Event] = (),
 ) -> ReportFiles:
-    """Draw the report from decoded events into ``out_dir``/``stem``.png and .html (the PNG embedded)."""
-    story = Story(metrics, alerts, commands, model_events, window)
+    """Draw the report from decoded events into ``out_dir``/``stem``.png and .html (the PNG embedded);
+    ``experiments`` (``rec.experiments``) adds the panel of each comparison's interval."""
+    story = Story(metrics, alerts, commands, model_events, window, experiments)
     png = render_story(story, title)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

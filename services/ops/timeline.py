@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from services.deployment.experiments import STARTING, experiment_id_of
+
 Window = Literal["count", "time"]
 Event = dict[str, Any]
 
@@ -35,6 +37,10 @@ ROLLBACK = "#e8710a"
 FIRING = "#d62728"
 RESOLVED = "#2ca02c"
 ACK = "#8a8a8a"
+#: The commands of an experiment: starting it (shadow, canary) and promoting it; an abort is a rollback's
+#: colour (everyone back to the incumbent).
+EXPERIMENT = "#6a3d9a"
+EXPERIMENT_ACTIONS = frozenset({"shadow", "canary", "promote", "abort"})
 
 
 def when(ts_ms: int) -> datetime:
@@ -73,8 +79,11 @@ class Story:
         commands: Sequence[Event],
         model_events: Sequence[Event],
         window: Window,
+        experiments: Sequence[Event] = (),
     ) -> None:
         self.window = window
+        #: The experiment events (``rec.experiments``), in event time.
+        self.experiments = sorted(experiments, key=event_ts)
         of_kind = [m for m in metrics if m["window"]["kind"] == window]
         # One size per picture: if the monitor was reconfigured mid-way, the commonest size wins.
         sizes = Counter(m["window"]["size"] for m in of_kind)
@@ -98,7 +107,15 @@ class Story:
         self.instances = sorted({e["instance"] for e in [*self.acks, *self.heartbeats]})
 
         stamps = [
-            e["ts"] for e in [*self.metrics, *self.alerts, *self.commands, *self.acks, *self.heartbeats]
+            e["ts"]
+            for e in [
+                *self.metrics,
+                *self.alerts,
+                *self.commands,
+                *self.acks,
+                *self.heartbeats,
+                *self.experiments,
+            ]
         ]
         self.start = min(stamps) if stamps else None
         self.end = max(stamps) if stamps else None
@@ -111,12 +128,14 @@ class Story:
         for c in self.commands:
             acks = self.acks_of(c["command_id"])
             ok = [a for a in acks if a["event"] == "activated"]
-            label = f"{c['action']} {c['model_version']}"
+            label = command_label(c)
             if acks:
                 slowest = max(a["ts"] - c["ts"] for a in acks)
                 label += f"\n{len(ok)}/{len(acks)} acks, last +{seconds(slowest)}"
-            if c["action"] == "rollback":
+            if c["action"] in ("rollback", "abort"):
                 out.append(Marker(c["ts"], label, ROLLBACK, "-", 2.2))
+            elif c["action"] in EXPERIMENT_ACTIONS:
+                out.append(Marker(c["ts"], label, EXPERIMENT, "-", 1.6))
             else:
                 out.append(Marker(c["ts"], label, DEPLOY, "-", 1.6))
         for a in self.alerts:
@@ -128,6 +147,15 @@ class Story:
                 label = f"alert {a['rule']} resolved: {a['model_version']}"
                 out.append(Marker(a["ts"], label, RESOLVED, "--", 1.6))
         return sorted(out, key=lambda m: m.ts)
+
+    def intervals(self) -> dict[str, list[Event]]:
+        """Per experiment, its events with an interval (after the burn-in), in event time: the
+        comparison narrowing until its decision."""
+        out: dict[str, list[Event]] = {}
+        for e in self.experiments:
+            if e.get("interval") is not None and e.get("estimate") is not None:
+                out.setdefault(e["experiment_id"], []).append(e)
+        return out
 
     def firing_spans(self) -> list[tuple[Event, int]]:
         """Each firing alert with the time it resolved (or the end of the picture)."""
@@ -168,6 +196,25 @@ class Story:
                 segments.append((e["ts"], last, v))
             lanes[instance] = segments
         return lanes
+
+
+def short_id(experiment_id: str) -> str:
+    """An experiment id short enough for a label (``e-c-fa917e7e…-canary``); the page gives it whole."""
+    return experiment_id if len(experiment_id) <= 20 else f"{experiment_id[:12]}…{experiment_id[-7:]}"
+
+
+def command_label(c: Event) -> str:
+    """``canary v2 at 0.2`` and, for an experiment's command, the experiment and who issued it."""
+    label = f"{c['action']} {c['model_version']}"
+    if c.get("traffic") is not None:
+        label += f" at {c['traffic']:g}"
+    if c["action"] in STARTING:
+        label += f"\nexperiment {short_id(experiment_id_of(c))}"
+    elif c["action"] in EXPERIMENT_ACTIONS and c.get("experiment_id"):
+        label += f"\nexperiment {short_id(c['experiment_id'])}"
+    if c["action"] in EXPERIMENT_ACTIONS:
+        label += f" by {c.get('issued_by', 'unknown')}"
+    return label
 
 
 def event_ts(e: Event) -> int:

@@ -7,8 +7,9 @@ role          holds its private key                  may sign
 ============  =====================================  ============================================
 publisher     ``train`` / ``models register``        a version's manifest (``publish``)
 operator      the CLI (``deploy``, ``rollback``)     deploy, rollback, shadow, canary, promote, abort
-monitor       the Faust monitor                      rollback, promote, abort: never a version
-                                                     nobody deployed before
+monitor       the Faust monitor                      rollback, canary (a shadow's next stage),
+                                                     promote, abort: never a version nobody
+                                                     deployed before
 ============  =====================================  ============================================
 
 Replicas and the monitor hold only the **keyring**: lines of ``<role> <key-id> <base64 public key>``
@@ -51,7 +52,7 @@ ROLES: tuple[Role, ...] = ("publisher", "operator", "monitor")
 MAY: dict[Role, frozenset[str]] = {
     "publisher": frozenset({"publish"}),
     "operator": frozenset({"deploy", "rollback", "shadow", "canary", "promote", "abort"}),
-    "monitor": frozenset({"rollback", "promote", "abort"}),
+    "monitor": frozenset({"rollback", "canary", "promote", "abort"}),
 }
 
 ALG = "ed25519"
@@ -182,7 +183,7 @@ class Keyring:
     ) -> str | None:
         """Why ``document`` (a ``kind`` document carrying ``signed_by``) does not authorise ``action``,
         or ``None`` when it does. ``version`` and ``deployed`` (the versions any earlier command named)
-        let the monitor's key roll back, promote or abort only to a version someone deployed before."""
+        let the monitor's key roll back, canary, promote or abort only to a version named before."""
         signed = document.get("signed_by")
         if signed is None:
             return f"{UNSIGNED}: the {kind} carries no signature, and a keyring is set"

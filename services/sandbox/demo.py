@@ -3,8 +3,10 @@
 Start the broker (unless a cluster is named), create the topics, train a good version and a degraded one,
 deploy the good one, start two prediction-service replicas and the Faust monitor, and play the storefront.
 After a warm-up, deploy the degraded version: the monitor's rolling metrics fall, an alert fires, the
-monitor orders a rollback, both replicas acknowledge it, and the metrics recover. Then stop everything
-that was started, print the timeline, and draw the report.
+monitor orders a rollback, both replicas acknowledge it, and the metrics recover. Then progressive
+delivery (:mod:`services.sandbox.demo_stages`): a good retrain goes shadow, canary and is promoted by the
+monitor; the degraded version, as a canary, is aborted by it. Then stop everything that was started, print
+the timeline, and draw the report.
 
 The demo judges the story only from what crosses Kafka (its own consumer reads every output topic from
 the offsets they had when it began), so it shows exactly what an operator tailing the topics would see.
@@ -30,16 +32,18 @@ from services.deployment import orders as deployment
 from services.kafka.topics import create_topics
 from services.registry import Registry
 from services.sandbox.broker import LocalCluster
+from services.sandbox.demo_stages import StagedResult, staged_story
 from services.sandbox.processes import ManagedProcess, wait_for
-from services.sandbox.storefront import SimulationPlan, simulate
+from services.sandbox.storefront import DEFAULT_WORLD_SEED, SimulationPlan, simulate
 from services.sandbox.versions import train_on_world
+from services.sandbox.world import World
 
 #: The alert the demo relies on: F1 on the last 300 labelled requests under 0.30 (the good version holds
 #: about 0.40 online, as on held-out data), twice in a row, rolls the version back. The second rule watches
 #: every version against its own held-out baseline and only notifies.
 DEMO_CONFIG = """\
 [monitor]
-label_window_s = 20
+label_window_s = 5
 count_window = 300
 time_window_s = 30
 emit_every_n = 100
@@ -67,9 +71,27 @@ min_samples = 300
 for = 3
 severity = "warning"
 action = "notify"
+
+# Small enough that each experiment decides in seconds at the demo's rate; a margin of 20% that the
+# world's versions allow (per-request F1: incumbent and retrain about 0.24, the degraded one 0.15).
+[experiments]
+canary_after_shadow = {canary_share}
+burn_in = 50
+min_samples = 200
+tuning = 500
+margin = 0.2
+max_duration_s = 300
 """
 
-WATCHED = ("predictions", "requests.dlq", "metrics", "alerts", "model-commands", "model-events")
+WATCHED = (
+    "predictions",
+    "requests.dlq",
+    "metrics",
+    "alerts",
+    "model-commands",
+    "model-events",
+    "experiments",
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,10 @@ class DemoPlan:
     malformed: float = 0.005
     keep_running: bool = False
     out_dir: Path = Path("modelwatch-demo")
+    #: The canaries' share of users (the shadow's next stage, and the degraded canary).
+    canary_share: float = 0.2
+    #: Longest the demo waits for each of the monitor's experiment decisions.
+    decision_timeout_s: float = 120.0
 
 
 @dataclass
@@ -93,6 +119,8 @@ class Watcher:
     settings: Settings
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     predictions: Counter[str] = field(default_factory=Counter)
+    #: (version, instance, ts) of every prediction, in the order read.
+    _made: list[tuple[str, str, int]] = field(default_factory=list)
     dead_letters: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -124,6 +152,9 @@ class Watcher:
                 with self._lock:
                     if suffix == "predictions":
                         self.predictions[value.get("model_version", "?")] += 1
+                        self._made.append(
+                            (value.get("model_version", "?"), value.get("instance"), value.get("ts", 0))
+                        )
                     elif suffix == "requests.dlq":
                         self.dead_letters += 1
                     else:
@@ -133,6 +164,10 @@ class Watcher:
         with self._lock:
             found = list(self.events.get(suffix, []))
         return [e for e in found if all(e.get(k) == v for k, v in match.items())]
+
+    def made(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return list(self._made)
 
     def acks(self, command: dict[str, Any], instances: list[str]) -> dict[str, int] | None:
         """Each instance's activation delay (ms) for ``command``, once all have acknowledged it."""
@@ -163,12 +198,14 @@ class DemoResult:
     timeline: Timeline
     good: str
     bad: str
+    retrain: str
     predictions: dict[str, int]
     dead_letters: int
     requests: int
     report_png: Path | None
     report_html: Path | None
     story_complete: bool
+    staged: StagedResult | None = None
 
 
 def _metric(events: list[dict[str, Any]], kind: str = "count") -> float | None:
@@ -206,14 +243,23 @@ def run_demo(
     say(f"training a degraded version ({plan.degrade:.0%} of labels shuffled) ...")
     bad = train_on_world(settings, seed=0, degrade=plan.degrade, registry=registry, parent=good.version)
     say(f"  {bad.version}: held-out F1 {bad.metrics.get('f1'):.3f}")
-    timeline.add(f"trained {good.version} (F1 {good.metrics.get('f1'):.3f}) and {bad.version} (degraded)")
+    say("training a retrain of the good version (another seed) ...")
+    # Another seed for its sessions, on the storefront's world (a seed alone would also pick another world).
+    world = World.generate(DEFAULT_WORLD_SEED)
+    retrain = train_on_world(settings, seed=1, world=world, registry=registry, parent=good.version)
+    say(f"  {retrain.version}: held-out F1 {retrain.metrics.get('f1'):.3f}")
+    timeline.add(
+        f"trained {good.version} (F1 {good.metrics.get('f1'):.3f}), {bad.version} (degraded) and "
+        f"{retrain.version} (a retrain, F1 {retrain.metrics.get('f1'):.3f})"
+    )
 
     watcher = Watcher(settings)
     watcher.start()
     if on_watch is not None:
         on_watch(watcher)
     config = out / "demo.toml"
-    config.write_text(DEMO_CONFIG.format(data_dir=tempfile.mkdtemp(prefix="modelwatch-demo-monitor-")))
+    data_dir = tempfile.mkdtemp(prefix="modelwatch-demo-monitor-")
+    config.write_text(DEMO_CONFIG.format(data_dir=data_dir, canary_share=plan.canary_share))
     instances = [f"demo-{i + 1}" for i in range(plan.replicas)]
     env = {
         "MODELWATCH_BOOTSTRAP": settings.bootstrap_servers,
@@ -225,6 +271,7 @@ def run_demo(
     sim_thread: threading.Thread | None = None
     sim_stats: dict[str, int] = {}
     complete = False
+    staged: StagedResult | None = None
     try:
         say("starting the monitor and the replicas ...")
         monitor = ManagedProcess("monitor", ["monitor", "--config", str(config)], out / "monitor.log", env)
@@ -306,6 +353,17 @@ def run_demo(
             "metrics of the good version after the rollback",
         )[-1]
         timeline.add(f"recovered: {good.version} rolling F1 {recovered['f1']:.3f}", recovered["ts"])
+        staged = staged_story(
+            settings,
+            watcher,
+            timeline,
+            instances,
+            registry,
+            {"retrain": retrain.version, "degraded": bad.version},
+            plan.canary_share,
+            plan.decision_timeout_s,
+            say,
+        )
         complete = True
         if plan.keep_running:
             say("--keep-running: everything stays up; Ctrl-C stops it")
@@ -331,19 +389,22 @@ def run_demo(
         watcher.of("model-commands"),
         watcher.of("model-events"),
         out,
-        title="modelwatch demo: deploy, alert, rollback, recovery",
+        title="modelwatch demo: deploy, alert, rollback, recovery; shadow, canary, promote, abort",
         stem="demo-report",
+        experiments=watcher.of("experiments"),
     )
     return DemoResult(
         timeline=timeline,
         good=good.version,
         bad=bad.version,
+        retrain=retrain.version,
         predictions=dict(watcher.predictions),
         dead_letters=watcher.dead_letters,
         requests=sim_stats.get("requests", 0),
         report_png=files.png,
         report_html=files.html,
         story_complete=complete,
+        staged=staged,
     )
 
 

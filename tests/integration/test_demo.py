@@ -1,4 +1,5 @@
-"""The main job, shortened: deploy, alert, automatic rollback and recovery, judged from the topics."""
+"""The main job, shortened: deploy, alert, automatic rollback and recovery; then shadow, canary and promote a
+retrain, and abort a degraded canary, each step by the monitor, judged from the topics."""
 
 from __future__ import annotations
 
@@ -22,9 +23,25 @@ def test_demo_story_end_to_end(settings: Settings, tmp_path: Path) -> None:
         "alert f1-low firing",
         f"rollback to {result.good} ordered by the monitor",
         f"recovered: {result.good}",
+        f"shadow {result.retrain}",
+        f"canary {result.retrain} at 0.2",
+        f"promote {result.retrain}",
+        f"canary {result.bad} at 0.2",
+        f"abort {result.bad}",
     ]
     positions = [next(i for i, what in enumerate(story) if what.startswith(step)) for step in steps]
     assert positions == sorted(positions)
     assert result.predictions[result.good] > 0 and result.predictions[result.bad] > 0
     assert result.dead_letters > 0  # the simulator's malformed requests were dead-lettered, not served
     assert result.report_png is not None and matplotlib.image.imread(result.report_png).shape[0] > 500
+    # The stages, each decided by the monitor, with the evidence per arm; the degraded canary exposed
+    # about its share of users only.
+    assert result.staged is not None
+    issuers = [story[i].rsplit(" by ", 1)[1] for i in positions[5:]]
+    monitor = "modelwatch-monitor"
+    assert [who == monitor for who in issuers] == [False, True, True, False, True], issuers
+    decisions = [(e["mode"], e["decision"]) for e in result.staged.decisions]
+    assert decisions == [("shadow", "promote"), ("canary", "promote"), ("canary", "abort")]
+    assert all(e["labelled"]["candidate"] >= 50 for e in result.staged.decisions)
+    assert result.staged.canary_made["degraded"] > 0
+    assert result.staged.canary_share <= 0.2 + 0.05, result.staged.canary_made
