@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from services.serving.control import ModelSlot
-from services.serving.experiment import score_with_experiment
+from services.serving.experiment import predictions_by_version, score_with_experiment
 from services.serving.intake import dead_letter
 from services.serving.logs import EventLog
 
@@ -71,14 +71,22 @@ def route(
             routed.unserved += len(positions)
             log.warning("model_not_served", model=model, requests=len(positions))
             continue
-        # The usual batch is one model's: scored as it came, without copying it.
-        asked = requests if len(positions) == n else [requests[i] for i in positions]
-        scored, versions = score_with_experiment(active, asked, default_k)
-        for j, i in enumerate(positions):
-            routed.scores[i], routed.selected[i] = scored.scores[j], scored.selected[j]
-            routed.versions[i], routed.models[i] = versions[j], model
-            if scored.scores[j] is not None:
-                routed.made_by[versions[j]] += 1
+        whole = len(positions) == n
+        scored, versions = score_with_experiment(
+            active, requests if whole else [requests[i] for i in positions], default_k
+        )
+        routed.made_by.update(predictions_by_version(scored, versions))
+        if whole:  # the usual batch is one model's: its results are the batch's, with no per-request copy
+            routed.scores, routed.selected, routed.versions, routed.models = (
+                scored.scores,
+                scored.selected,
+                versions,
+                [model] * n,
+            )
+        else:
+            for j, i in enumerate(positions):
+                routed.scores[i], routed.selected[i] = scored.scores[j], scored.selected[j]
+                routed.versions[i], routed.models[i] = versions[j], model
         for j, error in scored.failures:
             # The version that failed: the monitor counts it into that version's error rate.
             dead.append(
