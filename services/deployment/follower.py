@@ -127,6 +127,8 @@ class Follower(threading.Thread):
         self.ready = threading.Event()  # set once both logs were read to their end at start
         self.stop_event = threading.Event()
         self.error: Exception | None = None
+        #: The (topic, partition) still to be read to their end before ``ready``: says what holds it back.
+        self.behind: set[tuple[str, int]] = set()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -156,6 +158,7 @@ class Follower(threading.Thread):
                 events, unread = _events_from(consumer, events_topic, since)
                 parts += events
                 behind |= {(events_topic, p) for p in unread}
+            self.behind = behind
             consumer.assign(parts)
             while not self.stop_event.is_set():
                 batch = consumer.consume(500, timeout=0.2)

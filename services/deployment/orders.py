@@ -250,7 +250,9 @@ class AckWait:
             if self.follower.error is not None or not self.follower.is_alive():
                 problem = f"cannot follow the deployment state: {self.follower.error}"
             elif time.monotonic() > deadline:
-                problem = f"the deployment state was not read within {self.ready_timeout_s:.0f} s"
+                behind = ", ".join(f"{t}[{p}]" for t, p in sorted(self.follower.behind))
+                where = f"not at the end of {behind}" if behind else "the command log not opened yet"
+                problem = f"the deployment state was not read within {self.ready_timeout_s:.0f} s ({where})"
             if problem is not None:
                 self.follower.stop()  # __exit__ does not run when __enter__ raises
                 raise KafkaClientError(problem)
