@@ -12,6 +12,7 @@ exactly-once), :mod:`.control` (commands, model swaps, model events), :mod:`.pro
 serving process), :mod:`.metrics`, :mod:`.logs`.
 """
 
-from services.serving.service import Counts, Service, default_instance, serve, wait_for_broker
+from services.serving.clients import wait_for_broker
+from services.serving.service import Counts, Service, default_instance, serve
 
 __all__ = ["Counts", "Service", "default_instance", "serve", "wait_for_broker"]

@@ -33,20 +33,17 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from schemas.errors import ConfigError, ServingError
-from services import kafka
 from services.config import Settings
-from services.kafka.retry import NotYet, backoff_s, retry
+from services.serving.clients import produce_when_room, replica_clients, wait_for_broker
 from services.serving.control import Activation, Control, ModelSlot, ModelSource
-from services.serving.delivery import AtLeastOnce, Delivery, DeliveryCallback, ExactlyOnce
+from services.serving.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from services.serving.intake import Decoder
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
@@ -70,39 +67,6 @@ class Counts:
     predictions: int = 0
     dead_letters: int = 0
     batches: int = 0
-
-
-def wait_for_broker(settings: Settings, stop: threading.Event, log: EventLog) -> bool:
-    """Block until the cluster answers, retrying with exponential backoff and saying so; False if stopped."""
-    # A quiet client: its connection failures are reported here, once per attempt, not by librdkafka.
-    client = AdminClient(kafka.client_config(settings, log_level=0, error_cb=lambda _e: None))
-    retry_max_s = settings.serve.retry_max_s
-
-    def reach(attempt: int) -> bool:
-        if not client.list_topics(timeout=min(5.0, 1.0 + backoff_s(attempt, retry_max_s))).brokers:
-            raise NotYet("no brokers in metadata")
-        if attempt > 1:
-            log.info("broker_reachable", bootstrap=settings.bootstrap_servers, attempts=attempt)
-        return True
-
-    def unreachable(attempt: int, wait_s: float, error: BaseException) -> None:
-        problem = error.args[0].str() if isinstance(error, KafkaException) else str(error)
-        log.warning(
-            "broker_unreachable",
-            bootstrap=settings.bootstrap_servers,
-            attempt=attempt,
-            retry_in_s=wait_s,
-            error=problem,
-        )
-
-    reached = retry(
-        reach,
-        retry_on=(KafkaException,),
-        retry_max_s=retry_max_s,
-        on_retry=unreachable,
-        stop=stop,
-    )
-    return bool(reached)
 
 
 class Service:
@@ -274,52 +238,12 @@ class Service:
         self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
         control.acknowledge(activation, self._last_ts)
 
-    def _clients(self, reporter: KafkaReporter) -> tuple[Consumer, Callable[[], Producer]]:
-        serve = self.settings.serve
-        consumer_settings: dict[str, Any] = {
-            **reporter.client_settings(),
-            "client.id": f"{self.group_id}-{self.instance}",
-            "session.timeout.ms": serve.session_timeout_ms,  # how soon a dead replica's partitions move
-            "heartbeat.interval.ms": max(serve.session_timeout_ms // 3, 100),  # three beats per session
-            "max.poll.interval.ms": serve.max_poll_interval_ms,  # a slow model's batch is not a dead replica
-        }
-        if serve.gather_ms > 0:
-            # At a live pace a fetch answered at the first request makes batches of one or two, and each
-            # batch costs a model call, a produce wake-up, a store and metrics: the broker holds a fetch
-            # up to gather_ms, or until it has gather_bytes (a backlog has them at once; 1,000/s in ms).
-            consumer_settings["fetch.wait.max.ms"] = serve.gather_ms
-            consumer_settings["fetch.min.bytes"] = serve.gather_bytes
-        if self.exactly_once:
-            # Offsets go in the transactions; requests are read committed (the librdkafka default).
-            consumer_settings["enable.auto.commit"] = False
-        else:
-            consumer_settings.update(
-                {
-                    "enable.auto.commit": True,  # commits in the background what we stored...
-                    "enable.auto.offset.store": False,  # ...which is only what the broker acknowledged
-                    "auto.commit.interval.ms": serve.commit_interval_ms,
-                }
-            )
-        consumer = kafka.consumer(self.settings, self.group_id, **consumer_settings)
-        producer_settings: dict[str, Any] = {
-            **reporter.client_settings(),
-            "client.id": f"{self.group_id}-{self.instance}",
-        }
-        if self.exactly_once:
-            producer_settings.update(
-                {
-                    # Unique per replica and prefix: a restarted replica fences its former self.
-                    "transactional.id": f"{self.group_id}-{self.instance}",
-                    # A killed replica's open transaction blocks its partitions' next owner until it expires.
-                    "transaction.timeout.ms": serve.transaction_timeout_ms,
-                }
-            )
-        return consumer, lambda: kafka.producer(self.settings, **producer_settings)
-
     def _serve(self, controls: dict[str, Control], stop: threading.Event) -> None:
         serve = self.settings.serve
         reporter = KafkaReporter(self.log.bind(client="serve"))
-        consumer, make_producer = self._clients(reporter)
+        consumer, make_producer = replica_clients(
+            self.settings, self.group_id, self.instance, reporter, exactly_once=self.exactly_once
+        )
         delivery: Delivery
         if self.exactly_once:
             eos = ExactlyOnce(
@@ -456,14 +380,14 @@ class Service:
                 try:
                     produce(topic, value, rid, on_delivery=callback)
                 except BufferError:
-                    self._produce_when_room(producer, topic, value, rid.encode(), callback)
+                    produce_when_room(producer, topic, value, rid, callback)
                 produced += 1
             predictions = produced
             for key, value in dead:
                 try:
                     produce(self.dlq_topic, value, key, on_delivery=callback)
                 except BufferError:
-                    self._produce_when_room(producer, self.dlq_topic, value, key, callback)
+                    produce_when_room(producer, self.dlq_topic, value, key, callback)
                 produced += 1
         except KafkaException as exc:
             # The producer refused (a transaction in error, a fatal producer): the batch is redone.
@@ -489,19 +413,6 @@ class Service:
             m.dead_letters.labels("unserved_model").inc(routed.unserved)
         m.batch_size.observe(n)
         m.latency.observe(latency_ms / 1000.0, predictions)
-
-    @staticmethod
-    def _produce_when_room(
-        producer: Producer, topic: str, value: bytes, key: bytes | None, callback: DeliveryCallback | None
-    ) -> None:
-        # The local queue is full: serve delivery reports until there is room (the broker is slow or away).
-        while True:
-            producer.poll(0.1)
-            try:
-                producer.produce(topic, value, key, on_delivery=callback)
-                return
-            except BufferError:
-                continue
 
 
 def serve(
