@@ -12,7 +12,8 @@ from rich.text import Text
 
 from schemas import load_example
 from schemas import topics as contract
-from services.ops.console import Filters, LineFormatter, TailEvent, _emit, resolve_topics
+from services.ops.console import Filters, _emit, resolve_topics
+from services.ops.lines import LineFormatter, TailEvent
 
 TOPIC_OF = {t.event: t for t in reversed(contract.ALL)}  # dead-letter: requests.dlq, its first topic
 V = "20261124T034100-3f2a9c1b"  # the examples' model version
