@@ -43,12 +43,13 @@ from schemas.errors import ConfigError, ServingError
 from services.config import Settings
 from services.serving.clients import produce_when_room, replica_clients, wait_for_broker
 from services.serving.control import Activation, Control, ModelSlot, ModelSource
-from services.serving.delivery import AtLeastOnce, Delivery, ExactlyOnce
+from services.serving.delivery import AtLeastOnce, Delivery
 from services.serving.intake import Decoder
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 from services.serving.models import route
 from services.serving.process import tune_gc_for_serving
+from services.serving.transactions import ExactlyOnce
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
