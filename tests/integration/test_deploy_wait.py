@@ -1,5 +1,6 @@
 """`deploy` and `rollback` wait for every live replica's answer, on the real broker with real replicas; the
-deployment state they wait on is read to its end however busy its partitions are."""
+deployment state they wait on, and a starting replica's history, are read to their end however busy the
+partitions are."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from schemas import codec
 from services import kafka
 from services.cli import main
 from services.config import Settings
+from services.deployment.commands import make, publish
 from services.deployment.follower import CatchUp, read_state
 from services.deployment.orders import AckWait
 from services.deployment.state import now_ms
@@ -237,3 +239,61 @@ def test_an_event_written_after_the_start_to_a_partition_at_its_end_is_read(sett
         assert wait_for(read, 20, "the event written after the start") == [0]
     finally:
         consumer.close()
+
+
+class Commands(threading.Thread):
+    """Another model's commands every ``every_s`` on the command log (every replica reads them and leaves
+    them to that model's replicas), counted as the broker acks them; bounded (at most two minutes)."""
+
+    def __init__(self, settings: Settings, every_s: float) -> None:
+        super().__init__(name="other-model-commands", daemon=True)
+        self.settings, self.every_s = settings, every_s
+        self.acked = 0
+        self.stop_event = threading.Event()
+
+    def __enter__(self) -> Commands:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        producer = kafka.producer(self.settings, **{"linger.ms": 0})
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.acked += 1
+
+        for _ in range(2400):
+            if self.stop_event.wait(self.every_s):
+                break
+            command = make("deploy", "other-v1", "another model's", issued_by="test", model="other")
+            producer.produce(
+                self.settings.topic("model-commands"),
+                codec("model-command").encode(command),
+                key=b"other",
+                on_delivery=on_delivery,
+            )
+            producer.poll(0)
+        producer.flush(10)
+
+
+def test_a_replica_starting_while_commands_keep_coming_reads_its_history_and_serves(
+    settings: Settings,
+    model: Recommender,
+    collector: Collector,
+    replicas: Callable[[str], Replica],
+    replica_registry: Path,
+) -> None:
+    """A replica reads the command log to its end before it serves: to its end as of its start, by
+    offset, not until a PARTITION_EOF, which does not come while commands keep coming faster than a fetch
+    waits (here another model's, every 50 ms)."""
+    v1 = register(settings, model, replica_registry)
+    publish(settings, make("deploy", v1, "the first", issued_by="test"))
+    with Commands(settings, every_s=0.05) as others:
+        wait_for(lambda: others.acked >= 20, 30, "the other model's first commands")
+        replicas("serve-a")
+        wait_for(lambda: collector.events("activated", "serve-a"), 90, "serve-a to read its history, serve")
+        assert others.is_alive(), "the other model's commands went on during the whole start"
