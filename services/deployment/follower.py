@@ -5,7 +5,9 @@
   reader miss the start of the history). The replicas' control thread and the :class:`Follower` use it;
 - :class:`Follower`: a thread that reads the command log and the replicas' events to their end, says when it
   has caught up (``ready``), then keeps following: the monitor's view;
-- :func:`read_state`: the same in one pass to the topics' current end: the CLI's view.
+- :func:`read_state`: the same in one pass to the topics' current end: the CLI's view;
+- :class:`CatchUp`: when a reader has read its partitions to their end as of its start (by offset: a
+  ``PARTITION_EOF`` may never come while a partition is written), for the follower and the replicas.
 
 The replicas' events are read from :data:`EVENTS_LOOKBACK_MS` ago (they are kept 30 days and a heartbeat
 comes every few seconds): acknowledgements older than that are not shown, the commands always are.
@@ -88,13 +90,13 @@ def open_command_log(
 LEADER_RACE = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
 
 
-def _events_from(consumer: Consumer, topic: str, since_ms: int) -> tuple[list[TopicPartition], set[int]]:
-    """Every partition of the event topic, each at its first event since ``since_ms`` (or at its end when
-    it has none that recent: what comes later is still followed), and the partitions with events to read
-    before the state has caught up."""
+def _events_from(consumer: Consumer, topic: str, since_ms: int) -> list[TopicPartition]:
+    """Every partition of the event topic, each at its first event since ``since_ms``, or at its end
+    (:data:`OFFSET_END`, made an offset by :meth:`CatchUp.of`) when it has none that recent: what comes
+    later is still followed."""
     meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
     if meta is None or meta.error is not None:
-        return [], set()  # no event topic (yet): the commands alone
+        return []  # no event topic (yet): the commands alone
     wanted = [TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)]
 
     def ask(_attempt: int) -> list[TopicPartition]:
@@ -107,11 +109,65 @@ def _events_from(consumer: Consumer, topic: str, since_ms: int) -> tuple[list[To
 
     found = retry(ask, retry_on=(), within_s=10.0, every_s=0.1)
     assert found is not None  # no stop event: only an answer or an error ends the retries
-    behind = {tp.partition for tp in found if tp.offset >= 0}
     for tp in found:
         if tp.offset < 0:  # nothing that recent in this partition
             tp.offset = OFFSET_END
-    return found, behind
+    return found
+
+
+class CatchUp:
+    """The partitions still to be read to their end as of the start, each with that end (its high
+    watermark when reading started): the state has caught up once every message before it was read.
+
+    A ``PARTITION_EOF`` alone cannot tell that: librdkafka signals it only on a fetch answer with no new
+    message for the partition, and the broker answers a fetch as soon as one arrives (or after
+    ``fetch.wait.max.ms``, 500 ms). A partition written more often than that, such as the events partition
+    that three replicas heartbeating every 0.5 s hash to, can go minutes without one. An EOF still counts
+    when it comes: its offset is where the fetch stood, past everything before the end taken at start.
+    """
+
+    def __init__(self, ends: dict[tuple[str, int], int]) -> None:
+        #: (topic, partition) -> the offset to read up to (exclusive), for those not read that far yet.
+        self.ends = ends
+        #: (topic, partition) -> the next offset to read, for those of ``ends`` read from yet.
+        self.at: dict[tuple[str, int], int] = {}
+
+    @classmethod
+    def of(cls, consumer: Consumer, starts: list[TopicPartition]) -> CatchUp:
+        """The ends of ``starts`` now. A start at :data:`OFFSET_END` becomes that end, an offset: an event
+        written between now and the first fetch is read, not passed over."""
+        ends = {}
+        for tp in starts:
+            low, high = kafka.watermarks(consumer, tp.topic, tp.partition)
+            if tp.offset == OFFSET_END:
+                tp.offset = high
+            start = low if tp.offset == OFFSET_BEGINNING else max(tp.offset, low)
+            if high > start:  # something to read before the end; an empty or unread-to partition is not
+                ends[(tp.topic, tp.partition)] = high
+        return cls(ends)
+
+    @property
+    def done(self) -> bool:
+        return not self.ends
+
+    def passed(self, msg: Any) -> None:
+        """Take note of a message read (read up to its offset + 1) or of a ``PARTITION_EOF`` (read up to the
+        offset it names)."""
+        err, offset = msg.error(), msg.offset()
+        if offset is None or (err is not None and err.code() != KafkaError._PARTITION_EOF):
+            return
+        self.reached(msg.topic(), msg.partition(), offset if err is not None else offset + 1)
+
+    def reached(self, topic: str, partition: int, next_offset: int) -> None:
+        key = (topic, partition)
+        end = self.ends.get(key)
+        if end is None:
+            return
+        if next_offset >= end:
+            del self.ends[key]
+            self.at.pop(key, None)
+        else:
+            self.at[key] = next_offset
 
 
 class Follower(threading.Thread):
@@ -127,8 +183,17 @@ class Follower(threading.Thread):
         self.ready = threading.Event()  # set once both logs were read to their end at start
         self.stop_event = threading.Event()
         self.error: Exception | None = None
-        #: The (topic, partition) still to be read to their end before ``ready``: says what holds it back.
-        self.behind: set[tuple[str, int]] = set()
+        self._catch_up: CatchUp | None = None  # what is left to read before ``ready``
+
+    @property
+    def behind(self) -> dict[tuple[str, int], tuple[int | None, int]]:
+        """The (topic, partition) still to be read to their end as of the start before ``ready``, each with
+        (the next offset to read, or None before the first; that end): says what holds it back."""
+        with self.lock:
+            catch_up = self._catch_up
+            if catch_up is None:
+                return {}
+            return {key: (catch_up.at.get(key), end) for key, end in catch_up.ends.items()}
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -152,13 +217,18 @@ class Follower(threading.Thread):
             )
             if log_partition is None:
                 return
-            parts, behind = [log_partition], {(commands_topic, log_partition.partition)}
+            parts = [log_partition]
             if self.events:
-                events_topic, since = self.settings.topic("model-events"), now_ms() - EVENTS_LOOKBACK_MS
-                events, unread = _events_from(consumer, events_topic, since)
-                parts += events
-                behind |= {(events_topic, p) for p in unread}
-            self.behind = behind
+                since = now_ms() - EVENTS_LOOKBACK_MS
+                parts += _events_from(consumer, self.settings.topic("model-events"), since)
+            catch_up = CatchUp.of(consumer, parts)
+            log.debug(
+                "reading %s to %s",
+                ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in parts),
+                ", ".join(f"{t}[{p}]@{end}" for (t, p), end in sorted(catch_up.ends.items())) or "nothing",
+            )
+            with self.lock:
+                self._catch_up = catch_up
             consumer.assign(parts)
             while not self.stop_event.is_set():
                 batch = consumer.consume(500, timeout=0.2)
@@ -167,11 +237,11 @@ class Follower(threading.Thread):
                         err = msg.error()
                         if err is None:
                             self._feed(msg, commands_topic)
-                        elif err.code() == KafkaError._PARTITION_EOF:
-                            behind.discard((msg.topic(), msg.partition()))
-                        else:
+                        elif err.code() != KafkaError._PARTITION_EOF:
                             log.warning("reading %s: %s", msg.topic(), err.str())
-                if not behind and not self.ready.is_set():
+                        if not catch_up.done:
+                            catch_up.passed(msg)
+                if catch_up.done and not self.ready.is_set():
                     log.info("deployment state caught up: commanded %s", self.state.commanded)
                     self.ready.set()
         except Exception as exc:  # the owner must learn of it, not die of a background thread
@@ -214,6 +284,7 @@ def read_state(
 __all__ = [
     "EVENTS_LOOKBACK_MS",
     "UNAUTHENTICATED",
+    "CatchUp",
     "Follower",
     "authenticated",
     "new_state",

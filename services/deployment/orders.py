@@ -250,7 +250,10 @@ class AckWait:
             if self.follower.error is not None or not self.follower.is_alive():
                 problem = f"cannot follow the deployment state: {self.follower.error}"
             elif time.monotonic() > deadline:
-                behind = ", ".join(f"{t}[{p}]" for t, p in sorted(self.follower.behind))
+                behind = ", ".join(
+                    f"{t}[{p}] ({'nothing read' if at is None else f'at offset {at}'}, its end {end})"
+                    for (t, p), (at, end) in sorted(self.follower.behind.items())
+                )
                 where = f"not at the end of {behind}" if behind else "the command log not opened yet"
                 problem = f"the deployment state was not read within {self.ready_timeout_s:.0f} s ({where})"
             if problem is not None:

@@ -37,14 +37,20 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from schemas import codec
 from schemas.errors import ContractError
 from services import kafka
 from services.config import Settings
 from services.deployment.experiments import ACTIVATING, STARTING, Experiment
-from services.deployment.follower import UNAUTHENTICATED, authenticated, new_state, open_command_log
+from services.deployment.follower import (
+    UNAUTHENTICATED,
+    CatchUp,
+    authenticated,
+    new_state,
+    open_command_log,
+)
 from services.deployment.state import LOAD_FAILURE
 from services.model.protocol import Served, served
 from services.serving.experiment import ShadowScorer, Trial
@@ -298,17 +304,19 @@ class Control(threading.Thread):
         return consumer
 
     def _catch_up(self, consumer: Consumer) -> None:
-        """Read the topic to its end as history, then offer the last commanded version that loads."""
-        waiting = {tp.partition for tp in consumer.assignment()}
-        while waiting and not self.stop_event.is_set():
+        """Read the topic to its end (as of now) as history, then offer the last commanded version that
+        loads."""
+        # To its end by offset: a PARTITION_EOF alone may not come while commands keep coming (CatchUp).
+        starts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in consumer.assignment()]
+        history = CatchUp.of(consumer, starts)
+        while not history.done and not self.stop_event.is_set():
             for msg in consumer.consume(500, timeout=0.2):
                 err = msg.error()
                 if err is None:
                     self.state.feed_command_raw(msg.value(), msg.offset())
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    waiting.discard(msg.partition())
-                else:
+                elif err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("command_read_error", error=err.str())
+                history.passed(msg)
             self.heartbeat()
         for command in reversed(self.state.history.activations()):
             version = command["model_version"]

@@ -1,18 +1,28 @@
-"""`deploy` and `rollback` wait for every live replica's answer, on the real broker with real replicas."""
+"""`deploy` and `rollback` wait for every live replica's answer, on the real broker with real replicas; the
+deployment state they wait on, and a starting replica's history, are read to their end however busy the
+partitions are."""
 
 from __future__ import annotations
 
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import OFFSET_END, TopicPartition
 
+from schemas import codec
+from services import kafka
 from services.cli import main
 from services.config import Settings
-from services.deployment.follower import read_state
+from services.deployment.commands import make, publish
+from services.deployment.follower import CatchUp, read_state
+from services.deployment.orders import AckWait
+from services.deployment.state import now_ms
 from services.model.recommender import Recommender
 from services.registry import Registry
 from services.sandbox.world import World
@@ -145,3 +155,145 @@ def test_deploys_wait_for_every_live_replica_and_fail_on_a_rejection_or_a_silenc
     code, out, err = run(capsys, ["deploy", v2, "--no-wait"])
     assert code == 0, err
     assert f"deploy {v2} published" in out and "activated" not in out and "live replica" not in out
+
+
+class Heartbeats(threading.Thread):
+    """A replica's heartbeats every ``every_s`` on its events partition, counted as the broker acks them;
+    bounded (at most a minute at 50 ms), stopped by leaving the ``with`` block."""
+
+    def __init__(self, settings: Settings, instance: str, every_s: float) -> None:
+        super().__init__(name=f"heartbeats-{instance}", daemon=True)
+        self.settings, self.instance, self.every_s = settings, instance, every_s
+        self.acked = 0
+        self.stop_event = threading.Event()
+
+    def __enter__(self) -> Heartbeats:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        producer = kafka.producer(self.settings, **{"linger.ms": 0})
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.acked += 1
+
+        for _ in range(1200):
+            if self.stop_event.wait(self.every_s):
+                break
+            beat = {"instance": self.instance, "event": "heartbeat", "model_version": "v1", "ts": now_ms()}
+            producer.produce(
+                self.settings.topic("model-events"),
+                codec("model-event").encode(beat),
+                key=self.instance.encode(),
+                on_delivery=on_delivery,
+            )
+            producer.poll(0)
+        producer.flush(10)
+
+
+def test_the_state_is_read_to_its_end_while_a_replica_heartbeats_faster_than_a_fetch_waits(
+    settings: Settings,
+) -> None:
+    """librdkafka signals PARTITION_EOF only on a fetch answer with no new message for the partition, and
+    the broker answers a fetch as soon as a message arrives on any partition fetched (or after
+    fetch.wait.max.ms, 500 ms). Once the other partitions are at their end (here from the start: the
+    command log is empty, so no answer is owed to it), a partition written every 50 ms never gives one; in
+    a fresh-clone run three replicas beating every 0.5 s on one partition held a deploy 90 s. The wait
+    reads each partition to its end as of its start instead, and does not wait for a pause."""
+    with Heartbeats(settings, "serve-1", every_s=0.05) as beats:
+        wait_for(lambda: beats.acked >= 20, 30, "the first heartbeats")  # on the log before the wait starts
+        started = time.monotonic()
+        with AckWait(settings, ready_timeout_s=30.0) as acks:
+            took = time.monotonic() - started
+            with acks.follower.lock:
+                assert [r.instance for r in acks.follower.state.live()] == ["serve-1"]
+                assert acks.follower.state.commanded is None
+            assert acks.follower.behind == {}
+        assert beats.is_alive(), "the heartbeats went on during the whole wait"
+    assert took < 30.0
+
+
+def test_an_event_written_after_the_start_to_a_partition_at_its_end_is_read(settings: Settings) -> None:
+    """A partition with nothing recent starts at its end: the end's offset taken at start, not the logical
+    end, which the fetcher resolves later and would put after an event written in between."""
+    events = settings.topic("model-events")
+    consumer = kafka.consumer(settings, f"{settings.topic_prefix}test-reader")
+    try:
+        start = TopicPartition(events, 0, OFFSET_END)
+        catch_up = CatchUp.of(consumer, [start])
+        assert start.offset == 0 and catch_up.done  # empty: nothing to read to catch up
+        beat = {"instance": "serve-1", "event": "heartbeat", "model_version": "v1", "ts": now_ms()}
+        producer = kafka.producer(settings)
+        producer.produce(events, codec("model-event").encode(beat), partition=0)
+        assert producer.flush(10) == 0
+        consumer.assign([start])
+
+        def read() -> list[int]:
+            return [m.offset() for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+
+        assert wait_for(read, 20, "the event written after the start") == [0]
+    finally:
+        consumer.close()
+
+
+class Commands(threading.Thread):
+    """Another model's commands every ``every_s`` on the command log (every replica reads them and leaves
+    them to that model's replicas), counted as the broker acks them; bounded (at most two minutes)."""
+
+    def __init__(self, settings: Settings, every_s: float) -> None:
+        super().__init__(name="other-model-commands", daemon=True)
+        self.settings, self.every_s = settings, every_s
+        self.acked = 0
+        self.stop_event = threading.Event()
+
+    def __enter__(self) -> Commands:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        producer = kafka.producer(self.settings, **{"linger.ms": 0})
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.acked += 1
+
+        for _ in range(2400):
+            if self.stop_event.wait(self.every_s):
+                break
+            command = make("deploy", "other-v1", "another model's", issued_by="test", model="other")
+            producer.produce(
+                self.settings.topic("model-commands"),
+                codec("model-command").encode(command),
+                key=b"other",
+                on_delivery=on_delivery,
+            )
+            producer.poll(0)
+        producer.flush(10)
+
+
+def test_a_replica_starting_while_commands_keep_coming_reads_its_history_and_serves(
+    settings: Settings,
+    model: Recommender,
+    collector: Collector,
+    replicas: Callable[[str], Replica],
+    replica_registry: Path,
+) -> None:
+    """A replica reads the command log to its end before it serves: to its end as of its start, by
+    offset, not until a PARTITION_EOF, which does not come while commands keep coming faster than a fetch
+    waits (here another model's, every 50 ms)."""
+    v1 = register(settings, model, replica_registry)
+    publish(settings, make("deploy", v1, "the first", issued_by="test"))
+    with Commands(settings, every_s=0.05) as others:
+        wait_for(lambda: others.acked >= 20, 30, "the other model's first commands")
+        replicas("serve-a")
+        wait_for(lambda: collector.events("activated", "serve-a"), 90, "serve-a to read its history, serve")
+        assert others.is_alive(), "the other model's commands went on during the whole start"
