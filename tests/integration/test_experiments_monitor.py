@@ -7,6 +7,9 @@ promoted, then the same two as shadows of the promoted version. The comparison's
 each run decides in seconds: burn-in 50, min_samples 200, tuning 500, and a non-inferiority margin of 0.2
 (per-request F1 on this world: incumbent about 0.24, retrain 0.24, the degraded version 0.15; a canary of
 a retrain at a margin of 0.05 needs thousands of labelled requests, see the README's bench).
+
+A second, short test needs no replica: a canary whose candidate is never labelled ends inconclusive at
+``max_duration_s`` of the traffic's event time.
 """
 
 from __future__ import annotations
