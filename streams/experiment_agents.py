@@ -14,18 +14,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import faust
 
 from schemas import codec
 from services.config import Settings
-from streams.experiments import Experiments, evidence
+from streams.experiments import Experiments, evidence_messages, evidence_rows
 from streams.history import CommandFollower
 from streams.join import Joiner, Labelled
 from streams.tables import PartitionedTable
+from streams.watermarks import ALL_IDLE
 
 log = logging.getLogger("modelwatch.monitor")
+
+#: A batch without evidence sends the experiment's clock once it has moved this much event time (ms).
+CLOCK_EVERY_MS = 1000
+
+
+def event_clock(joiners: Iterable[Joiner], out_of_order_ms: int) -> int | None:
+    """The join's event-time clock, an experiment's clock: the latest of this worker's join partitions'
+    prediction watermarks and outcome watermarks as their event times alone allow (never the processing
+    time an idle outcome stream falls back to); ``None`` before any. Each is the least of its source
+    partitions' latest plausible event times (:mod:`streams.watermarks`), so one far-future timestamp does
+    not move it."""
+    times = []
+    for joiner in joiners:
+        times.append(joiner.clocks.predictions.watermark)
+        outcomes = joiner.clocks.outcomes.candidate(out_of_order_ms)
+        if outcomes is not ALL_IDLE:
+            times.append(outcomes)
+    clock = max(times, default=-1)
+    return clock if clock >= 0 else None
 
 
 class ExperimentAgents:
@@ -43,6 +64,8 @@ class ExperimentAgents:
     experiments: Experiments
     experiments_out: faust.TopicT
     _experiments_generation: int = -1
+    #: The clock last sent for the running experiment (this worker's join), to pace the clock-only ones.
+    _clock_sent: tuple[str, int] | None = None
 
     def _install_experiments(self, signing_key: str | None, signer: Any) -> None:
         self.experiments_out = self.app.topic(
@@ -58,14 +81,27 @@ class ExperimentAgents:
 
     def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
         """The join's side: this batch's evidence for the running experiment (the shadow pairs the joiners
-        labelled, or a canary's arms), as labelled-topic messages."""
+        labelled, or a canary's arms), as labelled-topic messages, with the join's event-time clock; a
+        batch without evidence still sends the clock once it has moved :data:`CLOCK_EVERY_MS` (an
+        experiment nobody's outcomes reach still ends at its ``max_duration_s``)."""
         paired = [p for joiner in self.joiners.values() for p in joiner.take_paired()]
         if not self.follower.ready.is_set():
             return []  # which experiment runs is not known yet; its evidence starts a little later
         _, running = self.follower.experiment()
         if running is None:
             return []
-        return evidence(running, [item for items in by_version.values() for item in items], paired)
+        clock = event_clock(self.joiners.values(), int(self.settings.monitor.out_of_order * 1000))
+        labelled = [item for items in by_version.values() for item in items]
+        arms, pairs = evidence_rows(running, labelled, paired)
+        last = self._clock_sent
+        if not (arms or pairs) and (
+            clock is None
+            or (last is not None and last[0] == running.experiment_id and clock < last[1] + CLOCK_EVERY_MS)
+        ):
+            return []  # nothing to count, and the clock has hardly moved
+        if clock is not None:
+            self._clock_sent = (running.experiment_id, clock)
+        return evidence_messages(running, arms, pairs, clock)
 
     async def count_experiments(self, messages: list[tuple[bytes, int, int]]) -> None:
         """The watch's side (under its lock): evidence counted, events and decisions sent, state written."""

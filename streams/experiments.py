@@ -47,7 +47,9 @@ from services.deployment.experiments import Experiment
 from services.registry.keys import Signer
 from services.serving.experiment import on_candidate
 from streams.comparison import Comparison, Decision, Mode, request_f1
+from streams.experiment_replays import CountedRequests
 from streams.join import Labelled, Paired
+from streams.markers import MarkerRecord
 from streams.rollback import ISSUER
 
 log = logging.getLogger("modelwatch.monitor")
@@ -80,10 +82,25 @@ def is_evidence(value: bytes) -> bool:
 
 
 def evidence(
-    experiment: Experiment, labelled: Iterable[Labelled], paired: Iterable[Paired]
+    experiment: Experiment,
+    labelled: Iterable[Labelled],
+    paired: Iterable[Paired],
+    watermark: int | None = None,
 ) -> list[tuple[str, bytes]]:
     """One batch's evidence for ``experiment``, as (key, value) of labelled-topic messages of at most
-    :data:`CHUNK` requests each (well under Kafka's 1 MB message limit); none when it has none."""
+    :data:`CHUNK` requests each (well under Kafka's 1 MB message limit), each row ending with its request
+    id (a replay of the join is recognised by it: :mod:`streams.experiment_replays`). ``watermark`` is the
+    join's event-time clock (:func:`streams.experiment_agents.event_clock`), the experiment's clock: with
+    it and no evidence, one message that carries only the clock (an experiment without labelled traffic
+    still reaches its ``max_duration_s``); without either, none."""
+    arms, pairs = evidence_rows(experiment, labelled, paired)
+    return evidence_messages(experiment, arms, pairs, watermark)
+
+
+def evidence_rows(
+    experiment: Experiment, labelled: Iterable[Labelled], paired: Iterable[Paired]
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The rows of :func:`evidence`: a canary's arms, a shadow's pairs."""
     arms: list[list[Any]] = []
     pairs: list[list[Any]] = []
     if experiment.mode == Mode.CANARY and experiment.traffic is not None:
@@ -95,21 +112,31 @@ def evidence(
             # labelled late) and the incumbent's to the candidate's users (before this one) are not its.
             arm = on_candidate(experiment.experiment_id, item.user_id, experiment.traffic)
             if item.model_version == (experiment.candidate if arm else experiment.incumbent):
-                arms.append([int(arm), item.user_id, item.ts, c.tp, c.fp, c.fn])
+                arms.append([int(arm), item.user_id, item.ts, c.tp, c.fp, c.fn, item.request_id])
     elif experiment.mode == Mode.SHADOW:
         for p in paired:
             if (p.candidate, p.incumbent) == (experiment.candidate, experiment.incumbent):
                 c, i = p.candidate_counts, p.incumbent_counts
-                pairs.append([p.ts, c.tp, c.fp, c.fn, i.tp, i.fp, i.fn])
+                pairs.append([p.ts, c.tp, c.fp, c.fn, i.tp, i.fp, i.fn, p.request_id])
+    return arms, pairs
+
+
+def evidence_messages(
+    experiment: Experiment, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None
+) -> list[tuple[str, bytes]]:
+    """The messages of :func:`evidence`."""
     key, described = f"{KEY_PREFIX}{experiment.experiment_id}", asdict(experiment)
+    clock = {} if watermark is None else {"watermark": watermark}
+    rows = max(len(arms), len(pairs))
+    starts = range(0, rows, CHUNK) if rows or watermark is None else [0]
     return [
         (
             key,
             orjson.dumps(
-                {"experiment": described, "arms": arms[i : i + CHUNK], "pairs": pairs[i : i + CHUNK]}
+                {"experiment": described, "arms": arms[i : i + CHUNK], "pairs": pairs[i : i + CHUNK], **clock}
             ),
         )
-        for i in range(0, max(len(arms), len(pairs)), CHUNK)
+        for i in starts
     ]
 
 
@@ -123,6 +150,14 @@ class Run:
     offset: int = -1  # the last evidence message counted: a message read again is not counted twice
     commanded: str | None = None  # the decision's command id, once it is on its way
     changed: bool = True  # counted since its last experiment event
+    #: The monitor's event-time clock when it first saw the experiment run: its start for the deadline
+    #: while no candidate evidence says more (:meth:`Experiments._deadline`).
+    since_ms: int | None = None
+    #: The requests counted lately, against the join's replays (:mod:`streams.experiment_replays`).
+    counted: CountedRequests = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counted = CountedRequests(f"{KEY_PREFIX}{self.experiment.experiment_id}")
 
     @property
     def key(self) -> str:
@@ -135,6 +170,7 @@ class Run:
             "partition": self.partition,
             "offset": self.offset,
             "commanded": self.commanded,
+            "since_ms": self.since_ms,
         }
 
     @classmethod
@@ -146,6 +182,7 @@ class Run:
             int(d["offset"]),
             d.get("commanded"),
             changed=False,
+            since_ms=d.get("since_ms"),
         )
 
     def event(self, ts: int) -> dict[str, Any]:
@@ -185,8 +222,12 @@ class Experiments:
 
     def restore(self, records: Iterable[tuple[str, Any]], owned: Collection[int]) -> None:
         self.runs = {}
+        counted: dict[str, list[MarkerRecord]] = {}
         for key, value in records:
             if not key.startswith(KEY_PREFIX) or not isinstance(value, dict):
+                continue
+            if (seen := CountedRequests.parse_key(key)) is not None:
+                counted.setdefault(seen[0], []).append((seen[1], seen[2], value))
                 continue
             try:
                 run = Run.from_dict(value)
@@ -195,10 +236,12 @@ class Experiments:
                 continue
             if run.partition in owned:
                 self.runs[run.experiment.experiment_id] = run
-                log.info(
-                    "restored experiment %s: %s, labelled %s",
-                    run.experiment.experiment_id, run.comparison.decision.value, run.comparison.labelled,
-                )  # fmt: skip
+        for run in self.runs.values():
+            run.counted = CountedRequests.load(run.counted.key, counted.get(run.counted.key, []))
+            log.info(
+                "restored experiment %s: %s, labelled %s",
+                run.experiment.experiment_id, run.comparison.decision.value, run.comparison.labelled,
+            )  # fmt: skip
 
     def count(self, value: bytes, partition: int, offset: int) -> Run | None:
         """One evidence message (:func:`evidence`); the run it changed, if any."""
@@ -206,7 +249,8 @@ class Experiments:
             doc = orjson.loads(value)
             experiment = Experiment(**doc["experiment"])
             arms, pairs = doc["arms"], doc["pairs"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            watermark = None if doc.get("watermark") is None else int(doc["watermark"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.invalid += 1
             log.warning("skipped an experiment message at offset %d: %r", offset, exc)
             return None
@@ -221,25 +265,59 @@ class Experiments:
         if offset <= run.offset and partition == run.partition:
             return None  # read again after a restart: counted already
         run.offset, run.partition = offset, partition
+        before = (run.comparison.labelled, run.comparison.decision, run.comparison.latest_ms)
         try:
-            self._add(run.comparison, arms, pairs)
+            clock = self._clock(run, arms, pairs, watermark)
+            shadow = run.comparison.mode is Mode.SHADOW
+            # Remembered at the run's clock (it never goes back: a replayed message may carry an earlier one).
+            at = max(clock or 0, run.comparison.latest_ms or 0)
+            arms, pairs = (
+                ([], self._fresh(run, pairs, 7, at)) if shadow else (self._fresh(run, arms, 6, at), [])
+            )
+            self._add(run.comparison, arms, pairs, watermark)
+            self._deadline(run, clock)
         except (ExperimentError, TypeError, ValueError, IndexError) as exc:
             self.invalid += 1
             log.warning("skipped an experiment message at offset %d: %r", offset, exc)
-        run.changed = True
+        # An event (paced) also when only its clock moved: an experiment without traffic shows it runs.
+        run.changed |= (run.comparison.labelled, run.comparison.decision, run.comparison.latest_ms) != before
         self.dirty[run.key] = (run.partition, run.as_dict())
+        for key, record in run.counted.changes(run.comparison.latest_ms):
+            self.dirty[key] = (run.partition, record)
         return run
 
     @staticmethod
-    def _add(comparison: Comparison, arms: list[list[Any]], pairs: list[list[Any]]) -> None:
+    def _clock(run: Run, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None) -> int | None:
+        """The experiment's event-time clock by this message: the join's watermark, where the message has it
+        (one far-future timestamp cannot move it: it is the least of the source partitions' latest
+        plausible event times); else, from an older monitor's join, the latest request of the evidence.
+        The first one is where the experiment started as far as the monitor knows (:attr:`Run.since_ms`)."""
+        ts = [int(p[0]) for p in pairs] if run.comparison.mode is Mode.SHADOW else [int(a[2]) for a in arms]
+        clock = watermark if watermark is not None else max(ts, default=None)
+        if run.since_ms is None and clock is not None and clock >= 0:
+            run.since_ms = clock
+        return clock
+
+    @staticmethod
+    def _fresh(run: Run, rows: list[list[Any]], width: int, clock: int) -> list[list[Any]]:
+        """The rows whose request was not counted before (a row from an older join has no request id)."""
+        ids = [str(r[width]) if len(r) > width else None for r in rows]
+        fresh = iter(run.counted.fresh([rid for rid in ids if rid is not None], clock))
+        return [r for r, rid in zip(rows, ids, strict=True) if rid is None or next(fresh)]
+
+    @staticmethod
+    def _add(
+        comparison: Comparison, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None = None
+    ) -> None:
         if comparison.mode is Mode.SHADOW:
             if not pairs:
                 return
-            a = np.asarray([p[1:] for p in pairs], dtype=np.float64)
+            a = np.asarray([p[1:7] for p in pairs], dtype=np.float64)
             ts = [int(p[0]) for p in pairs]
             if comparison.started_ms is None:
                 comparison.started_ms = min(ts)
-            comparison.add_paired(request_f1(*a[:, 0:3].T), request_f1(*a[:, 3:6].T), max(ts))
+            clock = watermark if watermark is not None else max(ts)
+            comparison.add_paired(request_f1(*a[:, 0:3].T), request_f1(*a[:, 3:6].T), clock)
             return
         if comparison.started_ms is None:
             first = [int(a[2]) for a in arms if a[0] == 1]
@@ -257,8 +335,23 @@ class Experiments:
             counts = np.asarray([r[3:6] for r in rows], dtype=np.float64).reshape(-1, 3)
             return request_f1(counts[:, 0], counts[:, 1], counts[:, 2])
 
-        latest = max(int(a[2]) for a in kept)
+        latest = watermark if watermark is not None else max(int(a[2]) for a in kept)
         comparison.add_arms(f1(c), [r[1] for r in c], f1(i), [r[1] for r in i], latest)
+
+    @staticmethod
+    def _deadline(run: Run, clock: int | None) -> None:
+        """Move the run's clock to ``clock``, and end it as inconclusive once ``max_duration_s`` of event
+        time has passed since its start: the earliest of its first labelled candidate request and the
+        clock when the monitor first saw it run, so an experiment without labelled traffic ends too."""
+        comparison = run.comparison
+        if clock is None or comparison.decision is not Decision.RUNNING:
+            return
+        latest = comparison.latest_ms = max(clock, comparison.latest_ms or clock)
+        starts = [t for t in (comparison.started_ms, run.since_ms) if t is not None]
+        if starts and latest - min(starts) >= comparison.settings.max_duration_s * 1000:
+            # Moved only now, as it decides (a decision is final): a canary's arms never saw this start.
+            comparison.started_ms = min(starts)
+            comparison.tick(latest)
 
     def decide(
         self, applied: Sequence[dict[str, Any]], running: Experiment | None, now_ms: int
@@ -321,6 +414,8 @@ class Experiments:
         while len(self.finished) > FINISHED_KEPT:
             del self.finished[next(iter(self.finished))]
         self.dirty[run.key] = (run.partition, None)
+        for key, record in run.counted.clear():
+            self.dirty[key] = (run.partition, record)
         self._last_event.pop(eid, None)
 
     def events(self, now_ms: int) -> list[dict[str, Any]]:

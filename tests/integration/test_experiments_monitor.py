@@ -7,6 +7,9 @@ promoted, then the same two as shadows of the promoted version. The comparison's
 each run decides in seconds: burn-in 50, min_samples 200, tuning 500, and a non-inferiority margin of 0.2
 (per-request F1 on this world: incumbent about 0.24, retrain 0.24, the degraded version 0.15; a canary of
 a retrain at a margin of 0.05 needs thousands of labelled requests, see the README's bench).
+
+A second, short test needs no replica: a canary whose candidate is never labelled ends inconclusive at
+``max_duration_s`` of the traffic's event time.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from services import kafka
 from services.cli import main
 from services.config import Settings, load_settings
+from services.deployment.commands import make, publish, read_history
 from services.deployment.follower import read_state
 from services.registry import Registry
 from services.registry.keys import PublicKey, Signer, generate
@@ -32,7 +37,15 @@ from services.sandbox.storefront import SimulationPlan, simulate
 from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
 from streams.rollback import ISSUER
-from tests.integration.monitor_support import MonitorProcess, read_events, read_labelled, write_config
+from tests.integration.monitor_support import (
+    MonitorProcess,
+    read_events,
+    read_labelled,
+    topic_world,
+    traffic,
+    write_config,
+)
+from tests.integration.monitor_support import Storefront as MonitorStorefront
 from tests.integration.serving_support import (
     Collector,
     Replica,
@@ -306,3 +319,81 @@ def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
     assert (sample(samples, "modelwatch_monitor_shadow_paired_total") or 0) >= labels["candidate"]
     with capsys.disabled():
         print("\n" + "\n".join(report))
+
+
+def test_a_canary_without_labelled_candidate_traffic_ends_inconclusive_at_max_duration(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """No replica, no model: the incumbent's predictions and outcomes written straight to the topics while
+    a canary runs whose users never get a candidate answer (so no candidate request is ever labelled). The
+    experiment's clock is the monitor's event-time clock: after ``max_duration_s`` (20 s) of the traffic's
+    event time the monitor ends it inconclusive, by one signed abort; one prediction four minutes ahead
+    (plausible to the monitor's future tolerance) on one partition does not end it early."""
+    key = "experiment-clock-key"
+    with topic_world(kafka_bootstrap, 3) as plain:
+        settings = plain.model_copy(update={"signing_key": SecretStr(key)})
+        config = write_config(
+            tmp_path / "monitor.toml",
+            {"label_window_s": 1, "emit_every_s": 1.0, "commit_interval_s": 0.3, "session_timeout_s": 6},
+            [],
+        )
+        env = {"MODELWATCH_SIGNING_KEY": key, "MODELWATCH_EXPERIMENTS__MAX_DURATION_S": "20"}
+        monitor = MonitorProcess(settings, config, tmp_path, env)
+        for action, version, share in (("deploy", "v1", None), ("canary", "v2", 0.5)):
+            publish(settings, make(action, version, "test", key=key, issued_by="test", traffic=share))
+        experiment = read_history(settings).experiment
+        assert experiment is not None
+        eid = experiment.experiment_id
+        shop = MonitorStorefront(settings)
+        t0 = int(time.time() * 1000)
+
+        def aborts() -> list[dict[str, Any]]:
+            commands = read_events(settings, "model-commands", "model-command")
+            return [c for c in commands if c["action"] == "abort"]
+
+        def events() -> list[dict[str, Any]]:
+            return [
+                e for e in read_events(settings, "experiments", "experiment") if e["experiment_id"] == eid
+            ]
+
+        started = time.monotonic()
+        monitor.start()
+        ready = time.monotonic() - started
+        try:
+            # 10 s of event time; one prediction 4 minutes ahead of it amid them.
+            first = traffic("v1", 100, seed=1, t0=t0, step_ms=100, hit=0.5, miss=0.1)
+            ahead = traffic("v1", 1, seed=2, t0=t0 + 240_000, step_ms=10, hit=0.5, miss=0.1)
+            shop.predictions(first[:50] + ahead + first[50:])
+            shop.outcomes(first)
+            clock = wait_for(
+                lambda: max((e["ts"] for e in events() if e["ts"] >= t0 + 8_000), default=None),
+                120,
+                "the experiment's clock at the end of the first 10 s",
+                every=0.5,
+            )
+            assert clock < t0 + 20_000 and not aborts()
+            # 30 s more of event time, at once (the clock is the traffic's, not the wall clock's).
+            more = traffic("v1", 300, seed=3, t0=t0 + 10_000, step_ms=100, hit=0.5, miss=0.1)
+            shop.predictions(more)
+            shop.outcomes(more)
+            [abort] = wait_for(aborts, 120, "the monitor's abort", every=0.5)
+            took = time.monotonic() - started - ready
+        finally:
+            monitor.stop()
+        final = wait_for(
+            lambda: next((e for e in events() if e["decision"] != "running"), None), 10, "the decided event"
+        )
+        history = read_history(settings)
+    assert history.experiment is None and history.active_version == "v1"
+    assert abort["command_id"] == f"experiment:{eid}:inconclusive" and abort["experiment_id"] == eid
+    assert abort["issued_by"] == ISSUER and abort["model_version"] == "v2"
+    assert "undecided after 20 s of event time" in abort["reason"]
+    assert "0 candidate and 0 incumbent labelled requests" in abort["reason"]
+    assert final["decision"] == "inconclusive" and final["labelled"] == {"candidate": 0, "incumbent": 0}
+    # Decided on the traffic's clock: 20 s after the experiment's start, long before the one ahead.
+    assert final["ts"] - final["started_ts"] >= 20_000 and final["ts"] < t0 + 45_000
+    assert [c["action"] for c in history.applied] == ["deploy", "canary", "abort"]
+    print(
+        f"\ninconclusive: monitor ready in {ready:.0f} s; clock after the first 10 s {clock - t0} ms; "
+        f"decided at {final['ts'] - t0} ms of event time, {took:.0f} s after the monitor was ready"
+    )

@@ -14,6 +14,8 @@ from services.config import ExperimentSettings
 from services.deployment.experiments import Experiment, running
 from services.serving.experiment import on_candidate
 from streams.comparison import Decision
+from streams.experiment_agents import event_clock
+from streams.experiment_replays import BUCKET_MS, HORIZON_MS
 from streams.experiments import Experiments, command_id, evidence, is_evidence
 from streams.exposition import MonitorMetrics
 from streams.join import SHADOW, DictStore, Joiner, Labelled, Paired, joinable_outcome, joinable_prediction
@@ -250,3 +252,149 @@ def test_an_inconclusive_experiment_is_aborted_saying_why() -> None:
     [command] = runs.decide(log, running(log), 1)
     assert (command["action"], command["command_id"]) == ("abort", "experiment:e-s1:inconclusive")
     assert "inconclusive: undecided after 10 s of event time" in command["reason"]
+
+
+# -- the experiment's clock: max_duration_s of event time, with or without labelled traffic -----------------
+
+
+def clock_message(experiment: Experiment, watermark: int) -> bytes:
+    [(_key, value)] = evidence(experiment, [], [], watermark)
+    return value
+
+
+@pytest.mark.parametrize("experiment", [CANARY, SHADOW_RUN], ids=["canary", "shadow"])
+def test_an_experiment_without_labelled_traffic_ends_inconclusive_at_max_duration(
+    experiment: Experiment,
+) -> None:
+    runs = Experiments(SMALL.model_copy(update={"max_duration_s": 60.0}), model="cart")
+    log = commands_log((experiment.mode, experiment.command_id))
+    t0 = 1_700_000_000_000
+    assert evidence(experiment, [], []) == []  # no clock, no evidence: nothing to send
+    offsets = iter(range(1, 100))
+    for watermark in range(t0, t0 + 60_000, 10_000):  # the join's clock moves, nothing is labelled
+        runs.count(clock_message(experiment, watermark), 0, next(offsets))
+        assert runs.decide(log, running(log), 1) == []
+    run = runs.runs[experiment.experiment_id]
+    assert run.comparison.labelled == (0, 0) and run.comparison.latest_ms == t0 + 50_000
+    runs.count(clock_message(experiment, t0 + 60_000), 0, next(offsets))
+    [command] = runs.decide(log, running(log), 2)
+    assert (command["action"], command["command_id"]) == (
+        "abort",
+        f"experiment:{experiment.experiment_id}:inconclusive",
+    )
+    assert "undecided after 60 s of event time" in command["reason"]
+    assert "0 candidate and 0 incumbent labelled requests" in command["reason"]
+    [event] = runs.events(3)
+    assert event["decision"] == "inconclusive" and event["ts"] == t0 + 60_000 and event["started_ts"] == t0
+    runs.count(clock_message(experiment, t0 + 70_000), 0, next(offsets))
+    assert runs.decide(log, running(log), 4) == []  # one decision, one command
+    # The clock, and the start it counts from, are in the state a restarted worker resumes from.
+    [state] = [v for k, _, v in runs.take_dirty() if k.endswith("|state")]
+    assert state["since_ms"] == t0
+
+
+def test_the_deadline_counts_from_the_first_clock_seen_when_the_candidate_comes_later() -> None:
+    runs = Experiments(SMALL.model_copy(update={"max_duration_s": 60.0}))
+    log = commands_log(("shadow", "s1"))
+    t0 = 1_700_000_000_000
+    runs.count(clock_message(SHADOW_RUN, t0), 0, 1)
+    pairs = [Paired(f"r{i}", t0 + 30_000 + i, "v1", "v2", GOOD, GOOD) for i in range(5)]
+    [(_k, value)] = evidence(SHADOW_RUN, [], pairs, t0 + 30_000)
+    runs.count(value, 0, 2)  # the first labelled pair, half-way
+    assert runs.runs["e-s1"].comparison.started_ms == t0 + 30_000
+    runs.count(clock_message(SHADOW_RUN, t0 + 59_999), 0, 3)
+    assert runs.decide(log, running(log), 1) == []
+    runs.count(clock_message(SHADOW_RUN, t0 + 60_000), 0, 4)
+    [command] = runs.decide(log, running(log), 2)
+    assert command["command_id"] == "experiment:e-s1:inconclusive"
+
+
+def test_one_far_future_timestamp_does_not_move_the_experiments_clock() -> None:
+    # The join's clock is the least of its source partitions' latest plausible event times: one prediction
+    # an hour ahead on one partition (plausible to a generous future tolerance) moves nothing.
+    j = Joiner(DictStore(), W)
+    t0 = 1_700_000_000_000
+    j.report("predictions", 0, -1, False, 2)
+    for source in (0, 1):
+        j.event({**predicted(f"r{source}", t0, "v1", ["a"]), "source": source})
+    j.event({**predicted("ahead", t0 + 3_600_000, "v1", ["a"]), "source": 1})
+    assert event_clock([j], 0) == t0
+    # ...and an experiment's clock is the join's: a far-future request in the evidence does not end it.
+    runs = Experiments(SMALL.model_copy(update={"max_duration_s": 60.0}))
+    log = commands_log(("shadow", "s1"))
+    pairs = [
+        Paired("r0", t0, "v1", "v2", GOOD, GOOD),
+        Paired("ahead", t0 + 3_600_000, "v1", "v2", GOOD, GOOD),
+    ]
+    [(_k, value)] = evidence(SHADOW_RUN, [], pairs, event_clock([j], 0))
+    runs.count(value, 0, 1)
+    assert runs.runs["e-s1"].comparison.latest_ms == t0
+    assert runs.decide(log, running(log), 1) == []
+
+
+# -- the join's replays: the same labelled request never counted twice -------------------------------------
+
+
+def test_evidence_the_join_sends_again_after_a_crash_is_not_counted_twice() -> None:
+    """The join labels a batch and sends its evidence, and is killed before its markers are written: the
+    restarted join labels the same requests again, in a new message; the comparison counts each once."""
+    store = DictStore()
+    j = Joiner(store, W)
+    for i in range(30):
+        j.event(predicted(f"r{i}", 100 + i, "v1", ["a"]))
+        j.event(predicted(f"r{i}", 100 + i, "v2", ["a"], kind=SHADOW))  # as good: undecided at 30
+    j.sync()
+    durable = DictStore()  # what the pending table's changelog holds: the pending requests, no marker yet
+    durable.data = dict(store.data)
+    first = [item for i in range(30) for item in j.event(bought(f"r{i}", 200 + i, ["a"]))]
+    assert len(first) == 30
+    [(_k, sent)] = evidence(SHADOW_RUN, [], j.take_paired(), 300)
+    runs = Experiments(SMALL)
+    runs.count(sent, 0, 1)
+    assert runs.runs["e-s1"].comparison.labelled == (30, 30)
+    state = [(k, v) for k, _, v in runs.take_dirty() if v is not None]
+
+    # The kill: the join's markers were never written; its restart rebuilds from the store and joins the
+    # same outcomes again (their offsets were not committed either).
+    again = Joiner(durable, W)
+    again.rebuild(durable.items(), durable.marker_records())
+    replayed = [item for i in range(30) for item in again.event(bought(f"r{i}", 200 + i, ["a"]))]
+    assert replayed == first  # the same labelled requests, sent again
+    [(_k, resent)] = evidence(SHADOW_RUN, [], again.take_paired(), 300)
+    runs.count(resent, 0, 2)  # a new message: the offset check cannot tell
+    assert runs.runs["e-s1"].comparison.labelled == (30, 30)
+    # The watch restarted too: it knows them from the state it wrote.
+    restarted = Experiments(SMALL)
+    restarted.restore(state, owned={0})
+    restarted.count(resent, 0, 2)
+    assert restarted.runs["e-s1"].comparison.labelled == (30, 30)
+    # New requests still count; a canary's arms are recognised alike.
+    [(_k, more)] = evidence(SHADOW_RUN, [], [Paired("r-new", 500, "v1", "v2", GOOD, BAD)], 600)
+    restarted.count(more, 0, 3)
+    assert restarted.runs["e-s1"].comparison.labelled == (31, 31)
+    users = [f"u{i}" for i in range(60)]
+    items = [Labelled(f"c{i}", "v2" if on_candidate("e-c1", u, 0.5) else "v1", 100 + i, GOOD, False, u)
+             for i, u in enumerate(users)]  # fmt: skip
+    canary = Experiments(SMALL)
+    for offset in (1, 2):
+        [(_k, value)] = evidence(CANARY, items, [], 300)
+        canary.count(value, 0, offset)
+    assert sum(canary.runs["e-c1"].comparison.labelled) == 60
+
+
+def test_the_requests_counted_are_forgotten_behind_the_horizon_and_with_the_experiment() -> None:
+    runs = Experiments(SMALL)
+    log = commands_log(("shadow", "s1"))
+    [(_k, value)] = evidence(SHADOW_RUN, [], [Paired("r1", 100, "v1", "v2", GOOD, GOOD)], 1_000)
+    runs.count(value, 0, 1)
+    written = {k for k, _, v in runs.take_dirty() if v is not None and "|seen|" in k}
+    assert written
+    runs.count(clock_message(SHADOW_RUN, 1_000 + HORIZON_MS + BUCKET_MS), 0, 2)
+    assert len(runs.runs["e-s1"].counted) == 0
+    assert {k for k, _, v in runs.take_dirty() if v is None} == written
+    runs.count(value, 0, 3)  # long past: counted afresh (as the windows' own horizon would)
+    assert runs.runs["e-s1"].comparison.labelled == (2, 2)
+    runs.take_dirty()
+    runs.decide([*log, {"command_id": "a", "action": "abort", "model_version": "v2"}], None, 1)
+    deleted = {k for k, _, v in runs.take_dirty() if v is None}
+    assert "experiment:e-s1|state" in deleted and any("|seen|" in k for k in deleted)
