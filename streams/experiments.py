@@ -48,6 +48,8 @@ from services.registry.keys import Signer
 from services.serving.experiment import on_candidate
 from streams.comparison import Comparison, Decision, Mode, request_f1
 from streams.join import Labelled, Paired
+from streams.pre_periods import KEY_PREFIX as PRE_PERIOD_KEYS
+from streams.pre_periods import PrePeriods, add_canary
 from streams.rollback import ISSUER
 
 log = logging.getLogger("modelwatch.monitor")
@@ -101,7 +103,8 @@ def evidence(
             if (p.candidate, p.incumbent) == (experiment.candidate, experiment.incumbent):
                 c, i = p.candidate_counts, p.incumbent_counts
                 pairs.append([p.ts, c.tp, c.fp, c.fn, i.tp, i.fp, i.fn])
-    key, described = f"{KEY_PREFIX}{experiment.experiment_id}", asdict(experiment)
+    # Keyed by the incumbent: on its labelled partition, with its users' pre-periods (streams.pre_periods).
+    key, described = experiment.incumbent, asdict(experiment)
     return [
         (
             key,
@@ -182,10 +185,21 @@ class Experiments:
     ended: dict[str, Any] | None = None
     #: Experiments that ended here: evidence the join sent before it saw the end is not counted afresh.
     finished: dict[str, None] = field(default_factory=dict)
+    #: The users' pre-periods under the versions whose labelled stream this worker counts: a canary's
+    #: covariate (streams.pre_periods); its records are written with the runs' (take_dirty).
+    pre_periods: PrePeriods = field(default_factory=PrePeriods)
+
+    def __post_init__(self) -> None:
+        self.pre_periods.pre_period_s = self.settings.pre_period_s
+        self.pre_periods.max_users = self.settings.pre_period_users
 
     def restore(self, records: Iterable[tuple[str, Any]], owned: Collection[int]) -> None:
         self.runs = {}
+        records = list(records)
+        self.pre_periods.restore(records, owned)
         for key, value in records:
+            if key.startswith(PRE_PERIOD_KEYS):
+                continue
             if not key.startswith(KEY_PREFIX) or not isinstance(value, dict):
                 continue
             try:
@@ -222,7 +236,7 @@ class Experiments:
             return None  # read again after a restart: counted already
         run.offset, run.partition = offset, partition
         try:
-            self._add(run.comparison, arms, pairs)
+            self._add(run.comparison, arms, pairs, self.pre_periods, experiment.incumbent)
         except (ExperimentError, TypeError, ValueError, IndexError) as exc:
             self.invalid += 1
             log.warning("skipped an experiment message at offset %d: %r", offset, exc)
@@ -231,7 +245,13 @@ class Experiments:
         return run
 
     @staticmethod
-    def _add(comparison: Comparison, arms: list[list[Any]], pairs: list[list[Any]]) -> None:
+    def _add(
+        comparison: Comparison,
+        arms: list[list[Any]],
+        pairs: list[list[Any]],
+        pre_periods: PrePeriods | None = None,
+        incumbent: str = "",
+    ) -> None:
         if comparison.mode is Mode.SHADOW:
             if not pairs:
                 return
@@ -258,7 +278,10 @@ class Experiments:
             return request_f1(counts[:, 0], counts[:, 1], counts[:, 2])
 
         latest = max(int(a[2]) for a in kept)
-        comparison.add_arms(f1(c), [r[1] for r in c], f1(i), [r[1] for r in i], latest)
+        # With the users' pre-periods under the incumbent before the start (a shadow's pairs need none:
+        # a request's own difficulty, and its user's, cancels in its paired difference).
+        c_users, i_users = [str(r[1]) for r in c], [str(r[1]) for r in i]
+        add_canary(comparison, f1(c), c_users, f1(i), i_users, latest, pre_periods, incumbent)
 
     def decide(
         self, applied: Sequence[dict[str, Any]], running: Experiment | None, now_ms: int
@@ -343,8 +366,17 @@ class Experiments:
         ended = [] if self.ended is None or self.ended["experiment_id"] in self.runs else [self.ended]
         return ended + running
 
+    def hold_pre_periods(self) -> None:
+        """Keep the pre-period of the running canary (the earliest start of those here) from eviction."""
+        starts = [
+            r.comparison.started_ms
+            for r in self.runs.values()
+            if r.comparison.mode is Mode.CANARY and r.comparison.started_ms is not None
+        ]
+        self.pre_periods.hold_ms = min(starts) if starts else None
+
     def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | None]]:
-        """(key, partition, the state or ``None`` to delete it) to write now."""
+        """(key, partition, the state or ``None`` to delete it) to write now: the runs', the pre-periods'."""
         out = [(key, partition, value) for key, (partition, value) in self.dirty.items()]
         self.dirty = {}
-        return out
+        return out + self.pre_periods.take_dirty()
