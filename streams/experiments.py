@@ -2,9 +2,10 @@
 
 **Where the evidence comes from.** The join (:mod:`streams.join`) labels each request with its outcome;
 while the command log says an experiment runs (:func:`services.deployment.experiments.running`), the join
-agent also sends that batch's evidence for it, in one message keyed ``experiment:<id>``, on the labelled
-topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one worker
-(the owner of that partition) runs its comparison, whatever versions the other workers count.
+agent also sends that batch's evidence for it, in one message keyed by the incumbent version, on the
+labelled topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one
+worker (the owner of that partition) runs its comparison; it is the incumbent's partition, where that
+worker keeps the users' pre-periods a canary is adjusted by (:mod:`streams.pre_periods`).
 
 - *Canary*: each arm's labelled requests from its own users (the same salted hash the replicas use,
   :func:`services.serving.experiment.on_candidate`: the candidate's answers to the candidate's users, the

@@ -10,13 +10,19 @@ import numpy as np
 
 from schemas.metrics import Counts
 from services.config import ExperimentSettings
+from services.deployment.commands import make
 from services.deployment.experiments import Experiment
 from services.serving.experiment import on_candidate
+from streams.alerts import no_baseline
+from streams.decisions import Decisions
 from streams.experiment_agents import ExperimentAgents
 from streams.experiments import Experiments, evidence
 from streams.fleet import Fleet
-from streams.join import Labelled
+from streams.join import Labelled, encode_bundle
 from streams.pre_periods import BUCKETS, KEY_PREFIX, PrePeriods
+from streams.rollback import RollbackPolicy
+from streams.tracker import TrackerConfig
+from streams.watch import Watch
 
 HIT = Counts(1, 0, 0, 2)  # per-request F1 1
 MISS = Counts(0, 1, 1, 1)  # per-request F1 0
@@ -211,3 +217,16 @@ def test_the_watch_keeps_pre_periods_of_the_served_version_only() -> None:
     agents.count_pre_periods([labelled("w", T0 - 5, True)], 0, 3, None)  # the history not read yet
     assert agents.experiments.pre_periods.of("v1", T0, ["u", "w"]) == {"u": (1.0, 1)}
     assert agents.experiments.pre_periods.users("v2") == 0
+
+
+def test_the_watch_hands_each_bundle_it_counts_to_the_pre_periods() -> None:
+    agents = _Agents()
+    watch = Watch(
+        TrackerConfig(count_window=20, rules=()), Decisions(RollbackPolicy(0), no_baseline), no_baseline
+    )
+    watch.on_bundle = agents.count_pre_periods  # as the monitor wires it (streams.app)
+    fleet = Fleet.of_commands([make("deploy", "v1", "r")])
+    items = [labelled("u", T0 - 5, True), labelled("w", T0 - 6, False)]
+    watch.count([(encode_bundle(items), 0, 7), (encode_bundle(items), 0, 7)], fleet)  # the second: a replay
+    assert agents.experiments.pre_periods.of("v1", T0, ["u", "w"]) == {"u": (1.0, 1), "w": (0.0, 1)}
+    assert {k for k, _, _ in agents.experiments.take_dirty()} == {f"{KEY_PREFIX}v1|u", f"{KEY_PREFIX}v1|w"}
