@@ -56,6 +56,8 @@ class ExperimentAgents:
             signing_key=signing_key,
             every_ms=int(self.settings.monitor.emit_every_s * 1000),
         )
+        # A pre-period ends a label window before the start: all labelled by then (streams.pre_periods).
+        self.experiments.pre_periods.lag_ms = int(self.settings.monitor.label_window_s * 1000)
 
     def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
         """The join's side: this batch's evidence for the running experiment (the shadow pairs the joiners

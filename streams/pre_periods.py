@@ -9,12 +9,12 @@ monitor and the simulation in :mod:`services.bench.experiments` both feed a cana
 
 **What is kept.** Per version, per user, the sums of the user's labelled requests in event-time buckets of
 ``pre_period_s / BUCKETS``: a few numbers per user, never an object per request. A user's buckets older
-than the ``BUCKETS`` before the newest the version has seen are dropped when the user is next updated,
-except those of a running canary's pre-period (held until it ends), so a user holds at most ``2 BUCKETS +
-1``. At most ``pre_period_users`` users per version: beyond it the least recently updated user is forgotten
-(a user without a pre-period is compared unadjusted: the estimate stays unbiased, only less precise). Only
-the version the fleet serves to everyone is kept (the incumbent of any experiment to come; at most
-:data:`VERSIONS_KEPT` versions per worker).
+than a pre-period (and its lag, below) before the newest the version has seen are dropped when the user is
+next updated, except those of a running canary's pre-period (held until it ends), so a user holds at most
+``2 BUCKETS + lag / bucket + 1`` buckets (16 with the defaults). At most ``pre_period_users`` users per
+version: beyond it the least recently updated user is forgotten (a user without a pre-period is compared
+unadjusted: the estimate stays unbiased, only less precise). Only the version the fleet serves to
+everyone is kept (the incumbent of any experiment to come; at most :data:`VERSIONS_KEPT` per worker).
 
 **Where.** A version's labelled requests are all on its labelled partition (keyed by version), and so is
 its experiments' evidence (:func:`streams.experiments.evidence` keys it by the incumbent): the worker that
@@ -24,16 +24,24 @@ labelled offset counted into it: whatever prefix of a batch's records a SIGKILL 
 each user's record is whole, and a message read again after the restart is counted into a user only if
 its offset is past the user's (nothing lost, nothing counted twice).
 
-**The boundary.** A canary's pre-period is the ``BUCKETS`` whole buckets before the bucket of its start (the
-earliest request time of its first labelled candidate answer, :mod:`streams.experiments`): every request in
-it has an event time before the start, so nothing the candidate did is in it. It is read once per user, at
-the user's first appearance in the experiment (:class:`streams.moments.UserMoments` fixes it), and from
-the incumbent's store only. That is what protects it from skewed timestamps: a candidate user's requests
-after the start were answered by the candidate and land in the candidate's store, never in the
-incumbent's, whatever time their storefront stamped on them; an incumbent user's request stamped too early
-was answered by the incumbent as its pre-period requests were, which does not depend on the candidate,
-so the arms' pre-period means still differ by chance alone (the estimate stays unbiased). A start stamped
-too early only shortens the pre-period.
+**The boundary.** A canary's pre-period is the ``BUCKETS`` whole buckets that end at the bucket of its
+start (the earliest request time of its first labelled candidate answer, :mod:`streams.experiments`) less
+the *lag*, the monitor's label window: every request in it has an event time before the start, so nothing
+the candidate did is in it. It is read once per user, at the user's first appearance in the experiment
+(:class:`streams.moments.UserMoments` fixes it), and from the incumbent's store only.
+
+*Why the lag*: a user's first appearance depends on the candidate (a worse one gets fewer purchases, so
+its users' first labels come later, when their no-purchase requests expire). Had the pre-period's last
+requests still been waiting for their labels, what it held at that moment would depend on the candidate
+too, and bias the adjusted estimate. A request a label window older than the start is labelled (joined or
+expired) once the join's event-time clock reaches the start, before the experiment's own requests are.
+
+*Why skewed timestamps do not leak into it*: a candidate user's requests after the start were answered by
+the candidate and land in the candidate's store, never in the incumbent's, whatever time their
+storefront stamped on them; an incumbent user's request stamped too early was answered by the incumbent
+as its pre-period requests were, which does not depend on the candidate, so the arms' pre-period means
+still differ by chance alone (the estimate stays unbiased). A start stamped too early only shortens the
+pre-period.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ from streams.moments import PrePeriod
 
 log = logging.getLogger("modelwatch.monitor")
 
-#: The pre-period is this many buckets of ``pre_period_s / BUCKETS``: its end is the start rounded down to
+#: The pre-period is this many buckets of ``pre_period_s / BUCKETS``: its end is the start (less the lag)
+#: rounded down to
 #: a bucket, so it ends at most one bucket (10 minutes by default) before the start.
 BUCKETS = 6
 #: Versions whose users' requests a worker keeps (the served one; two while it changes).
@@ -78,6 +87,8 @@ class PrePeriods:
 
     pre_period_s: float = 3600.0
     max_users: int = 50_000
+    #: The pre-period ends this long before the start: the monitor's label window (see the boundary).
+    lag_ms: int = 0
     versions: dict[str, VersionPrePeriods] = field(default_factory=dict)
     #: The start (event ms) of the running canary whose pre-period buckets are held, if any.
     hold_ms: int | None = None
@@ -91,6 +102,10 @@ class PrePeriods:
     @property
     def bucket_ms(self) -> int:
         return max(1, round(self.pre_period_s * 1000 / BUCKETS))
+
+    def end_bucket(self, start_ms: int) -> int:
+        """The first bucket after the pre-period of an experiment that started at ``start_ms``."""
+        return (start_ms - self.lag_ms) // self.bucket_ms
 
     # -- feeding it ------------------------------------------------------------------------------------
 
@@ -155,11 +170,15 @@ class PrePeriods:
             self.dirty[_key(version, user)] = (partition, None)
 
     def _keeps(self, store: VersionPrePeriods, bucket: int) -> bool:
-        if store.latest_bucket is not None and bucket >= store.latest_bucket - BUCKETS:
+        # A pre-period of an experiment starting at the newest request seen: kept (one bucket of slack).
+        if (
+            store.latest_bucket is not None
+            and bucket >= self.end_bucket(store.latest_bucket * self.bucket_ms) - BUCKETS
+        ):
             return True
         if self.hold_ms is None:
             return False
-        held = self.hold_ms // self.bucket_ms
+        held = self.end_bucket(self.hold_ms)
         return held - BUCKETS <= bucket < held
 
     def _store(self, version: str, partition: int) -> VersionPrePeriods:
@@ -184,11 +203,11 @@ class PrePeriods:
     def of(self, version: str, start_ms: int, users: Iterable[str]) -> dict[str, PrePeriod]:
         """The pre-periods, under ``version``, of the experiment that started at ``start_ms`` (event time),
         of those of ``users`` who have labelled requests in it: the ``BUCKETS`` whole buckets before the
-        start's bucket, so every request counted has an event time before the start."""
+        bucket of the start less the lag, so every request counted has an event time before the start."""
         store = self.versions.get(version)
         if store is None or not self.enabled:
             return {}
-        end = start_ms // self.bucket_ms
+        end = self.end_bucket(start_ms)
         out: dict[str, PrePeriod] = {}
         for user in users:
             record = store.users.get(user)

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from schemas.metrics import request_counts
-from services.config import ExperimentSettings
+from services.config import ExperimentSettings, MonitorSettings
 from services.model.training import train
 from services.sandbox.world import Sessions, World
 from streams.comparison import Comparison, Decision, Mode, request_f1
@@ -129,12 +129,14 @@ def build_pool(plan: ExperimentPlan, say: Say = _quiet) -> Pool:
 
 
 def pre_periods_of(plan: ExperimentPlan, users: np.ndarray, f1: np.ndarray) -> PrePeriods:
-    """The incumbent's labelled requests before the experiment (at ``rate_per_s``, ending just before
-    event time 0, where the experiments start) fed to the monitor's pre-period store batch by batch, as the
-    watch agent feeds it (``[experiments] pre_period_s`` decides what it keeps)."""
+    """The incumbent's labelled requests before the experiment (at ``rate_per_s``, ending a label window
+    before event time 0, where the experiments start: the monitor's pre-periods end there) fed to the
+    monitor's pre-period store batch by batch, as the watch agent feeds it (``[experiments]
+    pre_period_s`` and the default label window decide what it keeps)."""
     s = plan.settings
-    store = PrePeriods(s.pre_period_s, s.pre_period_users)
-    ts = -np.arange(len(f1), 0, -1) * 1000 / plan.rate_per_s  # before 0, one request every 1/rate s
+    lag_ms = int(MonitorSettings().label_window_s * 1000)
+    store = PrePeriods(s.pre_period_s, s.pre_period_users, lag_ms=lag_ms)
+    ts = -lag_ms - np.arange(len(f1), 0, -1) * 1000 / plan.rate_per_s  # one request every 1/rate s
     for offset, at in enumerate(range(0, len(f1), plan.batch)):
         rows = slice(at, at + plan.batch)
         user_ids = [str(u) for u in users[rows].tolist()]

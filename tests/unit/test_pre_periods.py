@@ -70,6 +70,13 @@ def test_only_requests_before_the_start_count() -> None:
     # Every request counted in it is before the start's bucket, so before the start.
     assert store.of("v1", T0, ["u"]) == {"u": (1.0, 2)}
     assert store.of("v1", T0 - 1, ["u"]) == {"u": (1.0, 1)}
+    # The monitor's pre-periods end a label window (here half an hour) before the start: all labelled.
+    lagged = PrePeriods(3600.0, lag_ms=HOUR_MS // 2)
+    lagged.add_labelled(items[:-4], partition=0, offset=1)
+    assert lagged.of("v1", T0 + HOUR_MS // 2, ["u"]) == {"u": (1.0, 2)}
+    # From the start less half an hour, rounded down to a bucket, back an hour: T0 - 1 is too recent,
+    # T0 - HOUR - 1 (older than an hour before the start) is in.
+    assert lagged.of("v1", start, ["u"]) == {"u": (2.0, 2)}
 
 
 def test_a_running_canary_holds_its_pre_period_and_each_user_stays_bounded() -> None:
