@@ -8,7 +8,7 @@ machine): A/A wrongly aborted 0 of 300 (shadow) and 0 of 300 (canary, adjusted b
 read from the monitor's store, :mod:`streams.pre_periods`); the degraded version (per-request F1 0.229
 against 0.295 here, trained on 20,000 sessions) aborted 300 of 300 (shadow, median 500 requests) and 293 of
 300 (canary, Wilson [95.3%, 98.9%], median 316 candidate requests; without the pre-periods 290 of 300,
-median 279, as on 2026-11-29).""""""
+median 279, as on 2026-11-29)."""
 
 from __future__ import annotations
 
