@@ -248,6 +248,18 @@ class ExperimentSettings(Section):
         description="The confidence sequence's tuning: the number of labelled requests "
         "(both arms) at which it is tightest; GrowthBook's default.",
     )
+    pre_period_s: float = Field(
+        3600.0,
+        ge=0,
+        description="A canary's covariate: each user's labelled requests under the incumbent in this much "
+        "event time before the experiment started (the regression adjustment, CUPED); 0: none.",
+    )
+    pre_period_users: int = Field(
+        50_000,
+        ge=1,
+        description="Users whose recent requests the monitor keeps for pre-periods, per version; beyond "
+        "it, the least recently seen user is forgotten (and has no pre-period).",
+    )
     canary_after_shadow: float | None = Field(
         None,
         gt=0,

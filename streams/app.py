@@ -178,6 +178,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         self.decisions = Decisions(self.policy, self.baselines)
         self._install_experiments(key, signer_of(settings, "monitor"))  # signed like the rollbacks
         self.watching = Watch(self.tracker_config, self.decisions, self.baselines)
+        self.watching.on_bundle = self.count_pre_periods  # the canaries' covariates (streams.pre_periods)
         self.follower = CommandFollower(settings)
         self.published: set[tuple[str, str]] | None = None  # (alert_id, state) on the alert topic
         self._owned: set[int] = set()  # the labelled partitions this worker owns

@@ -22,6 +22,7 @@ import faust
 from schemas import codec
 from services.config import Settings
 from streams.experiments import Experiments, evidence_messages, evidence_rows
+from streams.fleet import Fleet
 from streams.history import CommandFollower
 from streams.join import Joiner, Labelled
 from streams.tables import PartitionedTable
@@ -78,6 +79,8 @@ class ExperimentAgents:
             signing_key=signing_key,
             every_ms=int(self.settings.monitor.emit_every_s * 1000),
         )
+        # A pre-period ends a label window before the start: all labelled by then (streams.pre_periods).
+        self.experiments.pre_periods.lag_ms = int(self.settings.monitor.label_window_s * 1000)
 
     def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
         """The join's side: this batch's evidence for the running experiment (the shadow pairs the joiners
@@ -103,15 +106,30 @@ class ExperimentAgents:
             self._clock_sent = (running.experiment_id, clock)
         return evidence_messages(running, arms, pairs, clock)
 
-    async def count_experiments(self, messages: list[tuple[bytes, int, int]]) -> None:
-        """The watch's side (under its lock): evidence counted, events and decisions sent, state written."""
+    def _restore_experiments(self) -> Experiments:
         runs = self.experiments
         if self._experiments_generation != self._generation:
             runs.restore(self.windows.items(), self._owned)
             self._experiments_generation = self._generation
+        return runs
+
+    def count_pre_periods(
+        self, items: list[Labelled], partition: int, offset: int, fleet: Fleet | None
+    ) -> None:
+        """The watch's side, for each bundle of labelled requests it counts: the served version's users'
+        pre-periods (streams.pre_periods), written with the experiments' state by count_experiments."""
+        if fleet is None or not items or items[0].model_version != fleet.served:
+            return  # only the version serving everyone: the incumbent of an experiment to come
+        runs = self._restore_experiments()
+        runs.hold_pre_periods()
+        runs.pre_periods.add_labelled(items, partition, offset)
+
+    async def count_experiments(self, messages: list[tuple[bytes, int, int]]) -> None:
+        """The watch's side (under its lock): evidence counted, events and decisions sent, state written."""
+        runs = self._restore_experiments()
         for value, partition, offset in messages:
             runs.count(value, partition, offset)
-        if not runs.runs and not runs.dirty:
+        if not runs.runs and not runs.dirty and not runs.pre_periods.dirty:
             return
         now_ms = int(time.time() * 1000)
         sent = []

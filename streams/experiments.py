@@ -2,9 +2,10 @@
 
 **Where the evidence comes from.** The join (:mod:`streams.join`) labels each request with its outcome;
 while the command log says an experiment runs (:func:`services.deployment.experiments.running`), the join
-agent also sends that batch's evidence for it, in one message keyed ``experiment:<id>``, on the labelled
-topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one worker
-(the owner of that partition) runs its comparison, whatever versions the other workers count.
+agent also sends that batch's evidence for it, in one message keyed by the incumbent version, on the
+labelled topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one
+worker (the owner of that partition) runs its comparison; it is the incumbent's partition, where that
+worker keeps the users' pre-periods a canary is adjusted by (:mod:`streams.pre_periods`).
 
 - *Canary*: each arm's labelled requests from its own users (the same salted hash the replicas use,
   :func:`services.serving.experiment.on_candidate`: the candidate's answers to the candidate's users, the
@@ -50,6 +51,8 @@ from streams.comparison import Comparison, Decision, Mode, request_f1
 from streams.experiment_replays import CountedRequests
 from streams.join import Labelled, Paired
 from streams.markers import MarkerRecord
+from streams.pre_periods import KEY_PREFIX as PRE_PERIOD_KEYS
+from streams.pre_periods import PrePeriods, add_canary
 from streams.rollback import ISSUER
 
 log = logging.getLogger("modelwatch.monitor")
@@ -125,7 +128,8 @@ def evidence_messages(
     experiment: Experiment, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None
 ) -> list[tuple[str, bytes]]:
     """The messages of :func:`evidence`."""
-    key, described = f"{KEY_PREFIX}{experiment.experiment_id}", asdict(experiment)
+    # Keyed by the incumbent: on its labelled partition, with its users' pre-periods (streams.pre_periods).
+    key, described = experiment.incumbent, asdict(experiment)
     clock = {} if watermark is None else {"watermark": watermark}
     rows = max(len(arms), len(pairs))
     starts = range(0, rows, CHUNK) if rows or watermark is None else [0]
@@ -219,11 +223,22 @@ class Experiments:
     ended: dict[str, Any] | None = None
     #: Experiments that ended here: evidence the join sent before it saw the end is not counted afresh.
     finished: dict[str, None] = field(default_factory=dict)
+    #: The users' pre-periods under the versions whose labelled stream this worker counts: a canary's
+    #: covariate (streams.pre_periods); its records are written with the runs' (take_dirty).
+    pre_periods: PrePeriods = field(default_factory=PrePeriods)
+
+    def __post_init__(self) -> None:
+        self.pre_periods.pre_period_s = self.settings.pre_period_s
+        self.pre_periods.max_users = self.settings.pre_period_users
 
     def restore(self, records: Iterable[tuple[str, Any]], owned: Collection[int]) -> None:
         self.runs = {}
         counted: dict[str, list[MarkerRecord]] = {}
+        records = list(records)
+        self.pre_periods.restore(records, owned)
         for key, value in records:
+            if key.startswith(PRE_PERIOD_KEYS):
+                continue
             if not key.startswith(KEY_PREFIX) or not isinstance(value, dict):
                 continue
             if (seen := CountedRequests.parse_key(key)) is not None:
@@ -274,7 +289,7 @@ class Experiments:
             arms, pairs = (
                 ([], self._fresh(run, pairs, 7, at)) if shadow else (self._fresh(run, arms, 6, at), [])
             )
-            self._add(run.comparison, arms, pairs, watermark)
+            self._add(run.comparison, arms, pairs, watermark, self.pre_periods, experiment.incumbent)
             self._deadline(run, clock)
         except (ExperimentError, TypeError, ValueError, IndexError) as exc:
             self.invalid += 1
@@ -307,7 +322,12 @@ class Experiments:
 
     @staticmethod
     def _add(
-        comparison: Comparison, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None = None
+        comparison: Comparison,
+        arms: list[list[Any]],
+        pairs: list[list[Any]],
+        watermark: int | None = None,
+        pre_periods: PrePeriods | None = None,
+        incumbent: str = "",
     ) -> None:
         if comparison.mode is Mode.SHADOW:
             if not pairs:
@@ -336,7 +356,10 @@ class Experiments:
             return request_f1(counts[:, 0], counts[:, 1], counts[:, 2])
 
         latest = watermark if watermark is not None else max(int(a[2]) for a in kept)
-        comparison.add_arms(f1(c), [r[1] for r in c], f1(i), [r[1] for r in i], latest)
+        # With the users' pre-periods under the incumbent before the start (a shadow's pairs need none:
+        # a request's own difficulty, and its user's, cancels in its paired difference).
+        c_users, i_users = [str(r[1]) for r in c], [str(r[1]) for r in i]
+        add_canary(comparison, f1(c), c_users, f1(i), i_users, latest, pre_periods, incumbent)
 
     @staticmethod
     def _deadline(run: Run, clock: int | None) -> None:
@@ -438,8 +461,17 @@ class Experiments:
         ended = [] if self.ended is None or self.ended["experiment_id"] in self.runs else [self.ended]
         return ended + running
 
+    def hold_pre_periods(self) -> None:
+        """Keep the pre-period of the running canary (the earliest start of those here) from eviction."""
+        starts = [
+            r.comparison.started_ms
+            for r in self.runs.values()
+            if r.comparison.mode is Mode.CANARY and r.comparison.started_ms is not None
+        ]
+        self.pre_periods.hold_ms = min(starts) if starts else None
+
     def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | None]]:
-        """(key, partition, the state or ``None`` to delete it) to write now."""
+        """(key, partition, the state or ``None`` to delete it) to write now: the runs', the pre-periods'."""
         out = [(key, partition, value) for key, (partition, value) in self.dirty.items()]
         self.dirty = {}
-        return out
+        return out + self.pre_periods.take_dirty()

@@ -10,7 +10,7 @@ It knows nothing of Faust: ``streams.app`` feeds it and publishes what it return
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import orjson
@@ -20,7 +20,7 @@ from streams.decisions import Decisions
 from streams.experiments import KEY_PREFIX as EXPERIMENT_KEYS
 from streams.failures import decode_failures, is_failures
 from streams.fleet import Fleet
-from streams.join import decode_bundle
+from streams.join import Labelled, decode_bundle
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
 log = logging.getLogger("modelwatch.monitor")
@@ -38,6 +38,8 @@ class Watch:
         self.baseline = baseline
         self.trackers: dict[str, VersionTracker] = {}
         self.invalid = 0
+        #: Also handed each bundle of labelled requests: (items, partition, offset, fleet).
+        self.on_bundle: Callable[[list[Labelled], int, int, History], None] | None = None
 
     def restore(self, records: Iterable[tuple[str, dict[str, Any]]], owned: Collection[int]) -> int:
         """Rebuild the trackers of the labelled partitions ``owned`` from the ``windows`` table's records;
@@ -77,6 +79,8 @@ class Watch:
                 tracker = self._tracker(failures[0], partition, fleet, emissions)
                 tracker.add_failures(failures[1], offset)  # judged at the next tick's emission
             elif items:
+                if self.on_bundle is not None:
+                    self.on_bundle(items, partition, offset, fleet)
                 tracker = self._tracker(items[0].model_version, partition, fleet, emissions)
                 emissions += [(tracker, e) for e in tracker.add_bundle(items, offset, self.baseline)]
             else:

@@ -35,10 +35,11 @@ import numpy as np
 from scipy.stats import binomtest
 
 from schemas.metrics import request_counts
-from services.config import ExperimentSettings
+from services.config import ExperimentSettings, MonitorSettings
 from services.model.training import train
 from services.sandbox.world import Sessions, World
 from streams.comparison import Comparison, Decision, Mode, request_f1
+from streams.pre_periods import PrePeriods, add_canary
 
 Say = Callable[[str], None]
 
@@ -84,8 +85,9 @@ class Pool:
     user: np.ndarray
     values: dict[str, np.ndarray]
     n_users: int
-    #: Each user's pre-experiment period under the incumbent: (sum of per-request F1, requests).
-    pre_period: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: The incumbent's labelled requests before the experiment (which starts at event time 0), kept as
+    #: the monitor keeps them: each canary reads its users' pre-periods from here as the monitor does.
+    pre_periods: PrePeriods | None = None
 
     @property
     def means(self) -> dict[str, float]:
@@ -111,7 +113,7 @@ def build_pool(plan: ExperimentPlan, say: Say = _quiet) -> Pool:
     sessions = world.sessions(plan.pool_requests, plan.seed + 1000)
     bought = world.purchases(sessions, plan.seed + 1000)
     values: dict[str, np.ndarray] = {}
-    pre_period: dict[str, tuple[float, int]] = {}
+    pre_periods = None
     for name, (seed, degrade) in versions.items():
         say(f"training the {name} version")
         model = train(log, seed=seed, degrade=degrade).model
@@ -121,11 +123,25 @@ def build_pool(plan: ExperimentPlan, say: Say = _quiet) -> Pool:
             before = world.sessions(plan.pre_period_requests, plan.seed + 2000)
             f1 = _request_f1(model, before, world.purchases(before, plan.seed + 2000))
             assert before.user_index is not None
-            requests = np.bincount(before.user_index, minlength=world.n_users)
-            sums = np.bincount(before.user_index, weights=f1, minlength=world.n_users)
-            pre_period = {str(u): (float(sums[u]), int(requests[u])) for u in np.flatnonzero(requests)}
+            pre_periods = pre_periods_of(plan, before.user_index, f1)
     assert sessions.user_index is not None
-    return Pool(np.asarray(sessions.user_index), values, world.n_users, pre_period)
+    return Pool(np.asarray(sessions.user_index), values, world.n_users, pre_periods)
+
+
+def pre_periods_of(plan: ExperimentPlan, users: np.ndarray, f1: np.ndarray) -> PrePeriods:
+    """The incumbent's labelled requests before the experiment (at ``rate_per_s``, ending a label window
+    before event time 0, where the experiments start: the monitor's pre-periods end there) fed to the
+    monitor's pre-period store batch by batch, as the watch agent feeds it (``[experiments]
+    pre_period_s`` and the default label window decide what it keeps)."""
+    s = plan.settings
+    lag_ms = int(MonitorSettings().label_window_s * 1000)
+    store = PrePeriods(s.pre_period_s, s.pre_period_users, lag_ms=lag_ms)
+    ts = -lag_ms - np.arange(len(f1), 0, -1) * 1000 / plan.rate_per_s  # one request every 1/rate s
+    for offset, at in enumerate(range(0, len(f1), plan.batch)):
+        rows = slice(at, at + plan.batch)
+        user_ids = [str(u) for u in users[rows].tolist()]
+        store.add("incumbent", user_ids, ts[rows].astype(np.int64).tolist(), f1[rows], 0, offset)
+    return store
 
 
 @dataclass(frozen=True)
@@ -171,7 +187,7 @@ def run_experiment(pool: Pool, plan: ExperimentPlan, scenario: Scenario, rng: np
     incumbent, candidate = pool.values["incumbent"], pool.values[scenario.candidate]
     size = len(pool.user)
     on_candidate = rng.random(pool.n_users) < plan.canary_traffic  # the per-user split of a canary
-    pre_period = pool.pre_period if scenario.adjusted else None
+    pre_periods = pool.pre_periods if scenario.adjusted and scenario.split == "user" else None
     seen = 0
     while comparison.decision is Decision.RUNNING:
         rows = rng.integers(0, size, plan.batch)
@@ -190,13 +206,16 @@ def run_experiment(pool: Pool, plan: ExperimentPlan, scenario: Scenario, rng: np
             else:  # every request its own unit
                 users = np.arange(seen - plan.batch, seen)
                 arm = rng.random(plan.batch) < plan.canary_traffic
-            comparison.add_arms(
+            # The monitor's path: each new user's pre-period read from the store (streams.pre_periods).
+            add_canary(
+                comparison,
                 candidate[rows[arm]],
-                users[arm],
+                users[arm].astype(str).tolist(),
                 incumbent[rows[~arm]],
-                users[~arm],
+                users[~arm].astype(str).tolist(),
                 event_ms,
-                pre_period if scenario.split == "user" else None,
+                pre_periods,
+                "incumbent",
             )
     return Outcome(comparison.decision, comparison.labelled[0])
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from services.bench.experiments import (
     ExperimentPlan,
     ExperimentsReport,
     Pool,
     Scenario,
+    pre_periods_of,
     report_lines,
     run_scenario,
     scenarios,
@@ -59,3 +61,15 @@ def test_an_experiment_ends_at_its_event_time_deadline() -> None:
     result = run_scenario(pool, PLAN, same, seed=0)
     assert result.inconclusive.value == 1.0
     assert result.scenario.mode is Mode.SHADOW and Decision.INCONCLUSIVE.value == "inconclusive"
+
+
+def test_the_simulated_pre_periods_go_through_the_monitors_store_whole() -> None:
+    rng = np.random.default_rng(3)
+    users, f1 = rng.integers(0, 300, 30_000), rng.random(30_000)
+    store = pre_periods_of(ExperimentPlan(), users, f1)  # the monitor's store, lagged by the label window
+    assert store.lag_ms == 1_800_000
+    got = store.of("incumbent", 0, [str(u) for u in range(300)])
+    sums, counts = np.bincount(users, weights=f1, minlength=300), np.bincount(users, minlength=300)
+    assert set(got) == {str(u) for u in range(300) if counts[u]}
+    for user, (total, requests) in got.items():
+        assert (total, requests) == (pytest.approx(sums[int(user)]), counts[int(user)])

@@ -132,7 +132,9 @@ def test_canary_evidence_keeps_the_incumbents_arm_to_its_users() -> None:
         Labelled("ro", "v2", 90, BAD, False, next(u for u in users if not on_candidate("e-c1", u, 0.5)))
     )
     [(key, value)] = evidence(CANARY, items, [])
-    assert key == "experiment:e-c1" and is_evidence(value)
+    assert key == CANARY.incumbent and is_evidence(
+        value
+    )  # on the incumbent's partition, with its pre-periods
     arms = orjson.loads(value)["arms"]
     assert [a[1] for a in arms if a[0] == 1] == [items[-3].user_id]  # "rc" only
     assert {a[1] for a in arms if a[0] == 0} == {u for u in users if not on_candidate("e-c1", u, 0.5)}
