@@ -202,3 +202,48 @@ def test_a_pending_prediction_costs_under_a_kilobyte_table_included() -> None:
     tracemalloc.stop()
     assert len(store) == 10_000 and len(table) == 21  # 20 batches, a segment each, and the clocks
     assert held / 10_000 < 1000, f"{held / 10_000:.0f} bytes a pending prediction"
+
+
+def test_the_join_on_segments_with_restarts_labels_as_the_join_on_a_dict() -> None:
+    """Predictions and outcomes out of order, flushed at random, restarted from the table now and then:
+    the same labelled requests and counts as the plain join's."""
+    from streams.join import DictStore, Joiner
+
+    def event(kind: str, rid: str, ts: int, source: int) -> dict[str, Any]:
+        if kind == "prediction":
+            return {"kind": kind, "user": "u", "request_id": rid, "ts": ts, "version": "v1",
+                    "candidates": ["a", "b", "c"], "recommended": ["a"], "source": source}  # fmt: skip
+        return {"kind": kind, "request_id": rid, "ts": ts, "purchased": ["a"], "source": source}
+
+    for seed in range(2):
+        rng = random.Random(seed)
+        arrivals = []
+        for i in range(1500):
+            ts = i * 3
+            arrivals.append((ts + rng.randint(0, 50), event("prediction", f"r{i}", ts, i % 2)))
+            if rng.random() < 0.9:
+                late = ts + rng.randint(0, 900)
+                arrivals.append((ts + rng.randint(0, 1500), event("outcome", f"r{i}", late, i % 3)))
+        arrivals.sort(key=lambda a: a[0])
+        table = Table()
+        plain, segmented = Joiner(DictStore(), 1000), Joiner(PendingStore(table, 0), 1000)
+        for j in (plain, segmented):
+            for source in range(2):
+                j.report("predictions", source, -1, False, 2)
+            for source in range(3):
+                j.report("outcomes", source, -1, False, 3)
+        want, got = [], []
+        for n, (_, e) in enumerate(arrivals):
+            want += plain.event(dict(e))
+            got += segmented.event(dict(e))
+            if rng.random() < 0.05:  # the batch ends
+                segmented.sync()
+                store = segmented.store
+                assert isinstance(store, PendingStore)
+                store.flush(segmented.clocks, n)
+                if rng.random() < 0.2:  # a restart: the state from the table
+                    restored_store = PendingStore(table, 0).restore()
+                    restarted = Joiner(restored_store, 1000, clocks=segmented.clocks, stats=segmented.stats)
+                    restarted.rebuild(restored_store.items(), restored_store.marker_records())
+                    segmented = restarted
+        assert got == want and segmented.stats == plain.stats, seed
