@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from msgspec import UNSET
 
 from schemas import codec
 from schemas.errors import ContractError
 from schemas.eventtime import implausible
-from streams.join import SHADOW, joinable_outcome, joinable_prediction
+from streams.join import PREDICTION, SHADOW, joinable_outcome, joinable_prediction
+from streams.prediction_check import read_prediction
 
 #: A dead letter carries at most this much of the original payload, as the service's do.
 PAYLOAD_LIMIT = 64 * 1024
@@ -110,25 +112,23 @@ class Router:
         source.seen = self.clock()
         prediction = stream == "predictions"
         try:
-            event = codec("prediction" if prediction else "outcome").decode(value)
+            joinable, named, ts_field = _read(prediction, partition, value)
         except ContractError as exc:
             if prediction:
                 self.stats.invalid_predictions += 1
             else:
                 self.stats.invalid_outcomes += 1
             return str(exc), "invalid"
-        joinable = joinable_prediction(event, partition) if prediction else joinable_outcome(event, partition)
         past = self.prediction_past_ms if prediction else self.past_ms
         problem = implausible(joinable["ts"], broker_ms, self.future_ms, past)
         if problem is not None:
             if prediction:
                 self.stats.implausible_predictions += 1
-                name = "request_ts" if "request_ts" in event else "ts"
-                return f"prediction: {problem.replace('ts:', name + ':', 1)}", "implausible"
+                return f"prediction: {problem.replace('ts:', ts_field + ':', 1)}", "implausible"
             self.stats.implausible_outcomes += 1
             return f"outcome: {problem}", "implausible"
         source.latest = max(source.latest, joinable["ts"])
-        if self.model is not None and not self._watched(event, prediction):
+        if self.model is not None and not self._watched(named, prediction):
             self.stats.other_models += 1
             return None
         if prediction:
@@ -145,26 +145,25 @@ class Router:
         source partitions are no stream of their own: they hold no watermark back and move none (the
         shadow thread may lag, or a shadow end, without any clock waiting for it)."""
         try:
-            event = codec("prediction").decode(value)
+            joinable, named, _ = _read(True, partition, value, SHADOW)
         except ContractError as exc:
             self.stats.invalid_shadow += 1
             return f"shadow {exc}", "invalid"
-        joinable = joinable_prediction(event, partition, kind=SHADOW)
         problem = implausible(joinable["ts"], broker_ms, self.future_ms, self.prediction_past_ms)
         if problem is not None:
             self.stats.invalid_shadow += 1
             return f"shadow prediction: {problem}", "implausible"
-        if self.model is not None and not self._watched(event, prediction=True):
+        if self.model is not None and not self._watched(named, prediction=True):
             self.stats.other_models += 1
             return None
         self.stats.shadow += 1
         self._events.setdefault(partition_of(joinable["request_id"], self.partitions), []).append(joinable)
         return None
 
-    def _watched(self, event: dict[str, Any], prediction: bool) -> bool:
-        """Whether an event is the watched model's: a prediction naming none is the default model's; an
-        outcome naming none could be anyone's (the storefront need not know), so every monitor takes it."""
-        named = event.get("model")
+    def _watched(self, named: Any, prediction: bool) -> bool:
+        """Whether an event naming model ``named`` is the watched model's: a prediction naming none is the
+        default model's; an outcome naming none could be anyone's (the storefront need not know), so every
+        monitor takes it."""
         if not isinstance(named, str):
             return not prediction or (self.default_model or self.model) == self.model
         return named == self.model
@@ -200,6 +199,27 @@ class Router:
             out.append((destination, orjson.dumps({"events": events, "sources": reports})))
         self._events.clear()
         return out
+
+
+def _read(
+    prediction: bool, partition: int, value: bytes | None, kind: str = PREDICTION
+) -> tuple[dict[str, Any], Any, str]:
+    """A source message as the join needs it, the model it names and the field its event time came from;
+    :class:`ContractError` if it breaks the contract. A prediction is read by the fast path when it can
+    vouch for it (:mod:`streams.prediction_check`), otherwise by the codec."""
+    if prediction:
+        fast = read_prediction(value)
+        if fast is not None:
+            return (
+                fast.joinable(partition, kind),
+                fast.model,
+                "ts" if fast.request_ts is UNSET else "request_ts",
+            )
+        event = codec("prediction").decode(value)
+        ts_field = "request_ts" if "request_ts" in event else "ts"
+        return joinable_prediction(event, partition, kind), event.get("model"), ts_field
+    event = codec("outcome").decode(value)
+    return joinable_outcome(event, partition), event.get("model"), "ts"
 
 
 def decode_bundle(data: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

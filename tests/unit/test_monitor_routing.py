@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 
@@ -150,3 +152,75 @@ def test_each_models_monitor_is_its_own_faust_app() -> None:
     settings = load_settings(topic_prefix="rec.", model_name="home")
     assert monitor_app_id(settings) == "rec.monitor"  # the default model's, as before
     assert monitor_app_id(settings.for_model("cart")) == "rec.monitor-cart"
+
+
+# -- the fast read of a prediction (streams.prediction_check) ------------------------------------------------
+
+
+def test_the_fast_read_of_a_prediction_enforces_exactly_the_contract() -> None:
+    from schemas import load_schema
+    from services.serving.request_check import FastCheck
+    from streams.prediction_check import Prediction
+
+    optional = ("request_ts", "latency_ms", "model")
+    check = FastCheck(Prediction, optional, unique=("recommended",), wide_ints=("ts", "request_ts"))
+    assert check.differences(load_schema("prediction")) == []
+
+
+GOOD = {"request_id": "r1", "user_id": "u", "model_version": "v1", "scores": {"a": 0.5, "b": 1, "c": 0},
+        "recommended": ["a", "c"], "instance": "s", "ts": NOW, "request_ts": NOW - 5, "latency_ms": 1.5,
+        "model": "home"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "codec_accepts"),
+    [
+        ({}, True),
+        ({"request_ts": None}, True),  # absent: an older producer's
+        ({"extra": "a field the contract does not name"}, True),  # left to the codec, which takes it
+        ({"ts": 1.0}, True),  # an integer to JSON Schema, not to msgspec: the codec's to take
+        ({"request_id": ""}, False),
+        ({"scores": {"a": 1.5}}, False),
+        ({"scores": {"a": -0.1}}, False),
+        ({"scores": {str(i): 0.1 for i in range(1001)}}, False),
+        ({"recommended": ["a", "a"]}, False),
+        ({"ts": -1}, False),
+        ({"ts": 2**64}, True),  # past 64 bits orjson reads a float, an integer to the codec: its to judge
+        ({"request_ts": "soon"}, False),
+        ({"model": "no spaces"}, False),
+        ({"model_version": "v" * 129}, False),
+        ({"instance": None}, False),
+        ({"latency_ms": -1}, False),
+    ],
+)
+def test_the_fast_read_vouches_only_for_what_the_codec_accepts(change: dict, codec_accepts: bool) -> None:
+    from schemas.errors import ContractError
+    from streams.join import joinable_prediction
+    from streams.prediction_check import read_prediction
+
+    event = {**GOOD, **change}
+    if change.get("request_ts", 0) is None:
+        del event["request_ts"]
+    if change.get("instance", 0) is None:
+        del event["instance"]
+    value = json.dumps(event).encode()  # orjson cannot write 2**64
+    fast = read_prediction(value)
+    try:
+        decoded = codec("prediction").decode(value)
+    except ContractError:
+        decoded = None
+    assert (decoded is not None) == codec_accepts
+    if fast is not None:  # what it vouches for, the codec accepts, and the join gets the same
+        assert decoded is not None
+        assert fast.joinable(2, "shadow") == joinable_prediction(decoded, 2, "shadow")
+    assert fast is not None or bool(change), "the contract's own prediction takes the fast path"
+
+
+def test_a_prediction_the_fast_read_leaves_to_the_codec_is_routed_or_rejected_by_it() -> None:
+    r = router()
+    taken = orjson.dumps({**GOOD, "ts": float(NOW), "request_ts": NOW})
+    assert r.route("predictions", 0, 1, NOW, taken) is None
+    bad = orjson.dumps({**GOOD, "scores": {"a": 2}})
+    rejected = r.route("predictions", 0, 1, NOW, bad)
+    assert rejected is not None and "scores" in rejected[0] and rejected[1] == "invalid"
+    assert [e["request_id"] for e in r.take()] == ["r1"]
