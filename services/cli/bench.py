@@ -25,8 +25,8 @@ def bench(
     quick: bool = typer.Option(
         False,
         "--quick",
-        help="About eight minutes on a calm machine: the default run with 30 s at each steady rate "
-        "(and 30 s each for the canary's and the shadow's cost) instead of two minutes.",
+        help="About six minutes on a calm machine (more on a loaded one): the default run with 30 s at "
+        "each steady rate (and 30 s each for the canary's and the shadow's cost) instead of two minutes.",
     ),
     full: bool = typer.Option(
         False,
