@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.bench.rig import OffsetProbe, Rig
@@ -25,7 +26,7 @@ from services.bench.tap import Seen, Tap
 from services.config import Settings
 from services.deployment import orders as deployment
 from services.registry import Registry
-from services.sandbox.demo import DEMO_CONFIG
+from services.sandbox.demo import DEMO_CONFIG, DemoPlan
 from services.sandbox.processes import wait_for
 from services.sandbox.storefront import SimulationPlan, simulate
 
@@ -105,13 +106,20 @@ class LagSampler:
         self._thread.join(10)
 
 
+def live_config(workdir: Path) -> Path:
+    """The demo's monitor configuration (its alert rules and experiments' settings), in ``workdir``."""
+    config = workdir / "live.toml"
+    text = DEMO_CONFIG.format(data_dir=workdir / "live-monitor-data", canary_share=DemoPlan().canary_share)
+    config.write_text(text)
+    return config
+
+
 def run_live(rig: Rig, good: str, bad: str, rate: float, warmup_s: float, timeout: float = 90.0) -> LiveRun:
     settings = rig.settings("live")
     rig.create(settings)
     registry = Registry.from_settings(settings)
     result = LiveRun(rate=rate, warmup_s=warmup_s)
-    config = rig.workdir / "live.toml"
-    config.write_text(DEMO_CONFIG.format(data_dir=rig.workdir / "live-monitor-data"))
+    config = live_config(rig.workdir)
     tap = Tap(settings, ["metrics", "alerts", "model-commands", "model-events"])
     lag = LagSampler(settings)
     stop_sim = threading.Event()

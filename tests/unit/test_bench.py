@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 
 from services.bench.cpu import cpu_pressure_us, process_cpu_seconds
 from services.bench.latency import Latency
-from services.bench.live import LiveRun
+from services.bench.live import LiveRun, live_config
 from services.bench.monitor import MonitorRun
 from services.bench.plans import DEFAULT, FULL
 from services.bench.plot import draw
@@ -431,3 +432,9 @@ def test_soak_judges_the_monitors_memory_and_renders() -> None:
 def test_bench_takes_one_mode_at_a_time() -> None:
     result = CliRunner().invoke(cli_app, ["bench", "--quick", "--soak"])
     assert result.exit_code != 0 and "one of --quick, --full and --soak" in result.output
+
+
+def test_the_live_runs_monitor_config_is_the_demos_and_reads(tmp_path: Path) -> None:
+    config = tomllib.loads(live_config(tmp_path).read_text())
+    assert config["monitor"]["data_dir"] == str(tmp_path / "live-monitor-data")
+    assert any(rule["name"] == "f1-low" for rule in config["alerts"])  # the rule the live run times
