@@ -15,6 +15,17 @@ from services.bench.throughput import Throughput
 from services.bench.volume import curve_figures
 from services.config import Settings
 
+#: Details the summary carries at its top level (or not at all), not again under ``details``.
+_SUMMARIZED_ELSEWHERE = (
+    "topic_prefix",
+    "cpu_pressure_pct",
+    "rounds",
+    "experiments",
+    "monitor_curve",
+    "service_curve",
+    "failed_steps",
+)
+
 
 def _rate(details: dict[str, Any], key: str) -> float | None:
     run: Throughput | None = details.get(key)
@@ -55,6 +66,7 @@ def summarize(plan: BenchPlan, details: dict[str, Any], base: Settings) -> dict[
     summary["monitor_raw_per_s"] = raw.per_s if raw else None
     summary["monitor_cpu_s_per_1000"] = monitor.cpu_per_1000 if monitor else None
     summary["monitor_raw_cpu_s_per_1000"] = raw.cpu_per_1000 if raw else None
+    summary["failed_steps"] = details.get("failed_steps", {})
     live = details.get("live")
     summary["ack_ms"] = live.ack_ms if live else None
     if live is not None:
@@ -91,8 +103,7 @@ def summarize(plan: BenchPlan, details: dict[str, Any], base: Settings) -> dict[
     summary["details"] = {
         k: (v.as_dict() if hasattr(v, "as_dict") else [x.as_dict() for x in v] if isinstance(v, list) else v)
         for k, v in details.items()
-        if k
-        not in ("topic_prefix", "cpu_pressure_pct", "rounds", "experiments", "monitor_curve", "service_curve")
+        if k not in _SUMMARIZED_ELSEWHERE
     }
     return summary
 

@@ -101,6 +101,8 @@ def bench(
     # A pipe or a file would get rich's default 80 columns, which folds every row of the table.
     out = console if console.is_terminal else Console(width=150, highlight=False)
     out.print(bench_table(summary))
+    for name, why in summary.get("failed_steps", {}).items():
+        console.print(f"step failed, its figures missing: {name}: {why}")
     missed = [f"{t['label']} ({t['by']})" for t in summary["targets"] if t["met"] is False]
     if missed:
         console.print(f"targets missed: {'; '.join(missed)}")
