@@ -78,6 +78,8 @@ class LagSampler:
         self.settings = settings
         self.every = every
         self.samples: list[int] = []
+        #: The group's committed offsets summed over both topics, at each sample: what it has worked off.
+        self.committed: list[int] = []
         self.recording = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
@@ -91,12 +93,14 @@ class LagSampler:
             while not self._stop.wait(self.every):
                 if not self.recording:
                     continue
-                lag = 0
+                lag = committed = 0
                 for topic in topics:
                     end = ends.ends(topic)
                     done = group.committed(topic, list(end))
                     lag += sum(max(0, o - done.get(p, 0)) for p, o in end.items())
+                    committed += sum(done.values())
                 self.samples.append(lag)
+                self.committed.append(committed)
         finally:
             ends.close()
             group.close()

@@ -131,6 +131,8 @@ def soak_table(summary: dict[str, Any]) -> Table:
         )
     lag = (
         f"monitor lag p50 {run.get('lag_p50_s') or 0:.2f} s, max {run.get('lag_max_s') or 0:.2f} s; "
+        f"monitor CPU {run.get('monitor_cpu_us_per_worked') or 0:,.0f} µs per request it worked off "
+        f"({run.get('monitor_requests_worked') or 0:,}); "
         f"{run.get('answered_per_s') or 0:,.0f}/s answered of {run['rate']:,.0f}/s offered"
     )
     table.caption = lag

@@ -87,6 +87,10 @@ class SteadyRun:
     monitor_idle_cpu_share: float | None = None
     monitor_cpu_share: float | None = None
     monitor_cpu_us_per_request: float | None = None  # the monitor's CPU over the requests answered
+    #: Requests the monitor worked off in the window (its committed offsets, two messages a request), and
+    #: its CPU over them: the same as above when it keeps up, its real cost per request when it does not.
+    monitor_requests_worked: int = 0
+    monitor_cpu_us_per_worked: float | None = None
     monitor_rss_first_mb: float | None = None
     monitor_rss_last_mb: float | None = None
     monitor_rss_max_mb: float | None = None
@@ -270,6 +274,11 @@ def run_steady(
     if monitor:
         result.monitor_cpu_share = shares["monitor"]
         result.monitor_cpu_us_per_request = ratio(_times(shares["monitor"], wall, 1e6), result.requests)
+        # A monitor that falls behind works off fewer requests than the replica answers: its CPU per
+        # request it committed (two messages each) is its cost, whatever the machine let it keep up with.
+        worked = (lag.committed[-1] - lag.committed[0]) / 2 if lag and len(lag.committed) > 1 else 0
+        result.monitor_requests_worked = int(worked)
+        result.monitor_cpu_us_per_worked = ratio(_times(shares["monitor"], wall, 1e6), worked)
         figures.update(memory_figures(readings["monitor"], "monitor_"))
         figures.update(lag_figures([float(s) for s in lag.samples] if lag else [], rate))
     for key, value in figures.items():

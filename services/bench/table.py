@@ -186,7 +186,9 @@ def _monitor_row(table: Table, s: dict[str, Any], run: dict[str, Any]) -> None:
     table.add_row(
         f"  the monitor beside it at {rate:,}/s",
         "-" if share is None else f"{share * 100:.1f}% of a core",
-        f"{_n(run.get('monitor_cpu_us_per_request'))} µs CPU per request; "
+        f"{_n(run.get('monitor_cpu_us_per_request'))} µs CPU per request answered, "
+        f"{_n(run.get('monitor_cpu_us_per_worked'))} per request worked off "
+        f"({_n(run.get('monitor_requests_worked'))}); "
         f"idle {'-' if idle is None else f'{idle * 100:.1f}%'}; "
         f"resident {_n(run.get('monitor_rss_last_mb'))} MB, {_n(run.get('monitor_rss_slope_mb_per_min'), 2)} "
         f"MB/min; lag p50 {_n(run.get('lag_p50_s'), 2)} s, max {_n(run.get('lag_max_s'), 2)} s, "
