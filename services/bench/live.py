@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.bench.rig import OffsetProbe, Rig
@@ -25,7 +26,7 @@ from services.bench.tap import Seen, Tap
 from services.config import Settings
 from services.deployment import orders as deployment
 from services.registry import Registry
-from services.sandbox.demo import DEMO_CONFIG
+from services.sandbox.demo import DEMO_CONFIG, DemoPlan
 from services.sandbox.processes import wait_for
 from services.sandbox.storefront import SimulationPlan, simulate
 
@@ -77,6 +78,8 @@ class LagSampler:
         self.settings = settings
         self.every = every
         self.samples: list[int] = []
+        #: The group's committed offsets summed over both topics, at each sample: what it has worked off.
+        self.committed: list[int] = []
         self.recording = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
@@ -90,12 +93,14 @@ class LagSampler:
             while not self._stop.wait(self.every):
                 if not self.recording:
                     continue
-                lag = 0
+                lag = committed = 0
                 for topic in topics:
                     end = ends.ends(topic)
                     done = group.committed(topic, list(end))
                     lag += sum(max(0, o - done.get(p, 0)) for p, o in end.items())
+                    committed += sum(done.values())
                 self.samples.append(lag)
+                self.committed.append(committed)
         finally:
             ends.close()
             group.close()
@@ -105,13 +110,20 @@ class LagSampler:
         self._thread.join(10)
 
 
+def live_config(workdir: Path) -> Path:
+    """The demo's monitor configuration (its alert rules and experiments' settings), in ``workdir``."""
+    config = workdir / "live.toml"
+    text = DEMO_CONFIG.format(data_dir=workdir / "live-monitor-data", canary_share=DemoPlan().canary_share)
+    config.write_text(text)
+    return config
+
+
 def run_live(rig: Rig, good: str, bad: str, rate: float, warmup_s: float, timeout: float = 90.0) -> LiveRun:
     settings = rig.settings("live")
     rig.create(settings)
     registry = Registry.from_settings(settings)
     result = LiveRun(rate=rate, warmup_s=warmup_s)
-    config = rig.workdir / "live.toml"
-    config.write_text(DEMO_CONFIG.format(data_dir=rig.workdir / "live-monitor-data"))
+    config = live_config(rig.workdir)
     tap = Tap(settings, ["metrics", "alerts", "model-commands", "model-events"])
     lag = LagSampler(settings)
     stop_sim = threading.Event()

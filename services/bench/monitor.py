@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from services.sandbox.world import World
 
 VERSION = "bench-version"
 
+#: Told how a long measurement goes (a line of text).
+Say = Callable[[str], None]
+
 
 @dataclass
 class MonitorRun:
@@ -45,8 +49,12 @@ class MonitorRun:
     cpu_per_1000: float | None
     rss_mb: float | None = None  # resident memory once every labelled request was counted (Faust worker)
 
+    @property
+    def cpu_us_per_labelled(self) -> float | None:
+        return None if self.cpu_per_1000 is None else self.cpu_per_1000 * 1000.0
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "cpu_us_per_labelled": self.cpu_us_per_labelled}
 
 
 def monitor_config(path: Path, data_dir: Path, emit_every_n: int) -> Path:
@@ -60,34 +68,66 @@ def monitor_config(path: Path, data_dir: Path, emit_every_n: int) -> Path:
     return path
 
 
-def prepare(rig: Rig, world: World, n: int) -> Settings:
-    """The area ``mon`` with ``n`` predictions and their outcomes already in its topics."""
-    settings = rig.settings("mon")
+#: Labelled requests made and produced at a time: a million at once would hold gigabytes of records.
+CHUNK = 100_000
+
+
+def prepare(rig: Rig, world: World, n: int, area: str = "mon", say: Say | None = None) -> Settings:
+    """The area ``area`` with ``n`` predictions and their outcomes already in its topics.
+
+    Event time moves at 1,000 requests/s and ends a minute before now: within the monitor's past
+    tolerance (an hour) up to 3.5 million, and never in the future."""
+    settings = rig.settings(area)
     rig.create(settings)
     stamp_on_append(settings, [settings.topic("metrics")])
-    predictions, outcomes = workload.labelled_traffic(world, n, VERSION)
-    workload.produce_all(settings, settings.topic("predictions"), predictions)
-    workload.produce_all(settings, settings.topic("outcomes"), outcomes)
+    start_ms = int(time.time() * 1000) - 60_000 - n
+    for first in range(0, n, CHUNK):
+        size = min(CHUNK, n - first)
+        # The first chunk is the traffic earlier runs measured (seed 5); the later ones add to it.
+        predictions, outcomes = workload.labelled_traffic(
+            world, size, VERSION, seed=5 + first // CHUNK, start_ms=start_ms + first, first=first
+        )
+        workload.produce_all(settings, settings.topic("predictions"), predictions)
+        workload.produce_all(settings, settings.topic("outcomes"), outcomes)
+        if say is not None and n > CHUNK:
+            say(f"monitor traffic: {first + size:,} of {n:,} labelled requests produced")
     return settings
 
 
 def faust_monitor(
-    rig: Rig, settings: Settings, n: int, emit_every_n: int, timeout: float, env: dict[str, str] | None = None
+    rig: Rig,
+    settings: Settings,
+    n: int,
+    emit_every_n: int,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    say: Say | None = None,
+    say_every_s: float = 60.0,
 ) -> MonitorRun:
     """Start the worker on the backlog and time it until its metrics cover all ``n`` labelled requests.
 
     ``env`` is added to the worker's environment: Faust reads its own settings there too (for example
-    ``PRODUCER_LINGER``), which is how its knobs were tried."""
-    config = monitor_config(
-        rig.workdir / "monitor-bench.toml", rig.workdir / "monitor-bench-data", emit_every_n
-    )
+    ``PRODUCER_LINGER``), which is how its knobs were tried. ``say`` hears the count every
+    ``say_every_s``."""
+    name = f"monitor-bench-{n}"
+    config = monitor_config(rig.workdir / f"{name}.toml", rig.workdir / f"{name}-data", emit_every_n)
     tap = Tap(settings, ["metrics"])
-    proc = rig.command("monitor-bench", ["monitor", "--config", str(config)], settings, env)
+    proc = rig.command(name, ["monitor", "--config", str(config)], settings, env)
     sampler = CpuSampler(proc.pid).start()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline, told = started + timeout, started
     rss = None
     try:
         while not _covered(tap, n):
+            if say is not None and time.monotonic() - told >= say_every_s:
+                told = time.monotonic()
+                counted = max(
+                    (int(e.value["total"]) for e in tap.of("metrics", model_version=VERSION)), default=0
+                )
+                say(
+                    f"monitor (Faust): {counted:,} of {n:,} labelled counted after {told - started:.0f} s, "
+                    f"resident {resident_mb(proc.pid) or 0:,.0f} MB"
+                )
             if not proc.running:
                 tail = proc.log().strip().splitlines()[-3:]
                 raise BenchmarkError(
@@ -138,23 +178,25 @@ def plain_monitor(settings: Settings, n: int, emit_every_n: int) -> MonitorRun:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m services.bench.monitor N``: the monitor's measurement alone, at N labelled requests (the
-    Faust worker, then the plain loop on the same events), on the broker ``modelwatch bench`` would use.
-    Prints each run as JSON, resident memory included: how the figures of a volume curve were taken."""
+    """``python -m services.bench.monitor N [N ...]``: the monitor's measurement alone, at each N labelled
+    requests (the Faust worker, then the plain loop on the same events), on the broker ``modelwatch
+    bench`` would use. Prints each run as JSON, resident memory included: a volume curve by hand."""
     import json
     import sys
 
-    n = int((argv if argv is not None else sys.argv[1:])[0])
+    volumes = [int(arg) for arg in (argv if argv is not None else sys.argv[1:])]
     rig = Rig(Settings(), say=print)
     try:
         rig.start_broker()
-        settings = prepare(rig, workload.world(), n)
-        emit_every_n = max(100, n // 20)
-        for run in (
-            faust_monitor(rig, settings, n, emit_every_n, timeout=180 + n / 100),
-            plain_monitor(settings, n, emit_every_n),
-        ):
-            print(json.dumps(run.as_dict()), flush=True)
+        world = workload.world()
+        for n in volumes:
+            settings = prepare(rig, world, n, area=f"mon{n}", say=print)
+            emit_every_n = max(100, n // 20)
+            for run in (
+                faust_monitor(rig, settings, n, emit_every_n, timeout=180 + n / 100, say=print),
+                plain_monitor(settings, n, emit_every_n),
+            ):
+                print(json.dumps(run.as_dict()), flush=True)
     finally:
         rig.close()
 

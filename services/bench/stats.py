@@ -124,6 +124,14 @@ class Target:
     def describe(self) -> str:
         return f"{self.op} {self.threshold:g}"
 
+    def by(self, value: float | None) -> str | None:
+        """How far a missed target is missed, as the figure over the threshold (``None`` if met or not
+        measured): "2.9x the limit" for a ceiling, "0.76 of the target" for a floor."""
+        if self.judge(value) is not False or value is None or self.threshold == 0:
+            return None
+        times = value / self.threshold
+        return f"{times:.2g}x the limit" if self.op == "<=" else f"{times:.2g} of the target"
+
 
 #: The issue's targets. An exactly-once cost of at most 30% means a throughput ratio of at least 0.7.
 TARGETS: tuple[Target, ...] = (
@@ -139,6 +147,15 @@ TARGETS: tuple[Target, ...] = (
     Target("service_vs_naive_cpu", ">=", 20.0, "service vs naive service, by CPU per item"),
     Target("service_vs_passthrough_cpu", ">=", 0.25, "service vs pass-through, by CPU per item"),
     Target("replica_cpu_share_300", "<=", 0.05, "one replica's share of a core at 300 requests/s"),
+    Target("monitor_cpu_share_300", "<=", 0.15, "the monitor's share of a core at 300 requests/s"),
+    Target("monitor_lag_max_s_1000", "<=", 2.0, "the monitor's largest lag at 1,000 requests/s (s)"),
+    Target("monitor_cpu_us_at_100000", "<=", 40.0, "monitor CPU per labelled request at 100,000 (µs)"),
+    Target("monitor_cpu_us_at_1000000", "<=", 40.0, "monitor CPU per labelled request at 1,000,000 (µs)"),
+    Target("monitor_cost_1m_vs_20k", "<=", 1.25, "monitor CPU per labelled request, 1,000,000 over 20,000"),
+    Target("monitor_vs_raw_cpu", ">=", 0.5, "monitor vs plain loop, by CPU per item"),
+    Target("monitor_rss_1m_vs_100k", "<=", 1.2, "monitor resident memory, 1,000,000 over 100,000 labelled"),
+    # Measured by `modelwatch bench --soak` only (30 minutes at 300/s, after 5 minutes' warm-up).
+    Target("soak_monitor_rss_drift", "<=", 0.1, "the monitor's resident memory over a soak, off its first"),
 )
 
 #: Keys every JSON result carries, measured or ``None``.
@@ -156,6 +173,8 @@ REQUIRED_KEYS = (
     "service_cpu_us_per_prediction",
     "replica_cpu_share_300",
     "replica_rss_slope_mb_per_min_300",
+    "monitor_cpu_share_300",
+    "monitor_lag_max_s_1000",
 )
 
 
@@ -165,7 +184,14 @@ def judge_targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     for t in TARGETS:
         value = summary.get(t.key)
         out.append(
-            {"key": t.key, "label": t.label, "target": t.describe(), "value": value, "met": t.judge(value)}
+            {
+                "key": t.key,
+                "label": t.label,
+                "target": t.describe(),
+                "value": value,
+                "met": t.judge(value),
+                "by": t.by(value),
+            }
         )
     return out
 

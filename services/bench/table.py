@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from services.bench.stats import TARGETS
+from services.bench.stats import TARGETS, Target
 
 
 def _n(value: float | None, digits: int = 0, unit: str = "") -> str:
@@ -30,9 +30,13 @@ def _verdict(summary: dict[str, Any], key: str) -> tuple[str, str]:
     target = next((t for t in TARGETS if t.key == key), None)
     if target is None:
         return "", ""
-    met = target.judge(summary.get(key))
-    mark = "-" if met is None else "[green]met[/green]" if met else "[red]missed[/red]"
-    return target.describe(), mark
+    return target.describe(), verdict(target, summary.get(key))
+
+
+def verdict(target: Target, value: float | None) -> str:
+    """Met, missed by how much, or "-" (not measured)."""
+    met = target.judge(value)
+    return "-" if met is None else "[green]met[/green]" if met else f"[red]missed[/red] ({target.by(value)})"
 
 
 def bench_table(summary: dict[str, Any]) -> Table:
@@ -95,6 +99,8 @@ def bench_table(summary: dict[str, Any]) -> Table:
             target,
             mark,
         )
+        if run.get("monitor"):
+            _monitor_row(table, s, run)
     row(
         "serve --exactly-once",
         _n(s.get("exactly_once_per_s"), unit="/s"),
@@ -154,6 +160,7 @@ def bench_table(summary: dict[str, Any]) -> Table:
         target,
         mark,
     )
+    _curve_rows(table, s)
     for point in s.get("batch_sizes", []):
         table.add_row(
             f"serve --batch-size {point['batch_size']}",
@@ -167,4 +174,62 @@ def bench_table(summary: dict[str, Any]) -> Table:
     for name, value in s.get("scoring_us", {}).items():
         size = name.removeprefix("score_batch").removesuffix("_us")
         table.add_row(f"scoring, batch of {size}", _n(value, 1, " µs"), "per request")
+    target_rows(table, s)
     return table
+
+
+def _monitor_row(table: Table, s: dict[str, Any], run: dict[str, Any]) -> None:
+    rate = int(run["rate"])
+    key = {300: "monitor_cpu_share_300", 1000: "monitor_lag_max_s_1000"}.get(rate)
+    target, mark = _verdict(s, key) if key else ("", "")
+    share, idle = run.get("monitor_cpu_share"), run.get("monitor_idle_cpu_share")
+    table.add_row(
+        f"  the monitor beside it at {rate:,}/s",
+        "-" if share is None else f"{share * 100:.1f}% of a core",
+        f"{_n(run.get('monitor_cpu_us_per_request'))} µs CPU per request answered, "
+        f"{_n(run.get('monitor_cpu_us_per_worked'))} per request worked off "
+        f"({_n(run.get('monitor_requests_worked'))}); "
+        f"idle {'-' if idle is None else f'{idle * 100:.1f}%'}; "
+        f"resident {_n(run.get('monitor_rss_last_mb'))} MB, {_n(run.get('monitor_rss_slope_mb_per_min'), 2)} "
+        f"MB/min; lag p50 {_n(run.get('lag_p50_s'), 2)} s, max {_n(run.get('lag_max_s'), 2)} s, "
+        f"last {_n(run.get('lag_last_s'), 2)} s",
+        "",
+        target,
+        mark,
+    )
+
+
+def _curve_rows(table: Table, s: dict[str, Any]) -> None:
+    """The volume curve: each point beside its reference taken in the same run."""
+    for point in s.get("monitor_curve", []):
+        faust, plain = point.get("faust") or {}, point["plain"]
+        table.add_row(
+            f"monitor at {point['labelled']:,} labelled",
+            _n(faust.get("cpu_us_per_labelled"), 0, " µs"),
+            f"CPU per labelled request; resident {_n(faust.get('rss_mb'))} MB; "
+            f"plain loop {_n(plain.get('cpu_us_per_labelled'), 0, ' µs')}",
+            _n(point.get("faust_vs_plain_cpu"), 2),
+        )
+    for point in s.get("service_curve", []):
+        table.add_row(
+            f"service at {point['requests']:,} requests",
+            _n(point.get("service_cpu_us"), 1, " µs"),
+            f"CPU per prediction; pass-through {_n(point.get('passthrough_cpu_us'), 1, ' µs')}",
+            _n(point.get("service_vs_passthrough_cpu"), 2),
+        )
+
+
+def target_rows(table: Table, s: dict[str, Any]) -> None:
+    """Every target of the issues, its figure, and met or missed by how much ("-": not measured in this
+    mode; the volume curve is measured by --full, the soak by --soak)."""
+    table.add_section()
+    for t in TARGETS:
+        value = s.get(t.key)
+        table.add_row(
+            f"target: {t.label}",
+            _n(value, 3 if abs(value or 0) < 10 else 0),
+            "",
+            "",
+            t.describe(),
+            verdict(t, value),
+        )

@@ -110,10 +110,17 @@ def paced(
 
 
 def labelled_traffic(
-    w: World, n: int, version: str, seed: int = 5, k: int = 5, start_ms: int | None = None
+    w: World,
+    n: int,
+    version: str,
+    seed: int = 5,
+    k: int = 5,
+    start_ms: int | None = None,
+    first: int = 0,
 ) -> tuple[list[Record], list[Record]]:
     """``n`` predictions of ``version`` and their outcomes (purchases drawn from the world's true tastes,
-    2 s after each prediction): what the monitor joins. Keyed by request_id, as the contract says."""
+    2 s after each prediction): what the monitor joins. Keyed by request_id, as the contract says; ids
+    ``m-<first>`` onwards (a large volume is made in chunks)."""
     start = int(time.time() * 1000) - 60_000 if start_ms is None else start_ms
     s = w.sessions(n, seed=seed, candidates=CANDIDATES, start_ms=start, rate_per_s=1000.0)
     bought = w.purchases(s, seed=seed)
@@ -124,7 +131,7 @@ def labelled_traffic(
     predictions: list[Record] = []
     outcomes: list[Record] = []
     for i in range(n):
-        rid = f"m-{i}"
+        rid = f"m-{first + i}"
         items = s.candidates[i]
         ts = int(s.ts[i])
         prediction = {

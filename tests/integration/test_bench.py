@@ -24,8 +24,11 @@ TINY = BenchPlan(
     faust=False,  # the worker's start-up alone takes longer than this whole test should
     live=False,
     train_sessions=5_000,
-    steady_rates=(100.0, 150.0),  # not the target's 300/s: judged only in a real run
+    steady_rates=(100.0,),  # not the targets' 300 and 1,000/s: judged only in a real run
     steady_s=3.0,
+    steady_idle_s=2.0,
+    steady_warmup_s=1.0,
+    experiment_s=2.0,
     # A few seconds of the simulation: the harness, not the guarantee (tests/integration/test_experiments_*).
     experiments=ExperimentPlan(
         experiments=10,
@@ -67,15 +70,27 @@ def test_tiny_bench_measures_everything_and_leaves_nothing_behind(kafka_bootstra
     assert s["details"]["monitor_raw"]["labelled"] == TINY.monitor_labelled
     assert s["monitor_raw_per_s"] > 0
     assert s["monitor_per_s"] is None and s["monitor_vs_raw"] is None and s["ack_ms"] is None
-    # The steady run: the replica answered what was offered, and its CPU and memory were read.
+    # The plain monitor's volume curve is the plan's one volume.
+    assert [p["labelled"] for p in s["monitor_curve"]] == [TINY.monitor_labelled]
+    assert (
+        s["monitor_curve"][0]["faust"] is None and s["monitor_curve"][0]["plain"]["cpu_us_per_labelled"] > 0
+    )
+    # The steady run: the replica answered what was offered, and its CPU and memory were read, and the
+    # Faust monitor's beside it, with its lag on the joined topics...
     # ...then again at the first rate with a canary running and with a shadow (the candidate scoring twice).
-    assert [(run["rate"], run["mode"]) for run in s["steady"]] == [
-        (100.0, "plain"),
-        (150.0, "plain"),
-        (100.0, "canary 0.1"),
-        (100.0, "shadow"),
+    assert [(run["rate"], run["mode"], run["monitor"]) for run in s["steady"]] == [
+        (100.0, "plain", True),
+        (100.0, "canary 0.1", False),
+        (100.0, "shadow", False),
     ]
-    assert s["steady"][3]["shadow_predictions"] > 0 and s["steady"][2]["shadow_predictions"] == 0
+    live = s["steady"][0]
+    assert live["monitor_cpu_share"] > 0 and live["monitor_rss_last_mb"] > 100  # Faust, scikit-learn
+    assert live["monitor_cpu_us_per_request"] > 0 and live["monitor_rss_first_mb"] > 0
+    assert live["monitor_idle_cpu_share"] is not None and live["monitor_idle_cpu_share"] < 0.5
+    assert live["lag_samples"] >= 2 and live["lag_max_s"] is not None and live["lag_max_s"] >= 0
+    assert s["monitor_cpu_share_100"] == live["monitor_cpu_share"] and s["monitor_lag_max_s_100"] is not None
+    assert s["monitor_cpu_share_300"] is None and s["monitor_lag_max_s_1000"] is None
+    assert s["steady"][2]["shadow_predictions"] > 0 and s["steady"][1]["shadow_predictions"] == 0
     assert s["canary_vs_plain_cpu"] > 0 and s["shadow_vs_plain_cpu"] > 0
     for steady in s["steady"]:
         assert steady["requests"] > 0 and steady["cpu_share"] > 0 and steady["rss_last_mb"] > 0

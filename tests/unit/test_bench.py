@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
+from typer.testing import CliRunner
 
 from services.bench.cpu import cpu_pressure_us, process_cpu_seconds
 from services.bench.latency import Latency
-from services.bench.live import LiveRun
+from services.bench.live import LiveRun, live_config
 from services.bench.monitor import MonitorRun
+from services.bench.plans import DEFAULT, FULL
 from services.bench.plot import draw
 from services.bench.runner import QUICK, BenchPlan, summarize
+from services.bench.soak import SoakPlan, soak_summary, soak_table
 from services.bench.stats import (
     REQUIRED_KEYS,
     TARGETS,
@@ -38,9 +43,11 @@ from services.bench.stats import (
     ratio,
     span_rate,
 )
-from services.bench.steady import SteadyRun, cost_figures, resident_mb
+from services.bench.steady import SteadyRun, cost_figures, lag_figures, memory_figures, resident_mb
 from services.bench.table import bench_table
 from services.bench.throughput import Throughput, best_of
+from services.bench.volume import MonitorPoint, ServicePoint, curve_figures
+from services.cli import app as cli_app
 from services.config import load_settings
 
 finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
@@ -166,10 +173,49 @@ def _details() -> dict[str, Any]:
         "monitor_raw": MonitorRun("plain", 20_000, 1.0, 20_000.0, 0.5, 0.025),
         "live": live,
         "steady": [
-            SteadyRun(300.0, 30.0, 0.01, 0.04, 9000, 300.0, 133.0, 180.0, 180.5, 0.01),
-            SteadyRun(1000.0, 30.0, 0.01, 0.12, 30000, 1000.0, 120.0, 181.0, 181.0, 0.0),
+            SteadyRun(
+                300.0,
+                30.0,
+                0.01,
+                0.04,
+                9000,
+                300.0,
+                133.0,
+                180.0,
+                180.5,
+                0.01,
+                monitor=True,
+                **_monitor(0.2, 1.0),
+            ),
+            SteadyRun(
+                1000.0,
+                30.0,
+                0.01,
+                0.12,
+                30000,
+                1000.0,
+                120.0,
+                181.0,
+                181.0,
+                0.0,
+                monitor=True,
+                **_monitor(0.5, 1.5),
+            ),
+        ],
+        # The monitor's volume curve: 50 µs a labelled request at 20,000, 60 at 100,000 and at a million.
+        "monitor_curve": [
+            MonitorPoint(
+                n,
+                MonitorRun("faust", n, 10.0, 2_000.0, 1.0, cpu, rss),
+                MonitorRun("plain", n, 1.0, 1.0, 1.0, 0.025),
+            )
+            for n, cpu, rss in ((20_000, 0.05, 300.0), (100_000, 0.06, 350.0), (1_000_000, 0.06, 400.0))
         ],
     }
+
+
+def _monitor(share: float, lag_max_s: float) -> dict[str, Any]:
+    return {"monitor_cpu_share": share, "monitor_rss_slope_mb_per_min": 0.5, "lag_max_s": lag_max_s}
 
 
 def test_summary_carries_every_key_and_the_ratios() -> None:
@@ -197,8 +243,26 @@ def test_summary_carries_every_key_and_the_ratios() -> None:
         "service_vs_naive_cpu": False,  # every _run costs the same per item
         "service_vs_passthrough_cpu": True,
         "replica_cpu_share_300": True,
+        "monitor_cpu_share_300": False,  # 20% of a core
+        "monitor_lag_max_s_1000": True,  # 1.5 s
+        "monitor_cpu_us_at_100000": False,  # 60 µs
+        "monitor_cpu_us_at_1000000": False,
+        "monitor_cost_1m_vs_20k": True,  # 1.2x
+        "monitor_vs_raw_cpu": False,  # the plan's own monitor run: 250 µs, the plain loop 25
+        "monitor_rss_1m_vs_100k": True,  # 400 / 350 MB
+        "soak_monitor_rss_drift": None,  # only --soak measures it
     }
     assert summary["replica_rss_slope_mb_per_min_300"] == 0.01
+    assert summary["monitor_cpu_share_1000"] == 0.5 and summary["monitor_rss_slope_mb_per_min_300"] == 0.5
+    assert summary["monitor_cpu_us_at_20000"] == pytest.approx(50.0)
+    assert summary["monitor_cost_1m_vs_20k"] == pytest.approx(1.2)
+    assert summary["monitor_rss_1m_vs_100k"] == pytest.approx(400 / 350)
+    # How far a missed target is missed, beside the verdict.
+    by = {t["key"]: t["by"] for t in summary["targets"]}
+    assert (
+        by["monitor_cpu_share_300"] == "1.3x the limit" and by["monitor_cpu_us_at_100000"] == "1.5x the limit"
+    )
+    assert by["service_vs_naive_cpu"] == "0.05 of the target" and by["p99_ms"] is None
     assert summary["service_cpu_us_per_prediction"] == pytest.approx(200.0)
     decoded = orjson.loads(orjson.dumps(summary))  # JSON all the way down
     assert decoded["details"]["live"]["ack_ms"] == 900
@@ -206,7 +270,9 @@ def test_summary_carries_every_key_and_the_ratios() -> None:
 
 def test_summary_of_a_partial_run_says_what_was_not_measured() -> None:
     plan = BenchPlan("tiny", 100, 10, (200.0,), 1.0, 100, 0.01, faust=False, live=False)
-    details = {k: v for k, v in _details().items() if k not in ("monitor", "live", "latency")}
+    details = {
+        k: v for k, v in _details().items() if k not in ("monitor", "live", "latency", "monitor_curve")
+    }
     summary = summarize(plan, details, load_settings())
     assert summary["monitor_per_s"] is None and summary["monitor_vs_raw"] is None
     assert summary["p99_ms"] is None and summary["ack_ms"] is None
@@ -214,7 +280,13 @@ def test_summary_of_a_partial_run_says_what_was_not_measured() -> None:
         "p99_ms",
         "monitor_per_s",
         "monitor_vs_raw",
+        "monitor_vs_raw_cpu",
         "ack_ms",
+        "monitor_cpu_us_at_100000",
+        "monitor_cpu_us_at_1000000",
+        "monitor_cost_1m_vs_20k",
+        "monitor_rss_1m_vs_100k",
+        "soak_monitor_rss_drift",
     }
     assert "monitor (Faust)" not in plan.steps() and "live: lag and control loop" not in plan.steps()
 
@@ -282,3 +354,87 @@ def test_serving_cost_of_a_canary_and_a_shadow_is_told_beside_the_plain_run() ->
     assert figures["canary_vs_plain_cpu"] == pytest.approx(1.2)  # beside the plain run at the same rate
     assert figures["shadow_vs_plain_cpu"] == pytest.approx(1.9)
     assert set(cost_figures(runs[:2]).values()) == {None}  # not measured: said so, not zero
+
+
+def test_memory_figures_tell_first_last_largest_slope_and_drift() -> None:
+    readings = [(0.0, 200.0), (60.0, 210.0), (120.0, 230.0), (180.0, 220.0)]
+    got = memory_figures(readings, "monitor_")
+    assert (got["monitor_rss_first_mb"], got["monitor_rss_last_mb"], got["monitor_rss_max_mb"]) == (
+        200.0,
+        220.0,
+        230.0,
+    )
+    assert got["monitor_rss_drift"] == pytest.approx(0.15)  # the farthest reading, 230, off the first
+    assert got["monitor_rss_slope_mb_per_min"] == pytest.approx(least_squares_slope(readings) * 60)  # type: ignore[operator]
+    assert memory_figures([(0.0, 100.0), (1.0, 80.0)])["rss_drift"] == pytest.approx(0.2)  # shrinking too
+    assert set(memory_figures([]).values()) == {None}
+
+
+def test_lag_figures_are_messages_and_seconds_of_the_offered_traffic() -> None:
+    got = lag_figures([100.0, 300.0, 200.0, 2000.0, 400.0], rate=500.0)  # 1,000 messages a second
+    assert got["lag_samples"] == 5
+    assert (got["lag_p50_messages"], got["lag_max_messages"]) == (300.0, 2000.0)
+    assert (got["lag_p50_s"], got["lag_max_s"], got["lag_last_s"]) == (0.3, 2.0, 0.4)
+    assert lag_figures([], 300.0)["lag_max_s"] is None
+
+
+def test_plans_measure_the_live_part_at_both_rates_and_the_curve_in_full_only() -> None:
+    assert DEFAULT.steady_rates == QUICK.steady_rates == (300.0, 1000.0)
+    assert DEFAULT.steady_s == 120.0 and QUICK.steady_s == 30.0  # --quick: shorter, as its help says
+    assert DEFAULT.steady_monitor and QUICK.steady_monitor and FULL.steady_monitor
+    assert QUICK.monitor_points == DEFAULT.monitor_points == (20_000,)
+    assert FULL.monitor_points == (20_000, 100_000, 1_000_000) == FULL.service_volumes
+    steps = FULL.steps()
+    assert "steady: one replica and the monitor at 1,000/s" in steps
+    assert "monitor at 1,000,000 labelled" in steps and "service at 1,000,000 requests" in steps
+
+
+def test_curve_figures_put_each_volume_beside_its_reference() -> None:
+    service = [
+        ServicePoint(
+            n, _run("service", 10_000.0), replace(_run("pass-through", 50_000.0), cpu_per_1000=0.004)
+        )
+        for n in (20_000, 1_000_000)
+    ]
+    got = curve_figures([], service)
+    assert got["service_cpu_us_at_1000000"] == pytest.approx(200.0)
+    assert got["passthrough_cpu_us_at_20000"] == pytest.approx(4.0)
+    assert got["service_vs_passthrough_cpu_at_20000"] == pytest.approx(0.02)
+    assert got["monitor_cost_1m_vs_20k"] is None and got["monitor_rss_1m_vs_100k"] is None
+
+
+def test_soak_judges_the_monitors_memory_and_renders() -> None:
+    plan = SoakPlan(minutes=30, rate=300)
+    flat = SteadyRun(
+        300.0, 1800.0, warmup_s=300.0, monitor=True, monitor_rss_first_mb=300.0, monitor_rss_drift=0.04
+    )
+    grew = replace(flat, monitor_rss_drift=0.25)
+    on = {"nproc": 2, "cpu_pressure_pct": 80.0}
+    assert soak_summary(plan, flat, on)["targets"] == [
+        {
+            "key": "soak_monitor_rss_drift",
+            "label": "the monitor's resident memory over a soak, off its first",
+            "target": "<= 0.1",
+            "value": 0.04,
+            "met": True,
+            "by": None,
+        }
+    ]
+    summary = soak_summary(plan, grew, on)
+    assert summary["targets"][0]["met"] is False and summary["targets"][0]["by"] == "2.5x the limit"
+    assert summary["command"] == "modelwatch bench --soak --minutes 30 --rate 300"
+    console = Console(width=200, record=True)
+    console.print(soak_table(orjson.loads(orjson.dumps(summary))))
+    text = console.export_text()
+    assert "monitor" in text and "missed (2.5x the limit)" in text and "300.0 MB" in text
+
+
+def test_bench_takes_one_mode_at_a_time() -> None:
+    result = CliRunner().invoke(cli_app, ["bench", "--quick", "--soak"])
+    assert result.exit_code != 0 and "one of --quick, --full and --soak" in result.output
+
+
+def test_the_live_runs_monitor_config_is_the_demos_and_reads(tmp_path: Path) -> None:
+    config = tomllib.loads(live_config(tmp_path).read_text())
+    assert config["monitor"]["data_dir"] == str(tmp_path / "live-monitor-data")
+    assert any(rule["name"] == "f1-low" for rule in config["alerts"])  # the rule the live run times
