@@ -248,10 +248,18 @@ def test_the_monitor_aborts_and_promotes_canaries_and_shadows(
         comparison from its changelog, and sends one decision."""
 
         def counted() -> bool:
-            events = read_events(settings, "experiments", "experiment")
-            return any(e["experiment_id"] == eid and e["labelled"]["candidate"] > 0 for e in events)
+            # In the state's changelog, not only in an event: the event goes out before the state is
+            # written, and a kill in between (the changelog can lag seconds on a loaded machine) restores
+            # the state from before it.
+            topic = f"{settings.topic_prefix}monitor-windows-changelog"
+            states = [
+                orjson.loads(value)
+                for key, value, _ts in kafka.read_topic(settings, topic)
+                if key is not None and value and key.strip(b'"') == f"experiment:{eid}|state".encode()
+            ]
+            return bool(states) and states[-1]["comparison"]["candidate"]["n"] > 0
 
-        wait_for(counted, 60, f"the monitor counting {eid}", every=0.25)
+        wait_for(counted, 60, f"the monitor's state counting {eid}", every=0.25)
         monitor.kill()
         monitor.start()
         restored = wait_for(
