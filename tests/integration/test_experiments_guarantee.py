@@ -3,11 +3,12 @@ A/A experiments are wrongly aborted at most alpha of the time, a ``--degrade 0.5
 least 90% of the time, and the same check fails when the comparison peeks with a fixed-n interval. No
 broker (it lives here for its minute of training and simulation, out of ``make unit``).
 
-Measured on 2026-11-29 with this plan: A/A wrongly aborted 0 of 300 (shadow) and 2 of 300 (canary); the
-degraded version (per-request F1 0.229 against 0.295 here, trained on 20,000 sessions) aborted 300 of 300
-(shadow, median 500 requests) and 290 of 300 (canary, median 279 candidate requests). Those canary
-figures predate the regression adjustment on the users' pre-periods, which the plan now applies (30,000
-pre-period requests); with it every assertion here held again on 2026-11-30."""
+Measured on 2026-11-30 with this plan and seed (the same runs, from a script, on the loaded shared
+machine): A/A wrongly aborted 0 of 300 (shadow) and 0 of 300 (canary, adjusted by the users' pre-periods
+read from the monitor's store, :mod:`streams.pre_periods`); the degraded version (per-request F1 0.229
+against 0.295 here, trained on 20,000 sessions) aborted 300 of 300 (shadow, median 500 requests) and 293 of
+300 (canary, Wilson [95.3%, 98.9%], median 316 candidate requests; without the pre-periods 290 of 300,
+median 279, as on 2026-11-29)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def test_peeking_at_a_fixed_n_interval_breaks_the_guarantee(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The check above has teeth: the usual 95% interval, looked at after every batch, aborts far more
-    than alpha of the A/A shadow experiments over the same 30 looks. Measured on 2026-11-29: 51 of 300
-    (17.0%, Wilson [13.2%, 21.7%]) against 0 of 300 with the confidence sequence."""
+    than alpha of the A/A shadow experiments over the same 30 looks. Measured on 2026-11-29 and again on
+    2026-11-30: 51 of 300 (17.0%, Wilson [13.2%, 21.7%]) against 0 of 300 with the confidence sequence."""
 
     def fixed_n(s2: float, n: int, alpha: float, rho: float) -> float:
         return 1.959964 * math.sqrt(s2 / n)
