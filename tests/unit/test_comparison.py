@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import f1_score
@@ -397,6 +397,8 @@ unit_counts = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 20)), min_si
 
 
 @given(st.lists(unit_values, min_size=1, max_size=5), unit_counts, st.integers(0, 1000), st.floats(-2, 2))
+# Generating five arrays per example trips the speed check on the shared, loaded machine; not a failure.
+@settings(suppress_health_check=[HealthCheck.too_slow])
 def test_adjusted_moments_by_batch_equal_the_delta_method_on_everything(
     batches: list[np.ndarray], pre: list[tuple[int, int]], seed: int, theta: float
 ) -> None:
