@@ -60,8 +60,8 @@ from streams.alertmanager_agents import AlertmanagerAgents
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
+from streams.evidence import is_evidence
 from streams.experiment_agents import ExperimentAgents
-from streams.experiments import is_evidence
 from streams.failures import Failure, encode_failures, failure_of
 from streams.fleet import Fleet
 from streams.history import CommandFollower, published_alerts

@@ -21,7 +21,8 @@ import faust
 
 from schemas import codec
 from services.config import Settings
-from streams.experiments import Experiments, evidence_messages, evidence_rows
+from streams.evidence import evidence_messages, evidence_rows
+from streams.experiments import Experiments
 from streams.fleet import Fleet
 from streams.history import CommandFollower
 from streams.join import Joiner, Labelled

@@ -3,9 +3,10 @@
 **Where the evidence comes from.** The join (:mod:`streams.join`) labels each request with its outcome;
 while the command log says an experiment runs (:func:`services.deployment.experiments.running`), the join
 agent also sends that batch's evidence for it, in one message keyed by the incumbent version, on the
-labelled topic (:func:`evidence`). The key puts an experiment's evidence on one labelled partition, so one
-worker (the owner of that partition) runs its comparison; it is the incumbent's partition, where that
-worker keeps the users' pre-periods a canary is adjusted by (:mod:`streams.pre_periods`).
+labelled topic (:mod:`streams.evidence`). The key puts an experiment's evidence on one labelled
+partition, so one worker (the owner of that partition) runs its comparison; it is the incumbent's
+partition, where that worker keeps the users' pre-periods a canary is adjusted by
+(:mod:`streams.pre_periods`).
 
 - *Canary*: each arm's labelled requests from its own users (the same salted hash the replicas use,
   :func:`services.serving.experiment.on_candidate`: the candidate's answers to the candidate's users, the
@@ -46,10 +47,8 @@ from services.config import ExperimentSettings
 from services.deployment import commands
 from services.deployment.experiments import Experiment
 from services.registry.keys import Signer
-from services.serving.experiment import on_candidate
 from streams.comparison import Comparison, Decision, Mode, request_f1
 from streams.experiment_replays import CountedRequests
-from streams.join import Labelled, Paired
 from streams.markers import MarkerRecord
 from streams.pre_periods import KEY_PREFIX as PRE_PERIOD_KEYS
 from streams.pre_periods import PrePeriods, add_canary
@@ -59,9 +58,6 @@ log = logging.getLogger("modelwatch.monitor")
 
 #: Keys of the labelled topic (and of the ``windows`` table) that hold an experiment, not a version.
 KEY_PREFIX = "experiment:"
-_MARK = b'{"experiment":'
-#: Labelled requests (or pairs) per evidence message.
-CHUNK = 1000
 #: Ended experiments remembered (in memory) against their late evidence.
 FINISHED_KEPT = 100
 
@@ -77,71 +73,6 @@ def canary_of(shadow_id: str) -> str:
     """The id of the canary a promoted shadow goes on to: derived from the shadow's, so a restarted or
     second worker names the same experiment (and the replicas split its users alike)."""
     return f"{shadow_id}-canary"
-
-
-def is_evidence(value: bytes) -> bool:
-    """Whether a message of the labelled stream is an experiment's evidence."""
-    return value.startswith(_MARK)
-
-
-def evidence(
-    experiment: Experiment,
-    labelled: Iterable[Labelled],
-    paired: Iterable[Paired],
-    watermark: int | None = None,
-) -> list[tuple[str, bytes]]:
-    """One batch's evidence for ``experiment``, as (key, value) of labelled-topic messages of at most
-    :data:`CHUNK` requests each (well under Kafka's 1 MB message limit), each row ending with its request
-    id (a replay of the join is recognised by it: :mod:`streams.experiment_replays`). ``watermark`` is the
-    join's event-time clock (:func:`streams.experiment_agents.event_clock`), the experiment's clock: with
-    it and no evidence, one message that carries only the clock (an experiment without labelled traffic
-    still reaches its ``max_duration_s``); without either, none."""
-    arms, pairs = evidence_rows(experiment, labelled, paired)
-    return evidence_messages(experiment, arms, pairs, watermark)
-
-
-def evidence_rows(
-    experiment: Experiment, labelled: Iterable[Labelled], paired: Iterable[Paired]
-) -> tuple[list[list[Any]], list[list[Any]]]:
-    """The rows of :func:`evidence`: a canary's arms, a shadow's pairs."""
-    arms: list[list[Any]] = []
-    pairs: list[list[Any]] = []
-    if experiment.mode == Mode.CANARY and experiment.traffic is not None:
-        for item in labelled:
-            c = item.counts
-            if c is None or not item.user_id:
-                continue
-            # Each arm only its own users: the candidate's answers to others (an earlier experiment's,
-            # labelled late) and the incumbent's to the candidate's users (before this one) are not its.
-            arm = on_candidate(experiment.experiment_id, item.user_id, experiment.traffic)
-            if item.model_version == (experiment.candidate if arm else experiment.incumbent):
-                arms.append([int(arm), item.user_id, item.ts, c.tp, c.fp, c.fn, item.request_id])
-    elif experiment.mode == Mode.SHADOW:
-        for p in paired:
-            if (p.candidate, p.incumbent) == (experiment.candidate, experiment.incumbent):
-                c, i = p.candidate_counts, p.incumbent_counts
-                pairs.append([p.ts, c.tp, c.fp, c.fn, i.tp, i.fp, i.fn, p.request_id])
-    return arms, pairs
-
-
-def evidence_messages(
-    experiment: Experiment, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None
-) -> list[tuple[str, bytes]]:
-    """The messages of :func:`evidence`."""
-    # Keyed by the incumbent: on its labelled partition, with its users' pre-periods (streams.pre_periods).
-    key, described = experiment.incumbent, asdict(experiment)
-    clock = {} if watermark is None else {"watermark": watermark}
-    rows = max(len(arms), len(pairs))
-    starts = range(0, rows, CHUNK) if rows or watermark is None else [0]
-    return [
-        (
-            key,
-            orjson.dumps(
-                {"experiment": described, "arms": arms[i : i + CHUNK], "pairs": pairs[i : i + CHUNK], **clock}
-            ),
-        )
-        for i in starts
-    ]
 
 
 @dataclass

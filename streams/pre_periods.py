@@ -17,7 +17,7 @@ unadjusted: the estimate stays unbiased, only less precise). Only the version th
 everyone is kept (the incumbent of any experiment to come; at most :data:`VERSIONS_KEPT` per worker).
 
 **Where.** A version's labelled requests are all on its labelled partition (keyed by version), and so is
-its experiments' evidence (:func:`streams.experiments.evidence` keys it by the incumbent): the worker that
+its experiments' evidence (:func:`streams.evidence.evidence` keys it by the incumbent): the worker that
 runs a canary's comparison holds its incumbent's pre-periods. Each user's record is one value of the
 ``windows`` table, key ``experiment:pre-period:<version>|<user>``, written on that partition with the last
 labelled offset counted into it: whatever prefix of a batch's records a SIGKILL leaves on the changelog,

@@ -14,9 +14,10 @@ from services.config import ExperimentSettings
 from services.deployment.experiments import Experiment, running
 from services.serving.experiment import on_candidate
 from streams.comparison import Decision
+from streams.evidence import evidence, is_evidence
 from streams.experiment_agents import event_clock
 from streams.experiment_replays import BUCKET_MS, HORIZON_MS
-from streams.experiments import Experiments, command_id, evidence, is_evidence
+from streams.experiments import Experiments, command_id
 from streams.exposition import MonitorMetrics
 from streams.join import SHADOW, DictStore, Joiner, Labelled, Paired, joinable_outcome, joinable_prediction
 from streams.routing import Router

@@ -15,8 +15,9 @@ from services.deployment.experiments import Experiment
 from services.serving.experiment import on_candidate
 from streams.alerts import no_baseline
 from streams.decisions import Decisions
+from streams.evidence import evidence
 from streams.experiment_agents import ExperimentAgents
-from streams.experiments import Experiments, evidence
+from streams.experiments import Experiments
 from streams.fleet import Fleet
 from streams.join import Labelled, encode_bundle
 from streams.pre_periods import BUCKETS, KEY_PREFIX, PrePeriods
