@@ -99,11 +99,16 @@ class JoinAgents:
     async def _start_unread(self) -> None:
         """A source partition nothing was read of since its assignment (after a restart, all of them) is read
         up to the consumer's position there: it started at its committed offset, so a quiet partition
-        already read to its end can be idle without a new message (:meth:`Router.reports`)."""
+        already read to its end can be idle without a new message (:meth:`Router.reports`). The position
+        counts messages the consumer fetched but this agent has not routed yet; asked only before the first
+        message of the partition comes, and idle only after the idle timeout, that gap is a first batch held
+        in Faust's buffer for the whole timeout."""
         for stream, partition in self.router.unread():
             try:
-                position = await self.app.consumer.position(TP(self._topic_of(stream), partition))
-            except Exception as exc:  # not assigned any more, or not started: unknown, so not idle
+                tp = TP(self._topic_of(stream), partition)
+                # Bounded: the position may wait for an offset reset, and the reports must go on meanwhile.
+                position = await asyncio.wait_for(self.app.consumer.position(tp), timeout=5.0)
+            except Exception as exc:  # not assigned any more, not started, or slow: unknown, so not idle
                 log.debug("no position for %s[%d]: %r", stream, partition, exc)
                 continue
             if position is not None:
