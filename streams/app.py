@@ -163,6 +163,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
             past_ms=int(m.past_tolerance * 1000),
             prediction_past_ms=int(m.prediction_wait_s * 1000),
             idle_timeout_s=m.idle_timeout_s,
+            highwater=self.source_highwater,  # idle means caught up by log offset (streams.routing)
             model=settings.model_name,
             default_model=settings.default_model,
         )

@@ -16,11 +16,12 @@ partition's backlog at their own pace, so predictions come out of event-time ord
 outage lasted. An outcome therefore waits for its prediction until the *outcome* watermark is
 ``prediction_wait`` past it (a day by default), which bounds what an outage leaves pending; a prediction
 that comes after its outcome, however late, is joined with it.
-When every outcome partition is idle, nothing in event time moves the outcome watermark, so processing
-time does, safely: a plausible outcome is never more than ``past_tolerance`` older than its broker time,
-so none still to come lies before the monitor's clock less the past tolerance (its clock standing in for
-the broker's). Predictions still expire, pending state stays bounded, and no label that can still come is
-given up.
+When every outcome partition is idle (quiet for the idle timeout and read to the end of its log, so no
+outcome written to it is still unread: :mod:`streams.routing`), nothing in event time moves the outcome
+watermark, so processing time does, safely: a plausible outcome is never more than ``past_tolerance``
+older than its broker time, so none still to come lies before the monitor's clock less the past tolerance
+(its clock standing in for the broker's). Predictions still expire, pending state stays bounded, and no
+label that can still come is given up.
 
 Expired predictions are resolved by config: counted as "no purchase" (the storefront's usual meaning) or
 dropped as unlabelled. Either way they are reported as expired.

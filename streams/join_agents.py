@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import faust
 import orjson
+from faust.types import TP
 
 from services.config import Settings
 from streams.join import SHADOW, Joiner, JoinStats, Labelled, encode_bundle
@@ -61,7 +62,9 @@ class JoinAgents:
                 message = event.message
                 kind = self._kinds().get(message.topic, "outcomes")
                 broker_ms = round(message.timestamp * 1000) if message.timestamp else None
-                rejected = router.route(kind, message.partition, self.partitions, broker_ms, event.value)
+                rejected = router.route(
+                    kind, message.partition, self.partitions, broker_ms, event.value, message.offset
+                )
                 if rejected is None:
                     continue
                 error, why = rejected
@@ -90,7 +93,37 @@ class JoinAgents:
     async def report(self, *_: Any) -> None:
         """Tell every join partition how the source partitions stand, also when no event comes."""
         if self.router.sources:
+            await self._start_unread()
             await self._send_joinable([])
+
+    async def _start_unread(self) -> None:
+        """A source partition nothing was read of since its assignment (after a restart, all of them) is read
+        up to the consumer's position there: it started at its committed offset, so a quiet partition
+        already read to its end can be idle without a new message (:meth:`Router.reports`). The position
+        counts messages the consumer fetched but this agent has not routed yet; asked only before the first
+        message of the partition comes, and idle only after the idle timeout, that gap is a first batch held
+        in Faust's buffer for the whole timeout."""
+        for stream, partition in self.router.unread():
+            try:
+                tp = TP(self._topic_of(stream), partition)
+                # Bounded: the position may wait for an offset reset, and the reports must go on meanwhile.
+                position = await asyncio.wait_for(self.app.consumer.position(tp), timeout=5.0)
+            except Exception as exc:  # not assigned any more, not started, or slow: unknown, so not idle
+                log.debug("no position for %s[%d]: %r", stream, partition, exc)
+                continue
+            if position is not None:
+                self.router.started(stream, partition, position)
+
+    def source_highwater(self, stream: str, partition: int) -> int | None:
+        """The high watermark of a source partition as the consumer knows it (from its last fetch response),
+        ``None`` if it does not know it (not fetched yet, not assigned, not started)."""
+        try:
+            return self.app.consumer.highwater(TP(self._topic_of(stream), partition))
+        except Exception:  # aiokafka asserts the assignment; Faust raises ConsumerNotStarted
+            return None
+
+    def _topic_of(self, stream: str) -> str:
+        return self.predictions_topic if stream == "predictions" else self.outcomes_topic
 
     async def _send_joinable(self, sent: list[Any]) -> None:
         # Acknowledged before the offsets of the events routed are committed (Faust flushes first).

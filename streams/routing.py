@@ -72,6 +72,7 @@ class _Source:
     partitions: int
     seen: float  # processing time of the last message (or of the assignment)
     latest: int = -1  # the latest plausible event time seen
+    read: int | None = None  # the log offset after the last message read (unknown before the first)
 
 
 @dataclass
@@ -89,6 +90,10 @@ class Router:
     #: The model watched (``None``: every prediction), and the model of predictions that name none.
     model: str | None = None
     default_model: str | None = None
+    #: The high watermark (the offset the next message will get) of a source partition as the consumer
+    #: knows it, ``None`` if it does not. Without it (a caller that knows no log offsets, the bench's
+    #: baseline) quiet alone makes a partition idle.
+    highwater: Callable[[str, int], int | None] | None = None
     sources: dict[tuple[str, int], _Source] = field(default_factory=dict)
     _events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -100,16 +105,35 @@ class Router:
     def revoke(self, stream: str, partition: int) -> None:
         self.sources.pop((stream, partition), None)
 
+    def unread(self) -> list[tuple[str, int]]:
+        """The source partitions of which no message was read since their assignment."""
+        return [key for key, s in sorted(self.sources.items()) if s.read is None]
+
+    def started(self, stream: str, partition: int, position: int) -> None:
+        """The consumer's position in a partition of which nothing was read yet: it is read up to there."""
+        source = self.sources.get((stream, partition))
+        if source is not None and source.read is None:
+            source.read = position
+
     def route(
-        self, stream: str, partition: int, partitions: int, broker_ms: int | None, value: bytes | None
+        self,
+        stream: str,
+        partition: int,
+        partitions: int,
+        broker_ms: int | None,
+        value: bytes | None,
+        offset: int | None = None,
     ) -> tuple[str, str] | None:
-        """Take one source message; ``None``, or ``(error, kind)`` for a message that goes no further
-        (kind ``invalid`` or ``implausible``), the error naming the field."""
+        """Take one source message (at log ``offset``, if the caller knows it); ``None``, or
+        ``(error, kind)`` for a message that goes no further (kind ``invalid`` or ``implausible``), the
+        error naming the field."""
         if stream == SHADOW:
             return self._route_shadow(partition, broker_ms, value)
         self.assign(stream, partition, partitions)
         source = self.sources[(stream, partition)]
         source.seen = self.clock()
+        if offset is not None:
+            source.read = max(source.read or 0, offset + 1)
         prediction = stream == "predictions"
         try:
             joinable, named, ts_field = _read(prediction, partition, value)
@@ -178,10 +202,26 @@ class Router:
                 "partition": partition,
                 "partitions": s.partitions,
                 "latest": s.latest,
-                "idle": now - s.seen > self.idle_timeout_s,
+                "idle": self._idle(stream, partition, s, now),
             }
             for (stream, partition), s in sorted(self.sources.items())
         ]
+
+    def _idle(self, stream: str, partition: int, source: _Source, now: float) -> bool:
+        """Quiet for the idle timeout *and* read to its end. Quiet alone is not caught up: a slow consumer,
+        a loaded machine or a stalled fetch leaves a partition quiet with unread messages, and a watermark
+        passing them would expire predictions whose outcomes are still to be read. The log offset decides,
+        not the clock: idle only if the offset read is at the high watermark the consumer knows.
+        A high watermark or a read offset the router does not know is not caught up: the consumer learns
+        the high watermark from every fetch response (empty ones too, within ``fetch_max_wait``), so it is
+        unknown only while that partition's fetches do not come back, which is exactly the stall to guard
+        against; waiting costs the watermark some time, a wrong idle costs labels that cannot come back."""
+        if now - source.seen <= self.idle_timeout_s:
+            return False
+        if self.highwater is None:
+            return True
+        end = self.highwater(stream, partition)
+        return end is not None and source.read is not None and source.read >= end
 
     def take(self) -> list[dict[str, Any]]:
         """The events routed since the last call, every destination's (for a caller that joins in one

@@ -6,9 +6,13 @@ partitions' latest plausible event times, less the out-of-order allowance, so a 
 others (after a restart, or a backlog) holds the watermark back instead of being passed by it. Only
 plausible event times (:mod:`schemas.eventtime`) reach it: one bad timestamp cannot move it.
 
-A partition that has had no new events for the idle timeout (it is caught up and quiet: the router says
-so) no longer holds the watermark back, as in Flink's ``withIdleness``. When every partition of a stream is
-idle the stream has no watermark of its own; the join decides what that means for each stream.
+A partition that the router reports idle no longer holds the watermark back, as in Flink's
+``withIdleness``, with one more condition: idle is quiet for the idle timeout *and* read to the end of its
+log (the offset read is at the high watermark the consumer knows, :meth:`streams.routing.Router.reports`).
+Quiet alone is not caught up: a slow consumer or a stalled fetch leaves a quiet partition with unread
+events, and a watermark passing them would expire predictions whose outcomes are still to be read. When
+every partition of a stream is idle the stream has no watermark of its own; the join decides what that
+means for each stream.
 
 Watermarks only ever advance: a partition coming back from idle behind the others does not pull it back.
 """

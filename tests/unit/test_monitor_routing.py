@@ -112,6 +112,44 @@ def test_a_quiet_source_partition_is_reported_idle_after_the_timeout() -> None:
     assert [s["idle"] for s in r.reports()] == [False]
 
 
+def test_a_quiet_partition_with_unread_backlog_is_not_idle() -> None:
+    """Quiet is not caught up: a slow consumer or a stalled fetch leaves a partition quiet with messages
+    unread. Idle needs the offset read to be at the high watermark the consumer knows."""
+    now, highwaters = [100.0], {("outcomes", 2): 9}
+    r = router(idle_timeout_s=60)
+    r.clock = lambda: now[0]
+    r.highwater = lambda stream, partition: highwaters.get((stream, partition))
+    r.route("outcomes", 2, 3, NOW, outcome("x", NOW), offset=4)
+    now[0] += 61
+    assert [s["idle"] for s in r.reports()] == [False]  # offsets 5..8 are still to be read
+    r.route("outcomes", 2, 3, NOW, outcome("y", NOW), offset=8)
+    assert [s["idle"] for s in r.reports()] == [False]  # read to the end, but not quiet yet
+    now[0] += 61
+    assert [s["idle"] for s in r.reports()] == [True]  # caught up and quiet
+    highwaters[("outcomes", 2)] = 10  # a message came that the worker has not read
+    assert [s["idle"] for s in r.reports()] == [False]
+    del highwaters[("outcomes", 2)]  # the consumer does not know the end: not caught up
+    assert [s["idle"] for s in r.reports()] == [False]
+
+
+def test_a_partition_read_to_its_end_before_a_restart_can_be_idle_without_new_messages() -> None:
+    """Nothing read since the assignment: the consumer's position (its committed offset) says how far it is
+    read; until the router is told, the partition is not idle."""
+    now, highwaters = [100.0], {("predictions", 0): 7, ("predictions", 1): 7}
+    r = router(idle_timeout_s=60)
+    r.clock = lambda: now[0]
+    r.highwater = lambda stream, partition: highwaters.get((stream, partition))
+    r.assign("predictions", 0, 2)
+    r.assign("predictions", 1, 2)
+    now[0] += 61
+    assert [s["idle"] for s in r.reports()] == [False, False]
+    assert r.unread() == [("predictions", 0), ("predictions", 1)]
+    r.started("predictions", 0, 7)  # committed at the end
+    r.started("predictions", 1, 3)  # four messages to read
+    assert r.unread() == []
+    assert [s["idle"] for s in r.reports()] == [True, False]
+
+
 def test_one_bad_outcome_cannot_expire_healthy_predictions() -> None:
     """The original failure: an outcome in microseconds advanced the clock and expired everything."""
     r = router(partitions=1)
