@@ -176,6 +176,19 @@ class Joiner:
 
     # -- events ------------------------------------------------------------------------------------------
 
+    def bundle(self, events: list[dict[str, Any]], reports: list[dict[str, Any]]) -> list[Labelled]:
+        """One message of the joinable topic: its events joined, then the router's reports applied (they
+        describe the sources after these events; applied first, they could close a window on an outcome
+        of this very bundle). How many partitions each stream has is taken first, though: a joiner that
+        has not heard it yet (a fresh one) would otherwise take the sources of this bundle's events for all
+        of them, and one far-future timestamp among them would move a watermark for good."""
+        for r in reports:
+            self.clocks.stream(r["stream"]).expect(r["partitions"])
+        out = [item for e in events for item in self.event(e)]
+        for r in reports:
+            out += self.report(r["stream"], r["partition"], r["latest"], r["idle"], r["partitions"], r["now"])
+        return out
+
     def event(self, e: dict[str, Any]) -> list[Labelled]:
         if e["kind"] == SHADOW:
             return self.shadow(e)

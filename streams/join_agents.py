@@ -185,12 +185,7 @@ class JoinAgents:
             self.invalid += 1
             log.warning("skipped a joinable message at offset %d: %r", offset, exc)
             return
-        out = [item for e in joinable for item in joiner.event(e)]
-        for r in reports:
-            out += joiner.report(
-                r["stream"], r["partition"], r["latest"], r["idle"], r["partitions"], r["now"]
-            )
-        for item in out:
+        for item in joiner.bundle(joinable, reports):
             by_version.setdefault(item.model_version, []).append(item)
 
     async def _read_missed(self, partition: int, missed: range) -> list[tuple[int, bytes | None]]:

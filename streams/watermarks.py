@@ -52,6 +52,10 @@ class StreamClock:
         if ts > clock.latest:
             clock.latest = ts
 
+    def expect(self, partitions: int) -> None:
+        """The source topic has ``partitions`` partitions: until each has been heard of, none moves it."""
+        self.partitions = max(self.partitions, partitions)
+
     def report(self, source: int, latest: int, idle: bool, partitions: int) -> None:
         """What the router knows of ``source``: its latest plausible event time, and whether it is idle."""
         self.partitions = max(self.partitions, partitions)

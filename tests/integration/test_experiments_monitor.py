@@ -342,7 +342,17 @@ def test_a_canary_without_labelled_candidate_traffic_ends_inconclusive_at_max_du
         settings = plain.model_copy(update={"signing_key": SecretStr(key)})
         config = write_config(
             tmp_path / "monitor.toml",
-            {"label_window_s": 1, "emit_every_s": 1.0, "commit_interval_s": 0.3, "session_timeout_s": 6},
+            # No partition goes idle within the test: an idle partition stops holding the clock back, and
+            # with the others idle the one that had the prediction 4 minutes ahead would lead it (the
+            # watermarks' idleness, as in Flink's; on a loaded machine the first phase can outlast 60 s).
+            # What this test checks is that one such timestamp cannot lead while the others have traffic.
+            {
+                "label_window_s": 1,
+                "emit_every_s": 1.0,
+                "commit_interval_s": 0.3,
+                "session_timeout_s": 6,
+                "idle_timeout_s": 3600,
+            },
             [],
         )
         env = {"MODELWATCH_SIGNING_KEY": key, "MODELWATCH_EXPERIMENTS__MAX_DURATION_S": "20"}

@@ -217,6 +217,23 @@ def test_a_partition_read_behind_the_others_holds_the_watermark_back() -> None:
     assert j.outcome(outcome("y", 1300, source=1)) == [Labelled("r2", "v1", 200, NOTHING, expired=True)]
 
 
+def test_a_fresh_joiners_first_bundle_cannot_move_a_watermark_with_one_far_future_timestamp() -> None:
+    """A joiner that has not heard how many partitions a stream has learns it from the bundle before its
+    events: otherwise the sources of the first events would be all it knows, and one outcome far ahead
+    (plausible, within the future tolerance) would move the outcome watermark for good and expire every
+    pending prediction as "no purchase" (a healthy model's labels lost, a rollback risked)."""
+    j = Joiner(DictStore(), W)
+    j.prediction(prediction("r1", 100, source=0))
+    ahead = outcome("x", 240_000, source=1)
+    reports = [
+        {"stream": "outcomes", "partition": 1, "latest": 240_000, "idle": False, "partitions": 3, "now": -1},
+        {"stream": "predictions", "partition": 0, "latest": 100, "idle": False, "partitions": 3, "now": -1},
+    ]
+    assert j.bundle([ahead], reports) == []
+    assert j.clocks.outcomes.watermark == -1  # partitions 0 and 2 not heard of: they may hold anything
+    assert j.bundle([outcome("r1", 400, source=0)], []) == [Labelled("r1", "v1", 100, BOUGHT_A)]
+
+
 def test_an_idle_outcome_partition_stops_holding_the_watermark_back() -> None:
     j = Joiner(DictStore(), W)
     j.report("outcomes", 1, -1, False, partitions=2)
