@@ -37,8 +37,17 @@ format: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
+# The integration tests mostly wait on Kafka (group joins, worker start-ups, deadlines), not on the CPU, so
+# two pytest-xdist workers run them side by side, each module on one worker (--dist loadscope: its
+# module-scoped fixtures are made once, and the secure broker's fixed port is taken once). The fault suite (killed brokers, monitors and replicas) then runs alone, one
+# test at a time, as its timings need; both runs go to the end, and either failing fails the target.
+# --durations lists the slowest tests, to keep the run within its budget.
+TEST_WORKERS ?= 2
 test: lint monitoring-tools
-	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)  # the slowest tests, to keep the run within its budget
+	status=0; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --ignore=tests/faults --durations=15 $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/pytest tests/faults --durations=5 $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 # The real Prometheus, promtool and Alertmanager the integration tests run: Debian bookworm's packages
 # (Prometheus 2.42, Alertmanager 0.25), installed once when missing, as the broker fetches the Kafka jars.

@@ -4,6 +4,11 @@ Integration tests use one real Kafka broker for the whole session: the cluster n
 ``MODELWATCH_BOOTSTRAP`` if set, else a local test broker on ``MODELWATCH_TEST_BROKER_PORT`` (19092),
 reused when it already runs and stopped at the end only if this session started it. Each test gets its
 own topic prefix, hence its own topics and consumer groups.
+
+``make test`` runs the unit and integration tests in two pytest-xdist workers (``-n 2 --dist loadscope``:
+each module on one worker, so its module-scoped fixtures, such as the secure broker on its fixed port, are
+made once). Each worker asks for the broker: one starts it under a file lock and the other finds it
+running; the controller stops it once every worker is done. The fault suite runs after them, alone.
 """
 
 from __future__ import annotations
@@ -14,18 +19,53 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from services.config import BrokerSettings, Settings, load_settings
 from services.kafka.topics import create_topics, delete_topics
 from services.sandbox.broker import LocalCluster
+from tests.faults.conftest import FaultLedger
 
 TEST_PORT = int(os.environ.get("MODELWATCH_TEST_BROKER_PORT", "19092"))
+TEST_BROKER_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelwatch" / "test-broker"
+)
+
+#: Whether the test broker ran when this session (the controller, under xdist) began.
+_BROKER_RAN_AT_START = pytest.StashKey[bool]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts or "faults" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+
+
+def _test_cluster() -> LocalCluster:
+    return LocalCluster(BrokerSettings(port=TEST_PORT, data_dir=TEST_BROKER_DIR))
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_worker(config):  # the workers' reports reach the controller, which prints the table
+        config.pluginmanager.register(FaultLedger(), "fault-ledger")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _is_worker(session.config) and not os.environ.get("MODELWATCH_BOOTSTRAP"):
+        session.config.stash[_BROKER_RAN_AT_START] = all(n.running for n in _test_cluster().nodes)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the test broker if this session started it: here, after every xdist worker has finished."""
+    ran_at_start = session.config.stash.get(_BROKER_RAN_AT_START, True)
+    if not ran_at_start and not os.environ.get("MODELWATCH_KEEP_TEST_BROKER"):
+        cluster = _test_cluster()
+        if any(n.running for n in cluster.nodes):
+            cluster.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -41,20 +81,16 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap() -> str:
+    """The cluster to test against, started if need be (pytest_sessionfinish stops it)."""
     named = os.environ.get("MODELWATCH_BOOTSTRAP")
     if named:
-        yield named
-        return
-    data = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelwatch" / "test-broker"
-    cluster = LocalCluster(BrokerSettings(port=TEST_PORT, data_dir=data))
-    started_here = not all(n.running for n in cluster.nodes)
-    bootstrap = cluster.start()
-    try:
-        yield bootstrap
-    finally:
-        if started_here and not os.environ.get("MODELWATCH_KEEP_TEST_BROKER"):
-            cluster.stop()
+        return named
+    TEST_BROKER_DIR.mkdir(parents=True, exist_ok=True)
+    # Every xdist worker gets here: the first starts the broker, the others wait and find it running. The
+    # cluster is read under the lock, so it sees the process the first one started.
+    with FileLock(TEST_BROKER_DIR / "start.lock"):
+        return _test_cluster().start()
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@ whether the control loop still worked), and the session ends with the table, pri
 ``out/faults/summary.md`` and ``summary.json`` (``MODELWATCH_FAULT_REPORT_DIR`` to put them elsewhere).
 
 Faults that other suites already cover (the owners' integration tests) are listed in the same table with
-the test that covers them and its result in this session, so one table answers "what was tried".
+the test that covers them and its result, so one table answers "what was tried": from this session, or
+else from the last session that ran it (``make test`` runs them in the parallel run before the fault
+suite; that session leaves their results in ``covered-elsewhere.json`` beside the table).
 """
 
 from __future__ import annotations
@@ -114,12 +116,8 @@ COVERED_ELSEWHERE: tuple[tuple[str, str], ...] = (
     ),
 )
 
-_ROWS = pytest.StashKey[list[FaultRow]]()
 _ROW = pytest.StashKey[FaultRow]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_ROWS] = []
+_ROW_PROPERTY = "fault_row"
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +138,6 @@ def fault(request: pytest.FixtureRequest) -> Iterator[FaultRow]:
     doc = (request.function.__doc__ or request.node.name).strip().splitlines()[0]
     row = FaultRow(fault=doc.rstrip("."), test=request.node.nodeid)
     request.node.stash[_ROW] = row
-    request.config.stash[_ROWS].append(row)
     started = time.monotonic()
     yield row
     row.seconds = round(time.monotonic() - started, 1)
@@ -153,8 +150,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if row is not None:
         if report.when == "call" or (report.when == "setup" and report.failed):
             row.result = report.outcome
-        elif report.when == "teardown" and report.failed and row.result == "passed":
-            row.result = "failed in teardown"
+        elif report.when == "teardown":
+            if report.failed and row.result == "passed":
+                row.result = "failed in teardown"
+            # The row travels with the report: under pytest-xdist the test ran in a worker, and the table is
+            # made where the reports end up.
+            report.user_properties.append((_ROW_PROPERTY, asdict(row)))
     return report
 
 
@@ -192,23 +193,42 @@ def markdown(rows: list[FaultRow], elsewhere: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    rows: list[FaultRow] = config.stash.get(_ROWS, [])
-    if not rows:
-        return
-    outcomes = _outcomes(terminalreporter)
-    elsewhere = [
-        {"fault": fault, "test": test, "result": outcomes.get(test, "not run in this session")}
-        for fault, test in COVERED_ELSEWHERE
-    ]
-    table = markdown(rows, elsewhere)
-    out = Path(os.environ.get("MODELWATCH_FAULT_REPORT_DIR") or config.rootpath / "out" / "faults")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(table)
-    (out / "summary.json").write_text(
-        json.dumps({"faults": [asdict(r) for r in rows], "covered_elsewhere": elsewhere}, indent=2)
-    )
-    terminalreporter.write_sep("=", "fault suite")
-    for line in table.splitlines():
-        terminalreporter.write_line(line)
-    terminalreporter.write_line(f"(written to {out / 'summary.md'} and summary.json)")
+class FaultLedger:
+    """The table's rows, read from the test reports, and the table at the end of the session.
+
+    A plugin that tests/conftest.py registers in the process that shows the session (under pytest-xdist the
+    controller, which never loads this conftest: it collects nothing)."""
+
+    def __init__(self) -> None:
+        self.rows: list[FaultRow] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.rows += [FaultRow(**value) for name, value in report.user_properties if name == _ROW_PROPERTY]
+
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        out = Path(os.environ.get("MODELWATCH_FAULT_REPORT_DIR") or config.rootpath / "out" / "faults")
+        earlier = out / "covered-elsewhere.json"
+        outcomes = _outcomes(terminalreporter)
+        ran_here = {test: outcomes[test] for _, test in COVERED_ELSEWHERE if test in outcomes}
+        if not self.rows:
+            # make test runs the owners' tests first, in another session: their results wait for the table.
+            if ran_here:
+                out.mkdir(parents=True, exist_ok=True)
+                at = time.strftime("%Y-%m-%d %H:%M")
+                earlier.write_text(json.dumps({t: f"{r} (pytest run of {at})" for t, r in ran_here.items()}))
+            return
+        before: dict[str, str] = json.loads(earlier.read_text()) if earlier.exists() else {}
+        elsewhere = [
+            {"fault": fault, "test": test, "result": ran_here.get(test) or before.get(test, "not run")}
+            for fault, test in COVERED_ELSEWHERE
+        ]
+        table = markdown(self.rows, elsewhere)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(table)
+        (out / "summary.json").write_text(
+            json.dumps({"faults": [asdict(r) for r in self.rows], "covered_elsewhere": elsewhere}, indent=2)
+        )
+        terminalreporter.write_sep("=", "fault suite")
+        for line in table.splitlines():
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"(written to {out / 'summary.md'} and summary.json)")
