@@ -9,6 +9,7 @@ the controller quorum on the port after it. The layout and pids are kept in ``<d
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -69,25 +70,31 @@ def ensure_jars(settings: BrokerSettings, say: Callable[[str], None] = print) ->
     if shutil.which("java") is None:
         raise BrokerError("java is not on PATH: the broker needs JDK 17")
     home.mkdir(parents=True, exist_ok=True)
-    (home / "pom.xml").write_text(_POM.format(version=settings.kafka_version))
-    say(f"fetching Apache Kafka {settings.kafka_version} jars from Maven Central into {lib} (once) ...")
-    proc = subprocess.run(
-        [
-            mvn,
-            "-q",
-            "-B",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={lib}",
-            "-DincludeScope=runtime",
-        ],
-        cwd=home,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        raise BrokerError(f"mvn could not fetch kafka_2.13:{settings.kafka_version}: " + " | ".join(tail))
-    done.write_text(settings.kafka_version)
+    # One fetch at a time: two processes starting brokers at once (the tests' two workers) would otherwise
+    # both run mvn into the same directory; the second waits, then finds the jars complete.
+    with (home / ".fetch.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return lib
+        (home / "pom.xml").write_text(_POM.format(version=settings.kafka_version))
+        say(f"fetching Apache Kafka {settings.kafka_version} jars from Maven Central into {lib} (once) ...")
+        proc = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={lib}",
+                "-DincludeScope=runtime",
+            ],
+            cwd=home,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            raise BrokerError(f"mvn could not fetch kafka_2.13:{settings.kafka_version}: " + " | ".join(tail))
+        done.write_text(settings.kafka_version)
     return lib
 
 
