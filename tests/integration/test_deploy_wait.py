@@ -157,23 +157,29 @@ def test_deploys_wait_for_every_live_replica_and_fail_on_a_rejection_or_a_silenc
     assert f"deploy {v2} published" in out and "activated" not in out and "live replica" not in out
 
 
-class Heartbeats(threading.Thread):
-    """A replica's heartbeats every ``every_s`` on its events partition, counted as the broker acks them;
-    bounded (at most a minute at 50 ms), stopped by leaving the ``with`` block."""
+class Writer(threading.Thread):
+    """Writes :meth:`message` every ``every_s``, counted as the broker acks them; bounded (``limit``
+    messages), stopped by leaving the ``with`` block."""
 
-    def __init__(self, settings: Settings, instance: str, every_s: float) -> None:
-        super().__init__(name=f"heartbeats-{instance}", daemon=True)
-        self.settings, self.instance, self.every_s = settings, instance, every_s
+    limit = 1200
+
+    def __init__(self, settings: Settings, name: str, every_s: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.settings, self.every_s = settings, every_s
         self.acked = 0
         self.stop_event = threading.Event()
 
-    def __enter__(self) -> Heartbeats:
+    def __enter__(self) -> Writer:
         self.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop_event.set()
         self.join(timeout=10)
+
+    def message(self) -> tuple[str, bytes, bytes]:
+        """(topic, key, value) of the next message."""
+        raise NotImplementedError
 
     def run(self) -> None:
         producer = kafka.producer(self.settings, **{"linger.ms": 0})
@@ -182,18 +188,25 @@ class Heartbeats(threading.Thread):
             if err is None:
                 self.acked += 1
 
-        for _ in range(1200):
+        for _ in range(self.limit):
             if self.stop_event.wait(self.every_s):
                 break
-            beat = {"instance": self.instance, "event": "heartbeat", "model_version": "v1", "ts": now_ms()}
-            producer.produce(
-                self.settings.topic("model-events"),
-                codec("model-event").encode(beat),
-                key=self.instance.encode(),
-                on_delivery=on_delivery,
-            )
+            topic, key, value = self.message()
+            producer.produce(topic, value, key=key, on_delivery=on_delivery)
             producer.poll(0)
         producer.flush(10)
+
+
+class Heartbeats(Writer):
+    """A replica's heartbeats every ``every_s`` on its events partition (at most a minute at 50 ms)."""
+
+    def __init__(self, settings: Settings, instance: str, every_s: float) -> None:
+        super().__init__(settings, f"heartbeats-{instance}", every_s)
+        self.instance = instance
+
+    def message(self) -> tuple[str, bytes, bytes]:
+        beat = {"instance": self.instance, "event": "heartbeat", "model_version": "v1", "ts": now_ms()}
+        return self.settings.topic("model-events"), self.instance.encode(), codec("model-event").encode(beat)
 
 
 def test_the_state_is_read_to_its_end_while_a_replica_heartbeats_faster_than_a_fetch_waits(
@@ -241,43 +254,18 @@ def test_an_event_written_after_the_start_to_a_partition_at_its_end_is_read(sett
         consumer.close()
 
 
-class Commands(threading.Thread):
+class Commands(Writer):
     """Another model's commands every ``every_s`` on the command log (every replica reads them and leaves
-    them to that model's replicas), counted as the broker acks them; bounded (at most two minutes)."""
+    them to that model's replicas); at most two minutes at 50 ms."""
+
+    limit = 2400
 
     def __init__(self, settings: Settings, every_s: float) -> None:
-        super().__init__(name="other-model-commands", daemon=True)
-        self.settings, self.every_s = settings, every_s
-        self.acked = 0
-        self.stop_event = threading.Event()
+        super().__init__(settings, "other-model-commands", every_s)
 
-    def __enter__(self) -> Commands:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop_event.set()
-        self.join(timeout=10)
-
-    def run(self) -> None:
-        producer = kafka.producer(self.settings, **{"linger.ms": 0})
-
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is None:
-                self.acked += 1
-
-        for _ in range(2400):
-            if self.stop_event.wait(self.every_s):
-                break
-            command = make("deploy", "other-v1", "another model's", issued_by="test", model="other")
-            producer.produce(
-                self.settings.topic("model-commands"),
-                codec("model-command").encode(command),
-                key=b"other",
-                on_delivery=on_delivery,
-            )
-            producer.poll(0)
-        producer.flush(10)
+    def message(self) -> tuple[str, bytes, bytes]:
+        command = make("deploy", "other-v1", "another model's", issued_by="test", model="other")
+        return self.settings.topic("model-commands"), b"other", codec("model-command").encode(command)
 
 
 def test_a_replica_starting_while_commands_keep_coming_reads_its_history_and_serves(
