@@ -136,9 +136,12 @@ def ensure_topics(client: AdminClient, wanted: list[NewTopic], timeout: float = 
 
 
 def delete_topics(settings: Settings, timeout: float = 30.0) -> None:
-    """Delete every contract topic under the prefix (tests clean up with it)."""
+    """Delete every contract topic under the prefix, and the monitor's own (``<prefix>monitor-*``: its
+    changelogs and repartition topics). Tests clean up with it."""
     client = kafka.admin(settings)
     names = [t.name(settings.topic_prefix) for t in contract.ALL]
+    monitors = f"{settings.topic_prefix}monitor-"
+    names += [t for t in client.list_topics(timeout=timeout).topics if t.startswith(monitors)]
     for fut in client.delete_topics(names, request_timeout=timeout).values():
         try:
             fut.result()

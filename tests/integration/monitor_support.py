@@ -202,11 +202,6 @@ def topic_world(bootstrap: str, partitions: int) -> Iterator[Settings]:
         yield settings
     finally:
         delete_topics(settings)
-        admin = kafka.admin(settings)
-        internal = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}monitor")]
-        if internal:
-            for fut in admin.delete_topics(internal, request_timeout=30).values():
-                fut.result()
 
 
 class MonitorProcess:

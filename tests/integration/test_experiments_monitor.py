@@ -142,12 +142,6 @@ def fleet(
         yield keyed, versions, monitor, (monitor_pub, port)
     finally:
         monitor.stop()
-        admin = kafka.admin(keyed)
-        internal = [
-            t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{keyed.topic_prefix}monitor")
-        ]
-        for fut in (admin.delete_topics(internal, request_timeout=30) if internal else {}).values():
-            fut.result()
 
 
 def run_experiment(
