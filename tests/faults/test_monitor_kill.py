@@ -62,6 +62,7 @@ class Shop:
         self.storefront = Storefront(settings)
         self.next_ts = int(time.time() * 1000)
         self.sent: dict[str, int] = {}
+        self.request_ids: dict[str, set[str]] = {}
 
     def serve(
         self, version: str, n: int, seed: int, exact: tuple[int, int], rate: float | None = None
@@ -72,6 +73,7 @@ class Shop:
         tick = reqs[-1].ts + 2 * W
         self.next_ts = tick + 1
         self.sent[version] = self.sent.get(version, 0) + n
+        self.request_ids.setdefault(version, set()).update(r.request_id for r in reqs)
         started, step = time.monotonic(), 100
         for i in range(0, n, step):
             chunk = reqs[i : i + step]

@@ -24,6 +24,7 @@ from tests.integration.monitor_support import (
     MonitorProcess,
     read_labelled,
     topic_world,
+    trace_requests,
     wait_for,
     write_config,
 )
@@ -74,8 +75,11 @@ def test_two_monitor_workers_one_sigkilled_with_a_rollback_pending(
             except TimeoutError as exc:
                 # Where the missing requests stopped: never labelled (the join) or labelled but not counted.
                 labelled = {i["request_id"] for i in read_labelled(settings) if i["model_version"] == "v2"}
+                missing = sorted(shop.request_ids["v2"] - labelled)
+                trace = trace_requests(settings, missing[:20])
                 raise TimeoutError(
-                    f"{exc}: v2 total {total(settings, 'v2')}, {len(labelled)} distinct v2 requests labelled"
+                    f"{exc}: v2 total {total(settings, 'v2')}, {len(labelled)} distinct v2 requests "
+                    f"labelled; where those never labelled went: {trace}"
                 ) from exc
             survivor_log = other.log()
         finally:
