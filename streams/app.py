@@ -192,6 +192,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         self._join_generation = -1
         self._watch_generation = -1
         self._lock = asyncio.Lock()  # the watch agent and the timer share the trackers
+        self._sending = asyncio.Lock()  # the route agent and the report timer send bundles in turn
         self._last_stats = time.monotonic()
 
         self.app.agent(self.sources, name=f"{self.app_id}.route", concurrency=1)(self.route)

@@ -52,15 +52,16 @@ class JoinAgents:
     invalid: int
     _generation: int
     _join_generation: int
+    _sending: asyncio.Lock
 
     async def route(self, stream: faust.StreamT) -> None:
         m = self.settings.monitor
-        router = self.router
+        router, kinds = self.router, self._kinds()
         async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
             dead = []
             for event in events:
                 message = event.message
-                kind = self._kinds().get(message.topic, "outcomes")
+                kind = kinds.get(message.topic, "outcomes")
                 broker_ms = round(message.timestamp * 1000) if message.timestamp else None
                 rejected = router.route(
                     kind, message.partition, self.partitions, broker_ms, event.value, message.offset
@@ -103,15 +104,19 @@ class JoinAgents:
         counts messages the consumer fetched but this agent has not routed yet; asked only before the first
         message of the partition comes, and idle only after the idle timeout, that gap is a first batch held
         in Faust's buffer for the whole timeout."""
-        for stream, partition in self.router.unread():
-            try:
-                tp = TP(self._topic_of(stream), partition)
-                # Bounded: the position may wait for an offset reset, and the reports must go on meanwhile.
-                position = await asyncio.wait_for(self.app.consumer.position(tp), timeout=5.0)
-            except Exception as exc:  # not assigned any more, not started, or slow: unknown, so not idle
-                log.debug("no position for %s[%d]: %r", stream, partition, exc)
-                continue
-            if position is not None:
+        unread = self.router.unread()
+        if not unread:
+            return
+        try:
+            asked = [self.app.consumer.position(TP(self._topic_of(s), p)) for s, p in unread]
+            # Bounded, all together: a position may wait for an offset reset, and the reports must go on.
+            positions = await asyncio.wait_for(asyncio.gather(*asked, return_exceptions=True), timeout=5.0)
+        except Exception as exc:  # slow, or the consumer not started: unknown, so not idle
+            log.debug("no positions for %s: %r", unread, exc)
+            return
+        for (stream, partition), position in zip(unread, positions, strict=True):
+            # An error: not assigned any more, or not started. Unknown, so not idle.
+            if isinstance(position, int):
                 self.router.started(stream, partition, position)
 
     def source_highwater(self, stream: str, partition: int) -> int | None:
@@ -126,9 +131,13 @@ class JoinAgents:
         return self.predictions_topic if stream == "predictions" else self.outcomes_topic
 
     async def _send_joinable(self, sent: list[Any]) -> None:
+        # One sender at a time (the route agent, the report timer): a bundle's reports account for the
+        # events routed before it, so a later bundle must not reach a join partition before an earlier one
+        # (its reports would move the watermarks past events still on their way there).
+        async with self._sending:
+            for partition, bundle in self.router.bundles():
+                sent.append(await self.joinable.send(value=bundle, partition=partition, force=True))
         # Acknowledged before the offsets of the events routed are committed (Faust flushes first).
-        for partition, bundle in self.router.bundles():
-            sent.append(await self.joinable.send(value=bundle, partition=partition, force=True))
         if sent:
             await asyncio.gather(*sent)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from schemas import codec
 from schemas.eventtime import implausible
 from streams.join import DictStore, Joiner
+from streams.join_agents import JoinAgents
 from streams.routing import Router, decode_bundle, partition_of
 
 NOW = 1_795_491_753_129  # a broker timestamp, ms
@@ -262,3 +265,39 @@ def test_a_prediction_the_fast_read_leaves_to_the_codec_is_routed_or_rejected_by
     rejected = r.route("predictions", 0, 1, NOW, bad)
     assert rejected is not None and "scores" in rejected[0] and rejected[1] == "invalid"
     assert [e["request_id"] for e in r.take()] == ["r1"]
+
+
+class _Partitions:
+    """The joinable topic as the agents see it: each send is taken at once, in order, per partition, and
+    yields to the event loop as Faust's does; the first send waits longest (for the producer's metadata)."""
+
+    def __init__(self) -> None:
+        self.received: dict[int, list[dict[str, Any]]] = {}
+
+    async def send(self, value: bytes, partition: int, force: bool) -> asyncio.Future[None]:
+        first = not self.received
+        self.received.setdefault(partition, []).append(orjson.loads(value))
+        for _ in range(10 if first else 1):
+            await asyncio.sleep(0)  # yielding to the other sender, as a send that waits does
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def test_a_report_never_overtakes_the_events_it_accounts_for() -> None:
+    """The route agent and the report timer both send a bundle to every join partition. The timer's
+    reports count the events the agent routed; were its bundle to reach a join partition before the agent's
+    (which holds those events), the watermarks there would pass events still on their way."""
+    agents = JoinAgents()
+    agents.router, agents.joinable, agents._sending = router(), cast(Any, _Partitions()), asyncio.Lock()
+    for i in range(30):  # events for every join partition
+        agents.router.route("outcomes", 0, 1, NOW, outcome(f"r{i}", NOW - 1000 + i), offset=i)
+
+    async def route_then_report() -> None:
+        await asyncio.gather(agents._send_joinable([]), agents._send_joinable([]))
+
+    asyncio.run(route_then_report())
+    received = cast(_Partitions, agents.joinable).received
+    for partition in range(3):
+        events = [len(bundle["events"]) for bundle in received[partition]]
+        assert events[0] > 0 and events[1:] == [0], (partition, events)
