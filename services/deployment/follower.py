@@ -133,12 +133,28 @@ class CatchUp:
         self.at: dict[tuple[str, int], int] = {}
 
     @classmethod
-    def of(cls, consumer: Consumer, starts: list[TopicPartition]) -> CatchUp:
+    def of(
+        cls, consumer: Consumer, starts: list[TopicPartition], stop: threading.Event | None = None
+    ) -> CatchUp:
         """The ends of ``starts`` now. A start at :data:`OFFSET_END` becomes that end, an offset: an event
-        written between now and the first fetch is read, not passed over."""
+        written between now and the first fetch is read, not passed over. A broker that does not answer
+        (a restart, a leader election) is asked again, saying so, until ``stop`` is set (then nothing is
+        left to read); an error that asking again cannot mend, such as a refused authorization, is raised."""
+
+        def now(_attempt: int) -> list[tuple[int, int]]:
+            try:
+                return [kafka.watermarks(consumer, tp.topic, tp.partition) for tp in starts]
+            except KafkaClientError as exc:
+                if isinstance(exc.__cause__, NotYet):
+                    raise NotYet(str(exc)) from exc
+                raise
+
+        def waiting(_attempt: int, wait_s: float, error: BaseException) -> None:
+            log.warning("%s (retry in %.1fs)", error, wait_s)
+
+        offsets = retry(now, retry_on=(), stop=stop, on_retry=waiting)
         ends = {}
-        for tp in starts:
-            low, high = kafka.watermarks(consumer, tp.topic, tp.partition)
+        for tp, (low, high) in zip(starts, offsets or [], strict=False):
             if tp.offset == OFFSET_END:
                 tp.offset = high
             start = low if tp.offset == OFFSET_BEGINNING else max(tp.offset, low)
@@ -221,7 +237,7 @@ class Follower(threading.Thread):
             if self.events:
                 since = now_ms() - EVENTS_LOOKBACK_MS
                 parts += _events_from(consumer, self.settings.topic("model-events"), since)
-            catch_up = CatchUp.of(consumer, parts)
+            catch_up = CatchUp.of(consumer, parts, self.stop_event)
             log.debug(
                 "reading %s to %s",
                 ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in parts),

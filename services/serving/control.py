@@ -308,7 +308,7 @@ class Control(threading.Thread):
         loads."""
         # To its end by offset: a PARTITION_EOF alone may not come while commands keep coming (CatchUp).
         starts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in consumer.assignment()]
-        history = CatchUp.of(consumer, starts)
+        history = CatchUp.of(consumer, starts, self.stop_event)
         while not history.done and not self.stop_event.is_set():
             for msg in consumer.consume(500, timeout=0.2):
                 err = msg.error()

@@ -6,9 +6,17 @@ EOF at or past the end counts too (the end may be a record never delivered, e.g.
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError, Message
+import threading
+from typing import cast
 
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+import services.kafka.retry as retry_module
+from schemas.errors import KafkaClientError
+from services import kafka
 from services.deployment.follower import CatchUp
+from services.kafka.retry import NotYet
 
 COMMANDS, EVENTS = "rec.model-commands", "rec.model-events"
 
@@ -54,3 +62,36 @@ def test_untracked_partitions_and_other_errors_change_nothing() -> None:
 
 def test_nothing_to_read_is_caught_up_at_once() -> None:
     assert CatchUp({}).done
+
+
+def test_the_ends_are_asked_again_while_the_broker_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica or monitor starting during a broker restart waits for the ends, saying so, instead of dying
+    of its first timeout; an error that asking again cannot mend is raised at once."""
+    answers: list[object] = [_slow(), _slow(), (3, 8)]
+
+    def watermarks(consumer: object, topic: str, partition: int) -> tuple[int, int]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return cast(tuple[int, int], answer)
+
+    monkeypatch.setattr(kafka, "watermarks", watermarks)
+    monkeypatch.setattr(retry_module, "wait_exponential", lambda **_: lambda _state: 0.0)
+    catch_up = CatchUp.of(cast(Consumer, None), [TopicPartition(COMMANDS, 0, OFFSET_BEGINNING)])
+    assert catch_up.ends == {(COMMANDS, 0): 8} and answers == []
+
+    denied = KafkaClientError("cannot read the offsets of rec.model-commands[0]: TOPIC_AUTHORIZATION_FAILED")
+    answers[:] = [denied, (3, 8)]
+    with pytest.raises(KafkaClientError, match="AUTHORIZATION"):
+        CatchUp.of(cast(Consumer, None), [TopicPartition(COMMANDS, 0, OFFSET_BEGINNING)])
+
+    stop = threading.Event()
+    stop.set()  # asked to stop while waiting: nothing is left to read, and nothing raised
+    answers[:] = [_slow()]
+    assert CatchUp.of(cast(Consumer, None), [TopicPartition(COMMANDS, 0, 0)], stop).done
+
+
+def _slow() -> KafkaClientError:
+    error = KafkaClientError("cannot read the offsets of rec.model-commands[0]: REQUEST_TIMED_OUT")
+    error.__cause__ = NotYet("REQUEST_TIMED_OUT")
+    return error
