@@ -229,6 +229,8 @@ GOOD = {"request_id": "r1", "user_id": "u", "model_version": "v1", "scores": {"a
         ({"ts": 2**64}, True),  # past 64 bits orjson reads a float, an integer to the codec: its to judge
         ({"request_ts": "soon"}, False),
         ({"model": "no spaces"}, False),
+        ({"model": "home\n"}, False),  # a pattern's $ matches before a final newline in Python's re
+        ({"pad": 1_000_000}, False),  # whitespace past the codec's message size: JSON, but not taken
         ({"model_version": "v" * 129}, False),
         ({"instance": None}, False),
         ({"latency_ms": -1}, False),
@@ -244,7 +246,8 @@ def test_the_fast_read_vouches_only_for_what_the_codec_accepts(change: dict, cod
         del event["request_ts"]
     if change.get("instance", 0) is None:
         del event["instance"]
-    value = json.dumps(event).encode()  # orjson cannot write 2**64
+    pad = event.pop("pad", 0)
+    value = json.dumps(event).encode() + b" " * pad  # orjson cannot write 2**64
     fast = read_prediction(value)
     try:
         decoded = codec("prediction").decode(value)
