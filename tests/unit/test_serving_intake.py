@@ -171,6 +171,7 @@ LEFT_TO_THE_CODEC = {
     "an infinite number in the context": (GOOD.replace(b'"page":"home"', b'"a":1e999'), False),
     "a ts past 64 bits": (orjson.dumps(request(ts=0)).replace(b'"ts":0', b'"ts":18446744073709551616'), True),
     "an unknown field": (orjson.dumps(request(extra={"a": 1})), True),
+    "a model name ending in a newline": (orjson.dumps({**orjson.loads(GOOD), "model": "home\n"}), False),
 }
 
 
