@@ -179,8 +179,9 @@ class MonitorSettings(Section):
     idle_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="A source partition without new events this long no longer holds the join's "
-        "clocks back; with every outcome partition idle, predictions expire on the prediction clock.",
+        description="A source partition without new events this long, and read to its end, no longer "
+        "holds the join's clocks back; with every outcome partition idle, predictions expire on the "
+        "monitor's clock less the past tolerance.",
     )
     prediction_wait_s: float = Field(
         86_400.0,

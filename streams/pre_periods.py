@@ -61,8 +61,7 @@ from streams.moments import PrePeriod
 log = logging.getLogger("modelwatch.monitor")
 
 #: The pre-period is this many buckets of ``pre_period_s / BUCKETS``: its end is the start (less the lag)
-#: rounded down to
-#: a bucket, so it ends at most one bucket (10 minutes by default) before the start.
+#: rounded down to a bucket, so it ends at most one bucket (10 minutes by default) before the start.
 BUCKETS = 6
 #: Versions whose users' requests a worker keeps (the served one; two while it changes).
 VERSIONS_KEPT = 2

@@ -7,9 +7,9 @@
 
 ``modelwatch serve --instance serve-1 [--exactly-once]`` runs one replica as a process (SIGTERM stops it
 the same way). Modules: :mod:`.service` (the poll loop), :mod:`.intake` (decode, validate, dead letters),
-:mod:`.scoring` (one model call per batch, failures isolated), :mod:`.delivery` (at-least-once and
-exactly-once), :mod:`.control` (commands, model swaps, model events), :mod:`.process` (the GC of a
-serving process), :mod:`.metrics`, :mod:`.logs`.
+:mod:`.scoring` (one model call per batch, failures isolated), :mod:`.delivery` (at-least-once),
+:mod:`.transactions` (exactly-once), :mod:`.clients` (the Kafka clients), :mod:`.control` (commands, model
+swaps, model events), :mod:`.process` (the GC of a serving process), :mod:`.metrics`, :mod:`.logs`.
 """
 
 from services.serving.clients import wait_for_broker
