@@ -226,9 +226,9 @@ def test_the_state_is_read_to_its_end_while_a_replica_heartbeats_faster_than_a_f
             with acks.follower.lock:
                 assert [r.instance for r in acks.follower.state.live()] == ["serve-1"]
                 assert acks.follower.state.commanded is None
-            assert acks.follower.behind == {}
         assert beats.is_alive(), "the heartbeats went on during the whole wait"
-    assert took < 30.0
+    # Read to the end as of the start: seconds, even on a loaded machine (a wait for a pause never ended).
+    assert took < 20.0
 
 
 def test_an_event_written_after_the_start_to_a_partition_at_its_end_is_read(settings: Settings) -> None:
