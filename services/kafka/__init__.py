@@ -13,9 +13,19 @@ from services.kafka.client import (
     client_config,
     consumer,
     producer,
+    read_messages,
     read_topic,
     wait_for_cluster,
     watermarks,
 )
 
-__all__ = ["admin", "client_config", "consumer", "producer", "read_topic", "wait_for_cluster", "watermarks"]
+__all__ = [
+    "admin",
+    "client_config",
+    "consumer",
+    "producer",
+    "read_messages",
+    "read_topic",
+    "wait_for_cluster",
+    "watermarks",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.errors import KafkaClientError
@@ -134,6 +134,14 @@ def read_topic(
     """Read a whole topic from the beginning (or from the first message timestamped ``since_ms`` or later)
     to its current end: (key, value, timestamp ms) in order per partition. For small control topics
     (commands, events), not for the request stream."""
+    messages = read_messages(settings, topic, timeout, since_ms, **overrides)
+    return [(m.key(), m.value(), m.timestamp()[1]) for m in messages]
+
+
+def read_messages(
+    settings: Settings, topic: str, timeout: float = 10.0, since_ms: int | None = None, **overrides: Any
+) -> list[Message]:
+    """:func:`read_topic`'s messages themselves (their partitions and offsets too)."""
     c = Consumer(
         client_config(
             settings,
@@ -169,7 +177,7 @@ def read_topic(
         if not ends:
             return []
         c.assign([TopicPartition(topic, p, starts[p]) for p in ends])
-        out: list[tuple[bytes | None, bytes | None, int]] = []
+        out: list[Message] = []
         remaining = set(ends)
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
@@ -179,7 +187,7 @@ def read_topic(
                     if err.code() == KafkaError._PARTITION_EOF:
                         remaining.discard(msg.partition())
                     continue
-                out.append((msg.key(), msg.value(), msg.timestamp()[1]))
+                out.append(msg)
                 partition, offset = msg.partition(), msg.offset()
                 if partition is not None and offset is not None and offset + 1 >= ends[partition]:
                     remaining.discard(partition)

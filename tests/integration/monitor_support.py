@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
@@ -444,32 +443,6 @@ ROLLBACK_RULE = {"name": "f1-rollback", "metric": "f1", "below": 0.3, "resolve_a
                  "for": 2, "severity": "critical", "action": "rollback"}  # fmt: skip
 
 
-def read_positioned(settings: Settings, topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    """Every message of ``topic`` now on the broker, as (partition, offset, key, value)."""
-    c = kafka.consumer(settings, "modelwatch-test-tracer", **{"enable.partition.eof": True})
-    try:
-        meta = c.list_topics(topic, timeout=10)
-        ends = {}
-        for p in meta.topics[topic].partitions:
-            lo, hi = kafka.watermarks(c, topic, p, timeout=10)
-            if hi > lo:
-                ends[p] = hi
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        out: list[tuple[int, int, bytes | None, bytes | None]] = []
-        remaining = set(ends)
-        deadline = time.monotonic() + 60
-        while remaining and time.monotonic() < deadline:
-            for msg in c.consume(1000, timeout=0.5):
-                partition, offset = msg.partition(), msg.offset()
-                if msg.error() is None and partition is not None and offset is not None:
-                    out.append((partition, offset, msg.key(), msg.value()))
-                if partition is not None and offset is not None and offset + 1 >= ends.get(partition, 0):
-                    remaining.discard(partition)
-        return out
-    finally:
-        c.close()
-
-
 def trace_requests(settings: Settings, request_ids: Iterable[str]) -> dict[str, Any]:
     """Where the halves of ``request_ids`` went in the monitor: the source and joinable offsets of each
     prediction and outcome, the pending-table records naming them, and the group's committed offsets. For
@@ -478,29 +451,22 @@ def trace_requests(settings: Settings, request_ids: Iterable[str]) -> dict[str, 
     prefix = settings.topic_prefix
     found: dict[str, list[str]] = {rid: [] for rid in wanted}
     for suffix in ("predictions", "outcomes"):
-        for partition, offset, _key, value in read_positioned(settings, settings.topic(suffix)):
-            rid = orjson.loads(value or b"{}").get("request_id")
+        for m in kafka.read_messages(settings, settings.topic(suffix), timeout=60):
+            rid = orjson.loads(m.value() or b"{}").get("request_id")
             if rid in wanted:
-                found[rid].append(f"{suffix}[{partition}]@{offset}")
-    for partition, offset, _key, value in read_positioned(settings, f"{prefix}monitor-joinable"):
-        bundle = orjson.loads(value or b"{}")
-        for e in bundle.get("events", []):
+                found[rid].append(f"{suffix}[{m.partition()}]@{m.offset()}")
+    for m in kafka.read_messages(settings, f"{prefix}monitor-joinable", timeout=60):
+        for e in orjson.loads(m.value() or b"{}").get("events", []):
             if e.get("request_id") in wanted:
-                found[e["request_id"]].append(f"joinable[{partition}]@{offset} {e['kind']} ts={e['ts']}")
-    for partition, offset, key, value in read_positioned(settings, f"{prefix}monitor-pending-changelog"):
-        text = (key or b"").decode("utf-8", "replace")
+                where = f"joinable[{m.partition()}]@{m.offset()}"
+                found[e["request_id"]].append(f"{where} {e['kind']} ts={e['ts']}")
+    for m in kafka.read_messages(settings, f"{prefix}monitor-pending-changelog", timeout=60):
+        key = (m.key() or b"").decode("utf-8", "replace")
         for rid in wanted:
-            if rid in text:
-                found[rid].append(
-                    f"pending[{partition}]@{offset} {text} {'deleted' if value is None else 'set'}"
-                )
+            if rid in key:
+                what = "deleted" if m.value() is None else "set"
+                found[rid].append(f"pending[{m.partition()}]@{m.offset()} {key} {what}")
     group = f"{prefix}monitor"
-    return {
-        "requests": found,
-        "committed": {
-            f"{topic[len(prefix) :]}[{p}]": offset
-            for (topic, p), offset in committed(
-                settings, group, ["predictions", "outcomes", "monitor-joinable"]
-            ).items()
-        },
-    }
+    suffixes = ["predictions", "outcomes", "monitor-joinable"]
+    offsets = {f"{t[len(prefix) :]}[{p}]": at for (t, p), at in committed(settings, group, suffixes).items()}
+    return {"requests": found, "committed": offsets}
