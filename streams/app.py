@@ -256,6 +256,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
                 await self._publish(emissions, fleet)
                 self._persist(touched)
                 await self.count_experiments([b for b in batch if is_evidence(b[0])])
+                await self.windows.written()  # before the batch's offsets may be committed (streams.tables)
 
     async def failures(self, stream: faust.StreamT) -> None:
         """Model failures from the dead-letter topic, sent on to the labelled stream by version."""
@@ -291,6 +292,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
             self._persist(touched)
             await self._publish_activations(fleet)
             await self.count_experiments([])  # decisions the history held back; paced events
+            await self.windows.written()  # no offset waits for these, but the list of sends stays short
         if time.monotonic() - self._last_stats > 30:
             self._last_stats = time.monotonic()
             s = self.join_stats

@@ -176,6 +176,7 @@ class JoinAgents:
                 joiner = self.joiners[partition]
                 joiner.sync()
                 store.flush(joiner.clocks, self.join_offsets.next.get(partition))
+            await self.pending.written()  # before the batch's offsets may be committed (streams.tables)
 
     def _join_message(
         self,

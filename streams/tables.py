@@ -2,10 +2,17 @@
 
 Both exist because the agents work in batches (``take_events``) that mix partitions: Faust would take the
 changelog partition from the current event, which a batch or a timer does not have.
+
+A table write is sent to the changelog later, from Faust's producer buffer, and Faust's flush before a
+commit gives up on that buffer after 0.1 s without a send (``ProducerBuffer.flush_atmost``): on a loaded
+worker the group's offset can be committed past a batch whose table records are still in the buffer, and
+a crash then loses the batch's effect for good. So an agent awaits its batch's table records
+(:meth:`PartitionedTable.written`) before its events are acknowledged.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -27,11 +34,26 @@ class PartitionedTable(faust.Table):
     """
 
     writing_partition: int | None = None
+    _unwritten: list[Any] | None = None  # the changelog sends not yet awaited (FutureMessage)
 
     def partition_for_key(self, key: Any) -> int | None:
         if self.writing_partition is None:
             raise RuntimeError(f"table {self.name}: set writing_partition before writing")
         return self.writing_partition
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        sent = super().send_changelog(*args, **kwargs)
+        if self._unwritten is None:
+            self._unwritten = []
+        self._unwritten.append(sent)
+        return sent
+
+    async def written(self) -> None:
+        """Wait until every record written to this table so far is on the broker (raising the send's error:
+        the batch is then not acknowledged, and is processed again)."""
+        sent, self._unwritten = self._unwritten, None
+        if sent:
+            await asyncio.gather(*sent)
 
 
 class PendingStore:
