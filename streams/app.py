@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -68,7 +69,7 @@ from streams.history import CommandFollower, published_alerts
 from streams.join import Joiner, JoinStats
 from streams.join_agents import JoinAgents
 from streams.metrics_agents import MetricsAgents
-from streams.offsets import PartitionOffsets
+from streams.offsets import SEEN, PartitionOffsets
 from streams.rollback import RollbackPolicy
 from streams.routing import Router
 from streams.tables import PartitionedTable
@@ -186,6 +187,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
 
         self.joiners: dict[int, Joiner] = {}
         self.join_offsets = PartitionOffsets()  # the next joinable offset per partition (streams.offsets)
+        self.watch_offsets = PartitionOffsets()  # the next labelled offset per partition, likewise
         self.join_stats = JoinStats()
         self.invalid = 0
         self._generation = 0  # bumped at each rebalance: the agents rebuild their plain state from the tables
@@ -251,12 +253,33 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
                 if self._watch_generation != self._generation:
                     self._load_trackers()
                 fleet = self._fleet()
-                batch = [(e.value, e.message.partition, e.message.offset) for e in events]
+                batch = await self._in_offset_order(events)
                 emissions, touched = self.watching.count((b for b in batch if not is_evidence(b[0])), fleet)
                 await self._publish(emissions, fleet)
                 self._persist(touched)
                 await self.count_experiments([b for b in batch if is_evidence(b[0])])
+                # After the effects they account for, on the same changelog partitions.
+                for partition, key, value in self.watch_offsets.records({p for _, p, _ in batch}):
+                    self.windows.writing_partition = partition
+                    self.windows[key] = value
                 await self.windows.written()  # before the batch's offsets may be committed (streams.tables)
+
+    async def _in_offset_order(self, events: Sequence[faust.EventT]) -> list[tuple[bytes, int, int]]:
+        """(value, partition, offset) of each labelled message of the batch not counted before, and of those
+        the consumer passed over (read from the broker first): each once, in offset order, whatever Faust's
+        consumer delivers around a rebalance (:mod:`streams.offsets`)."""
+        batch: list[tuple[bytes, int, int]] = []
+        for e in events:
+            partition, offset = e.message.partition, e.message.offset
+            missed = self.watch_offsets.missed(partition, offset)
+            if missed is SEEN:
+                continue  # counted before: its effects are in the windows
+            if missed:
+                found = await self._read_missed(self.labelled, partition, missed)
+                batch += [(value or b"", partition, at) for at, value in found]
+            batch.append((e.value, partition, offset))
+            self.watch_offsets.done(partition, offset)
+        return batch
 
     async def failures(self, stream: faust.StreamT) -> None:
         """Model failures from the dead-letter topic, sent on to the labelled stream by version."""
@@ -309,6 +332,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         labelled = self.labelled.get_topic_name()
         owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == labelled}
         left = self.watching.restore(self.windows.items(), owned)
+        self.watch_offsets = PartitionOffsets.restore(self.windows.items(), owned)
         self._watch_generation = self._generation
         self._owned = owned
         self.published = None  # read the alert topic again: another worker may have sent what we now own

@@ -154,7 +154,7 @@ class JoinAgents:
                 if missed is SEEN:
                     continue  # delivered again around a rebalance: its effects are in the state
                 if missed:
-                    for at, value in await self._read_missed(partition, missed):
+                    for at, value in await self._read_missed(self.joinable, partition, missed):
                         self._join_message(partition, at, value, stores, by_version)
                 self._join_message(partition, offset, event.value, stores, by_version)
             # A batch holds a bundle per join partition: each version's labelled requests go on in event-time
@@ -198,14 +198,17 @@ class JoinAgents:
         for item in joiner.bundle(joinable, reports):
             by_version.setdefault(item.model_version, []).append(item)
 
-    async def _read_missed(self, partition: int, missed: range) -> list[tuple[int, bytes | None]]:
-        """The joinable messages the consumer passed over, read from the broker (:mod:`streams.offsets`)."""
-        topic = self.joinable.get_topic_name()
+    async def _read_missed(
+        self, topic: faust.TopicT, partition: int, missed: range
+    ) -> list[tuple[int, bytes | None]]:
+        """The messages of ``topic`` the consumer passed over, read from the broker (streams.offsets)."""
+        name = topic.get_topic_name()
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, read_range, self.settings, topic, partition, missed)
+        found = await loop.run_in_executor(None, read_range, self.settings, name, partition, missed)
         log.warning(
-            "joinable partition %d: the consumer passed over offsets %d..%d; read %d of them from the broker",
-            partition, missed.start, missed.stop - 1, len(found),
+            "%s partition %d: the consumer passed over offsets %d..%d; read %d of them from the broker",
+            name.removeprefix(self.settings.topic_prefix), partition, missed.start, missed.stop - 1,
+            len(found),
         )  # fmt: skip
         return found
 

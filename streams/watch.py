@@ -21,6 +21,7 @@ from streams.experiments import KEY_PREFIX as EXPERIMENT_KEYS
 from streams.failures import decode_failures, is_failures
 from streams.fleet import Fleet
 from streams.join import Labelled, decode_bundle
+from streams.offsets import LABELLED_OFFSET_KEYS
 from streams.tracker import Emission, TrackerConfig, VersionTracker
 
 log = logging.getLogger("modelwatch.monitor")
@@ -53,8 +54,8 @@ class Watch:
         by_version: dict[str, list[dict[str, Any]]] = {}
         partition_of: dict[str, int] = {}
         for key, value in records:
-            if key.startswith(EXPERIMENT_KEYS):
-                continue  # an experiment's state (streams.experiments), not a version's
+            if key.startswith((EXPERIMENT_KEYS, LABELLED_OFFSET_KEYS)):
+                continue  # an experiment's state (streams.experiments) or the next offset: not a version's
             version = key.rpartition("|")[0]
             by_version.setdefault(version, []).append(value)
             if "partition" in value:

@@ -1,12 +1,20 @@
-"""The join's offset guard (streams.offsets) and where it keeps the next offset (streams.tables)."""
+"""The join's and the watch's offset guard (streams.offsets), and where they keep the next offset."""
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+from streams.alerts import no_baseline
+from streams.app import Monitor
+from streams.decisions import Decisions
 from streams.offsets import SEEN, PartitionOffsets
+from streams.rollback import RollbackPolicy
 from streams.tables import PendingStore, load_join_offsets, load_join_state
+from streams.tracker import TrackerConfig
+from streams.watch import Watch
 from streams.watermarks import Clocks
 
 
@@ -100,3 +108,39 @@ def test_a_pending_prediction_costs_a_few_hundred_bytes() -> None:
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(table) == 10_001 and held / 10_000 < 800, f"{held / 10_000:.0f} bytes a pending prediction"
+
+
+def test_the_watch_keeps_its_next_offsets_with_the_windows_and_reads_back_only_its_own() -> None:
+    offsets = PartitionOffsets({0: 12, 2: 7})
+    records = [(key, value) for _p, key, value in offsets.records([0, 2])]
+    assert [p for p, _k, _v in offsets.records([2, 0])] == [0, 2]  # written on each partition's changelog
+    assert PartitionOffsets.restore(records, owned={0, 1}).next == {0: 12}  # 2 is a standby's copy
+    # A version's records beside them: the trackers are rebuilt from those alone.
+    watch = Watch(TrackerConfig(count_window=10), Decisions(RollbackPolicy(0), no_baseline), no_baseline)
+    assert watch.restore(records, owned={0, 2}) == 0 and watch.trackers == {}
+
+
+class _Event:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.message = SimpleNamespace(partition=partition, offset=offset)
+        self.value = f"m{offset}".encode()
+
+
+def test_the_watch_counts_each_labelled_message_once_and_in_offset_order() -> None:
+    """Around a rebalance Faust's consumer delivered messages again and passed over others (streams.offsets):
+    the watch skips the first and reads the second from the broker, before the message after them."""
+    read: list[tuple[int, range]] = []
+
+    async def read_missed(_topic: object, partition: int, missed: range) -> list[tuple[int, bytes | None]]:
+        read.append((partition, missed))
+        return [(at, f"m{at}".encode()) for at in missed]
+
+    monitor = SimpleNamespace(
+        watch_offsets=PartitionOffsets({0: 10}), labelled=None, _read_missed=read_missed
+    )
+    events = [_Event(0, 8), _Event(0, 9), _Event(0, 12), _Event(0, 13), _Event(1, 4)]
+    batch = asyncio.run(Monitor._in_offset_order(cast(Any, monitor), cast(Any, events)))
+    assert [(p, o) for _v, p, o in batch] == [(0, 10), (0, 11), (0, 12), (0, 13), (1, 4)]
+    assert all(v == f"m{o}".encode() for v, _p, o in batch)
+    assert read == [(0, range(10, 12))]
+    assert monitor.watch_offsets.next == {0: 14, 1: 5}
