@@ -195,6 +195,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         self._watch_generation = -1
         self._lock = asyncio.Lock()  # the watch agent and the timer share the trackers
         self._sending = asyncio.Lock()  # the route agent and the report timer send bundles in turn
+        self._source_starts: dict[tuple[str, int], int] = {}  # set at each rebalance (note_source_starts)
         self._last_stats = time.monotonic()
 
         self.app.agent(self.sources, name=f"{self.app_id}.route", concurrency=1)(self.route)
@@ -234,6 +235,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
     async def on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self._generation += 1
         self._assign_sources()
+        await self.note_source_starts()  # before the partitions are resumed and sought (streams.join_agents)
         self._start_follower()  # the first rebalance may come before the app's tasks start
         loop = asyncio.get_running_loop()
         caught_up = await loop.run_in_executor(None, self.follower.ready.wait, 30.0)
@@ -276,7 +278,7 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
                 continue  # counted before: its effects are in the windows
             if missed:
                 found = await self._read_missed(self.labelled, partition, missed)
-                batch += [(value or b"", partition, at) for at, value in found]
+                batch += [(m.value() or b"", partition, cast(int, m.offset())) for m in found]
             batch.append((e.value, partition, offset))
             self.watch_offsets.done(partition, offset)
         return batch

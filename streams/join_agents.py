@@ -11,16 +11,18 @@ takes each joinable message once and in offset order, whatever its consumer deli
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, cast
 
 import faust
 import orjson
+from confluent_kafka import Message
 from faust.types import TP
 
 from services.config import Settings
 from streams.join import SHADOW, Joiner, JoinStats, Labelled, encode_bundle
-from streams.offsets import SEEN, PartitionOffsets, read_range
+from streams.offsets import SEEN, PartitionOffsets, committed_offsets, read_range
 from streams.routing import Router, dead_letter
 from streams.routing import decode_bundle as decode_joinable
 from streams.tables import PartitionedTable, PendingStore, load_join_offsets, load_join_state
@@ -53,33 +55,66 @@ class JoinAgents:
     _generation: int
     _join_generation: int
     _sending: asyncio.Lock
+    _source_starts: dict[tuple[str, int], int]
 
     async def route(self, stream: faust.StreamT) -> None:
         m = self.settings.monitor
-        router, kinds = self.router, self._kinds()
         async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
-            dead = []
+            dead: list[tuple[bytes | None, bytes]] = []
             for event in events:
                 message = event.message
-                kind = kinds.get(message.topic, "outcomes")
+                topic, partition, offset = message.topic, message.partition, message.offset
+                start = self._source_starts.pop((topic, partition), None) if self._source_starts else None
+                if start is not None and offset > start:
+                    for msg in await self._read_missed(topic, partition, range(start, offset)):
+                        kind_of_ts, ts = msg.timestamp()
+                        at, broker_ms = cast(int, msg.offset()), ts if kind_of_ts else None
+                        self._route_one(topic, partition, at, broker_ms, msg.key(), msg.value(), dead)
                 broker_ms = round(message.timestamp * 1000) if message.timestamp else None
-                rejected = router.route(
-                    kind, message.partition, self.partitions, broker_ms, event.value, message.offset
-                )
-                if rejected is None:
-                    continue
-                error, why = rejected
-                if kind == "outcomes":  # a bad prediction's request was dead-lettered by the service
-                    dead.append(
-                        dead_letter(
-                            error, event.key, event.value, message.topic, message.partition, message.offset
-                        )
-                    )
-                self.invalid += why == "invalid"
-                log.warning("skipped %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+                self._route_one(topic, partition, offset, broker_ms, event.key, event.value, dead)
             sent = [await self.outcomes_dlq.send(key=key, value=value, force=True) for key, value in dead]
             await self._send_joinable(sent)
 
+    def _route_one(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        broker_ms: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        dead: list[tuple[bytes | None, bytes]],
+    ) -> None:
+        """One source message to the router; a contract-invalid or implausible outcome to ``dead``."""
+        kind = self._kinds.get(topic, "outcomes")
+        rejected = self.router.route(kind, partition, self.partitions, broker_ms, value, offset)
+        if rejected is None:
+            return
+        error, why = rejected
+        if kind == "outcomes":  # a bad prediction's request was dead-lettered by the service
+            dead.append(dead_letter(error, key, value, topic, partition, offset))
+        self.invalid += why == "invalid"
+        log.warning("skipped %s[%d]@%d: %s", topic, partition, offset, error)
+
+    async def note_source_starts(self) -> None:
+        """Where each source partition assigned now starts: the group's committed offset, which Faust seeks
+        it to. Around that seek Faust 0.15's consumer can pass over a partition's first messages and commit
+        past them (streams.offsets): seen twice with two workers, one SIGKILLed, and the survivor never
+        routed the dead one's next predictions and outcomes. The route agent compares each partition's
+        first message with its start and reads what lies between from the broker. Only the first: later
+        gaps are a transactional producer's commit markers, and reading each would cost a fetch."""
+        topics = set(self._kinds)
+        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics]
+        loop = asyncio.get_running_loop()
+        try:
+            group = self.app.conf.id
+            starts = await loop.run_in_executor(None, committed_offsets, self.settings, group, assigned)
+        except Exception as exc:  # without them the first messages are taken as they come, as before
+            log.warning("could not read the committed offsets of the source partitions: %r", exc)
+            starts = {}
+        self._source_starts = starts
+
+    @functools.cached_property
     def _kinds(self) -> dict[str, str]:
         return {
             self.predictions_topic: "predictions",
@@ -154,8 +189,10 @@ class JoinAgents:
                 if missed is SEEN:
                     continue  # delivered again around a rebalance: its effects are in the state
                 if missed:
-                    for at, value in await self._read_missed(self.joinable, partition, missed):
-                        self._join_message(partition, at, value, stores, by_version)
+                    for msg in await self._read_missed(self.joinable, partition, missed):
+                        self._join_message(
+                            partition, cast(int, msg.offset()), msg.value(), stores, by_version
+                        )
                 self._join_message(partition, offset, event.value, stores, by_version)
             # A batch holds a bundle per join partition: each version's labelled requests go on in event-time
             # order, not grouped by the partition that joined them (the count window follows this order).
@@ -198,11 +235,9 @@ class JoinAgents:
         for item in joiner.bundle(joinable, reports):
             by_version.setdefault(item.model_version, []).append(item)
 
-    async def _read_missed(
-        self, topic: faust.TopicT, partition: int, missed: range
-    ) -> list[tuple[int, bytes | None]]:
+    async def _read_missed(self, topic: faust.TopicT | str, partition: int, missed: range) -> list[Message]:
         """The messages of ``topic`` the consumer passed over, read from the broker (streams.offsets)."""
-        name = topic.get_topic_name()
+        name = topic if isinstance(topic, str) else topic.get_topic_name()
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, read_range, self.settings, name, partition, missed)
         log.warning(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import orjson
 import pytest
+from confluent_kafka import Message
 
 from schemas import codec
 from schemas.eventtime import implausible
@@ -304,3 +307,45 @@ def test_a_report_never_overtakes_the_events_it_accounts_for() -> None:
     for partition in range(3):
         events = [len(bundle["events"]) for bundle in received[partition]]
         assert events[0] > 0 and events[1:] == [0], (partition, events)
+
+
+def test_the_first_messages_the_consumer_passed_over_after_a_rebalance_are_routed_first() -> None:
+    """Faust's consumer, right after a rebalance, can deliver a source partition from past its committed
+    offset and commit past the messages in between (streams.offsets). The route agent compares each
+    partition's first message with the offset noted at the rebalance and routes what lies between, read
+    from the broker, first; later gaps (a transactional producer's markers) are left alone."""
+    outcomes_topic = "rec.outcomes"
+    values = {at: outcome(f"r{at}", NOW - 1000 + at) for at in range(20)}
+    read: list[range] = []
+
+    async def read_missed(topic: str, partition: int, missed: range) -> list[Message]:
+        read.append(missed)
+        return [Message(topic=topic, partition=partition, offset=at, value=values[at], timestamp=(1, NOW))
+                for at in missed]  # fmt: skip
+
+    agents = JoinAgents()
+    agents.router, agents.partitions, agents.invalid = router(), 3, 0
+    agents.predictions_topic, agents.outcomes_topic, agents.shadow_topic = "rec.p", outcomes_topic, "rec.s"
+    agents._source_starts = {(outcomes_topic, 0): 10}
+    agents._read_missed = read_missed  # type: ignore[method-assign]
+    agents._send_joinable = _nothing  # type: ignore[method-assign]
+
+    class Events:
+        async def take_events(self, *_: object, **__: object) -> AsyncIterator[list[Any]]:
+            yield [_source_event(outcomes_topic, at, values[at]) for at in (13, 14, 16)]
+
+    agents.settings = cast(Any, SimpleNamespace(monitor=SimpleNamespace(batch_size=10, batch_within_s=0.1)))
+    asyncio.run(agents.route(cast(Any, Events())))
+    assert read == [range(10, 13)]  # before the first message only: 15 is not asked for
+    routed = sorted(int(e["request_id"][1:]) for e in agents.router.take())
+    assert routed == [10, 11, 12, 13, 14, 16]
+    assert agents._source_starts == {}
+
+
+async def _nothing(*_: object) -> None:
+    return None
+
+
+def _source_event(topic: str, offset: int, value: bytes) -> Any:
+    message = SimpleNamespace(topic=topic, partition=0, offset=offset, timestamp=NOW / 1000)
+    return SimpleNamespace(message=message, key=None, value=value)
