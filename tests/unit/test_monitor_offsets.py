@@ -7,6 +7,8 @@ import tracemalloc
 from types import SimpleNamespace
 from typing import Any, cast
 
+from confluent_kafka import Message
+
 from streams.alerts import no_baseline
 from streams.app import Monitor
 from streams.decisions import Decisions
@@ -131,12 +133,14 @@ def test_the_watch_counts_each_labelled_message_once_and_in_offset_order() -> No
     the watch skips the first and reads the second from the broker, before the message after them."""
     read: list[tuple[int, range]] = []
 
-    async def read_missed(_topic: object, partition: int, missed: range) -> list[tuple[int, bytes | None]]:
+    async def read_missed(topic: str, partition: int, missed: range) -> list[Message]:
         read.append((partition, missed))
-        return [(at, f"m{at}".encode()) for at in missed]
+        return [
+            Message(topic=topic, partition=partition, offset=at, value=f"m{at}".encode()) for at in missed
+        ]
 
     monitor = SimpleNamespace(
-        watch_offsets=PartitionOffsets({0: 10}), labelled=None, _read_missed=read_missed
+        watch_offsets=PartitionOffsets({0: 10}), labelled="rec.labelled", _read_missed=read_missed
     )
     events = [_Event(0, 8), _Event(0, 9), _Event(0, 12), _Event(0, 13), _Event(1, 4)]
     batch = asyncio.run(Monitor._in_offset_order(cast(Any, monitor), cast(Any, events)))
