@@ -289,9 +289,10 @@ class Monitor(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgents):
         async for events in cast(faust.Stream, stream).take_events(m.batch_size, within=m.batch_within_s):
             by_version: dict[str, list[Failure]] = {}
             for event in events:
-                failure = failure_of(event.value)
-                if failure is not None and (failure.model or self.settings.default_model) == self.model:
-                    by_version.setdefault(failure.version, []).append(failure)
+                values = [m.value() for m in await self._passed_over(event)] + [event.value]
+                for failure in filter(None, map(failure_of, values)):
+                    if (failure.model or self.settings.default_model) == self.model:
+                        by_version.setdefault(failure.version, []).append(failure)
             # On the broker before this batch's offsets are committed: a crash sends them again, and the
             # tracker knows a failure by its request id.
             sent = [

@@ -44,6 +44,7 @@ class JoinAgents:
     shadow_topic: str
     joinable: faust.TopicT
     outcomes_dlq: faust.TopicT
+    dead_letters: faust.TopicT
     labelled: faust.TopicT
     pending: PartitionedTable
     label_window_ms: int
@@ -64,12 +65,10 @@ class JoinAgents:
             for event in events:
                 message = event.message
                 topic, partition, offset = message.topic, message.partition, message.offset
-                start = self._source_starts.pop((topic, partition), None) if self._source_starts else None
-                if start is not None and offset > start:
-                    for msg in await self._read_missed(topic, partition, range(start, offset)):
-                        kind_of_ts, ts = msg.timestamp()
-                        at, broker_ms = cast(int, msg.offset()), ts if kind_of_ts else None
-                        self._route_one(topic, partition, at, broker_ms, msg.key(), msg.value(), dead)
+                for msg in await self._passed_over(event):
+                    kind_of_ts, ts = msg.timestamp()
+                    at, broker_ms = cast(int, msg.offset()), ts if kind_of_ts else None
+                    self._route_one(topic, partition, at, broker_ms, msg.key(), msg.value(), dead)
                 broker_ms = round(message.timestamp * 1000) if message.timestamp else None
                 self._route_one(topic, partition, offset, broker_ms, event.key, event.value, dead)
             sent = [await self.outcomes_dlq.send(key=key, value=value, force=True) for key, value in dead]
@@ -96,14 +95,25 @@ class JoinAgents:
         self.invalid += why == "invalid"
         log.warning("skipped %s[%d]@%d: %s", topic, partition, offset, error)
 
+    async def _passed_over(self, event: faust.EventT) -> list[Message]:
+        """The messages before ``event`` the consumer passed over, if it is its partition's first since the
+        rebalance (:meth:`note_source_starts`), read from the broker."""
+        message = event.message
+        key = (message.topic, message.partition)
+        start = self._source_starts.pop(key, None) if self._source_starts else None
+        if start is None or message.offset <= start:
+            return []
+        return await self._read_missed(message.topic, message.partition, range(start, message.offset))
+
     async def note_source_starts(self) -> None:
         """Where each source partition assigned now starts: the group's committed offset, which Faust seeks
         it to. Around that seek Faust 0.15's consumer can pass over a partition's first messages and commit
         past them (streams.offsets): seen twice with two workers, one SIGKILLed, and the survivor never
-        routed the dead one's next predictions and outcomes. The route agent compares each partition's
-        first message with its start and reads what lies between from the broker. Only the first: later
-        gaps are a transactional producer's commit markers, and reading each would cost a fetch."""
-        topics = set(self._kinds)
+        routed the dead one's next predictions and outcomes. The route agent (and the failures agent, on
+        the dead letters) compares each partition's first message with its start and reads what lies
+        between from the broker. Only the first: later gaps are a transactional producer's commit markers,
+        and reading each would cost a fetch."""
+        topics = {*self._kinds, self.dead_letters.get_topic_name()}  # the failures agent's input too
         assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics]
         loop = asyncio.get_running_loop()
         try:

@@ -1,4 +1,5 @@
-"""The join takes every message of its joinable partitions, also one its consumer passed over.
+"""The join takes every message of its joinable partitions, and the watch every message of its labelled
+partitions, also one their consumer passed over.
 
 Around a rebalance, Faust's consumer can move the group's offset past a joinable message no agent saw
 (:mod:`streams.offsets`; seen with two workers, one SIGKILLed: tests/faults/test_monitor_workers.py). This
@@ -15,8 +16,10 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from schemas import codec
+from schemas.metrics import request_counts
 from services import kafka
 from services.config import Settings
+from streams.labelled import Labelled, encode_bundle
 from streams.routing import Router, partition_of
 from tests.integration.monitor_support import (
     QUICK_MONITOR,
@@ -95,4 +98,53 @@ def test_a_joinable_message_the_consumer_passed_over_is_joined(kafka_bootstrap: 
         finally:
             monitor.stop()
         said = f"joinable partition {partition}: the consumer passed over offsets {passed_over}.."
+        assert said in monitor.log()
+
+
+def test_a_labelled_message_the_consumer_passed_over_is_counted(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The watch's guard: a labelled message written while the monitor is stopped, the group's offset
+    committed past it (as Faust's consumer left the survivor's labelled partition in the fault test); the
+    restarted watch reads it from the broker and counts it."""
+    with topic_world(kafka_bootstrap, PARTITIONS) as settings:
+        monitor = MonitorProcess(settings, write_config(tmp_path / "monitor.toml", MONITOR, []), tmp_path)
+        storefront = Storefront(settings)
+        monitor.start()
+        try:
+            before = traffic("before", 60, seed=1, t0=int(time.time() * 1000), step_ms=10, hit=0, miss=0,
+                             exact=(1, 0))  # fmt: skip
+            storefront.predictions(before)
+            storefront.outcomes(before)
+            storefront.tick(before[-1].ts + 2 * W, PARTITIONS)
+            wait_for(lambda: total(settings, "before") == 60, 60, "the first traffic counted", every=0.2)
+        finally:
+            monitor.stop()  # SIGTERM: its windows, with the next labelled offset, and its offsets committed
+
+        topic = f"{settings.topic_prefix}monitor-labelled"
+        [partition] = {m.partition() for m in kafka.read_messages(settings, topic)}  # the version's
+        now = int(time.time() * 1000)
+        counts = request_counts(["a", "b"], ["a"], ["a"])
+        items = [Labelled(f"late-{i}", "before", now + i, counts) for i in range(25)]
+        delivered: list[Any] = []
+        producer = kafka.producer(settings)
+        producer.produce(topic, key=b"before", value=encode_bundle(items), partition=partition,
+                         on_delivery=lambda _, msg: delivered.append(msg))  # fmt: skip
+        assert producer.flush(30) == 0 and delivered[0].error() is None
+        passed_over = delivered[0].offset()
+        group = kafka.consumer(settings, f"{settings.topic_prefix}monitor")
+        try:
+            group.commit(offsets=[TopicPartition(topic, partition, passed_over + 1)], asynchronous=False)
+        finally:
+            group.close()
+
+        monitor.start()
+        try:
+            # The next labelled message of the partition shows the gap (a labelled partition has no timer).
+            after = traffic("before", 20, seed=2, t0=now + 1000, step_ms=10, hit=0, miss=0, exact=(1, 0))
+            storefront.predictions(after)
+            storefront.outcomes(after)
+            storefront.tick(after[-1].ts + 2 * W, PARTITIONS)
+            wait_for(lambda: total(settings, "before") == 105, 60, "the passed-over labelled ones counted")
+        finally:
+            monitor.stop()
+        said = f"monitor-labelled partition {partition}: the consumer passed over offsets {passed_over}.."
         assert said in monitor.log()
