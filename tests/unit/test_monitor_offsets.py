@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import tracemalloc
 from types import SimpleNamespace
 from typing import Any, cast
+
+from confluent_kafka import Message
 
 from streams.alerts import no_baseline
 from streams.app import Monitor
@@ -64,52 +65,6 @@ def test_state_an_older_monitor_wrote_has_no_next_offset() -> None:
     assert load_join_offsets(table) == {}
 
 
-def _prediction(i: int) -> dict[str, Any]:
-    items = [f"item-{i % 997:05d}-{j:02d}" for j in range(20)]
-    return {
-        "kind": "prediction",
-        "ts": 1_000 + i,
-        "version": "v1",
-        "candidates": items,
-        "recommended": items[:5],
-    }
-
-
-def test_pending_requests_are_kept_packed_and_read_back_as_written() -> None:
-    table = Table(
-        {"r:2:old": {"kind": "outcome", "ts": 1, "purchased": ["a"]}}
-    )  # as older monitors kept them
-    store = PendingStore(table, 2)  # type: ignore[arg-type]
-    store.put("r1", _prediction(1))
-    store.flush(Clocks())
-    assert isinstance(table["r:2:r1"], str)
-    assert store.get("r1") == _prediction(1) and store.get("old") == {
-        "kind": "outcome",
-        "ts": 1,
-        "purchased": ["a"],
-    }
-    entries, _markers, _clocks = load_join_state(table)[2]
-    assert sorted(entries) == [
-        ("old", {"kind": "outcome", "ts": 1, "purchased": ["a"]}),
-        ("r1", _prediction(1)),
-    ]
-
-
-def test_a_pending_prediction_costs_a_few_hundred_bytes() -> None:
-    """20 candidates, as the storefront sends: a dict with two lists of strings held some 2 KB."""
-    table = Table()
-    store = PendingStore(table, 0)  # type: ignore[arg-type]
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for start in range(0, 10_000, 500):
-        for i in range(start, start + 500):
-            store.put(f"{i:08d}-4b1c-9a7e-{i:012d}", _prediction(i))
-        store.flush(Clocks())
-    held = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    assert len(table) == 10_001 and held / 10_000 < 800, f"{held / 10_000:.0f} bytes a pending prediction"
-
-
 def test_the_watch_keeps_its_next_offsets_with_the_windows_and_reads_back_only_its_own() -> None:
     offsets = PartitionOffsets({0: 12, 2: 7})
     records = [(key, value) for _p, key, value in offsets.records([0, 2])]
@@ -131,12 +86,12 @@ def test_the_watch_counts_each_labelled_message_once_and_in_offset_order() -> No
     the watch skips the first and reads the second from the broker, before the message after them."""
     read: list[tuple[int, range]] = []
 
-    async def read_missed(_topic: object, partition: int, missed: range) -> list[tuple[int, bytes | None]]:
+    async def read_missed(topic: str, partition: int, missed: range) -> list[Message]:
         read.append((partition, missed))
-        return [(at, f"m{at}".encode()) for at in missed]
+        return [Message(topic=topic, partition=partition, offset=at, value=b"m%d" % at) for at in missed]
 
     monitor = SimpleNamespace(
-        watch_offsets=PartitionOffsets({0: 10}), labelled=None, _read_missed=read_missed
+        watch_offsets=PartitionOffsets({0: 10}), labelled="rec.labelled", _read_missed=read_missed
     )
     events = [_Event(0, 8), _Event(0, 9), _Event(0, 12), _Event(0, 13), _Event(1, 4)]
     batch = asyncio.run(Monitor._in_offset_order(cast(Any, monitor), cast(Any, events)))
