@@ -61,20 +61,27 @@ def joinable_bundle(settings: Settings, partition: int, n: int) -> tuple[bytes, 
     return dict(router.bundles())[partition], len(reqs)
 
 
+def counted_then_stopped(settings: Settings, tmp_path: Path) -> tuple[MonitorProcess, Storefront]:
+    """A monitor that counted 60 requests of version ``before`` and was stopped with SIGTERM: its state
+    (the join's and the windows', with their next offsets) and its offsets committed."""
+    monitor = MonitorProcess(settings, write_config(tmp_path / "monitor.toml", MONITOR, []), tmp_path)
+    storefront = Storefront(settings)
+    monitor.start()
+    try:
+        before = traffic("before", 60, seed=1, t0=int(time.time() * 1000), step_ms=10, hit=0, miss=0,
+                         exact=(1, 0))  # fmt: skip
+        storefront.predictions(before)
+        storefront.outcomes(before)
+        storefront.tick(before[-1].ts + 2 * W, PARTITIONS)
+        wait_for(lambda: total(settings, "before") == 60, 60, "the first traffic counted", every=0.2)
+    finally:
+        monitor.stop()
+    return monitor, storefront
+
+
 def test_a_joinable_message_the_consumer_passed_over_is_joined(kafka_bootstrap: str, tmp_path: Path) -> None:
     with topic_world(kafka_bootstrap, PARTITIONS) as settings:
-        monitor = MonitorProcess(settings, write_config(tmp_path / "monitor.toml", MONITOR, []), tmp_path)
-        storefront = Storefront(settings)
-        monitor.start()
-        try:
-            before = traffic("before", 60, seed=1, t0=int(time.time() * 1000), step_ms=10, hit=0, miss=0,
-                             exact=(1, 0))  # fmt: skip
-            storefront.predictions(before)
-            storefront.outcomes(before)
-            storefront.tick(before[-1].ts + 2 * W, PARTITIONS)
-            wait_for(lambda: total(settings, "before") == 60, 60, "the first traffic counted", every=0.2)
-        finally:
-            monitor.stop()  # SIGTERM: its state and offsets are committed
+        monitor, _ = counted_then_stopped(settings, tmp_path)
 
         # A joinable message the group's offset passes over, as the consumer left it in the fault test.
         topic, partition = f"{settings.topic_prefix}monitor-joinable", 1
@@ -106,18 +113,7 @@ def test_a_labelled_message_the_consumer_passed_over_is_counted(kafka_bootstrap:
     committed past it (as Faust's consumer left the survivor's labelled partition in the fault test); the
     restarted watch reads it from the broker and counts it."""
     with topic_world(kafka_bootstrap, PARTITIONS) as settings:
-        monitor = MonitorProcess(settings, write_config(tmp_path / "monitor.toml", MONITOR, []), tmp_path)
-        storefront = Storefront(settings)
-        monitor.start()
-        try:
-            before = traffic("before", 60, seed=1, t0=int(time.time() * 1000), step_ms=10, hit=0, miss=0,
-                             exact=(1, 0))  # fmt: skip
-            storefront.predictions(before)
-            storefront.outcomes(before)
-            storefront.tick(before[-1].ts + 2 * W, PARTITIONS)
-            wait_for(lambda: total(settings, "before") == 60, 60, "the first traffic counted", every=0.2)
-        finally:
-            monitor.stop()  # SIGTERM: its windows, with the next labelled offset, and its offsets committed
+        monitor, storefront = counted_then_stopped(settings, tmp_path)
 
         topic = f"{settings.topic_prefix}monitor-labelled"
         [partition] = {m.partition() for m in kafka.read_messages(settings, topic)}  # the version's
