@@ -85,8 +85,8 @@ class Run:
     offset: int = -1  # the last evidence message counted: a message read again is not counted twice
     commanded: str | None = None  # the decision's command id, once it is on its way
     changed: bool = True  # counted since its last experiment event
-    #: The monitor's event-time clock when it first saw the experiment run: its start for the deadline
-    #: while no candidate evidence says more (:meth:`Experiments._deadline`).
+    #: The monitor's event-time clock when it first saw the experiment run (not before the command was
+    #: issued): its start for the deadline while no candidate evidence says more (Experiments._deadline).
     since_ms: int | None = None
     #: The requests counted lately, against the join's replays (:mod:`streams.experiment_replays`).
     counted: CountedRequests = field(init=False)
@@ -241,7 +241,11 @@ class Experiments:
         ts = [int(p[0]) for p in pairs] if run.comparison.mode is Mode.SHADOW else [int(a[2]) for a in arms]
         clock = watermark if watermark is not None else max(ts, default=None)
         if run.since_ms is None and clock is not None and clock >= 0:
-            run.since_ms = clock
+            # Not before the command was issued: a monitor behind its traffic (a backlog, a restart after an
+            # outage) first sees the experiment at a clock that old, and would count the backlog against
+            # max_duration_s. The issuer's clock can only make the deadline later, never a decision wrong.
+            issued = run.experiment.issued_ms
+            run.since_ms = clock if issued is None else max(clock, issued)
         return clock
 
     @staticmethod

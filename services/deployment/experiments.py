@@ -36,6 +36,9 @@ class Experiment:
     incumbent: str
     traffic: float | None  # a canary's share of users on the candidate; None for a shadow
     command_id: str
+    #: The command's ``ts``, by its issuer's clock (None in evidence from older monitors): the experiment
+    #: does not start before it, whatever a monitor behind its traffic sees (streams.experiments).
+    issued_ms: int | None = None
 
 
 def experiment_id_of(command: dict[str, Any]) -> str:
@@ -71,6 +74,7 @@ def running(applied: Sequence[dict[str, Any]]) -> Experiment | None:
                 incumbent=incumbent,
                 traffic=float(traffic) if action == "canary" and traffic is not None else None,
                 command_id=command["command_id"],
+                issued_ms=int(command["ts"]) if "ts" in command else None,
             )
     return experiment
 

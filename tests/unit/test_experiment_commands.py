@@ -186,5 +186,6 @@ def test_models_history_shows_the_running_experiment_and_each_step() -> None:
         "incumbent": "v1",
         "traffic": 0.2,
         "command_id": canary["command_id"],
+        "issued_ms": canary["ts"],
     }
     assert [(p["action"], p["traffic"]) for p in doc["periods"]] == [("deploy", None), ("canary", 0.2)]

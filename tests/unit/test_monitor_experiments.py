@@ -3,6 +3,7 @@ request), the evidence a canary sends, and one decision turned into one command.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -309,6 +310,28 @@ def test_the_deadline_counts_from_the_first_clock_seen_when_the_candidate_comes_
     assert runs.decide(log, running(log), 1) == []
     runs.count(clock_message(SHADOW_RUN, t0 + 60_000), 0, 4)
     [command] = runs.decide(log, running(log), 2)
+    assert command["command_id"] == "experiment:e-s1:inconclusive"
+
+
+def test_a_monitor_behind_its_traffic_counts_the_deadline_from_the_command_not_from_its_backlog() -> None:
+    """A monitor ten minutes behind (a backlog, a restart after an outage) first sees the experiment at a
+    clock that old; counted from there, the deadline (60 s here) would end it as inconclusive while its
+    backlog, all from before the experiment, is worked off."""
+    t0 = 1_700_000_000_000
+    issued = dataclasses.replace(SHADOW_RUN, issued_ms=t0)
+    runs = Experiments(SMALL.model_copy(update={"max_duration_s": 60.0}))
+    log = commands_log(("shadow", "s1"))
+    offsets = iter(range(1, 100))
+    for behind in range(600_000, 0, -60_000):  # catching up, no pair labelled yet
+        runs.count(clock_message(issued, t0 - behind), 0, next(offsets))
+        assert runs.decide(log, running(log), 1) == []
+    pairs = [Paired(f"r{i}", t0 + 1_000 + i, "v1", "v2", GOOD, GOOD) for i in range(5)]
+    [(_k, value)] = evidence(issued, [], pairs, t0 + 1_000)
+    runs.count(value, 0, next(offsets))
+    runs.count(clock_message(issued, t0 + 59_999), 0, next(offsets))
+    assert runs.decide(log, running(log), 2) == []
+    runs.count(clock_message(issued, t0 + 60_000), 0, next(offsets))
+    [command] = runs.decide(log, running(log), 3)
     assert command["command_id"] == "experiment:e-s1:inconclusive"
 
 
