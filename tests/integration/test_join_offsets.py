@@ -79,6 +79,25 @@ def counted_then_stopped(settings: Settings, tmp_path: Path) -> tuple[MonitorPro
     return monitor, storefront
 
 
+def written_and_passed_over(
+    settings: Settings, topic: str, partition: int, value: bytes, key: bytes | None = None
+) -> int:
+    """Write one message to ``topic[partition]`` and commit the monitor's group past it, as Faust's consumer
+    left a partition in the fault test; return its offset."""
+    delivered: list[Any] = []
+    producer = kafka.producer(settings)
+    producer.produce(topic, key=key, value=value, partition=partition,
+                     on_delivery=lambda _, msg: delivered.append(msg))  # fmt: skip
+    assert producer.flush(30) == 0 and delivered[0].error() is None
+    offset: int = delivered[0].offset()
+    group = kafka.consumer(settings, f"{settings.topic_prefix}monitor")
+    try:
+        group.commit(offsets=[TopicPartition(topic, partition, offset + 1)], asynchronous=False)
+    finally:
+        group.close()
+    return offset
+
+
 def test_a_joinable_message_the_consumer_passed_over_is_joined(kafka_bootstrap: str, tmp_path: Path) -> None:
     with topic_world(kafka_bootstrap, PARTITIONS) as settings:
         monitor, _ = counted_then_stopped(settings, tmp_path)
@@ -86,18 +105,7 @@ def test_a_joinable_message_the_consumer_passed_over_is_joined(kafka_bootstrap: 
         # A joinable message the group's offset passes over, as the consumer left it in the fault test.
         topic, partition = f"{settings.topic_prefix}monitor-joinable", 1
         value, n = joinable_bundle(settings, partition, 30)
-        delivered: list[Any] = []
-        producer = kafka.producer(settings)
-        producer.produce(
-            topic, value=value, partition=partition, on_delivery=lambda _, msg: delivered.append(msg)
-        )
-        assert producer.flush(30) == 0 and delivered[0].error() is None
-        passed_over = delivered[0].offset()
-        group = kafka.consumer(settings, f"{settings.topic_prefix}monitor")
-        try:
-            group.commit(offsets=[TopicPartition(topic, partition, passed_over + 1)], asynchronous=False)
-        finally:
-            group.close()
+        passed_over = written_and_passed_over(settings, topic, partition, value)
 
         monitor.start()
         try:
@@ -120,17 +128,7 @@ def test_a_labelled_message_the_consumer_passed_over_is_counted(kafka_bootstrap:
         now = int(time.time() * 1000)
         counts = request_counts(["a", "b"], ["a"], ["a"])
         items = [Labelled(f"late-{i}", "before", now + i, counts) for i in range(25)]
-        delivered: list[Any] = []
-        producer = kafka.producer(settings)
-        producer.produce(topic, key=b"before", value=encode_bundle(items), partition=partition,
-                         on_delivery=lambda _, msg: delivered.append(msg))  # fmt: skip
-        assert producer.flush(30) == 0 and delivered[0].error() is None
-        passed_over = delivered[0].offset()
-        group = kafka.consumer(settings, f"{settings.topic_prefix}monitor")
-        try:
-            group.commit(offsets=[TopicPartition(topic, partition, passed_over + 1)], asynchronous=False)
-        finally:
-            group.close()
+        passed_over = written_and_passed_over(settings, topic, partition, encode_bundle(items), b"before")
 
         monitor.start()
         try:
