@@ -139,9 +139,10 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
             s = self.join_stats
             log.info(
                 "joined %d (outcome first %d), expired %d, duplicates %d, orphan outcomes %d, "
-                "invalid %d; %d versions",
+                "invalid %d; shadow predictions paired %d, unpaired %d; %d versions",
                 s.joined, s.outcome_first, s.expired, s.duplicates, s.orphan_outcomes,
-                self.invalid + self.watching.invalid, len(self.watching.trackers),
+                self.invalid + self.watching.invalid, s.paired, s.shadow_unpaired,
+                len(self.watching.trackers),
             )  # fmt: skip
 
     def _load_trackers(self) -> None:
