@@ -199,7 +199,7 @@ class JoinAgents:
                 if missed is SEEN:
                     continue  # delivered again around a rebalance: its effects are in the state
                 if missed:
-                    for msg in await self._read_missed(self.joinable, partition, missed):
+                    for msg in await self._read_missed(self.joinable.get_topic_name(), partition, missed):
                         self._join_message(
                             partition, cast(int, msg.offset()), msg.value(), stores, by_version
                         )
@@ -245,9 +245,8 @@ class JoinAgents:
         for item in joiner.bundle(joinable, reports):
             by_version.setdefault(item.model_version, []).append(item)
 
-    async def _read_missed(self, topic: faust.TopicT | str, partition: int, missed: range) -> list[Message]:
-        """The messages of ``topic`` the consumer passed over, read from the broker (streams.offsets)."""
-        name = topic if isinstance(topic, str) else topic.get_topic_name()
+    async def _read_missed(self, name: str, partition: int, missed: range) -> list[Message]:
+        """The messages of topic ``name`` the consumer passed over, read from the broker (streams.offsets)."""
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, read_range, self.settings, name, partition, missed)
         log.warning(

@@ -92,7 +92,7 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
             if missed is SEEN:
                 continue  # counted before: its effects are in the windows
             if missed:
-                found = await self._read_missed(self.labelled, partition, missed)
+                found = await self._read_missed(self.labelled.get_topic_name(), partition, missed)
                 batch += [(m.value() or b"", partition, cast(int, m.offset())) for m in found]
             batch.append((e.value, partition, offset))
             self.watch_offsets.done(partition, offset)

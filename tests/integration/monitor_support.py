@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import TopicPartition
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
@@ -28,6 +28,7 @@ from services.config import Settings, load_settings
 from services.kafka.topics import create_topics, delete_topics
 from services.sandbox.processes import wait_for
 from streams.failures import is_failures
+from streams.offsets import committed_offsets
 
 READY = "modelwatch monitor ready"
 
@@ -286,16 +287,10 @@ class MonitorProcess:
 
 
 def committed(settings: Settings, group: str, suffixes: Iterable[str]) -> dict[tuple[str, int], int]:
-    admin = kafka.admin(settings)
-    meta = admin.list_topics(timeout=10)
-    tps = [
-        TopicPartition(settings.topic(s), p)
-        for s in suffixes
-        for p in meta.topics[settings.topic(s)].partitions
-    ]
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])
-    result = futures[group].result()
-    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+    """What ``group`` has committed on every partition of the topics named by ``suffixes``."""
+    meta = kafka.admin(settings).list_topics(timeout=10)
+    names = [settings.topic(s) for s in suffixes]
+    return committed_offsets(settings, group, [(n, p) for n in names for p in meta.topics[n].partitions])
 
 
 def wait_consumed(settings: Settings, suffixes: Iterable[str], timeout: float = 30.0) -> None:

@@ -139,8 +139,9 @@ def test_the_watch_counts_each_labelled_message_once_and_in_offset_order() -> No
             Message(topic=topic, partition=partition, offset=at, value=f"m{at}".encode()) for at in missed
         ]
 
+    labelled = SimpleNamespace(get_topic_name=lambda: "rec.labelled")
     monitor = SimpleNamespace(
-        watch_offsets=PartitionOffsets({0: 10}), labelled="rec.labelled", _read_missed=read_missed
+        watch_offsets=PartitionOffsets({0: 10}), labelled=labelled, _read_missed=read_missed
     )
     events = [_Event(0, 8), _Event(0, 9), _Event(0, 12), _Event(0, 13), _Event(1, 4)]
     batch = asyncio.run(Monitor._in_offset_order(cast(Any, monitor), cast(Any, events)))
