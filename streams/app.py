@@ -59,6 +59,7 @@ import faust
 
 from services.config import Settings, load_settings
 from services.registry.keys import signer_of
+from streams import READY
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
@@ -73,8 +74,6 @@ from streams.watch import Watch
 from streams.watch_agents import WatchAgents
 
 log = logging.getLogger("modelwatch.monitor")
-
-READY = "modelwatch monitor ready"
 
 
 class Monitor(WatchAgents):

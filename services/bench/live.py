@@ -29,6 +29,7 @@ from services.registry import Registry
 from services.sandbox.demo import DEMO_CONFIG, DemoPlan
 from services.sandbox.processes import wait_for
 from services.sandbox.storefront import SimulationPlan, simulate
+from streams import READY
 
 RULE = "f1-low"  # the demo's rollback rule
 INSTANCES = ("live-1", "live-2")
@@ -140,7 +141,7 @@ def run_live(rig: Rig, good: str, bad: str, rate: float, warmup_s: float, timeou
         first = deployment.deploy(settings, good, "bench: the good version", registry=registry)
         seen = wait_for(lambda: _command(tap, first["command_id"]), 30, "the first deploy on the topic")
         wait_for(lambda: _acks(tap, seen), timeout, "both replicas to activate the good version")
-        monitor.wait_for_log("modelwatch monitor ready", timeout)
+        monitor.wait_for_log(READY, timeout)
         sim.start()
         wait_for(
             lambda: tap.of("metrics", model_version=good), timeout, "the first metrics of the good version"

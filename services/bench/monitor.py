@@ -1,11 +1,19 @@
 """The monitor's throughput: labelled requests per second through the Faust worker, beside a plain
 confluent-kafka consumer computing the same metrics over the same events.
 
-N predictions and their outcomes are produced first. Then the worker (``modelwatch monitor``, a child
-process) starts on that backlog. It emits a metrics event every ``emit_every_n`` labelled requests, and
-each event says how many the version has counted so far (``total``); the rate is the growth of ``total``
-between the first and the last metrics event, over their broker timestamps, so the worker's start-up
-(imports, group join, table recovery) is left out.
+The worker (``modelwatch monitor``, a child process) starts first, on empty topics, and is measured from
+the moment it is ready (it has logged :data:`streams.READY` and its CPU has settled): then N
+predictions and their outcomes are produced, the predictions first, at the broker's pace, far faster than
+the worker reads them, so it works through a backlog. It emits a metrics event every ``emit_every_n``
+labelled requests, each saying how many the version has counted so far (``total``); the run ends at the
+event that reaches N. Its CPU per labelled request is the worker's CPU over that span, over N; its rate,
+N over the span. So start-up (imports, group join, table recovery) is left out, and all the work the
+traffic caused is in.
+
+An earlier version started the worker on the backlog and timed it between its first and its last metrics
+event. That left out everything before the first labelled request was counted: on the bench's backlog
+most of the join's work (at 20,000 labelled, 47-146 µs a labelled request reported where the worker
+spent about 500), and a varying share of it, which made the cost look as if it grew fivefold with volume.
 
 The plain consumer is the monitor's own baseline (:mod:`services.bench.baseline`), run in this process: one
 confluent-kafka consumer, the same :class:`streams.join.Joiner` per partition and the same
@@ -21,17 +29,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from schemas.errors import BenchmarkError
 from services.bench import baseline, workload
-from services.bench.cpu import CpuSampler
+from services.bench.cpu import CpuSampler, process_cpu_seconds
 from services.bench.rig import Rig, stamp_on_append
-from services.bench.stats import per_thousand, span_rate
+from services.bench.stats import per_thousand, ratio
 from services.bench.tap import Tap
 from services.config import Settings
 from services.sandbox.world import World
+from streams import READY
 
 VERSION = "bench-version"
 
@@ -48,6 +58,7 @@ class MonitorRun:
     cpu_s: float | None
     cpu_per_1000: float | None
     rss_mb: float | None = None  # resident memory once every labelled request was counted (Faust worker)
+    startup_cpu_s: float | None = None  # the worker's CPU until it was ready, left out of the figures above
 
     @property
     def cpu_us_per_labelled(self) -> float | None:
@@ -72,14 +83,20 @@ def monitor_config(path: Path, data_dir: Path, emit_every_n: int) -> Path:
 CHUNK = 100_000
 
 
-def prepare(rig: Rig, world: World, n: int, area: str = "mon", say: Say | None = None) -> Settings:
-    """The area ``area`` with ``n`` predictions and their outcomes already in its topics.
-
-    Event time moves at 1,000 requests/s and ends a minute before now: within the monitor's past
-    tolerance (an hour) up to 3.5 million, and never in the future."""
+def prepare(rig: Rig, area: str = "mon") -> Settings:
+    """The area ``area``: its topics, created empty."""
     settings = rig.settings(area)
     rig.create(settings)
     stamp_on_append(settings, [settings.topic("metrics")])
+    return settings
+
+
+def produce_traffic(settings: Settings, world: World, n: int, say: Say | None = None) -> None:
+    """``n`` predictions and their outcomes into the area's topics, ``CHUNK`` at a time (each chunk's
+    predictions, then its outcomes).
+
+    Event time moves at 1,000 requests/s and ends a minute before now: within the monitor's past
+    tolerance (an hour) up to 3.5 million, and never in the future."""
     start_ms = int(time.time() * 1000) - 60_000 - n
     for first in range(0, n, CHUNK):
         size = min(CHUNK, n - first)
@@ -91,7 +108,6 @@ def prepare(rig: Rig, world: World, n: int, area: str = "mon", say: Say | None =
         workload.produce_all(settings, settings.topic("outcomes"), outcomes)
         if say is not None and n > CHUNK:
             say(f"monitor traffic: {first + size:,} of {n:,} labelled requests produced")
-    return settings
 
 
 def faust_monitor(
@@ -100,11 +116,13 @@ def faust_monitor(
     n: int,
     emit_every_n: int,
     timeout: float,
+    traffic: Callable[[], None],
     env: dict[str, str] | None = None,
     say: Say | None = None,
     say_every_s: float = 60.0,
 ) -> MonitorRun:
-    """Start the worker on the backlog and time it until its metrics cover all ``n`` labelled requests.
+    """Start the worker, wait until it is ready, call ``traffic`` (which produces the ``n`` labelled
+    requests) and time the worker until its metrics cover all of them.
 
     ``env`` is added to the worker's environment: Faust reads its own settings there too (for example
     ``PRODUCER_LINGER``), which is how its knobs were tried. ``say`` hears the count every
@@ -114,10 +132,13 @@ def faust_monitor(
     tap = Tap(settings, ["metrics"])
     proc = rig.command(name, ["monitor", "--config", str(config)], settings, env)
     sampler = CpuSampler(proc.pid).start()
-    started = time.monotonic()
-    deadline, told = started + timeout, started
     rss = None
     try:
+        proc.wait_for_log(READY, min(timeout, 180.0))
+        startup_cpu = _settled_cpu(proc.pid)
+        started = time.time()
+        traffic()
+        deadline, told = time.monotonic() + timeout, time.monotonic()
         while not _covered(tap, n):
             if say is not None and time.monotonic() - told >= say_every_s:
                 told = time.monotonic()
@@ -125,8 +146,8 @@ def faust_monitor(
                     (int(e.value["total"]) for e in tap.of("metrics", model_version=VERSION)), default=0
                 )
                 say(
-                    f"monitor (Faust): {counted:,} of {n:,} labelled counted after {told - started:.0f} s, "
-                    f"resident {resident_mb(proc.pid) or 0:,.0f} MB"
+                    f"monitor (Faust): {counted:,} of {n:,} labelled counted after "
+                    f"{time.time() - started:.0f} s, resident {resident_mb(proc.pid) or 0:,.0f} MB"
                 )
             if not proc.running:
                 tail = proc.log().strip().splitlines()[-3:]
@@ -141,15 +162,26 @@ def faust_monitor(
         sampler.stop()
         proc.stop(30)
         tap.stop()
-    points = sorted(
-        {(e.ts_ms / 1000.0, int(e.value["total"])) for e in tap.of("metrics", model_version=VERSION)}
+    ended = min(
+        e.ts_ms / 1000.0 for e in tap.of("metrics", model_version=VERSION) if int(e.value["total"]) >= n
     )
-    points = [p for p in points if p[1] <= n]
-    per_s = span_rate(points)
-    seconds = points[-1][0] - points[0][0] if len(points) > 1 else 0.0
-    cpu = sampler.between(points[0][0], points[-1][0]) if len(points) > 1 else None
-    counted = points[-1][1] - points[0][1] if points else 0
-    return MonitorRun("faust", n, seconds, per_s, cpu, per_thousand(cpu, counted), rss)
+    seconds = ended - started
+    cpu = sampler.between(started, ended)
+    return MonitorRun("faust", n, seconds, ratio(n, seconds), cpu, per_thousand(cpu, n), rss, startup_cpu)
+
+
+def _settled_cpu(pid: int, quiet_s: float = 1.0, most: float = 0.05, timeout: float = 30.0) -> float | None:
+    """The CPU-seconds ``pid`` has used once it is quiet: less than ``most`` of a core over ``quiet_s``
+    (a ready worker still finishes its start-up: the command history, its first timers). Gives up waiting
+    after ``timeout`` (a busy machine): what it has used then."""
+    deadline = time.monotonic() + timeout
+    before = process_cpu_seconds(pid)
+    while True:
+        time.sleep(quiet_s)
+        now = process_cpu_seconds(pid)
+        if now is None or before is None or now - before < most * quiet_s or time.monotonic() > deadline:
+            return now
+        before = now
 
 
 def resident_mb(pid: int) -> float | None:
@@ -190,10 +222,13 @@ def main(argv: list[str] | None = None) -> None:
         rig.start_broker()
         world = workload.world()
         for n in volumes:
-            settings = prepare(rig, world, n, area=f"mon{n}", say=print)
+            settings = prepare(rig, area=f"mon{n}")
             emit_every_n = max(100, n // 20)
+            traffic = partial(produce_traffic, settings, world, n, print)
             for run in (
-                faust_monitor(rig, settings, n, emit_every_n, timeout=180 + n / 100, say=print),
+                faust_monitor(
+                    rig, settings, n, emit_every_n, timeout=180 + n / 100, traffic=traffic, say=print
+                ),
                 plain_monitor(settings, n, emit_every_n),
             ):
                 print(json.dumps(run.as_dict()), flush=True)

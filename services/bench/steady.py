@@ -46,6 +46,7 @@ from services.deployment import orders as deployment
 from services.registry import Registry
 from services.sandbox.processes import wait_for
 from services.sandbox.storefront import SimulationPlan, simulate
+from streams import READY
 
 #: Told how a long run goes (a line of text).
 Progress = Callable[[str], None]
@@ -226,7 +227,7 @@ def run_steady(
     try:
         replica.wait_for_log("event=assigned", timeout)
         if monitor:
-            watched["monitor"].wait_for_log("modelwatch monitor ready", timeout)
+            watched["monitor"].wait_for_log(READY, timeout)
         pids = {name: proc.pid for name, proc in watched.items()}
         # Idle: the replica has its model and its partitions, the monitor its tables, and nothing to do.
         idle0, i0 = _cpu(pids), time.monotonic()

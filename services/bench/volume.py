@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from services.bench import workload
-from services.bench.monitor import MonitorRun, faust_monitor, plain_monitor, prepare
+from services.bench.monitor import MonitorRun, faust_monitor, plain_monitor, prepare, produce_traffic
 from services.bench.rig import Rig, delete_prefixed, stamp_on_append
 from services.bench.stats import ratio
 from services.bench.throughput import Throughput, measure, outputs_reached
@@ -78,11 +78,16 @@ def monitor_curve(
     points = []
     for n in volumes:
         step(f"monitor at {n:,} labelled")
-        settings = prepare(rig, world, n, area=f"mon{n}", say=say)
+        settings = prepare(rig, area=f"mon{n}")
         emit_every_n = max(100, n // 20)
+        traffic = partial(produce_traffic, settings, world, n, say)
         worker = None
-        if faust:
-            worker = faust_monitor(rig, settings, n, emit_every_n, timeout=180 + n / 200, say=say)
+        if faust:  # the worker is started first, then the traffic produced (services.bench.monitor)
+            worker = faust_monitor(
+                rig, settings, n, emit_every_n, timeout=180 + n / 200, traffic=traffic, say=say
+            )
+        else:
+            traffic()
         gc.collect()
         points.append(MonitorPoint(n, worker, plain_monitor(settings, n, emit_every_n)))
         if n > 100_000:

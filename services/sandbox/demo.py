@@ -37,6 +37,7 @@ from services.sandbox.processes import ManagedProcess, wait_for
 from services.sandbox.storefront import DEFAULT_WORLD_SEED, SimulationPlan, simulate
 from services.sandbox.versions import train_on_world
 from services.sandbox.world import World
+from streams import READY
 
 #: The alert the demo relies on: F1 on the last 300 labelled requests under 0.30 (the good version holds
 #: about 0.40 online, as on held-out data), twice in a row, rolls the version back. The second rule watches
@@ -285,7 +286,7 @@ def run_demo(
             lambda: watcher.acks(first, instances), 90, "both replicas to activate the good version"
         )
         timeline.add(f"  acknowledged by {_acks(acks)}")
-        monitor.wait_for_log("modelwatch monitor ready", 120)
+        monitor.wait_for_log(READY, 120)
         timeline.add("monitor ready")
 
         def play() -> None:

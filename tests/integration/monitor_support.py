@@ -27,10 +27,9 @@ from services import kafka
 from services.config import Settings, load_settings
 from services.kafka.topics import create_topics, delete_topics
 from services.sandbox.processes import wait_for
+from streams import READY
 from streams.failures import is_failures
 from streams.offsets import committed_offsets
-
-READY = "modelwatch monitor ready"
 
 
 def modelwatch_bin() -> str:
