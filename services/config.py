@@ -431,6 +431,12 @@ class Settings(BaseSettings):
         return base if self.model_name == self.default_model else f"{base}-{self.model_name}"
 
     @property
+    def monitor_route_group(self) -> str:
+        """The consumer group in which the monitor's workers read the source topics (predictions, shadow
+        predictions, outcomes): ``<monitor app id>-route``."""
+        return f"{self.monitor_app_id}-route"
+
+    @property
     def bootstrap_servers(self) -> str:
         return self.bootstrap or f"127.0.0.1:{self.broker.port}"
 

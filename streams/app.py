@@ -68,6 +68,7 @@ from streams.join import Joiner, JoinStats
 from streams.offsets import PartitionOffsets
 from streams.rollback import RollbackPolicy
 from streams.routing import Router
+from streams.source_reader import SourceReader
 from streams.tables import PartitionedTable
 from streams.tracker import TrackerConfig
 from streams.watch import Watch
@@ -111,28 +112,13 @@ class Monitor(WatchAgents):
         # default (100) makes the stream wait, and warn, several times per batch.
         self.app.producer.buffer.max_messages = 4 * m.batch_size
         self.partitions = partitions
-        self.predictions_topic = settings.topic("predictions")
-        self.outcomes_topic = settings.topic("outcomes")
-        self.shadow_topic = settings.topic("predictions.shadow")  # paired with the outcomes, never windowed
         raw: dict[str, Any] = {"key_type": str, "value_type": bytes, "value_serializer": "raw"}
-        # Keys as bytes, never decoded: the join reads the request_id from the value, and a key that is not
-        # UTF-8 would otherwise raise in Faust's decoder and stall the join agent for good, silently.
-        self.sources = self.app.topic(
-            self.predictions_topic,
-            self.outcomes_topic,
-            self.shadow_topic,
-            **{**raw, "key_type": bytes, "key_serializer": "raw"},
-        )
         self.joinable = self.app.topic(
             f"{self.app_id}-joinable",
             internal=True,
             partitions=partitions,
             retention=timedelta(days=1),  # read within seconds; a day covers a long outage of the join
             **raw,
-        )
-        # Dead letters keep the source key's bytes, whatever they are.
-        self.outcomes_dlq = self.app.topic(
-            settings.topic("outcomes.dlq"), **{**raw, "key_type": bytes, "key_serializer": "raw"}
         )
         self.labelled = self.app.topic(
             f"{self.app_id}-labelled",
@@ -159,9 +145,13 @@ class Monitor(WatchAgents):
             past_ms=int(m.past_tolerance * 1000),
             prediction_past_ms=int(m.prediction_wait_s * 1000),
             idle_timeout_s=m.idle_timeout_s,
-            highwater=self.source_highwater,  # idle means caught up by log offset (streams.routing)
             model=settings.model_name,
             default_model=settings.default_model,
+        )
+        # The sources on a plain consumer in a thread; it gives the router the high watermarks, so idle
+        # means caught up by log offset (streams.routing).
+        self.source_reader = SourceReader(
+            settings, self.router, self.joinable.get_topic_name(), on_invalid=self._count_invalid
         )
         self.tracker_config = TrackerConfig.from_settings(m, settings.alerts)
         self.baselines = RegistryBaselines(settings)
@@ -189,13 +179,10 @@ class Monitor(WatchAgents):
         self._join_generation = -1
         self._watch_generation = -1
         self._lock = asyncio.Lock()  # the watch agent and the timer share the trackers
-        self._sending = asyncio.Lock()  # the route agent and the report timer send bundles in turn
         self._source_starts: dict[tuple[str, int], int] = {}  # set at each rebalance (note_source_starts)
         self._last_stats = time.monotonic()
 
-        self.app.agent(self.sources, name=f"{self.app_id}.route", concurrency=1)(self.route)
         self.app.agent(self.joinable, name=f"{self.app_id}.join", concurrency=1)(self.join)
-        self.app.timer(min(1.0, m.idle_timeout_s / 4), name=f"{self.app_id}.report")(self.report)
         self.app.agent(self.labelled, name=f"{self.app_id}.watch", concurrency=1)(self.watch)
         self.app.agent(self.dead_letters, name=f"{self.app_id}.failures", concurrency=1)(self.failures)
         self.app.timer(m.emit_every_s, name=f"{self.app_id}.tick")(self.tick)
@@ -222,6 +209,10 @@ class Monitor(WatchAgents):
 
     async def follow_commands(self) -> None:
         self._start_follower()
+        self.source_reader.start()
+
+    def _count_invalid(self) -> None:
+        self.invalid += 1  # from the source reader's thread: an int's += under the GIL, for a log line
 
     def _start_follower(self) -> None:
         if not self.follower.started:
@@ -229,7 +220,6 @@ class Monitor(WatchAgents):
 
     async def on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self._generation += 1
-        self._assign_sources()
         await self.note_source_starts()  # before the partitions are resumed and sought (streams.join_agents)
         self._start_follower()  # the first rebalance may come before the app's tasks start
         loop = asyncio.get_running_loop()
@@ -239,6 +229,7 @@ class Monitor(WatchAgents):
 
     async def on_before_shutdown(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.follower.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.source_reader.stop)
         await self._close_alert_sender()
 
 

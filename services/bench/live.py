@@ -88,7 +88,7 @@ class LagSampler:
 
     def _run(self) -> None:
         ends = OffsetProbe(self.settings)
-        group = OffsetProbe(self.settings, f"{self.settings.topic_prefix}monitor")
+        group = OffsetProbe(self.settings, self.settings.monitor_route_group)  # the source reader's
         topics = [self.settings.topic("predictions"), self.settings.topic("outcomes")]
         try:
             while not self._stop.wait(self.every):

@@ -45,17 +45,7 @@ def render(doc: dict[str, Any]) -> Group:
             f"{r['last_heartbeat_age_s']:.1f} s ago",
         )
 
-    monitor = doc["monitor"]
-    group = Table(title=f"monitor group {monitor['group']} ({monitor['state']})", title_justify="left")
-    group.add_column("member")
-    group.add_column("host")
-    group.add_column("partitions")
-    for m in monitor["members"]:
-        group.add_row(m["client_id"], m["host"], " ".join(m["partitions"]) or "-")
-    lag = Text(f"lag {monitor['total_lag']:,} messages")
-    if monitor.get("error"):
-        lag = Text(f"monitor group: {monitor['error']}", style="yellow")
-
+    groups = [part for key in ("monitor_sources", "monitor") if key in doc for part in _group(doc[key])]
     alerts = Table(title="alerts firing", title_justify="left")
     for column in ("since", "rule", "version", "value", "threshold", "severity"):
         alerts.add_column(column)
@@ -77,7 +67,21 @@ def render(doc: dict[str, Any]) -> Group:
             f"{i} {a['event']}" + (f" ({a['error']})" if a["error"] else "") for i, a in c["acks"].items()
         )
         commands.add_row(iso(c["ts"]), c["action"], c["version"], c["issued_by"] or "-", answers or "-")
-    return Group(head, replicas, group, lag, alerts, commands)
+    return Group(head, replicas, *groups, alerts, commands)
+
+
+def _group(monitor: dict[str, Any]) -> tuple[Table, Text]:
+    """One of the monitor's consumer groups, its members and its lag."""
+    group = Table(title=f"monitor group {monitor['group']} ({monitor['state']})", title_justify="left")
+    group.add_column("member")
+    group.add_column("host")
+    group.add_column("partitions")
+    for m in monitor["members"]:
+        group.add_row(m["client_id"], m["host"], " ".join(m["partitions"]) or "-")
+    lag = Text(f"lag {monitor['total_lag']:,} messages")
+    if monitor.get("error"):
+        lag = Text(f"monitor group: {monitor['error']}", style="yellow")
+    return group, lag
 
 
 @app.command(name="status")
@@ -88,7 +92,8 @@ def status_command(
     model: str | None = ModelOption,
 ) -> None:
     """The fleet at a glance: the commanded and served version, every replica (gone when silent for three
-    heartbeats), the monitor's consumer group and its lag, the alerts firing now, the last commands: of
+    heartbeats), the monitor's consumer groups and their lag (the source reader's on predictions and outcomes,
+    the Faust workers' on the monitor's own topics), the alerts firing now, the last commands: of
     one model (--model)."""
     settings = current_settings(model)
     if as_json:

@@ -107,10 +107,12 @@ def read_alerts(settings: Settings, since_ms: int, timeout: float = 10.0) -> lis
     return out
 
 
-def monitor_group(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
-    """The monitor's consumer group: its state, members and their partitions, and the lag per partition
-    the group has committed (high watermark minus committed offset)."""
-    group = settings.monitor_app_id  # the monitor of the settings' model
+def monitor_group(settings: Settings, timeout: float = 10.0, group: str | None = None) -> dict[str, Any]:
+    """A consumer group of the monitor: its state, members and their partitions, and the lag per partition
+    the group has committed (high watermark minus committed offset). ``group``: the Faust group (the
+    default: its internal topics and the dead letters), or the source reader's (``monitor_route_group``:
+    predictions, shadow predictions and outcomes)."""
+    group = group or settings.monitor_app_id  # the monitor of the settings' model
     admin = kafka.admin(settings)
     doc: dict[str, Any] = {"group": group, "state": "unknown", "members": [], "lag": [], "total_lag": 0}
     try:
@@ -172,6 +174,7 @@ def fleet_status(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
         },
         "replicas": replicas_of(state, settings.serve.heartbeat_s, now),
         "monitor": monitor_group(settings, timeout),
+        "monitor_sources": monitor_group(settings, timeout, settings.monitor_route_group),
         "alerts_firing": firing_alerts(alerts),
         "last_commands": last_commands(state),
     }

@@ -293,7 +293,8 @@ def committed(settings: Settings, group: str, suffixes: Iterable[str]) -> dict[t
 
 
 def wait_consumed(settings: Settings, suffixes: Iterable[str], timeout: float = 30.0) -> None:
-    """Wait until the monitor's group has committed every message now in the topics: it has processed them."""
+    """Wait until the monitor has committed every message now in the topics: it has processed them (the
+    source topics are read in the source reader's group, the internal ones in the Faust group)."""
     suffixes = list(suffixes)
     c = kafka.consumer(settings, "modelwatch-test-watermarks")
     try:
@@ -306,10 +307,18 @@ def wait_consumed(settings: Settings, suffixes: Iterable[str], timeout: float = 
                 )[1]
     finally:
         c.close()
-    group = f"{settings.topic_prefix}monitor"
+    sources = {"predictions", "predictions.shadow", "outcomes"}
+    by_group = {
+        settings.monitor_route_group: [s for s in suffixes if s in sources],
+        settings.monitor_app_id: [s for s in suffixes if s not in sources],
+    }
 
     def done() -> bool:
-        offsets = committed(settings, group, suffixes)
+        offsets = {
+            tp: at
+            for group, named in by_group.items()
+            for tp, at in committed(settings, group, named).items()
+        }
         return all(end == 0 or offsets.get(tp, -1) >= end for tp, end in ends.items())
 
     wait_for(done, timeout, f"the monitor to consume {', '.join(suffixes)}")
@@ -460,7 +469,13 @@ def trace_requests(settings: Settings, request_ids: Iterable[str]) -> dict[str, 
             if rid in key:
                 what = "deleted" if m.value() is None else "set"
                 found[rid].append(f"pending[{m.partition()}]@{m.offset()} {key} {what}")
-    group = f"{prefix}monitor"
-    suffixes = ["predictions", "outcomes", "monitor-joinable"]
-    offsets = {f"{t[len(prefix) :]}[{p}]": at for (t, p), at in committed(settings, group, suffixes).items()}
+    by_group = {
+        settings.monitor_route_group: ["predictions", "outcomes"],
+        settings.monitor_app_id: ["monitor-joinable"],
+    }
+    offsets = {
+        f"{t[len(prefix) :]}[{p}]": at
+        for group, suffixes in by_group.items()
+        for (t, p), at in committed(settings, group, suffixes).items()
+    }
     return {"requests": found, "committed": offsets}

@@ -127,8 +127,8 @@ def test_status_shows_the_monitor_group_lag_and_only_the_alerts_still_firing(
         producer.produce(outcomes, b"{}", partition=0, key=str(i).encode())
     assert producer.flush(30) == 0
 
-    # A member of the monitor's group that has read 4 of the 10 messages on partition 0.
-    group = f"{settings.topic_prefix}monitor"
+    # A member of the monitor's source reader group that has read 4 of the 10 messages on partition 0.
+    group = f"{settings.topic_prefix}monitor-route"
     consumer = kafka.consumer(settings, group, **{"client.id": "monitor-under-test"})
     try:
         consumer.subscribe([outcomes])
@@ -139,7 +139,8 @@ def test_status_shows_the_monitor_group_lag_and_only_the_alerts_still_firing(
         doc = status_json(capsys)
     finally:
         consumer.close()
-    monitor = doc["monitor"]
+    assert doc["monitor"]["group"] == f"{settings.topic_prefix}monitor" and doc["monitor"]["members"] == []
+    monitor = doc["monitor_sources"]
     assert monitor["group"] == group and "error" not in monitor, monitor
     assert [m["client_id"] for m in monitor["members"]] == ["monitor-under-test"]
     assert {"topic": outcomes, "partition": 0, "lag": 6} in monitor["lag"] and monitor["total_lag"] == 6

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -273,72 +272,30 @@ def test_a_prediction_the_fast_read_leaves_to_the_codec_is_routed_or_rejected_by
     assert [e["request_id"] for e in r.take()] == ["r1"]
 
 
-class _Partitions:
-    """The joinable topic as the agents see it: each send is taken at once, in order, per partition, and
-    yields to the event loop as Faust's does; the first send waits longest (for the producer's metadata)."""
-
-    def __init__(self) -> None:
-        self.received: dict[int, list[dict[str, Any]]] = {}
-
-    async def send(self, value: bytes, partition: int, force: bool) -> asyncio.Future[None]:
-        first = not self.received
-        self.received.setdefault(partition, []).append(orjson.loads(value))
-        for _ in range(10 if first else 1):
-            await asyncio.sleep(0)  # yielding to the other sender, as a send that waits does
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-def test_a_report_never_overtakes_the_events_it_accounts_for() -> None:
-    """The route agent and the report timer both send a bundle to every join partition. The timer's
-    reports count the events the agent routed; were its bundle to reach a join partition before the agent's
-    (which holds those events), the watermarks there would pass events still on their way."""
-    agents = JoinAgents()
-    agents.router, agents.joinable, agents._sending = router(), cast(Any, _Partitions()), asyncio.Lock()
-    for i in range(30):  # events for every join partition
-        agents.router.route("outcomes", 0, 1, NOW, outcome(f"r{i}", NOW - 1000 + i), offset=i)
-
-    async def route_then_report() -> None:
-        await asyncio.gather(agents._send_joinable([]), agents._send_joinable([]))
-
-    asyncio.run(route_then_report())
-    received = cast(_Partitions, agents.joinable).received
-    for partition in range(3):
-        events = [len(bundle["events"]) for bundle in received[partition]]
-        assert events[0] > 0 and events[1:] == [0], (partition, events)
-
-
-def test_the_first_messages_the_consumer_passed_over_after_a_rebalance_are_routed_first() -> None:
-    """Faust's consumer, right after a rebalance, can deliver a source partition from past its committed
-    offset and commit past the messages in between (streams.offsets). The route agent compares each
-    partition's first message with the offset noted at the rebalance and routes what lies between, read
+def test_the_first_dead_letters_the_consumer_passed_over_after_a_rebalance_are_read_first() -> None:
+    """Faust's consumer, right after a rebalance, can deliver a partition from past its committed offset
+    and commit past the messages in between (streams.offsets). The failures agent compares each dead-letter
+    partition's first message with the offset noted at the rebalance and takes what lies between, read
     from the broker, first; later gaps (a transactional producer's markers) are left alone."""
-    outcomes_topic = "rec.outcomes"
-    values = {at: outcome(f"r{at}", NOW - 1000 + at) for at in range(20)}
+    dlq = "rec.requests.dlq"
     read: list[range] = []
 
     async def read_missed(topic: str, partition: int, missed: range) -> list[Message]:
         read.append(missed)
-        return [Message(topic=topic, partition=partition, offset=at, value=values[at], timestamp=(1, NOW))
-                for at in missed]  # fmt: skip
+        return [Message(topic=topic, partition=partition, offset=at, value=b"{}") for at in missed]
 
     agents = JoinAgents()
-    agents.router, agents.partitions, agents.invalid = router(), 3, 0
-    agents.predictions_topic, agents.outcomes_topic, agents.shadow_topic = "rec.p", outcomes_topic, "rec.s"
-    agents._source_starts = {(outcomes_topic, 0): 10}
+    agents._source_starts = {(dlq, 0): 10}
     agents._read_missed = read_missed  # type: ignore[method-assign]
-    agents._send_joinable = _nothing  # type: ignore[method-assign]
 
-    class Events:
-        async def take_events(self, *_: object, **__: object) -> AsyncIterator[list[Any]]:
-            yield [_source_event(outcomes_topic, at, values[at]) for at in (13, 14, 16)]
+    async def first_two() -> list[list[int]]:
+        return [
+            [cast(int, m.offset()) for m in await agents._passed_over(_source_event(dlq, at, b"{}"))]
+            for at in (13, 15)
+        ]
 
-    agents.settings = cast(Any, SimpleNamespace(monitor=SimpleNamespace(batch_size=10, batch_within_s=0.1)))
-    asyncio.run(agents.route(cast(Any, Events())))
-    assert read == [range(10, 13)]  # before the first message only: 15 is not asked for
-    routed = sorted(int(e["request_id"][1:]) for e in agents.router.take())
-    assert routed == [10, 11, 12, 13, 14, 16]
+    assert asyncio.run(first_two()) == [[10, 11, 12], []]
+    assert read == [range(10, 13)]  # before the first message only: 14 is not asked for
     assert agents._source_starts == {}
 
 
