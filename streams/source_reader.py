@@ -35,8 +35,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, TopicPartition
 
@@ -47,6 +47,21 @@ from streams.offsets import committed_offsets
 from streams.routing import Router, dead_letter
 
 log = logging.getLogger("modelwatch.monitor")
+
+
+T = TypeVar("T")
+
+
+def in_turn(queues: Iterable[deque[T]], most: int) -> list[T]:
+    """Up to ``most`` items taken from the queues in turn, one from each while it has any (Faust's consumer
+    delivered a fetch's partitions so: :meth:`SourceReader._batch` says why it matters)."""
+    out: list[T] = []
+    live = [q for q in queues if q]
+    while live and len(out) < most:
+        for q in live[: most - len(out)]:
+            out.append(q.popleft())
+        live = [q for q in live if q]
+    return out
 
 
 class SourceReader:
@@ -205,13 +220,7 @@ class SourceReader:
                 if key in self._owned:  # a rebalance inside the poll may have taken it away
                     buffered.setdefault(key, deque()).append(msg)
                     self._fetched[key] = cast(int, msg.offset()) + 1
-        batch: list[Any] = []
-        queues = [q for q in buffered.values() if q]
-        while queues and len(batch) < m.batch_size:
-            for q in queues[: m.batch_size - len(batch)]:
-                batch.append(q.popleft())
-            queues = [q for q in queues if q]
-        return batch
+        return in_turn(buffered.values(), m.batch_size)
 
     def _starving(self) -> bool:
         """Whether a partition has nothing fetched while the broker holds more of it (by the high watermark
