@@ -73,7 +73,7 @@ def _command(tap: Tap, command_id: str) -> Seen | None:
 
 
 class LagSampler:
-    """The monitor group's lag on the joined topics, sampled in a background thread."""
+    """The monitor's lag on the joined topics (its source reader's group), sampled in a background thread."""
 
     def __init__(self, settings: Settings, every: float = 0.5) -> None:
         self.settings = settings
