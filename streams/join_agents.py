@@ -22,7 +22,7 @@ from services.config import Settings
 from streams.join import Joiner, JoinStats, Labelled, encode_bundle
 from streams.offsets import SEEN, PartitionOffsets, committed_offsets, read_range
 from streams.routing import decode_bundle as decode_joinable
-from streams.tables import PartitionedTable, PendingStore, load_join_offsets, load_join_state
+from streams.tables import PartitionedTable, PendingStore, load_join_offsets, restore_join
 
 log = logging.getLogger("modelwatch.monitor")
 
@@ -175,11 +175,16 @@ class JoinAgents:
         """Rebuild each partition's join bookkeeping from the ``pending`` table (after recovery)."""
         self.joiners = {}
         self.join_offsets = PartitionOffsets(load_join_offsets(self.pending))
-        state = load_join_state(self.pending)
-        for partition, (entries, markers, clocks) in state.items():
+        state = restore_join(self.pending)
+        for partition, (store, markers, clocks) in state.items():
             joiner = self._joiner(partition, {})
+            joiner.store = store
             joiner.clocks = clocks
-            joiner.rebuild(entries, markers)
+            joiner.rebuild(store.items(), markers)
         self._join_generation = self._generation
-        pending = sum(len(entries) for entries, _, _ in state.values())
-        log.info("join state: %d partitions, %d pending or recent requests", len(self.joiners), pending)
+        pending = sum(len(store) for store, _, _ in state.values())
+        segments = sum(store.segments for store, _, _ in state.values())
+        log.info(
+            "join state: %d partitions, %d pending requests in %d segments",
+            len(self.joiners), pending, segments,
+        )  # fmt: skip

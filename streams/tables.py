@@ -1,4 +1,5 @@
-"""The monitor's tables: a Faust table that writes to a named changelog partition, and the join's store.
+"""The monitor's tables: a Faust table that writes to a named changelog partition, and the join's state in
+the ``pending`` table, read back after a recovery (:mod:`streams.pending` writes it).
 
 Both exist because the agents work in batches (``take_events``) that mix partitions: Faust would take the
 changelog partition from the current event, which a batch or a timer does not have.
@@ -16,10 +17,12 @@ import asyncio
 from typing import Any
 
 import faust
-import orjson
 
 from streams.markers import MarkerRecord
+from streams.pending import PendingStore, marker_record, restored_stores
 from streams.watermarks import Clocks
+
+__all__ = ["PartitionedTable", "PendingStore", "load_join_offsets", "load_join_state", "restore_join"]
 
 Entries = list[tuple[str, dict[str, Any]]]
 Markers = list[MarkerRecord]
@@ -56,110 +59,35 @@ class PartitionedTable(faust.Table):
             await asyncio.gather(*sent)
 
 
-class PendingStore:
-    """The join's pending store for one partition: the ``pending`` table, written back once per batch.
-
-    Keys are ``r:<partition>:<request_id>`` (pending requests), ``m:<partition>:<bucket>:<chunk>`` (the
-    markers a batch added to a bucket, :mod:`streams.markers`; ``m:<partition>:<bucket>`` from older
-    monitors) and
-    ``c:<partition>`` (the clocks, and the next offset of the joinable partition to process:
-    :mod:`streams.offsets`). A batch's records go out in this order, on one changelog partition: new
-    and changed entries and markers, then the clocks, then deletions. Whatever prefix of them survives a
-    crash, the clocks are never ahead of the entries they account for, and never behind a deletion they
-    justified (a deleted marker with an older clock would let a replayed prediction through as new); nor
-    is the next offset ahead of the effects of the messages before it.
-    """
-
-    def __init__(self, table: PartitionedTable, partition: int) -> None:
-        self.table = table
-        self.partition = partition
-        self.prefix = f"r:{partition}:"
-        self.dirty: dict[str, dict[str, Any] | None] = {}  # full keys, both kinds; None deletes
-        self.written_offset: int | None = None  # the next offset in the last clocks record written
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        full = self.prefix + key
-        if full in self.dirty:
-            return self.dirty[full]
-        return _unpacked(self.table.get(full))
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        self.dirty[self.prefix + key] = value
-
-    def delete(self, key: str) -> None:
-        self.dirty[self.prefix + key] = None
-
-    def items(self) -> list[tuple[str, dict[str, Any]]]:
-        n = len(self.prefix)
-        return [(k[n:], _unpacked(v)) for k, v in self.table.items() if k.startswith(self.prefix)]
-
-    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None:
-        self.dirty[_marker_key(self.partition, bucket, chunk)] = value
-
-    def delete_markers(self, bucket: int, chunks: list[int | None]) -> None:
-        for chunk in chunks:
-            self.dirty[_marker_key(self.partition, bucket, chunk)] = None
-
-    def marker_records(self) -> list[MarkerRecord]:
-        prefix = f"m:{self.partition}:"
-        return [_marker_record(k[len(prefix) :], v) for k, v in self.table.items() if k.startswith(prefix)]
-
-    def flush(self, clocks: Clocks, next_offset: int | None = None) -> None:
-        """Write the batch's records; ``next_offset``: the joinable partition's offset after the batch."""
-        if not self.dirty and next_offset == self.written_offset:
-            return
-        table = self.table
-        table.writing_partition = self.partition
-        deleted = []
-        for full, value in self.dirty.items():
-            if value is not None:
-                table[full] = _packed(value) if full.startswith(self.prefix) else value
-            else:
-                deleted.append(full)
-        record = clocks.as_dict()
-        if next_offset is not None:
-            record["next_offset"] = next_offset
-        table[f"c:{self.partition}"] = record
-        self.written_offset = next_offset
-        for full in deleted:
-            if full in table:
-                del table[full]
-        self.dirty.clear()
-
-
 def load_join_state(table: Any) -> dict[int, tuple[Entries, Markers, Clocks]]:
     """Each partition's pending requests, marker buckets and clocks, as the ``pending`` table holds them."""
-    state: dict[int, tuple[Entries, Markers, Clocks]] = {}
+    return {
+        p: (store.items(), markers, clocks) for p, (store, markers, clocks) in restore_join(table).items()
+    }
 
-    def of(partition: int) -> tuple[Entries, Markers, Clocks]:
+
+def restore_join(table: Any) -> dict[int, tuple[PendingStore, Markers, Clocks]]:
+    """Each partition's pending store (read back: :meth:`PendingStore.restore`), marker records and clocks."""
+    stores = restored_stores(table)
+    state: dict[int, tuple[PendingStore, Markers, Clocks]] = {}
+
+    def of(partition: int) -> tuple[PendingStore, Markers, Clocks]:
         if partition not in state:
-            state[partition] = ([], [], Clocks())
+            state[partition] = (stores.get(partition) or PendingStore(table, partition), [], Clocks())
         return state[partition]
 
+    for partition in stores:
+        of(partition)
     for key, value in table.items():
         kind, _, rest = key.partition(":")
         if kind == "c":
             partition = int(rest)
             if isinstance(value.get("predictions"), dict):  # older monitors kept one number per stream
                 state[partition] = (*of(partition)[:2], Clocks.from_dict(value))
-        elif kind == "r":
-            partition, _, rid = rest.partition(":")
-            of(int(partition))[0].append((rid, _readable(_unpacked(value))))
         elif kind == "m":
             partition, _, where = rest.partition(":")
-            of(int(partition))[1].append(_marker_record(where, value))
+            of(int(partition))[1].append(marker_record(where, value))
     return state
-
-
-def _marker_key(partition: int, bucket: int, chunk: int | None) -> str:
-    return f"m:{partition}:{bucket}" if chunk is None else f"m:{partition}:{bucket}:{chunk}"
-
-
-def _marker_record(where: str, value: dict[str, Any]) -> MarkerRecord:
-    """A marker record from what follows ``m:<partition>:`` in its key: ``<bucket>:<chunk>``, or an older
-    monitor's ``<bucket>``."""
-    bucket, _, chunk = where.partition(":")
-    return int(bucket), (int(chunk) if chunk else None), value
 
 
 def load_join_offsets(table: Any) -> dict[int, int]:
@@ -170,26 +98,3 @@ def load_join_offsets(table: Any) -> dict[int, int]:
         for key, value in table.items()
         if key.startswith("c:") and isinstance(value, dict) and "next_offset" in value
     }
-
-
-def _packed(entry: dict[str, Any]) -> str:
-    """A pending request as the table keeps it: its JSON as one string. A pending prediction as a dict held
-    its candidates as a list of strings, some 2 KB in Python objects for 20 candidates; a backlog or a slow
-    outcome stream keeps many of them (the monitor's memory grew by a dict and a list per pending request
-    on the bench). One string is a fifth of that, and is what the changelog carries anyway."""
-    return orjson.dumps(entry).decode()
-
-
-def _unpacked(value: Any) -> Any:
-    """A pending request from the table: packed (:func:`_packed`), or a dict as older monitors wrote it."""
-    return orjson.loads(value) if isinstance(value, str) else value
-
-
-def _readable(entry: dict[str, Any]) -> dict[str, Any]:
-    """A pending request as this monitor writes it, from what an older one wrote (single-letter fields)."""
-    if "kind" in entry:
-        return entry
-    if entry.get("k") == "p":
-        return {"kind": "prediction", "ts": entry["ts"], "version": entry["v"], "candidates": entry["c"],
-                "recommended": entry["r"]}  # fmt: skip
-    return {"kind": "outcome", "ts": entry["ts"], "purchased": entry["b"]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tracemalloc
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -64,52 +63,6 @@ def test_the_next_offset_is_written_with_the_clocks_and_read_back_also_without_n
 def test_state_an_older_monitor_wrote_has_no_next_offset() -> None:
     table = Table({"c:0": Clocks().as_dict()})
     assert load_join_offsets(table) == {}
-
-
-def _prediction(i: int) -> dict[str, Any]:
-    items = [f"item-{i % 997:05d}-{j:02d}" for j in range(20)]
-    return {
-        "kind": "prediction",
-        "ts": 1_000 + i,
-        "version": "v1",
-        "candidates": items,
-        "recommended": items[:5],
-    }
-
-
-def test_pending_requests_are_kept_packed_and_read_back_as_written() -> None:
-    table = Table(
-        {"r:2:old": {"kind": "outcome", "ts": 1, "purchased": ["a"]}}
-    )  # as older monitors kept them
-    store = PendingStore(table, 2)  # type: ignore[arg-type]
-    store.put("r1", _prediction(1))
-    store.flush(Clocks())
-    assert isinstance(table["r:2:r1"], str)
-    assert store.get("r1") == _prediction(1) and store.get("old") == {
-        "kind": "outcome",
-        "ts": 1,
-        "purchased": ["a"],
-    }
-    entries, _markers, _clocks = load_join_state(table)[2]
-    assert sorted(entries) == [
-        ("old", {"kind": "outcome", "ts": 1, "purchased": ["a"]}),
-        ("r1", _prediction(1)),
-    ]
-
-
-def test_a_pending_prediction_costs_a_few_hundred_bytes() -> None:
-    """20 candidates, as the storefront sends: a dict with two lists of strings held some 2 KB."""
-    table = Table()
-    store = PendingStore(table, 0)  # type: ignore[arg-type]
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for start in range(0, 10_000, 500):
-        for i in range(start, start + 500):
-            store.put(f"{i:08d}-4b1c-9a7e-{i:012d}", _prediction(i))
-        store.flush(Clocks())
-    held = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    assert len(table) == 10_001 and held / 10_000 < 800, f"{held / 10_000:.0f} bytes a pending prediction"
 
 
 def test_the_watch_keeps_its_next_offsets_with_the_windows_and_reads_back_only_its_own() -> None:
