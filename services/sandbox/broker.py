@@ -98,6 +98,13 @@ def ensure_jars(settings: BrokerSettings, say: Callable[[str], None] = print) ->
     return lib
 
 
+def _knows_all(conf: dict[str, str | int | float | bool], nodes: int) -> bool:
+    """Whether the one broker ``conf`` bootstraps to lists ``nodes`` brokers in its metadata."""
+    from confluent_kafka.admin import AdminClient
+
+    return len(AdminClient(conf).list_topics(timeout=2).brokers) == nodes
+
+
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
@@ -355,6 +362,11 @@ class LocalCluster:
                 }
             )
         client = None
+        # Each node asked alone: every broker must know every other before the cluster is ready. A broker
+        # learns the others' registrations from the metadata log a moment after the controller, and a
+        # client that asks a lagging one then sees fewer brokers (create_topics would pick replication 1
+        # on a three-node cluster: seen once in the broker-kill fault test).
+        own = [{**conf, "bootstrap.servers": f"127.0.0.1:{n.port}"} for n in self.nodes]
         while time.monotonic() < deadline:
             dead = [n for n in self.nodes if not n.running]
             if dead:
@@ -369,7 +381,9 @@ class LocalCluster:
             client = client or AdminClient(conf)
             try:
                 meta = client.list_topics(timeout=2)
-                if len(meta.brokers) == len(self.nodes):
+                if len(meta.brokers) == len(self.nodes) and (
+                    len(self.nodes) == 1 or all(_knows_all(c, len(self.nodes)) for c in own)
+                ):
                     return
             except Exception:
                 pass
