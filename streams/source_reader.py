@@ -97,10 +97,6 @@ class SourceReader:
         self._fetched: dict[tuple[str, int], int] = {}  # the offset after the last message fetched
         router.highwater = self._highwater
 
-    @property
-    def started(self) -> bool:
-        return self.thread.is_alive()
-
     def start(self) -> None:
         if not self.thread.is_alive() and not self.stop_event.is_set():
             self.thread.start()

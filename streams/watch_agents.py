@@ -32,6 +32,7 @@ from streams.join import JoinStats
 from streams.join_agents import JoinAgents
 from streams.metrics_agents import MetricsAgents
 from streams.offsets import SEEN, PartitionOffsets
+from streams.source_reader import SourceReader
 from streams.tables import PartitionedTable
 from streams.tracker import Emission, VersionTracker
 from streams.watch import Watch
@@ -50,6 +51,7 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
     alerts_out: faust.TopicT
     commands_out: faust.TopicT
     windows: PartitionedTable
+    source_reader: SourceReader
     watching: Watch
     watch_offsets: PartitionOffsets
     decisions: Decisions
@@ -138,10 +140,10 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
             self._last_stats = time.monotonic()
             s = self.join_stats
             log.info(
-                "joined %d (outcome first %d), expired %d, duplicates %d, orphan outcomes %d, "
-                "invalid %d; shadow predictions paired %d, unpaired %d; %d versions",
-                s.joined, s.outcome_first, s.expired, s.duplicates, s.orphan_outcomes,
-                self.invalid + self.watching.invalid, s.paired, s.shadow_unpaired,
+                "routed %d source messages; joined %d (outcome first %d), expired %d, duplicates %d, "
+                "orphan outcomes %d, invalid %d; shadow predictions paired %d, unpaired %d; %d versions",
+                self.source_reader.routed, s.joined, s.outcome_first, s.expired, s.duplicates,
+                s.orphan_outcomes, self.invalid + self.watching.invalid, s.paired, s.shadow_unpaired,
                 len(self.watching.trackers),
             )  # fmt: skip
 
