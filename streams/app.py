@@ -179,7 +179,7 @@ class Monitor(WatchAgents):
         self._join_generation = -1
         self._watch_generation = -1
         self._lock = asyncio.Lock()  # the watch agent and the timer share the trackers
-        self._source_starts: dict[tuple[str, int], int] = {}  # set at each rebalance (note_source_starts)
+        self._dead_letter_starts: dict[tuple[str, int], int] = {}  # set at each rebalance
         self._last_stats = time.monotonic()
 
         self.app.agent(self.joinable, name=f"{self.app_id}.join", concurrency=1)(self.join)
@@ -220,7 +220,9 @@ class Monitor(WatchAgents):
 
     async def on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self._generation += 1
-        await self.note_source_starts()  # before the partitions are resumed and sought (streams.join_agents)
+        await (
+            self.note_dead_letter_starts()
+        )  # before the partitions are resumed and sought (streams.watch_agents)
         self._start_follower()  # the first rebalance may come before the app's tasks start
         loop = asyncio.get_running_loop()
         caught_up = await loop.run_in_executor(None, self.follower.ready.wait, 30.0)

@@ -20,7 +20,7 @@ from confluent_kafka import Message
 
 from services.config import Settings
 from streams.join import Joiner, JoinStats, Labelled, encode_bundle
-from streams.offsets import SEEN, PartitionOffsets, committed_offsets, read_range
+from streams.offsets import SEEN, PartitionOffsets, read_range
 from streams.routing import decode_bundle as decode_joinable
 from streams.tables import PartitionedTable, PendingStore, load_join_offsets, restore_join
 
@@ -37,7 +37,6 @@ class JoinAgents:
     app: faust.App
     partitions: int
     joinable: faust.TopicT
-    dead_letters: faust.TopicT
     labelled: faust.TopicT
     pending: PartitionedTable
     label_window_ms: int
@@ -47,36 +46,6 @@ class JoinAgents:
     invalid: int
     _generation: int
     _join_generation: int
-    _source_starts: dict[tuple[str, int], int]
-
-    async def _passed_over(self, event: faust.EventT) -> list[Message]:
-        """The messages before ``event`` the consumer passed over, if it is its partition's first since the
-        rebalance (:meth:`note_source_starts`), read from the broker."""
-        message = event.message
-        key = (message.topic, message.partition)
-        start = self._source_starts.pop(key, None) if self._source_starts else None
-        if start is None or message.offset <= start:
-            return []
-        return await self._read_missed(message.topic, message.partition, range(start, message.offset))
-
-    async def note_source_starts(self) -> None:
-        """Where each dead-letter partition assigned now starts: the group's committed offset, which Faust
-        seeks it to. Around that seek Faust 0.15's consumer can pass over a partition's first messages and
-        commit past them (streams.offsets): seen twice with two workers, one SIGKILLed, when the sources
-        were still read by a Faust agent (the survivor never routed the dead one's next predictions and
-        outcomes). The failures agent compares each partition's first message with its start and reads
-        what lies between from the broker. Only the first: later gaps are a transactional producer's
-        commit markers, and reading each would cost a fetch."""
-        topics = {self.dead_letters.get_topic_name()}
-        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics]
-        loop = asyncio.get_running_loop()
-        try:
-            group = self.app.conf.id
-            starts = await loop.run_in_executor(None, committed_offsets, self.settings, group, assigned)
-        except Exception as exc:  # without them the first messages are taken as they come, as before
-            log.warning("could not read the committed offsets of the dead-letter partitions: %r", exc)
-            starts = {}
-        self._source_starts = starts
 
     def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
         """This batch's evidence for a running experiment (:mod:`streams.experiment_agents` has it)."""

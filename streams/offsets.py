@@ -18,10 +18,12 @@ message below it was processed already and its effects are in the state: it is s
 it means the consumer passed over the ones in between: they are read from the broker directly
 (:func:`read_range`) and processed first. Offsets, not clocks, decide what was seen.
 
-The route agent keeps no state, and its sources may carry a transactional producer's commit markers (gaps
-that are no messages), so it checks only the first message of each source partition after a rebalance,
-against the group's committed offset noted then (:func:`committed_offsets`): the same test lost 4 requests
-that way, their predictions and outcomes never routed (``JoinAgents.note_source_starts``).
+The sources were read by a Faust agent too, and the same test lost 4 requests that way, their predictions
+and outcomes never routed; a plain consumer reads them now (:mod:`streams.source_reader`). The failures
+agent still reads the dead letters in Faust; they may carry a transactional producer's commit markers
+(gaps that are no messages), so it checks only the first message of each partition after a rebalance,
+against the group's committed offset noted then (:func:`committed_offsets`,
+``WatchAgents.note_dead_letter_starts``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The monitor's fast read of a prediction: the contract as msgspec types, checked and decoded in one pass
 in C, into what the join needs.
 
-Why. The route agent reads every prediction. The codec (orjson, then the compiled JSON Schema validator)
+Why. The router reads every prediction. The codec (orjson, then the compiled JSON Schema validator)
 costs some 10 µs for a 20-candidate prediction and builds a dict of every field, scores included, of which
 the join keeps the candidates' ids, the recommended ones, the version, the user and the event time
 (:func:`streams.join.joinable_prediction`). Here :class:`Prediction` states the contract's fields with

@@ -105,10 +105,6 @@ class Router:
     def revoke(self, stream: str, partition: int) -> None:
         self.sources.pop((stream, partition), None)
 
-    def unread(self) -> list[tuple[str, int]]:
-        """The source partitions of which no message was read since their assignment."""
-        return [key for key, s in sorted(self.sources.items()) if s.read is None]
-
     def started(self, stream: str, partition: int, position: int) -> None:
         """The consumer's position in a partition of which nothing was read yet: it is read up to there."""
         source = self.sources.get((stream, partition))

@@ -286,7 +286,6 @@ class SourceReader:
             self._owned.discard((tp.topic, tp.partition))
             self._buffered.pop((tp.topic, tp.partition), None)
             self._fetched.pop((tp.topic, tp.partition), None)
-        for tp in partitions:
             kind = self.kinds[tp.topic]
             if kind != SHADOW:
                 self.router.revoke(kind, tp.partition)

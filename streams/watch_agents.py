@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
+from confluent_kafka import Message
 
 from schemas import codec
 from services.config import AlertRule, Settings
@@ -31,7 +32,7 @@ from streams.history import CommandFollower, published_alerts
 from streams.join import JoinStats
 from streams.join_agents import JoinAgents
 from streams.metrics_agents import MetricsAgents
-from streams.offsets import SEEN, PartitionOffsets
+from streams.offsets import SEEN, PartitionOffsets, committed_offsets
 from streams.source_reader import SourceReader
 from streams.tables import PartitionedTable
 from streams.tracker import Emission, VersionTracker
@@ -47,6 +48,7 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
     settings: Settings
     app: faust.App
     labelled: faust.TopicT
+    dead_letters: faust.TopicT
     metrics_out: faust.TopicT
     alerts_out: faust.TopicT
     commands_out: faust.TopicT
@@ -64,6 +66,7 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
     _generation: int
     _watch_generation: int
     _last_stats: float
+    _dead_letter_starts: dict[tuple[str, int], int]
 
     async def watch(self, stream: faust.StreamT) -> None:
         m = self.settings.monitor
@@ -118,6 +121,35 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
             ]
             if sent:
                 await asyncio.gather(*sent)
+
+    async def _passed_over(self, event: faust.EventT) -> list[Message]:
+        """The messages before ``event`` the consumer passed over, if it is its partition's first since the
+        rebalance (:meth:`note_dead_letter_starts`), read from the broker."""
+        message = event.message
+        key = (message.topic, message.partition)
+        start = self._dead_letter_starts.pop(key, None) if self._dead_letter_starts else None
+        if start is None or message.offset <= start:
+            return []
+        return await self._read_missed(message.topic, message.partition, range(start, message.offset))
+
+    async def note_dead_letter_starts(self) -> None:
+        """Where each dead-letter partition assigned now starts: the group's committed offset, which Faust
+        seeks it to. Around that seek Faust 0.15's consumer can pass over a partition's first messages and
+        commit past them (streams.offsets): seen twice with two workers, one SIGKILLed, when the sources
+        were still read by a Faust agent (the survivor never routed the dead one's next predictions and
+        outcomes). The failures agent compares each partition's first message with its start and reads
+        what lies between from the broker. Only the first: later gaps are a transactional producer's
+        commit markers, and reading each would cost a fetch."""
+        topics = {self.dead_letters.get_topic_name()}
+        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics]
+        loop = asyncio.get_running_loop()
+        try:
+            group = self.app.conf.id
+            starts = await loop.run_in_executor(None, committed_offsets, self.settings, group, assigned)
+        except Exception as exc:  # without them the first messages are taken as they come, as before
+            log.warning("could not read the committed offsets of the dead-letter partitions: %r", exc)
+            starts = {}
+        self._dead_letter_starts = starts
 
     async def tick(self, *_: Any) -> None:
         """Emit for versions with news since their last emission; log the counters now and then."""

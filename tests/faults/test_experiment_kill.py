@@ -89,7 +89,7 @@ def test_sigkill_of_the_monitor_right_after_it_sent_a_shadows_canary(
                     {**r.prediction(), "model_version": "v2"},
                 )
             shop.flush()
-            # The outcomes only once the monitor has routed every prediction and shadow: its route agent
+            # The outcomes only once the monitor has routed every prediction and shadow: its source reader
             # reads the three topics in no set order, and a shadow that comes after its request was
             # labelled is too late to pair (by design: a lagging shadow thread loses pairs). Seen: 49 of
             # 150 paired, too few for the shadow to decide.

@@ -46,7 +46,7 @@ def total(settings: Settings, version: str) -> int:
 
 def joinable_bundle(settings: Settings, partition: int, n: int) -> tuple[bytes, int]:
     """One joinable message for ``partition``: ``n`` requests of version ``skipped``, each prediction with
-    its outcome, as the route agent writes them."""
+    its outcome, as the source reader writes them."""
     now = int(time.time() * 1000)
     reqs = [
         r

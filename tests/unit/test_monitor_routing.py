@@ -14,8 +14,8 @@ from confluent_kafka import Message
 from schemas import codec
 from schemas.eventtime import implausible
 from streams.join import DictStore, Joiner
-from streams.join_agents import JoinAgents
 from streams.routing import Router, decode_bundle, partition_of
+from streams.watch_agents import WatchAgents
 
 NOW = 1_795_491_753_129  # a broker timestamp, ms
 MIN, HOUR, YEAR = 60_000, 3_600_000, 365 * 24 * 3_600_000
@@ -148,10 +148,8 @@ def test_a_partition_read_to_its_end_before_a_restart_can_be_idle_without_new_me
     r.assign("predictions", 1, 2)
     now[0] += 61
     assert [s["idle"] for s in r.reports()] == [False, False]
-    assert r.unread() == [("predictions", 0), ("predictions", 1)]
     r.started("predictions", 0, 7)  # committed at the end
     r.started("predictions", 1, 3)  # four messages to read
-    assert r.unread() == []
     assert [s["idle"] for s in r.reports()] == [True, False]
 
 
@@ -284,8 +282,8 @@ def test_the_first_dead_letters_the_consumer_passed_over_after_a_rebalance_are_r
         read.append(missed)
         return [Message(topic=topic, partition=partition, offset=at, value=b"{}") for at in missed]
 
-    agents = JoinAgents()
-    agents._source_starts = {(dlq, 0): 10}
+    agents = WatchAgents()
+    agents._dead_letter_starts = {(dlq, 0): 10}
     agents._read_missed = read_missed  # type: ignore[method-assign]
 
     async def first_two() -> list[list[int]]:
@@ -296,7 +294,7 @@ def test_the_first_dead_letters_the_consumer_passed_over_after_a_rebalance_are_r
 
     assert asyncio.run(first_two()) == [[10, 11, 12], []]
     assert read == [range(10, 13)]  # before the first message only: 14 is not asked for
-    assert agents._source_starts == {}
+    assert agents._dead_letter_starts == {}
 
 
 async def _nothing(*_: object) -> None:
