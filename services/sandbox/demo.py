@@ -120,8 +120,8 @@ class Watcher:
     settings: Settings
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     predictions: Counter[str] = field(default_factory=Counter)
-    #: (version, instance, ts) of every prediction, in the order read.
-    _made: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (version, instance, ts, user) of every prediction, in the order read.
+    _made: list[tuple[str, str, int, str]] = field(default_factory=list)
     dead_letters: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -154,7 +154,12 @@ class Watcher:
                     if suffix == "predictions":
                         self.predictions[value.get("model_version", "?")] += 1
                         self._made.append(
-                            (value.get("model_version", "?"), value.get("instance"), value.get("ts", 0))
+                            (
+                                value.get("model_version", "?"),
+                                value.get("instance"),
+                                value.get("ts", 0),
+                                str(value.get("user_id")),
+                            )
                         )
                     elif suffix == "requests.dlq":
                         self.dead_letters += 1
@@ -166,7 +171,7 @@ class Watcher:
             found = list(self.events.get(suffix, []))
         return [e for e in found if all(e.get(k) == v for k, v in match.items())]
 
-    def made(self) -> list[tuple[str, str, int]]:
+    def made(self) -> list[tuple[str, str, int, str]]:
         with self._lock:
             return list(self._made)
 

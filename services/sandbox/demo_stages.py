@@ -3,8 +3,8 @@
 A good retrain goes to a shadow (scored beside the incumbent on every request, never shown to a user);
 the monitor's comparison finds it no worse than the margin and, with ``[experiments] canary_after_shadow``
 set, sends it on to a canary; the canary is compared on its own users and promoted, and the retrain then
-serves everyone. A degraded version is then deployed as a canary: the monitor aborts it, and the share of
-predictions it made meanwhile is about its share of users.
+serves everyone. A degraded version is then deployed as a canary: the monitor aborts it, and meanwhile
+it answered exactly the users its share hashes to it (the share of predictions varies around it).
 
 Like the rest of the demo, every step is judged from what crosses Kafka: the commands (who issued them,
 their experiment), the replicas' acknowledgements, the experiment events and the predictions.
@@ -21,6 +21,7 @@ from services.deployment import orders as deployment
 from services.deployment.experiments import experiment_id_of
 from services.registry import Registry
 from services.sandbox.processes import wait_for
+from services.serving.experiment import on_candidate
 
 
 class Watching(Protocol):
@@ -30,7 +31,7 @@ class Watching(Protocol):
 
     def acks(self, command: dict[str, Any], instances: list[str]) -> dict[str, int] | None: ...
 
-    def made(self) -> list[tuple[str, str, int]]: ...
+    def made(self) -> list[tuple[str, str, int, str]]: ...
 
 
 class Noting(Protocol):
@@ -44,6 +45,8 @@ class StagedResult:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     #: Predictions per version from each replica's activation of the degraded canary to its abort.
     canary_made: dict[str, int] = field(default_factory=dict)
+    #: Of those, the ones answered by the arm the user's hash does not pick (none, when the split holds).
+    canary_off_arm: int = 0
 
     @property
     def canary_share(self) -> float:
@@ -145,13 +148,16 @@ def staged_story(
     ended = obeyed(abort, "send everyone back to the retrain")
     # Each replica's predictions between its own two acknowledgements: one clock per replica.
     role = {degraded: "degraded", retrain: "retrain"}
-    for version, instance, ts in watcher.made():
+    for version, instance, ts, user in watcher.made():
         if instance in started and bad["ts"] + started[instance] <= ts < abort["ts"] + ended[instance]:
             name = role.get(version, version)
             result.canary_made[name] = result.canary_made.get(name, 0) + 1
+            arm = degraded if on_candidate(experiment_id_of(bad), user, canary_share) else retrain
+            result.canary_off_arm += version != arm
     timeline.add(
         f"  the degraded canary made {result.canary_share:.1%} of the "
-        f"{sum(result.canary_made.values()):,} predictions meanwhile (its share of users: {canary_share:.0%})"
+        f"{sum(result.canary_made.values()):,} predictions meanwhile (its share of users: "
+        f"{canary_share:.0%}; predictions off the user's arm: {result.canary_off_arm})"
     )
     return result
 

@@ -34,8 +34,9 @@ def test_demo_story_end_to_end(settings: Settings, tmp_path: Path) -> None:
     assert result.predictions[result.good] > 0 and result.predictions[result.bad] > 0
     assert result.dead_letters > 0  # the simulator's malformed requests were dead-lettered, not served
     assert result.report_png is not None and matplotlib.image.imread(result.report_png).shape[0] > 500
-    # The stages, each decided by the monitor, with the evidence per arm; the degraded canary exposed
-    # about its share of users only.
+    # The stages, each decided by the monitor, with the evidence per arm; the degraded canary answered
+    # exactly the users of its share. (The share of predictions is random: users are hashed with the
+    # experiment's random id, and a few hundred predictions pass 0.25 in about 1 run in 100.)
     assert result.staged is not None
     issuers = [story[i].rsplit(" by ", 1)[1] for i in positions[5:]]
     monitor = "modelwatch-monitor"
@@ -44,4 +45,4 @@ def test_demo_story_end_to_end(settings: Settings, tmp_path: Path) -> None:
     assert decisions == [("shadow", "promote"), ("canary", "promote"), ("canary", "abort")]
     assert all(e["labelled"]["candidate"] >= 50 for e in result.staged.decisions)
     assert result.staged.canary_made["degraded"] > 0
-    assert result.staged.canary_share <= 0.2 + 0.05, result.staged.canary_made
+    assert result.staged.canary_off_arm == 0, result.staged.canary_made

@@ -106,8 +106,11 @@ def test_canary_promote_shadow_and_abort_on_two_replicas(
             f"\ncanary 0.2: candidate share {share:.3f} of {len(canary)}; users {len(arms)}; "
             f"by replica {dict(by_instance)}"
         )
-    # Every user's exact arm is checked above; this is the hash's share.
-    assert abs(share - 0.2) <= 0.05
+    # Every user's exact arm is checked above; this is the hash's share. Users are hashed with the
+    # experiment's random id, so the share of these 3,000 requests (~1,400 users) varies by run: standard
+    # deviation 0.014, outside 0.2 +- 0.05 in 1 run in 2,000 (a Monte Carlo over 2,000 ids, 2026-11-30);
+    # +- 0.06 is 4.4 deviations, about 1 run in 100,000.
+    assert abs(share - 0.2) <= 0.06
     assert all(len(versions) == 1 for versions in arms.values())
     assert set(by_instance) == set(NAMES)  # both replicas split, and alike
     assert not shadow_predictions(settings)  # a canary shadows nothing
