@@ -111,6 +111,9 @@ class PendingStore:
     def __len__(self) -> int:
         return len(self._index) + len(self._added)  # a key is in one or the other
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._added or key in self._index
+
     def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None:
         self._markers[_marker_key(self.partition, bucket, chunk)] = value
 
