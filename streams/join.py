@@ -387,9 +387,13 @@ class Joiner:
 
     def sync(self) -> None:
         """Write the markers added since the last call to the store (once per batch: a record per bucket
-        touched, holding only the new ones)."""
+        touched, holding only the new ones), and each closed bucket written in several chunks as one."""
         for bucket, chunk, value in self.markers.unwritten():
             self.store.put_markers(bucket, chunk, value)
+        closed = self.clocks.predictions.watermark // MARKER_BUCKET_MS
+        for bucket, chunk, value, replaced in self.markers.merge_closed(closed):
+            self.store.put_markers(bucket, chunk, value)
+            self.store.delete_markers(bucket, replaced)
 
     def rebuild(
         self, entries: Iterable[tuple[str, dict[str, Any]]], markers: Iterable[MarkerRecord] = ()

@@ -110,3 +110,39 @@ def test_a_version_remembers_its_horizon_in_a_few_dozen_bytes_a_request() -> Non
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(seen) == 50_000 and held / 50_000 < 64, f"{held / 50_000:.0f} bytes a request"
+
+
+def test_a_closed_bucket_is_merged_into_one_chunk_once() -> None:
+    markers = Markers()
+    markers.mark(request_hash("a"), 5)
+    first = markers.unwritten()
+    markers.mark(request_hash("b"), 5)
+    second = markers.unwritten()
+    assert markers.merge_closed(5) == []  # still open: markers may still go there
+    [(bucket, chunk, value, replaced)] = markers.merge_closed(6)
+    assert (bucket, chunk, replaced) == (5, 2, [0, 1])
+    assert sorted(decode_hashes(value)) == sorted(request_hash(r) for r in "ab")
+    assert markers.merge_closed(7) == []  # once
+    assert markers.forget_oldest() == (5, [2])  # forgetting the bucket deletes the merged chunk
+    merged = [(bucket, chunk, value)]
+    assert all(request_hash(r) in Markers.load(merged) for r in "ab")
+    # Killed between the merged record and the deletions: each marker once, every chunk deleted with it.
+    both = Markers.load(first + second + merged)
+    assert len(both) == 2 and len(both._buckets[5]) == 2
+    assert both.forget_oldest() == (5, [0, 1, 2]) and len(both) == 0
+
+
+def test_at_a_live_pace_the_store_holds_about_a_record_per_closed_bucket() -> None:
+    """Five requests a batch, fifty a bucket: ten chunks a bucket until it closes, then one."""
+    store = DictStore()
+    j = Joiner(store, 1_800_000)
+    for i in range(5000):
+        rid, ts = f"r{i}", 20 * i
+        j.prediction({"kind": "prediction", "request_id": rid, "ts": ts, "version": "v", "candidates": ["a"],
+                      "recommended": ["a"]})  # fmt: skip
+        j.outcome({"kind": "outcome", "request_id": rid, "ts": ts + 5, "purchased": ["a"]})
+        if i % 5 == 4:
+            j.sync()
+    buckets = {bucket for bucket, _ in store.markers}
+    assert len(buckets) == 100 and len(store.markers) <= len(buckets) + 10
+    assert sum(len(decode_hashes(v)) for v in store.markers.values()) == 5000
