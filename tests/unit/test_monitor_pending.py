@@ -256,3 +256,32 @@ def test_the_join_on_segments_with_restarts_labels_as_the_join_on_a_dict(
                     restarted.rebuild(restored_store.items(), restored_store.marker_records())
                     segmented = restarted
         assert got == want and segmented.stats == plain.stats, seed
+
+
+def test_at_a_live_pace_a_joined_request_leaves_under_80_bytes_table_included() -> None:
+    """A request joined at once leaves its marker for two label windows: its hash in the marker set and
+    its bucket, and its share of the bucket's record in the table. Five requests a batch (a live pace)
+    wrote a record of a few markers each: 118 bytes a request in all, against 56 when a closed bucket's
+    records are merged into one."""
+    from streams.join import Joiner
+
+    class Unlogged(dict[str, Any]):  # the table without Table's log of every write
+        writing_partition: int | None = None
+
+    j = Joiner(PendingStore(Unlogged(), 0), 1_800_000)
+    n = 30_000
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        rid, ts = f"0a1b2c3d-{i}", 1_000_000 + 20 * i  # 50 a second, a bucket
+        j.event({"kind": "prediction", "user": "u", "request_id": rid, "ts": ts, "version": "v1",
+                 "candidates": ["a", "b", "c"], "recommended": ["a"], "source": 0})  # fmt: skip
+        j.event({"kind": "outcome", "request_id": rid, "ts": ts + 5, "purchased": ["a"], "source": 0})
+        if i % 5 == 4:  # the batch ends
+            j.sync()
+            store = j.store
+            assert isinstance(store, PendingStore)
+            store.flush(j.clocks, i)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(j.markers) == n and held / n < 80, f"{held / n:.0f} bytes a request"
