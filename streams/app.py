@@ -220,9 +220,8 @@ class Monitor(WatchAgents):
 
     async def on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         self._generation += 1
-        await (
-            self.note_dead_letter_starts()
-        )  # before the partitions are resumed and sought (streams.watch_agents)
+        # Before the partitions are resumed and sought (streams.watch_agents).
+        await self.note_dead_letter_starts()
         self._start_follower()  # the first rebalance may come before the app's tasks start
         loop = asyncio.get_running_loop()
         caught_up = await loop.run_in_executor(None, self.follower.ready.wait, 30.0)

@@ -98,13 +98,6 @@ def ensure_jars(settings: BrokerSettings, say: Callable[[str], None] = print) ->
     return lib
 
 
-def _knows_all(conf: dict[str, str | int | float | bool], nodes: int) -> bool:
-    """Whether the one broker ``conf`` bootstraps to lists ``nodes`` brokers in its metadata."""
-    from confluent_kafka.admin import AdminClient
-
-    return len(AdminClient(conf).list_topics(timeout=2).brokers) == nodes
-
-
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
@@ -361,7 +354,7 @@ class LocalCluster:
                     "sasl.password": self.sasl["admin"],
                 }
             )
-        client = None
+        clients: list[AdminClient] = []
         # Each node asked alone: every broker must know every other before the cluster is ready. A broker
         # learns the others' registrations from the metadata log a moment after the controller, and a
         # client that asks a lagging one then sees fewer brokers (create_topics would pick replication 1
@@ -378,12 +371,9 @@ class LocalCluster:
                 time.sleep(0.2)
                 continue
             # Created only once every port listens, so librdkafka has no refused connections to log.
-            client = client or AdminClient(conf)
+            clients = clients or [AdminClient(c) for c in own]
             try:
-                meta = client.list_topics(timeout=2)
-                if len(meta.brokers) == len(self.nodes) and (
-                    len(self.nodes) == 1 or all(_knows_all(c, len(self.nodes)) for c in own)
-                ):
+                if all(len(c.list_topics(timeout=2).brokers) == len(self.nodes) for c in clients):
                     return
             except Exception:
                 pass
