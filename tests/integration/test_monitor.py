@@ -173,16 +173,22 @@ def test_alerts_fire_and_resolve_as_configured(world: World) -> None:
         assert [(a["alert_id"], a["state"], a["total"]) for a in alerts if a["rule"] == name] == transitions
     assert sorted((a["alert_id"], a["state"], a["total"]) for a in alerts) == expected  # and no duplicate
 
+    # Each rule fired in the bad phase and resolved in the last good one. The count window takes labelled
+    # requests in the order they arrive, and this backlog arrives from six source partitions: when one
+    # partition's good requests reach the join a batch after another's bad ones, a count-window rule
+    # fires and resolves once more (seen in 1 fresh run of 5). The alerts match the metrics events
+    # exactly either way (above); here, each rule's story.
     by_rule = {r["name"]: [a["state"] for a in alerts if a["rule"] == r["name"]] for r in ALERTS}
-    assert by_rule == {
-        "f1-low": ["firing", "resolved"],
-        "acc-time": ["firing", "resolved"],
-        "f1-never": [],  # breaching all along, never judged: min_samples
-        "f1-vs-baseline": ["firing", "resolved"],
-    }
+    assert by_rule.pop("f1-never") == []  # breaching all along, never judged: min_samples
+    for name, states in by_rule.items():
+        assert states and len(states) % 2 == 0, (name, states)
+        assert states == ["firing", "resolved"] * (len(states) // 2), (name, states)
     # Hysteresis held: while f1 stayed between the threshold and resolve_above, f1-low did not resolve.
-    fired, resolved = (a["total"] for a in alerts if a["rule"] == "f1-low")
-    held = [m for m in metrics if m["window"]["kind"] == "count" and fired < m["total"] < resolved]
+    # (In one of its firings: the medium phase lies in one.)
+    f1_low = [a["total"] for a in alerts if a["rule"] == "f1-low"]
+    spans = list(zip(f1_low[::2], f1_low[1::2], strict=True))
+    count = [m for m in metrics if m["window"]["kind"] == "count"]
+    held = [m for m in count if any(f < m["total"] < r for f, r in spans)]
     assert any(0.3 <= m["f1"] <= 0.5 for m in held)
     firing = next(a for a in alerts if a["rule"] == "f1-low")
     assert (firing["severity"], firing["threshold"], firing["action"]) == ("critical", 0.3, "notify")
