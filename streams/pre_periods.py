@@ -18,11 +18,11 @@ everyone is kept (the incumbent of any experiment to come; at most :data:`VERSIO
 
 **Where.** A version's labelled requests are all on its labelled partition (keyed by version), and so is
 its experiments' evidence (:func:`streams.evidence.evidence` keys it by the incumbent): the worker that
-runs a canary's comparison holds its incumbent's pre-periods. Each user's record is one value of the
-``windows`` table, key ``experiment:pre-period:<version>|<user>``, written on that partition with the last
-labelled offset counted into it: whatever prefix of a batch's records a SIGKILL leaves on the changelog,
-each user's record is whole, and a message read again after the restart is counted into a user only if
-its offset is past the user's (nothing lost, nothing counted twice).
+runs a canary's comparison holds its incumbent's pre-periods. They are written to the ``windows`` table on
+that partition, a few records per batch (a delta, or a snapshot's shards: :mod:`streams.pre_period_records`),
+and each user's record keeps the last labelled offset counted into it: whatever prefix of a batch's records
+a SIGKILL leaves on the changelog, a message read again after the restart is counted into a user only if its
+offset is past the user's (nothing lost, nothing counted twice).
 
 **The boundary.** A canary's pre-period is the ``BUCKETS`` whole buckets that end at the bucket of its
 start (the earliest request time of its first labelled candidate answer, :mod:`streams.experiments`) less
@@ -57,6 +57,7 @@ import numpy as np
 from streams.comparison import Comparison, Decision, request_f1
 from streams.join import Labelled
 from streams.moments import PrePeriod
+from streams.pre_period_records import KEY_PREFIX, Increments, VersionLog, load, shard_count
 
 log = logging.getLogger("modelwatch.monitor")
 
@@ -65,8 +66,7 @@ log = logging.getLogger("modelwatch.monitor")
 BUCKETS = 6
 #: Versions whose users' requests a worker keeps (the served one; two while it changes).
 VERSIONS_KEPT = 2
-#: Keys of the ``windows`` table that hold a user's pre-period record.
-KEY_PREFIX = "experiment:pre-period:"
+__all__ = ["BUCKETS", "KEY_PREFIX", "PrePeriods", "VersionPrePeriods", "add_canary"]
 
 
 @dataclass
@@ -78,6 +78,11 @@ class VersionPrePeriods:
     #: user -> [offset, bucket, sum, requests, bucket, sum, requests, ...]; least recently updated first.
     users: dict[str, list[float]] = field(default_factory=dict)
     latest_bucket: int | None = None
+    #: What its records on the changelog are (set by :class:`PrePeriods`).
+    log: VersionLog | None = None
+    #: The increments counted since the last records were written, and the last offset counted.
+    added: Increments = field(default_factory=dict)
+    offset: int = -1
 
 
 @dataclass
@@ -91,8 +96,13 @@ class PrePeriods:
     versions: dict[str, VersionPrePeriods] = field(default_factory=dict)
     #: The start (event ms) of the running canary whose pre-period buckets are held, if any.
     hold_ms: int | None = None
-    #: Keys of the ``windows`` table to write: (partition, the record, or ``None`` to delete it).
-    dirty: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    #: Records of forgotten versions to delete: (partition, key).
+    forgotten: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether :meth:`take_dirty` has records to write."""
+        return bool(self.forgotten) or any(s.added or (s.log and s.log.stale) for s in self.versions.values())
 
     @property
     def enabled(self) -> bool:
@@ -151,22 +161,27 @@ class PrePeriods:
             sums = by_user.setdefault(user, {}).setdefault(bucket, [0.0, 0])
             sums[0] += value
             sums[1] += 1
+        assert store.log is not None
         for user, added in by_user.items():
             record = store.users.pop(user, None)
             if record is not None and offset <= record[0]:
                 store.users[user] = record  # counted before a restart: the record has it
                 continue
             held = _buckets(record)
+            increments = store.added.setdefault(user, {})
             for bucket, (total, requests) in added.items():
                 old = held.get(bucket, (0.0, 0))
                 held[bucket] = (old[0] + total, int(old[1] + requests))
+                done = increments.setdefault(bucket, [0.0, 0])
+                done[0], done[1] = done[0] + total, done[1] + requests
             kept = {b: v for b, v in held.items() if self._keeps(store, b)}
             store.users[user] = [float(offset)] + [x for b in sorted(kept) for x in (b, *kept[b])]
-            self.dirty[_key(version, user)] = (partition, _record(store, user))
+        store.offset = max(store.offset, offset)
         while len(store.users) > self.max_users:  # forget the least recently updated user
             user = next(iter(store.users))
             del store.users[user]
-            self.dirty[_key(version, user)] = (partition, None)
+            store.added.pop(user, None)
+            store.log.touch(user)
 
     def _keeps(self, store: VersionPrePeriods, bucket: int) -> bool:
         # A pre-period of an experiment starting at the newest request seen: kept (one bucket of slack).
@@ -182,6 +197,8 @@ class PrePeriods:
 
     def _store(self, version: str, partition: int) -> VersionPrePeriods:
         store = self.versions.pop(version, None) or VersionPrePeriods(version, partition)
+        if store.log is None:
+            store.log = VersionLog(version, shard_count(self.max_users))
         store.partition = partition
         self.versions[version] = store  # the most recently fed last
         while len(self.versions) > VERSIONS_KEPT:
@@ -194,8 +211,8 @@ class PrePeriods:
         if store is None:
             return
         log.info("pre-periods of %s forgotten (%d users)", version, len(store.users))
-        for user in store.users:
-            self.dirty[_key(version, user)] = (store.partition, None)
+        if store.log is not None:
+            self.forgotten.extend((store.partition, key) for key, _ in store.log.deletions())
 
     # -- reading it ------------------------------------------------------------------------------------
 
@@ -229,27 +246,21 @@ class PrePeriods:
     def restore(self, records: Iterable[tuple[str, Any]], owned: Collection[int]) -> None:
         """Rebuild from the ``windows`` table's records those on the labelled partitions ``owned`` (the
         table also holds standby copies of other workers' partitions)."""
-        self.versions, found = {}, []
-        for key, value in records:
-            if not key.startswith(KEY_PREFIX) or not isinstance(value, dict):
-                continue
-            try:
-                version, user, partition = str(value["version"]), str(value["user"]), int(value["partition"])
-                record = [float(value["offset"])] + [float(x) for b in value["buckets"] for x in b[:3]]
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("pre-period record %s unreadable, left: %r", key, exc)
-                continue
-            if partition in owned:
-                found.append((version, partition, user, record))
-        # The most recently active users last, as if fed in that order (the eviction's order).
-        found.sort(key=lambda f: f[3][-3] if len(f[3]) > 1 else -math.inf)
-        for version, partition, user, record in found:
-            store = self.versions.setdefault(version, VersionPrePeriods(version, partition))
-            store.users[user] = record
-            if len(record) > 1:
-                newest = int(max(record[1::3]))
-                latest = store.latest_bucket
-                store.latest_bucket = newest if latest is None else max(newest, latest)
+        self.versions, self.forgotten = {}, []
+        for version, loaded in load(records, owned, self.max_users).items():
+            store = VersionPrePeriods(version, loaded.partition, log=loaded.log)
+            # The most recently active users last, as if fed in that order (the eviction's order).
+            for user, record in sorted(loaded.users.items(), key=_last_bucket):
+                store.users[user] = record
+                if len(record) > 1:
+                    newest = int(max(record[1::3]))
+                    latest = store.latest_bucket
+                    store.latest_bucket = newest if latest is None else max(newest, latest)
+            while len(store.users) > self.max_users:  # forgotten before the crash, or a smaller limit now
+                user = next(iter(store.users))
+                del store.users[user]
+                loaded.log.touch(user)
+            self.versions[version] = store
         if self.versions:
             log.info(
                 "pre-periods restored: %s",
@@ -257,30 +268,26 @@ class PrePeriods:
             )
 
     def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | None]]:
-        out = [(key, partition, value) for key, (partition, value) in self.dirty.items()]
-        self.dirty = {}
+        """(key, partition, the record or ``None`` to delete it) to write now: a few per version."""
+        out: list[tuple[str, int, dict[str, Any] | None]] = [(k, p, None) for p, k in self.forgotten]
+        self.forgotten = []
+        for store in self.versions.values():
+            if store.log is None:
+                continue
+            writes = store.log.writes(store.partition, store.offset, store.users, store.added)
+            store.added = {}
+            out.extend((key, store.partition, value) for key, value in writes)
         return out
 
 
-def _key(version: str, user: str) -> str:
-    return f"{KEY_PREFIX}{version}|{user}"
+def _last_bucket(user: tuple[str, list[float]]) -> float:
+    return user[1][-3] if len(user[1]) > 1 else -math.inf
 
 
 def _buckets(record: list[float] | None) -> dict[int, tuple[float, int]]:
     if not record:
         return {}
     return {int(record[i]): (record[i + 1], int(record[i + 2])) for i in range(1, len(record), 3)}
-
-
-def _record(store: VersionPrePeriods, user: str) -> dict[str, Any]:
-    record = store.users[user]
-    return {
-        "version": store.version,
-        "user": user,
-        "partition": store.partition,
-        "offset": int(record[0]),
-        "buckets": [[int(record[i]), record[i + 1], int(record[i + 2])] for i in range(1, len(record), 3)],
-    }
 
 
 def add_canary(

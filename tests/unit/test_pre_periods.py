@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from schemas.metrics import Counts
 from services.config import ExperimentSettings
 from services.deployment.commands import make
 from services.deployment.experiments import Experiment
 from services.serving.experiment import on_candidate
+from streams import pre_period_records
 from streams.alerts import no_baseline
 from streams.decisions import Decisions
 from streams.evidence import evidence
@@ -106,44 +108,156 @@ def test_the_users_and_versions_kept_are_bounded() -> None:
     assert "u0" in kept and "new" in kept and "u150" not in kept and len(kept) == 50
     table = Table()
     table.write(store.take_dirty())
-    assert len(table) == 50  # the forgotten users' records deleted
+    restarted = PrePeriods(3600.0, max_users=50)
+    restarted.restore(table.items(), owned={0})
+    assert set(restarted.versions["v1"].users) == kept  # the forgotten users stay forgotten
     store.add_labelled([labelled("a", T0, True, version="v2")], 1, 1)
     store.add_labelled([labelled("a", T0, True, version="v3")], 2, 1)
     assert list(store.versions) == ["v2", "v3"]  # at most two versions: the oldest fed is forgotten
     table.write(store.take_dirty())
-    assert sorted({v["version"] for v in table.values()}) == ["v2", "v3"]
+    assert sorted({v["version"] for v in table.values()}) == ["v2", "v3"]  # v1's records deleted
 
 
-def test_a_restart_restores_the_records_and_a_replay_counts_nothing_twice() -> None:
-    rng = np.random.default_rng(1)
-    batches = [
+def _batches(seed: int, n: int = 60, users: int = 40) -> list[list[list[Labelled]]]:
+    """Batches of messages (each a bundle of labelled requests), within an hour before T0."""
+    rng = np.random.default_rng(seed)
+    return [
         [
-            labelled(f"u{int(rng.integers(20))}", T0 - 60_000 * b - k, bool(rng.random() < 0.5), n=k)
-            for k in range(30)
+            [
+                labelled(
+                    f"u{int(rng.integers(users))}",
+                    T0 - 1 - int(rng.integers(HOUR_MS)),
+                    rng.random() < 0.5,
+                    n=k,
+                )
+                for k in range(int(rng.integers(1, 6)))
+            ]
+            for _ in range(int(rng.integers(1, 4)))
         ]
-        for b in range(6)
+        for _ in range(n)
     ]
-    once = PrePeriods(3600.0)
-    for offset, items in enumerate(batches):
-        once.add_labelled(items, 3, offset)
-    users = [f"u{i}" for i in range(20)]
-    expected = once.of("v1", T0, users)
 
-    crashed = PrePeriods(3600.0)
+
+def _offsets(batches: list[list[list[Labelled]]]) -> list[list[int]]:
+    out, at = [], 0
+    for messages in batches:
+        out.append(list(range(at, at + len(messages))))
+        at += len(messages)
+    return out
+
+
+@pytest.mark.parametrize("slots", [2, 3, 256])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_crash_at_any_record_loses_nothing_and_counts_nothing_twice(
+    monkeypatch: pytest.MonkeyPatch, slots: int, seed: int
+) -> None:
+    monkeypatch.setattr(pre_period_records, "SLOTS", slots)  # snapshots every few batches, or none
+    batches, rng = _batches(seed), np.random.default_rng(100 + seed)
+    offsets = _offsets(batches)
+    users = [f"u{i}" for i in range(40)]
+    once = PrePeriods(3600.0)
+    for messages, at in zip(batches, offsets, strict=True):
+        for items, offset in zip(messages, at, strict=True):
+            once.add_labelled(items, 3, offset)
+        once.take_dirty()
+    expected = once.of("v1", T0, users)
+    assert expected
+
+    table, store, b, committed, crashes = Table(), PrePeriods(3600.0), 0, 0, 0
+    while b < len(batches):
+        for items, offset in zip(batches[b], offsets[b], strict=True):
+            store.add_labelled(items, 3, offset)
+        dirty = store.take_dirty()
+        if rng.random() < 0.25:  # SIGKILLed after any prefix of the batch's records
+            table.write(dirty[: int(rng.integers(len(dirty) + 1))])
+            table["experiment:pre-period:v9|delta:0"] = {"version": "v9", "partition": 4, "kind": "delta"}
+            table[f"{KEY_PREFIX}v1|broken"] = {"version": "v1", "partition": 3, "kind": "shard"}
+            store = PrePeriods(3600.0)
+            store.restore(table.items(), owned={3})
+            assert set(store.versions) <= {"v1"}  # another worker's partition is a standby copy only
+            b, crashes = int(rng.integers(committed, b + 1)), crashes + 1  # read again from a commit
+            continue
+        table.write(dirty)
+        committed, b = b + 1, b + 1
+    assert crashes and store.of("v1", T0, users) == expected
+    keys = [k for k in table if k.startswith(f"{KEY_PREFIX}v1|")]
+    assert len(keys) <= slots + pre_period_records.shard_count(store.max_users) + 1  # the broken one
+
+
+def test_a_new_user_limit_moves_the_users_to_new_shards_and_forgets_whom_it_forgot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pre_period_records, "SLOTS", 1)  # a snapshot every other batch
+    old = PrePeriods(3600.0, max_users=30)  # 16 shards
     table = Table()
-    for offset, items in enumerate(batches[:4]):
-        crashed.add_labelled(items, 3, offset)
-        dirty = crashed.take_dirty()
-        table.write(dirty if offset < 3 else dirty[: len(dirty) // 2])  # SIGKILLed mid-write of batch 3
-    table["experiment:pre-period:v9|u1"] = {**table[f"{KEY_PREFIX}v1|u1"], "partition": 4}  # a standby copy
-    table[f"{KEY_PREFIX}v1|broken"] = {"version": "v1"}
+    for offset in range(4):
+        old.add_labelled([labelled(f"u{i}", T0 - 100 + offset, True, n=offset) for i in range(30)], 0, offset)
+        table.write(old.take_dirty())
+    expected = old.of("v1", T0, [f"u{i}" for i in range(30)])
+    store = PrePeriods(3600.0, max_users=20_000)  # 20 shards
+    store.restore(table.items(), owned={0})
+    assert store.of("v1", T0, [f"u{i}" for i in range(30)]) == expected
+    store.max_users = 25  # five users forgotten, as a smaller limit would
+    store.add_labelled([labelled("new", T0 - 5, True)], 0, 10)
+    dirty = store.take_dirty()  # the new layout's shards, then the old layout's deleted
+    deletions = [d for d in dirty if d[2] is None]
+    assert deletions and all(d[2] is None for d in dirty[-len(deletions) :])
+    table.write(dirty[: -len(deletions)])  # SIGKILLed before the deletions: both layouts on the changelog
+    restarted = PrePeriods(3600.0, max_users=20_000)
+    restarted.restore(table.items(), owned={0})
+    assert set(restarted.versions["v1"].users) == set(store.versions["v1"].users)
+    table.write(dirty)  # and with them
+    restarted.restore(table.items(), owned={0})
+    assert restarted.versions["v1"].users == store.versions["v1"].users
+    assert restarted.of("v1", T0, [f"u{i}" for i in range(30)]) == {
+        u: p for u, p in expected.items() if u in store.versions["v1"].users
+    }
+
+
+def test_a_batch_writes_a_record_not_one_per_user() -> None:
+    """At a live pace the watch's batches hold a few requests from as many users: one record each (a
+    snapshot's shards every SLOTS batches), where a record per user made one per request."""
+    store, written, requests = PrePeriods(3600.0), 0, 0
+    rng = np.random.default_rng(5)
+    for offset in range(2000):
+        items = [labelled(f"u{int(rng.integers(5000))}", T0 - 1000 + offset, True, n=k) for k in range(5)]
+        store.add_labelled(items, 0, offset)
+        requests += len(items)
+        written += len(store.take_dirty())
+    shards = pre_period_records.shard_count(store.max_users)
+    assert written <= 2000 + (2000 // pre_period_records.SLOTS) * shards
+    assert written < requests / 3
+
+
+def test_records_an_older_monitor_wrote_per_user_are_read_then_replaced() -> None:
+    table = Table(
+        {
+            f"{KEY_PREFIX}v1|u": {
+                "version": "v1",
+                "user": "u",
+                "partition": 0,
+                "offset": 4,
+                "buckets": [[599, 1.0, 1]],
+            },
+            f"{KEY_PREFIX}v1|w": {
+                "version": "v1",
+                "user": "w",
+                "partition": 0,
+                "offset": 2,
+                "buckets": [[599, 0.0, 2]],
+            },
+        }
+    )
+    store = PrePeriods(3600.0)
+    store.restore(table.items(), owned={0})
+    assert store.of("v1", T0, ["u", "w"]) == {"u": (1.0, 1), "w": (0.0, 2)}
+    store.add_labelled([labelled("u", T0 - 5, True), labelled("w", T0 - 5, True)], 0, 3)  # u counted it
+    assert store.of("v1", T0, ["u", "w"]) == {"u": (1.0, 1), "w": (1.0, 3)}
+    table.write(store.take_dirty())  # a snapshot: the per-user records deleted
+    assert not any(k in table for k in (f"{KEY_PREFIX}v1|u", f"{KEY_PREFIX}v1|w"))
     restarted = PrePeriods(3600.0)
-    restarted.restore(table.items(), owned={3})
-    assert set(restarted.versions) == {"v1"}
-    for offset, items in enumerate(batches):  # the uncommitted batches (2 and 3 at least) are read again
-        if offset >= 2:
-            restarted.add_labelled(items, 3, offset)
-    assert restarted.of("v1", T0, users) == expected
+    restarted.restore(table.items(), owned={0})
+    assert restarted.of("v1", T0, ["u", "w"]) == {"u": (1.0, 1), "w": (1.0, 3)}
 
 
 CANARY = Experiment("e-c1", "canary", "v2", "v1", 0.5, "c1")
@@ -237,4 +351,5 @@ def test_the_watch_hands_each_bundle_it_counts_to_the_pre_periods() -> None:
     items = [labelled("u", T0 - 5, True), labelled("w", T0 - 6, False)]
     watch.count([(encode_bundle(items), 0, 7), (encode_bundle(items), 0, 7)], fleet)  # the second: a replay
     assert agents.experiments.pre_periods.of("v1", T0, ["u", "w"]) == {"u": (1.0, 1), "w": (0.0, 1)}
-    assert {k for k, _, _ in agents.experiments.take_dirty()} == {f"{KEY_PREFIX}v1|u", f"{KEY_PREFIX}v1|w"}
+    [(_key, partition, record)] = agents.experiments.take_dirty()  # one record for the batch
+    assert partition == 0 and record is not None and set(record["users"]) == {"u", "w"}
