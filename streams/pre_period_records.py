@@ -108,7 +108,7 @@ class VersionLog:
         for user, record in users.items():
             members = by_shard.get(shard_of(user, self.shards))
             if members is not None:
-                members[user] = record
+                members[user] = list(record)  # the table's value must not change with the live record
         out: list[Write] = []
         for shard, members in sorted(by_shard.items()):
             key = _shard_key(self.version, shard, self.shards)
