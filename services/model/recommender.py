@@ -19,8 +19,9 @@ How it learns, in four steps, each chosen for a reason:
 Unknown users and items map to an extra all-zero embedding row and the global rate, so they get the
 calibrated popularity prediction: never an error.
 
-Scoring flattens a whole batch, gathers embeddings and rates with integer indices, and computes every
-probability in one numpy expression (see :mod:`services.model.ranking`). It is one implementation of
+Scoring looks a whole batch up with integer indices and computes every probability in a few numpy calls:
+the calibration is folded into the embeddings once per loaded model, so a (user, item) logit is one dot
+product (:meth:`Recommender._tables`; see :mod:`services.model.ranking`). It is one implementation of
 :mod:`services.model.protocol`, and selects with the protocol's default: the top k at or above the fitted
 ``threshold_``.
 """
@@ -28,10 +29,12 @@ probability in one numpy expression (see :mod:`services.model.ranking`). It is o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import TruncatedSVD
 from sklearn.linear_model import LogisticRegression
@@ -44,6 +47,9 @@ from services.model.protocol import ModelBase
 #: Probabilities are clipped away from 0 and 1 before taking logits.
 _EPS = 1e-6
 
+#: The attribute holding a fitted model's scoring tables (:meth:`Recommender._tables`), never pickled.
+_TABLES = "_scoring_tables"
+
 
 def _logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, _EPS, 1 - _EPS)
@@ -52,7 +58,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
+    # 1 / (1 + exp(-z)) in one ufunc call where numpy takes four.
+    out: np.ndarray = expit(z)
     return out
 
 
@@ -102,6 +109,7 @@ class Recommender(ModelBase, BaseEstimator):
         """Learn from an interaction log (``y`` is ignored: the labels are ``X.purchased``)."""
         if len(X) == 0 or not X.purchased.any():
             raise ModelError("cannot train on a log without purchases")
+        self.__dict__.pop(_TABLES, None)  # a refit model scores with its new parameters
         users, user_rows = np.unique(X.user_id, return_inverse=True)
         items, item_rows = np.unique(X.item_id, return_inverse=True)
         labels = X.purchased.astype(np.float64)
@@ -181,25 +189,61 @@ class Recommender(ModelBase, BaseEstimator):
         """Purchase probability of each (user, item) pair, as one flat array."""
         self._check_fitted()
         users = ranking.lookup(self.user_index_, user_ids, len(self.user_index_))
-        return self._score_rows(users, item_ids)
-
-    def _score_rows(self, users: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
-        """Purchase probability of each (user row, item id) pair."""
         items = ranking.lookup(self.item_index_, item_ids, len(self.item_index_))
-        features = self._features(
-            users, items, self.user_factors_, self.item_factors_, self.user_rate_, self.item_rate_
-        )
-        return _sigmoid(features @ self.coef_ + self.intercept_)
+        return _sigmoid(self._logits(users, items))
 
     def score_batch(self, user_ids: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per request, the purchase probability of each candidate: one vectorized pass over the batch."""
         if len(user_ids) != len(candidates):
             raise ModelError(f"{len(user_ids)} users but {len(candidates)} candidate lists")
         self._check_fitted()
-        flat_items, offsets = ranking.flatten(candidates)
-        # Each request's user is looked up once, then repeated per candidate as a row index.
         users = ranking.lookup(self.user_index_, user_ids, len(self.user_index_))
-        return ranking.split(self._score_rows(np.repeat(users, np.diff(offsets)), flat_items), offsets)
+        flat_items = list(chain.from_iterable(candidates))
+        items = ranking.lookup(self.item_index_, flat_items, len(self.item_index_))
+        sizes = list(map(len, candidates))
+        size = ranking.common_size(sizes)
+        if size:  # the storefront's usual batch: a row of candidates per user, no user repeated per item
+            return list(_sigmoid(self._logits(users, items.reshape(len(sizes), size))))
+        return ranking.split_sizes(_sigmoid(self._logits(np.repeat(users, sizes), items)), sizes)
+
+    def _logits(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The calibrated logit of each (user row, item row) pair: ``items`` holds one row per user (flat
+        pairs) or a row of candidates per user (a 2-D batch)."""
+        user_table, item_table = self._tables()
+        spec = "nd,nd->n" if items.ndim == 1 else "nd,nmd->nm"
+        logits: np.ndarray = np.einsum(spec, user_table.take(users, axis=0), item_table.take(items, axis=0))
+        return logits
+
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, item rows) whose dot product is the calibrated logit of the pair.
+
+        The calibration is linear in (taste, logit item rate, logit user rate), so it folds into the
+        embeddings once per model: ``[coef * user factors, user term + intercept, 1]`` against
+        ``[item factors, 1, item term]``. Scoring is then two row gathers and a dot product rather than a
+        dozen numpy calls, whose fixed cost is most of a live replica's small batches. Built at first use
+        and kept out of the pickle (:meth:`__getstate__`): a stored model is what it was, and models
+        stored before the tables existed load and score as they are."""
+        tables: tuple[np.ndarray, np.ndarray] | None = self.__dict__.get(_TABLES)
+        if tables is None:
+            taste, item_weight, user_weight = self.coef_.tolist()
+            users = np.column_stack(
+                [
+                    self.user_factors_ * taste,
+                    user_weight * _logit(self.user_rate_) + self.intercept_,
+                    np.ones(len(self.user_rate_)),
+                ]
+            )
+            items = np.column_stack(
+                [self.item_factors_, np.ones(len(self.item_rate_)), item_weight * _logit(self.item_rate_)]
+            )
+            tables = self.__dict__[_TABLES] = (users, items)
+        return tables
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        if _TABLES in state:  # derived from the fitted attributes, rebuilt at first use after loading
+            state = {name: value for name, value in state.items() if name != _TABLES}
+        return state
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):

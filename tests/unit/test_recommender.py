@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import joblib
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -91,13 +94,13 @@ def test_scoring_a_whole_batch_is_one_vectorized_call(
         model.score_batch([u], [c])[0] for u, c in zip(sessions.user_ids, sessions.candidates, strict=True)
     ]
     calls: list[int] = []
-    features = Recommender._features
+    logits = Recommender._logits
 
-    def spy(*args: np.ndarray) -> np.ndarray:
-        calls.append(len(args[0]))
-        return features(*args)
+    def spy(self: Recommender, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        calls.append(items.size)
+        return logits(self, users, items)
 
-    monkeypatch.setattr(Recommender, "_features", staticmethod(spy))
+    monkeypatch.setattr(Recommender, "_logits", spy)
     scores = model.score_batch(sessions.user_ids, sessions.candidates)
     assert calls == [20_000]  # one pass over every candidate of the batch
     assert len(scores) == 1000 and all(s.shape == (20,) for s in scores)
@@ -184,3 +187,38 @@ def test_follows_the_estimator_api(split: tuple[Interactions, Interactions]) -> 
     no_purchases = split[0].take(~split[0].purchased)
     with pytest.raises(ModelError, match="without purchases"):
         Recommender().fit(no_purchases)
+
+
+def _stored(model: Recommender) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)  # as the registry stores a version
+    return buffer.getvalue()
+
+
+def test_the_scoring_tables_are_never_stored_and_a_stored_model_scores_as_it_did(
+    split: tuple[Interactions, Interactions], world: World
+) -> None:
+    model = Recommender(n_components=4).fit(split[0])
+    before = _stored(model)  # as a model stored before the tables existed: none built yet
+    sessions = world.sessions(50, seed=7, candidates=20)
+    scores = model.score_batch(sessions.user_ids, sessions.candidates)
+    assert _stored(model) == before
+    loaded = joblib.load(io.BytesIO(before))
+    for got, want in zip(loaded.score_batch(sessions.user_ids, sessions.candidates), scores, strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_refitted_model_scores_with_its_new_parameters(
+    split: tuple[Interactions, Interactions], world: World
+) -> None:
+    model = Recommender(n_components=4).fit(split[0])
+    sessions = world.sessions(20, seed=8, candidates=20)
+    model.score_batch(sessions.user_ids, sessions.candidates)  # builds the tables of the first fit
+    refitted = model.fit(degrade_labels(split[0], 0.5, seed=2))
+    fresh = Recommender(n_components=4).fit(degrade_labels(split[0], 0.5, seed=2))
+    for got, want in zip(
+        refitted.score_batch(sessions.user_ids, sessions.candidates),
+        fresh.score_batch(sessions.user_ids, sessions.candidates),
+        strict=True,
+    ):
+        assert np.array_equal(got, want)
