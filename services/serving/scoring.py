@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
+from operator import gt
 from typing import Any
 
 import numpy as np
 
 from schemas.errors import ModelError
+from services.model import ranking
 from services.model.protocol import Model, Served, served
 
 #: What the service needs of a model: :class:`services.model.protocol.Model`.
@@ -31,6 +34,10 @@ NO_CONTEXT: Mapping[str, Any] = {}
 #: Scores are published rounded: six decimals are far finer than any calibration, and half the bytes.
 DECIMALS = 6
 
+#: Up to this many requests, their picks are checked as Python lists: a few short lists take less time
+#: than the fixed cost (~10 µs) of the numpy calls that check a bigger batch's at once.
+_FEW = 16
+
 
 @dataclass
 class Scored:
@@ -41,16 +48,16 @@ class Scored:
     failures: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _flat_scores(scores: Sequence[Any], sizes: np.ndarray) -> np.ndarray:
+def _flat_scores(scores: Sequence[Any], sizes: list[int]) -> np.ndarray:
     """The batch's scores as one flat float array, or :class:`ModelError` saying how they are wrong."""
     n = len(sizes)
     if len(scores) != n:
         raise ModelError(f"score_batch returned {len(scores)} score arrays for {n} requests")
     try:
-        got = np.fromiter(map(len, scores), dtype=np.int64, count=n)
+        got = list(map(len, scores))
     except TypeError as exc:  # a number, None... where an array was due
         raise ModelError(f"score_batch returned something other than one array per request ({exc})") from exc
-    if not np.array_equal(sizes, got):
+    if got != sizes:
         raise ModelError("score_batch returned a score array whose length is not its request's candidates")
     if not n:
         return np.zeros(0)
@@ -63,6 +70,48 @@ def _flat_scores(scores: Sequence[Any], sizes: np.ndarray) -> np.ndarray:
     return flat
 
 
+def _checked_picks(selected: Sequence[Any], sizes: list[int], ks: list[int]) -> list[list[int]]:
+    """The batch's selections as one list of indices per request, or :class:`ModelError` saying how they
+    are wrong."""
+    n = len(sizes)
+    if len(selected) != n:
+        raise ModelError(f"select returned {len(selected)} selections for {n} requests")
+    counts = list(map(len, selected))
+    picked = np.concatenate(selected).astype(np.int64, copy=False) if n else np.zeros(0, dtype=np.int64)
+    if picked.ndim != 1:  # nested lists would reach the published item lookup as indices
+        raise ModelError(f"select returned {picked.ndim}-D selections; one list of indices per request")
+    picks = _slices(picked.tolist(), counts)
+    if any(map(gt, counts, ks)) or _outside(picked, picks, sizes, counts):
+        raise ModelError("select returned more than k indices, or an index outside the candidates")
+    if _repeated(picked, picks, sizes, counts):
+        raise ModelError("select returned the same candidate twice for one request")
+    return picks
+
+
+def _outside(picked: np.ndarray, picks: list[list[int]], sizes: list[int], counts: list[int]) -> bool:
+    """Whether a pick (flat in ``picked``, per request in ``picks``) is not an index of its request's
+    candidates."""
+    if len(picks) <= _FEW:
+        return any(p and (min(p) < 0 or max(p) >= size) for p, size in zip(picks, sizes, strict=True))
+    if not picked.size:
+        return False
+    size = ranking.common_size(sizes)  # then one limit for all, no per-pick array to build
+    limit = size if size else np.repeat(sizes, counts)
+    return bool(picked.min() < 0 or (picked >= limit).any())
+
+
+def _repeated(picked: np.ndarray, picks: list[list[int]], sizes: list[int], counts: list[int]) -> bool:
+    """Whether a request picks a candidate twice, given every pick is an index of its candidates."""
+    if len(picks) <= _FEW:
+        return any(len(set(p)) < len(p) for p in picks)
+    if not picked.size:
+        return False
+    # Each pick's place among the batch's candidates: request r's are starts[r] + [0, sizes[r]), disjoint
+    # from the other requests', so a place taken twice is one request's candidate picked twice.
+    starts = list(accumulate(sizes[:-1], initial=0))
+    return bool(np.bincount(np.repeat(starts, counts) + picked).max() > 1)
+
+
 def _checked(
     model: Served,
     users: list[str],
@@ -70,31 +119,24 @@ def _checked(
     contexts: list[Mapping[str, Any]],
     ks: list[int],
 ) -> tuple[list[list[float]], list[list[int]]]:
-    """Score and select for these requests, or raise if the model fails or answers out of contract."""
+    """Score and select for these requests, or raise if the model fails or answers out of contract.
+
+    A live replica's batches are a few requests, and then the fixed cost of each numpy call is most of the
+    work: the checks make few of them (reductions rather than elementwise masks), and convert to Python
+    numbers once for the whole batch."""
     scores = model.score_batch(users, candidates, contexts)
-    n = len(users)
-    sizes = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=n)
-    flat = np.round(_flat_scores(scores, sizes), DECIMALS)
-    if not np.all((flat >= 0.0) & (flat <= 1.0)):  # NaN fails both comparisons
+    sizes = list(map(len, candidates))
+    flat = _flat_scores(scores, sizes).round(DECIMALS)
+    if flat.size and not (flat.min() >= 0.0 and flat.max() <= 1.0):  # NaN fails both (min/max keep it)
         raise ModelError("score_batch returned a score outside [0, 1] (or NaN)")
-    selected = model.select(scores, ks)
-    if len(selected) != n:
-        raise ModelError(f"select returned {len(selected)} selections for {n} requests")
-    counts = np.fromiter((len(s) for s in selected), dtype=np.int64, count=n)
-    picked = np.concatenate(selected).astype(np.int64, copy=False) if n else np.zeros(0, dtype=np.int64)
-    owner = np.repeat(np.arange(n), counts)
-    if np.any(counts > np.asarray(ks)) or np.any((picked < 0) | (picked >= sizes[owner])):
-        raise ModelError("select returned more than k indices, or an index outside the candidates")
-    if len(np.unique(owner * (int(sizes.max(initial=0)) + 1) + picked)) != len(picked):
-        raise ModelError("select returned the same candidate twice for one request")
-    # One conversion to Python numbers for the whole batch, then slices per request.
-    flat_scores, flat_picked = flat.tolist(), picked.tolist()
-    score_ends, pick_ends = np.cumsum(sizes).tolist(), np.cumsum(counts).tolist()
-    score_starts, pick_starts = [0, *score_ends[:-1]], [0, *pick_ends[:-1]]
-    return (
-        [flat_scores[a:b] for a, b in zip(score_starts, score_ends, strict=True)],
-        [flat_picked[a:b] for a, b in zip(pick_starts, pick_ends, strict=True)],
-    )
+    picks = _checked_picks(model.select(scores, ks), sizes, ks)
+    size = ranking.common_size(sizes)
+    return (flat.reshape(len(sizes), size).tolist() if size else _slices(flat.tolist(), sizes)), picks
+
+
+def _slices(flat: list[Any], sizes: list[int]) -> list[list[Any]]:
+    """``flat`` cut into consecutive lists of these sizes."""
+    return [flat[a:b] for a, b in pairwise(accumulate(sizes, initial=0))]
 
 
 @dataclass
