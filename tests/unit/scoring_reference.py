@@ -5,59 +5,21 @@ selection, and the recommender's probabilities."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 
 from schemas.errors import ModelError
+
+# What the change left as it was is imported, not copied.
+from services.model.ranking import flatten, lookup, split
 from services.model.recommender import Recommender
 from services.serving.scoring import DECIMALS
-
-_EPS = 1e-6
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, _EPS, 1 - _EPS)
-    out: np.ndarray = np.log(q / (1 - q))
-    return out
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
     return out
-
-
-def flatten(candidates: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
-    sizes = np.fromiter(map(len, candidates), dtype=np.int64, count=len(candidates))
-    offsets = np.zeros(len(candidates) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    return list(chain.from_iterable(candidates)), offsets
-
-
-def lookup(index: dict[str, int], keys: Sequence[str], missing: int) -> np.ndarray:
-    return np.fromiter(map(index.get, keys, repeat(missing)), dtype=np.int64, count=len(keys))
-
-
-def split(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    if len(offsets) <= 1:
-        return []
-    n = len(offsets) - 1
-    size = int(offsets[1] - offsets[0])
-    if size and int(offsets[-1] - offsets[0]) == n * size and bool(np.all(np.diff(offsets) == size)):
-        return list(flat[offsets[0] : offsets[-1]].reshape(n, size))
-    return np.split(flat, offsets[1:-1])
-
-
-def ranks(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
-    position = np.arange(len(scores))
-    order = np.lexsort((position, -scores, group))
-    sorted_group = group[order]
-    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-    first_of_group = np.repeat(starts, np.diff(np.r_[starts, len(scores)]))
-    rank = np.empty(len(scores), dtype=np.int64)
-    rank[order] = np.arange(len(scores)) - first_of_group
-    return rank
 
 
 def _flat_scores(scores: Sequence[Any], sizes: np.ndarray) -> np.ndarray:
@@ -123,19 +85,13 @@ def select(scores: Sequence[np.ndarray], ks: Sequence[int], threshold: float | N
     sizes = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
     if sizes[0] and bool(np.all(sizes == sizes[0])):
         return _select_rows(np.concatenate(scores).reshape(len(scores), int(sizes[0])), ks, threshold)
-    flat = np.concatenate(scores) if sizes.sum() else np.zeros(0)
-    request = np.repeat(np.arange(len(scores)), sizes)
-    rank = ranks(flat, request)
-    keep = rank < np.repeat(np.asarray(ks, dtype=np.int64), sizes)
-    if threshold is not None:
-        keep &= flat >= threshold
-    kept = np.flatnonzero(keep)
-    kept = kept[np.lexsort((rank[kept], request[kept]))]
-    starts = np.zeros(len(scores) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=starts[1:])
-    local = kept - starts[request[kept]]
-    counts = np.bincount(request[kept], minlength=len(scores))
-    return np.split(local, np.cumsum(counts)[:-1])
+    # Ragged: request by request, a stable sort of its scores (ties to the earlier candidate, NaN last),
+    # the top k, those at or above the threshold: what the batch-wide lexsort computes.
+    out = []
+    for row, k in zip(scores, ks, strict=True):
+        top = np.argsort(-np.asarray(row, dtype=float), kind="stable")[: max(int(k), 0)]
+        out.append(top if threshold is None else top[np.asarray(row, dtype=float)[top] >= threshold])
+    return out
 
 
 def _select_rows(scores: np.ndarray, ks: Sequence[int], threshold: float | None) -> list[np.ndarray]:
@@ -149,21 +105,9 @@ def _select_rows(scores: np.ndarray, ks: Sequence[int], threshold: float | None)
     return [top[i, :k] for i, k in enumerate(take.tolist())]
 
 
-def _features(
-    user_rows: np.ndarray,
-    item_rows: np.ndarray,
-    user_f: np.ndarray,
-    item_f: np.ndarray,
-    user_rate: np.ndarray,
-    item_rate: np.ndarray,
-) -> np.ndarray:
-    taste = np.einsum("nd,nd->n", user_f[user_rows], item_f[item_rows])
-    return np.column_stack([taste, _logit(item_rate[item_rows]), _logit(user_rate[user_rows])])
-
-
 def _score_rows(model: Recommender, users: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
     items = lookup(model.item_index_, item_ids, len(model.item_index_))
-    features = _features(
+    features = Recommender._features(
         users, items, model.user_factors_, model.item_factors_, model.user_rate_, model.item_rate_
     )
     return _sigmoid(features @ model.coef_ + model.intercept_)
