@@ -51,6 +51,10 @@ log = logging.getLogger("modelwatch.monitor")
 
 T = TypeVar("T")
 
+#: A held fetch of the sources is answered once it has this much: at 300 requests/s (a prediction and an
+#: outcome each, ~800 bytes) about a quarter of a second's worth, so ``monitor.batch_within_s`` decides.
+FETCH_GATHER_BYTES = 64 * 1024
+
 
 def in_turn(queues: Iterable[deque[T]], most: int) -> list[T]:
     """Up to ``most`` items taken from the queues in turn, one from each while it has any (Faust's consumer
@@ -126,8 +130,16 @@ class SourceReader:
         consumer = kafka.consumer(
             self.settings,
             self.group,
-            # A session as short as the Faust group's: a SIGKILLed worker's sources move on as quickly.
-            **{"session.timeout.ms": int(m.session_timeout_s * 1000)},
+            **{
+                # A session as short as the Faust group's: a SIGKILLed worker's sources move on as quickly.
+                "session.timeout.ms": int(m.session_timeout_s * 1000),
+                # At a live pace a fetch answered at the first message (librdkafka's default: 1 byte) came
+                # back hundreds of times a second, each response handled by librdkafka's broker thread
+                # (5% of a core at 300 requests/s): the broker holds a fetch as long as a batch waits to
+                # fill anyway, or until it has FETCH_GATHER_BYTES. A backlog has that at once.
+                "fetch.wait.max.ms": max(1, int(m.batch_within_s * 1000)),
+                "fetch.min.bytes": FETCH_GATHER_BYTES,
+            },
         )
         producer = kafka.producer(self.settings)
         self._consumer = consumer
