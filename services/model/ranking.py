@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import accumulate, chain, pairwise, repeat
+from typing import Any, TypeVar
 
 import numpy as np
+
+_Sliceable = TypeVar("_Sliceable", np.ndarray, list[Any])
 
 
 def flatten(candidates: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
@@ -41,9 +44,9 @@ def split(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return split_sizes(flat, np.diff(offsets).tolist())
 
 
-def split_sizes(flat: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
-    """``flat`` cut into consecutive parts of these sizes (plain slices: ``np.split`` costs a microsecond
-    more per part)."""
+def split_sizes(flat: _Sliceable, sizes: Sequence[int]) -> list[_Sliceable]:
+    """``flat`` (an array or a list) cut into consecutive parts of these sizes (plain slices: ``np.split``
+    costs a microsecond more per part)."""
     return [flat[a:b] for a, b in pairwise(accumulate(sizes, initial=0))]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from operator import gt
 from typing import Any
 
@@ -80,7 +80,7 @@ def _checked_picks(selected: Sequence[Any], sizes: list[int], ks: list[int]) -> 
     picked = np.concatenate(selected).astype(np.int64, copy=False) if n else np.zeros(0, dtype=np.int64)
     if picked.ndim != 1:  # nested lists would reach the published item lookup as indices
         raise ModelError(f"select returned {picked.ndim}-D selections; one list of indices per request")
-    picks = _slices(picked.tolist(), counts)
+    picks = ranking.split_sizes(picked.tolist(), counts)
     if any(map(gt, counts, ks)) or _outside(picked, picks, sizes, counts):
         raise ModelError("select returned more than k indices, or an index outside the candidates")
     if _repeated(picked, picks, sizes, counts):
@@ -131,12 +131,10 @@ def _checked(
         raise ModelError("score_batch returned a score outside [0, 1] (or NaN)")
     picks = _checked_picks(model.select(scores, ks), sizes, ks)
     size = ranking.common_size(sizes)
-    return (flat.reshape(len(sizes), size).tolist() if size else _slices(flat.tolist(), sizes)), picks
-
-
-def _slices(flat: list[Any], sizes: list[int]) -> list[list[Any]]:
-    """``flat`` cut into consecutive lists of these sizes."""
-    return [flat[a:b] for a, b in pairwise(accumulate(sizes, initial=0))]
+    by_request = (
+        flat.reshape(len(sizes), size).tolist() if size else ranking.split_sizes(flat.tolist(), sizes)
+    )
+    return by_request, picks
 
 
 @dataclass
