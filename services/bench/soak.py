@@ -4,6 +4,10 @@ whether the monitor's resident memory stays flat (within 10% of its first readin
 issue 14 asks). It is :func:`services.bench.steady.run_steady` with the monitor, longer, telling its
 progress every minute; it reports first, last and largest resident memory after the warm-up, the
 least-squares slope and the drift, for the monitor and for the replica, and the monitor's lag.
+
+With ``trace_memory`` the monitor traces its allocations (:mod:`services.bench.memory_trace`) and the soak
+reports the sites that grew most over the measured minutes, and by how many bytes a request; its CPU
+figures are then those of a traced process, and the table says so.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from rich.table import Table
 
 from schemas.errors import BenchmarkError
 from services.bench.cpu import cpu_pressure_us, machine
+from services.bench.memory_trace import growth
 from services.bench.rig import Rig
 from services.bench.stats import TARGETS, judge_targets
 from services.bench.steady import SteadyRun, run_steady
@@ -38,11 +43,16 @@ class SoakPlan:
     train_sessions: int = DEFAULT_SESSIONS
     #: How often the run says how it goes.
     progress_every_s: float = 60.0
+    #: Trace the monitor's allocations and report what grew (its CPU figures are then a traced process's).
+    trace_memory: bool = False
+    trace_every_s: float = 60.0
 
     @property
     def command(self) -> str:
-        return f"modelwatch bench --soak --minutes {self.minutes:g} --rate {self.rate:g}" + (
-            "" if self.warmup_minutes == 5.0 else f" --warmup-minutes {self.warmup_minutes:g}"
+        return (
+            f"modelwatch bench --soak --minutes {self.minutes:g} --rate {self.rate:g}"
+            + ("" if self.warmup_minutes == 5.0 else f" --warmup-minutes {self.warmup_minutes:g}")
+            + (" --trace-memory" if self.trace_memory else "")
         )
 
 
@@ -51,6 +61,7 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
     rig = Rig(base, say=say)
     started, pressure = time.monotonic(), cpu_pressure_us()
     failed = True
+    grown: dict[str, Any] | None = None
     try:
         rig.start_broker()
         settings = rig.settings("soak")
@@ -59,6 +70,8 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
             settings, seed=0, sessions=plan.train_sessions, registry=Registry(rig.registry)
         ).version
         say(f"soak: {plan.warmup_minutes:g} min warm-up, then {plan.minutes:g} min at {plan.rate:,.0f}/s")
+        traces = rig.workdir / "memory-trace"
+        traced = ["--trace-memory", str(traces), "--trace-every", f"{plan.trace_every_s:g}"]
         run = run_steady(
             rig,
             version,
@@ -69,7 +82,13 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
             monitor=True,
             progress=say,
             progress_every_s=plan.progress_every_s,
+            monitor_args=traced if plan.trace_memory else (),
         )
+        if plan.trace_memory:
+            # The measured minutes ended as run_steady returned (give or take its teardown).
+            grown = growth(traces, since=time.time() - plan.minutes * 60.0)
+            if grown is None:
+                say(f"--trace-memory: fewer than two snapshots after the warm-up in {traces}")
         failed = False
     except (TimeoutError, RuntimeError, BenchmarkError) as exc:
         raise BenchmarkError(f"{exc} (logs kept in {rig.workdir / 'logs'})") from exc
@@ -79,7 +98,12 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
     contended = None
     if pressure is not None and pressure_end is not None:
         contended = (pressure_end - pressure) / 1e4 / (time.monotonic() - started)
-    return soak_summary(plan, run, {**machine(), "cpu_pressure_pct": contended})
+    summary = soak_summary(plan, run, {**machine(), "cpu_pressure_pct": contended})
+    if grown is not None:
+        worked = run.as_dict().get("monitor_requests_worked") or 0
+        per_request = worked and grown["traced_grown_mb"] * 2**20 / (worked * grown["minutes"] / plan.minutes)
+        summary["memory_growth"] = {**grown, "bytes_per_request": per_request or None}
+    return summary
 
 
 def soak_summary(plan: SoakPlan, run: SteadyRun, on: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +126,12 @@ def soak_table(summary: dict[str, Any]) -> Table:
     table = Table(
         title=f"{summary['command']}  {summary['date']}  ({on.get('nproc')} cores"
         + ("" if pressure is None else f"; tasks waited for a CPU {pressure:.0f}% of the run")
-        + f"); after {run['warmup_s'] / 60:g} min warm-up, {run['seconds'] / 60:g} min measured",
+        + f"); after {run['warmup_s'] / 60:g} min warm-up, {run['seconds'] / 60:g} min measured"
+        + (
+            "; the monitor traced its allocations, so its CPU is not comparable"
+            if "trace-memory" in summary["command"]
+            else ""
+        ),
         title_justify="left",
     )
     for column in ("process", "resident first", "last", "max", "slope", "drift", "share of a core", "target"):
@@ -136,4 +165,31 @@ def soak_table(summary: dict[str, Any]) -> Table:
         f"{run.get('answered_per_s') or 0:,.0f}/s answered of {run['rate']:,.0f}/s offered"
     )
     table.caption = lag
+    return table
+
+
+def growth_table(summary: dict[str, Any]) -> Table | None:
+    """The allocation sites that grew most in the traced monitor, or ``None`` without ``--trace-memory``."""
+    grown = summary.get("memory_growth")
+    if grown is None:
+        return None
+    per_request = grown.get("bytes_per_request")
+    table = Table(
+        title=f"what grew in the monitor over {grown['minutes']:g} min (tracemalloc): "
+        f"{grown['traced_grown_mb']:+.1f} MB traced"
+        + ("" if per_request is None else f", {per_request:,.0f} bytes per request worked off"),
+        title_justify="left",
+    )
+    for column in ("allocated at", "grown", "held", "blocks", "via (outermost first)"):
+        table.add_column(
+            column, justify="left" if column in ("allocated at", "via (outermost first)") else "right"
+        )
+    for site in grown["sites"]:
+        table.add_row(
+            site["where"],
+            f"{site['grown_kb'] / 1024:+.2f} MB",
+            f"{site['held_kb'] / 1024:.2f} MB",
+            f"{site['blocks_grown']:+,}",
+            " > ".join(site["via"][:-1]),
+        )
     return table

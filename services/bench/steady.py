@@ -185,11 +185,12 @@ def run_steady(
     monitor: bool = False,
     progress: Progress | None = None,
     progress_every_s: float = 60.0,
+    monitor_args: Sequence[str] = (),
 ) -> SteadyRun:
     """One replica at a steady ``rate`` for ``seconds`` (after ``warmup_s``), with ``experiment`` (a
     candidate version and a canary's traffic, or None for a shadow) running, and with ``monitor`` the
     Faust worker beside it; see the module's docstring. ``progress`` hears how the run goes every
-    ``progress_every_s`` (the soak's minutes)."""
+    ``progress_every_s`` (the soak's minutes); ``monitor_args`` are added to the monitor's command line."""
     mode = "plain"
     if experiment is not None:
         mode = "shadow" if experiment[1] is None else f"canary {experiment[1]:g}"
@@ -210,7 +211,7 @@ def run_steady(
         # The monitor's defaults (label window, count and time windows), as production runs it.
         config.write_text(f'[monitor]\ndata_dir = "{rig.workdir / (instance + "-monitor-data")}"\n')
         watched["monitor"] = rig.command(
-            f"{instance}-monitor", ["monitor", "--config", str(config)], settings
+            f"{instance}-monitor", ["monitor", "--config", str(config), *monitor_args], settings
         )
     stop_sim, pause = threading.Event(), threading.Event()
     sim = threading.Thread(

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from services.bench import DEFAULT, FULL, QUICK, run_bench
 from services.bench.experiments import report_lines
 from services.bench.plot import draw
-from services.bench.soak import SoakPlan, run_soak, soak_table
+from services.bench.soak import SoakPlan, growth_table, run_soak, soak_table
 from services.bench.table import bench_table
 from services.cli.common import console, current_settings, err
 
@@ -45,6 +45,13 @@ def bench(
     minutes: float = typer.Option(30.0, "--minutes", min=0.1, help="--soak: minutes measured."),
     rate: float = typer.Option(300.0, "--rate", min=1.0, help="--soak: requests per second offered."),
     warmup_minutes: float = typer.Option(5.0, "--warmup-minutes", min=0.0, help="--soak: minutes before."),
+    trace_memory: bool = typer.Option(
+        False,
+        "--trace-memory",
+        help="--soak: the monitor traces its allocations (tracemalloc, a snapshot a minute) and the soak "
+        "prints the sites that grew most over the measured minutes, in bytes per request. Slows the "
+        "monitor: its CPU figures are then not comparable.",
+    ),
     json_path: Path | None = typer.Option(
         None, "--json", metavar="PATH", help="Write every figure as JSON here (targets and details included)."
     ),
@@ -70,8 +77,13 @@ def bench(
     """
     if quick + full + soak > 1:
         raise typer.BadParameter("choose one of --quick, --full and --soak")
+    if trace_memory and not soak:
+        raise typer.BadParameter("--trace-memory traces the soak's monitor: add --soak")
     if soak:
-        _soak(SoakPlan(minutes=minutes, rate=rate, warmup_minutes=warmup_minutes), json_path)
+        soaked = SoakPlan(
+            minutes=minutes, rate=rate, warmup_minutes=warmup_minutes, trace_memory=trace_memory
+        )
+        _soak(soaked, json_path)
         return
     plan = QUICK if quick else FULL if full else DEFAULT
 
@@ -121,6 +133,9 @@ def _soak(plan: SoakPlan, json_path: Path | None) -> None:
     summary = run_soak(current_settings(), plan, say=lambda text: err.print(text, highlight=False))
     out = console if console.is_terminal else Console(width=150, highlight=False)
     out.print(soak_table(summary))
+    grown = growth_table(summary)
+    if grown is not None:
+        out.print(grown)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -38,6 +38,17 @@ def monitor(
         help="The model to watch: its predictions, model failures, commands and rollbacks only; its own "
         "Faust app <prefix>monitor-NAME (the default model's is <prefix>monitor) [default: model_name].",
     ),
+    trace_memory: Path | None = typer.Option(
+        None,
+        "--trace-memory",
+        metavar="DIR",
+        help="Diagnostics: trace the worker's allocations (tracemalloc) and write a snapshot into DIR every "
+        "--trace-every seconds, to find what holds memory over a long run (modelwatch bench --soak "
+        "--trace-memory reads them). Tracing slows every allocation: do not measure CPU with it.",
+    ),
+    trace_every_s: float = typer.Option(
+        60.0, "--trace-every", min=1.0, metavar="SECONDS", help="--trace-memory: seconds between snapshots."
+    ),
 ) -> None:
     """Run the monitor: a faust-streaming worker that joins predictions with outcomes, keeps rolling
     accuracy, precision, recall and F1 per model version, raises alerts and rolls bad versions back.
@@ -67,6 +78,10 @@ def monitor(
     if changes:
         overrides["monitor"] = {**current_settings().monitor.model_dump(), **changes}
     settings = current_settings(model, **overrides)
+    if trace_memory is not None:
+        from services.bench.memory_trace import start_tracing
+
+        start_tracing(trace_memory, trace_every_s)  # before Faust and the app allocate anything
 
     from streams.app import run  # Faust is slow to import: only when the monitor really starts
 

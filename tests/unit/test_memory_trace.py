@@ -1,0 +1,87 @@
+"""The soak's memory tracing: a traced process's snapshots name the site that grew, by how much."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from typer.testing import CliRunner
+
+from services.bench.memory_trace import ROOT, growth, snapshots
+from services.bench.soak import SoakPlan, growth_table, soak_summary
+from services.bench.steady import SteadyRun
+from services.cli import app as cli_app
+
+#: A process that keeps 100 kB more every 10 ms at one line (GROWS_AT) until four snapshots are written,
+#: and holds 1 MB allocated once before tracing's first snapshot (which must not show as growth).
+TRACED = textwrap.dedent(
+    """
+    import sys, threading, time
+    from pathlib import Path
+    from services.bench.memory_trace import snapshots, start_tracing
+
+    out = Path(sys.argv[1])
+    start_tracing(out, 0.3)
+    once = bytes(1_000_000)
+    kept, pace, deadline = [], threading.Event(), time.monotonic() + 60
+    while len(snapshots(out)) < 4 and time.monotonic() < deadline:
+        kept.append(bytes(100_000))  # GROWS_AT
+        pace.wait(0.01)
+    """
+)
+
+
+def test_a_traced_process_shows_the_line_that_grew(tmp_path: Path) -> None:
+    script = tmp_path / "traced.py"
+    script.write_text(TRACED)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "traces")], cwd=ROOT, check=True, timeout=90)
+    assert len(snapshots(tmp_path / "traces")) >= 4
+    grown = growth(tmp_path / "traces", since=0.0)
+    assert grown is not None and grown["minutes"] > 0
+    top = grown["sites"][0]
+    line = TRACED.splitlines().index(next(s for s in TRACED.splitlines() if "GROWS_AT" in s)) + 1
+    assert top["where"].endswith(f"traced.py:{line}")
+    # Three snapshot intervals of ~30 allocations of 100 kB each, at least two intervals' worth.
+    assert top["grown_kb"] > 2 * 0.3 / 0.01 * 100 * 0.5
+    assert top["blocks_grown"] > 0
+    assert grown["traced_grown_mb"] > top["grown_kb"] / 1024 * 0.9
+    assert growth(tmp_path / "traces", since=10**12) is None  # no snapshot after then
+
+
+def test_the_soak_reports_what_grew_per_request() -> None:
+    plan = SoakPlan(minutes=30, rate=300, trace_memory=True)
+    run = SteadyRun(300.0, 1800.0, warmup_s=300.0, monitor=True, monitor_requests_worked=540_000)
+    summary = soak_summary(plan, run, {"nproc": 2})
+    assert summary["command"].endswith("--trace-memory")
+    summary["memory_growth"] = {
+        "from_s": 30.0,
+        "minutes": 29.0,
+        "traced_grown_mb": 20.0,
+        "bytes_per_request": 40.0,
+        "sites": [
+            {
+                "where": "streams/markers.py:120",
+                "grown_kb": 10240.0,
+                "held_kb": 12288.0,
+                "blocks_grown": 3,
+                "via": ["streams/join.py:317", "streams/markers.py:120"],
+            },
+        ],
+    }
+    console = Console(width=200, record=True)
+    table = growth_table(orjson.loads(orjson.dumps(summary)))
+    assert table is not None
+    console.print(table)
+    text = console.export_text()
+    assert "streams/markers.py:120" in text and "+10.00 MB" in text and "40 bytes per" in text
+    assert "streams/join.py:317" in text
+    assert growth_table({"command": "modelwatch bench --soak"}) is None
+
+
+def test_trace_memory_needs_the_soak() -> None:
+    result = CliRunner().invoke(cli_app, ["bench", "--quick", "--trace-memory"])
+    assert result.exit_code != 0 and "add --soak" in result.output
