@@ -6,7 +6,15 @@ import random
 import tracemalloc
 
 from streams.join import MARKER_BUCKET_MS, DictStore, Joiner
-from streams.markers import HashSet, Markers, SeqHashes, decode_hashes, encode_hashes, request_hash
+from streams.markers import (
+    SHARD_MEMBERS,
+    HashSet,
+    Markers,
+    SeqHashes,
+    decode_hashes,
+    encode_hashes,
+    request_hash,
+)
 
 
 def test_request_hash_is_stable_and_never_a_slot_marker() -> None:
@@ -27,6 +35,26 @@ def test_hash_set_against_a_python_set() -> None:
             ref.discard(h)
     assert len(mine) == len(ref)
     assert all((h in mine) == (h in ref) for h in range(2, 5000))
+
+
+def test_hash_set_splits_its_shards_and_stays_a_set() -> None:
+    """Full-width hashes, enough to double the shards several times, with deletions and the extremes."""
+    rng = random.Random(11)
+    pool = [2, 2**63 - 1, 2**63, 2**64 - 1] + [rng.randrange(2, 2**64) for _ in range(12_000)]
+    mine, ref = HashSet(), set()
+    for _ in range(60_000):
+        h = rng.choice(pool)
+        if rng.random() < 0.75:
+            mine.add(h)
+            ref.add(h)
+        else:
+            mine.discard(h)
+            ref.discard(h)
+    assert len(mine) == len(ref) > 8 * SHARD_MEMBERS  # split at least three times
+    assert all((h in mine) == (h in ref) for h in pool)
+    for h in list(ref):
+        mine.discard(h)
+    assert len(mine) == 0 and not any(h in mine for h in pool)
 
 
 def test_markers_are_forgotten_a_bucket_at_a_time_and_round_trip() -> None:
@@ -65,7 +93,7 @@ def test_a_marker_costs_a_few_dozen_bytes() -> None:
     markers.unwritten()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert held / len(ids) < 48, f"{held / len(ids):.0f} bytes a marker"
+    assert held / len(ids) < 24, f"{held / len(ids):.0f} bytes a marker"  # 18 measured; 39 half-full hashing
 
 
 def test_the_join_writes_only_new_markers_per_batch() -> None:
@@ -109,7 +137,8 @@ def test_a_version_remembers_its_horizon_in_a_few_dozen_bytes_a_request() -> Non
         seen.forget_before(i - 50_000 + 1)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert len(seen) == 50_000 and held / 50_000 < 64, f"{held / 50_000:.0f} bytes a request"
+    # 21 measured; 56 with a half-full open-addressing table
+    assert len(seen) == 50_000 and held / 50_000 < 28, f"{held / 50_000:.0f} bytes a request"
 
 
 def test_a_closed_bucket_is_merged_into_one_chunk_once() -> None:
