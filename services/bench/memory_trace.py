@@ -3,11 +3,11 @@ and the allocation sites that grew most between two of them.
 
 ``modelwatch bench --soak --trace-memory`` starts the monitor with ``--trace-memory DIR``; the monitor calls
 :func:`start_tracing` before it builds anything, and a daemon thread dumps a snapshot into ``DIR`` every
-``every_s`` seconds, named by the seconds since tracing began. After the run, :func:`growth` compares the
-first snapshot taken after the warm-up with the last one. Only traces are kept, never the objects: a
-snapshot costs the process a pause of a fraction of a second, and tracing itself makes every allocation
-slower (Python's docs measure about 2x with one frame), so a traced run's CPU figures are not the
-untraced process's; its memory figures are.
+``every_s`` seconds, named by the seconds since tracing began: what the process holds, summed by call
+chain (a snapshot grouped at once, so the file and the pause stay small). After the run, :func:`growth`
+compares the first snapshot taken after the warm-up with the last one. Tracing makes every allocation
+slower and keeps a record per live block, so a traced run's CPU and resident memory are not the untraced
+process's; what grew, by site, is what this is for.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 #: Frames kept per allocation: enough to tell which caller of a shared helper allocates.
 FRAMES = 4
-SUFFIX = ".tracemalloc"
+SUFFIX = ".json"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_tracing(directory: Path, every_s: float) -> threading.Thread:
-    """Trace this process's allocations; dump a snapshot into ``directory`` every ``every_s`` seconds."""
+    """Trace this process's allocations; every ``every_s`` seconds write into ``directory`` what is held,
+    by call chain (a JSON list of ``{"at": [file:line, ... innermost last], "size", "count"}``)."""
     directory.mkdir(parents=True, exist_ok=True)
     tracemalloc.start(FRAMES)
     began = time.monotonic()
@@ -39,10 +42,17 @@ def start_tracing(directory: Path, every_s: float) -> threading.Thread:
         wake = threading.Event()  # never set: a wait with a timeout is the clock
         while True:
             wake.wait(every_s)
-            snapshot = tracemalloc.take_snapshot().filter_traces(own)
-            name = f"snapshot-{time.monotonic() - began:08.0f}"
+            # Grouped by call chain at once: a raw snapshot of a million blocks would itself take
+            # hundreds of MB in the process it measures.
+            held = tracemalloc.take_snapshot().filter_traces(own).statistics("traceback")
+            rows = [
+                {"at": [_where(f) for f in stat.traceback], "size": stat.size, "count": stat.count}
+                for stat in held
+            ]
+            del held
+            name = f"held-{time.monotonic() - began:08.0f}"
             partial = directory / f".{name}"
-            snapshot.dump(str(partial))
+            partial.write_bytes(orjson.dumps(rows))
             partial.rename(directory / f"{name}{SUFFIX}")  # a reader never sees half a file
 
     thread = threading.Thread(target=dump_forever, name="memory-trace", daemon=True)
@@ -64,7 +74,7 @@ class Site:
 
 def snapshots(directory: Path) -> list[tuple[float, Path]]:
     """The snapshots in ``directory`` as (wall-clock time written, path), oldest first."""
-    found = [(p.stat().st_mtime, p) for p in directory.glob(f"snapshot-*{SUFFIX}")]
+    found = [(p.stat().st_mtime, p) for p in directory.glob(f"held-*{SUFFIX}")]
     return sorted(found)
 
 
@@ -75,33 +85,34 @@ def growth(directory: Path, since: float, top: int = 12) -> dict[str, Any] | Non
     if len(taken) < 2:
         return None
     (t0, first_path), (t1, last_path) = taken[0], taken[-1]
-    first, last = tracemalloc.Snapshot.load(str(first_path)), tracemalloc.Snapshot.load(str(last_path))
-    chains: dict[str, tuple[int, list[str]]] = {}
-    for stat in last.compare_to(first, "traceback"):
-        if stat.size_diff <= 0:
-            continue
-        where = _where(stat.traceback[-1])
-        if where not in chains or stat.size_diff > chains[where][0]:
-            chains[where] = (stat.size_diff, [_where(frame) for frame in stat.traceback])
+    first, last = _load(first_path), _load(last_path)
+    lines: dict[str, list[int]] = {}  # innermost frame -> [grown, held, blocks grown]
+    chains: dict[str, tuple[int, tuple[str, ...]]] = {}  # innermost frame -> its largest growth's chain
+    for at in first.keys() | last.keys():
+        size0, count0 = first.get(at, (0, 0))
+        size1, count1 = last.get(at, (0, 0))
+        acc = lines.setdefault(at[-1], [0, 0, 0])
+        acc[0] += size1 - size0
+        acc[1] += size1
+        acc[2] += count1 - count0
+        if size1 - size0 > chains.get(at[-1], (0, ()))[0]:
+            chains[at[-1]] = (size1 - size0, at)
+    ranked = sorted(lines.items(), key=lambda kv: -kv[1][0])[:top]
     sites = [
-        Site(
-            where=_where(stat.traceback[0]),
-            grown_kb=stat.size_diff / 1024,
-            held_kb=stat.size / 1024,
-            blocks_grown=stat.count_diff,
-            via=chains.get(_where(stat.traceback[0]), (0, []))[1],
-        )
-        for stat in last.compare_to(first, "lineno")[:top]
+        Site(where, grown / 1024, held / 1024, blocks, list(chains.get(where, (0, (where,)))[1]))
+        for where, (grown, held, blocks) in ranked
     ]
-    traced = sum(s.size for s in last.statistics("filename")) - sum(
-        s.size for s in first.statistics("filename")
-    )
+    grown_total = sum(size for size, _ in last.values()) - sum(size for size, _ in first.values())
     return {
         "from_s": round(t0 - since, 1),
         "minutes": round((t1 - t0) / 60, 2),
-        "traced_grown_mb": traced / 2**20,
+        "traced_grown_mb": grown_total / 2**20,
         "sites": [asdict(site) for site in sites],
     }
+
+
+def _load(path: Path) -> dict[tuple[str, ...], tuple[int, int]]:
+    return {tuple(row["at"]): (row["size"], row["count"]) for row in orjson.loads(path.read_bytes())}
 
 
 def _where(frame: tracemalloc.Frame) -> str:

@@ -26,7 +26,7 @@ TRACED = textwrap.dedent(
 
     out = Path(sys.argv[1])
     start_tracing(out, 0.3)
-    once = bytes(1_000_000)
+    once = bytes(1_000_000)  # HELD_ONCE
     kept, pace, deadline = [], threading.Event(), time.monotonic() + 60
     while len(snapshots(out)) < 4 and time.monotonic() < deadline:
         kept.append(bytes(100_000))  # GROWS_AT
@@ -40,16 +40,21 @@ def test_a_traced_process_shows_the_line_that_grew(tmp_path: Path) -> None:
     script.write_text(TRACED)
     subprocess.run([sys.executable, str(script), str(tmp_path / "traces")], cwd=ROOT, check=True, timeout=90)
     assert len(snapshots(tmp_path / "traces")) >= 4
-    grown = growth(tmp_path / "traces", since=0.0)
+    grown = growth(tmp_path / "traces", since=0.0, top=10**6)
     assert grown is not None and grown["minutes"] > 0
     top = grown["sites"][0]
-    line = TRACED.splitlines().index(next(s for s in TRACED.splitlines() if "GROWS_AT" in s)) + 1
-    assert top["where"].endswith(f"traced.py:{line}")
+    assert top["where"].endswith(f"traced.py:{_line('GROWS_AT')}")
+    [once] = [site for site in grown["sites"] if site["where"].endswith(f"traced.py:{_line('HELD_ONCE')}")]
+    assert abs(once["grown_kb"]) < 1 and 970 < once["held_kb"] < 990  # held throughout: no growth
     # Three snapshot intervals of ~30 allocations of 100 kB each, at least two intervals' worth.
     assert top["grown_kb"] > 2 * 0.3 / 0.01 * 100 * 0.5
     assert top["blocks_grown"] > 0
     assert grown["traced_grown_mb"] > top["grown_kb"] / 1024 * 0.9
     assert growth(tmp_path / "traces", since=10**12) is None  # no snapshot after then
+
+
+def _line(tag: str) -> int:
+    return next(n for n, text in enumerate(TRACED.splitlines(), start=1) if tag in text)
 
 
 def test_the_soak_reports_what_grew_per_request() -> None:
