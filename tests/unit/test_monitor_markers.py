@@ -22,34 +22,33 @@ def test_request_hash_is_stable_and_never_a_slot_marker() -> None:
     assert request_hash("r-1") == request_hash("r-1") != request_hash("r-2")
 
 
-def test_hash_set_against_a_python_set() -> None:
-    rng = random.Random(7)
+def _walk(pool: list[int], adds: float, seed: int) -> tuple[HashSet, set[int]]:
+    """60,000 random adds (share ``adds``) and discards of ``pool``'s members, in a HashSet and a set."""
+    rng = random.Random(seed)
     mine, ref = HashSet(), set()
     for _ in range(60_000):
-        h = rng.randrange(2, 5000)  # small: many repeats and deletions of present and absent members
-        if rng.random() < 0.6:
+        h = rng.choice(pool)
+        if rng.random() < adds:
             mine.add(h)
             ref.add(h)
         else:
             mine.discard(h)
             ref.discard(h)
+    return mine, ref
+
+
+def test_hash_set_against_a_python_set() -> None:
+    pool = list(range(2, 5000))  # small: many repeats and deletions of present and absent members
+    mine, ref = _walk(pool, 0.6, seed=7)
     assert len(mine) == len(ref)
-    assert all((h in mine) == (h in ref) for h in range(2, 5000))
+    assert all((h in mine) == (h in ref) for h in pool)
 
 
 def test_hash_set_splits_its_shards_and_stays_a_set() -> None:
     """Full-width hashes, enough to double the shards several times, with deletions and the extremes."""
     rng = random.Random(11)
     pool = [2, 2**63 - 1, 2**63, 2**64 - 1] + [rng.randrange(2, 2**64) for _ in range(12_000)]
-    mine, ref = HashSet(), set()
-    for _ in range(60_000):
-        h = rng.choice(pool)
-        if rng.random() < 0.75:
-            mine.add(h)
-            ref.add(h)
-        else:
-            mine.discard(h)
-            ref.discard(h)
+    mine, ref = _walk(pool, 0.75, seed=11)
     assert len(mine) == len(ref) > 8 * SHARD_MEMBERS  # split at least three times
     assert all((h in mine) == (h in ref) for h in pool)
     for h in list(ref):
