@@ -12,6 +12,7 @@ process's; what grew, by site, is what this is for.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import tracemalloc
@@ -33,27 +34,24 @@ def start_tracing(directory: Path, every_s: float) -> threading.Thread:
     directory.mkdir(parents=True, exist_ok=True)
     tracemalloc.start(FRAMES)
     began = time.monotonic()
-    own = (
-        tracemalloc.Filter(False, tracemalloc.__file__),
-        tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-    )
 
     def dump_forever() -> None:
         wake = threading.Event()  # never set: a wait with a timeout is the clock
         while True:
             wake.wait(every_s)
             # Grouped by call chain at once: a raw snapshot of a million blocks would itself take
-            # hundreds of MB in the process it measures.
-            held = tracemalloc.take_snapshot().filter_traces(own).statistics("traceback")
+            # hundreds of MB in the process it measures. Not filtered: a filter is a Python call per block
+            # (a minute of the monitor's time at half a million), and what tracing itself holds is steady.
+            held = tracemalloc.take_snapshot().statistics("traceback")
             rows = [
                 {"at": [_where(f) for f in stat.traceback], "size": stat.size, "count": stat.count}
                 for stat in held
             ]
-            del held
             name = f"held-{time.monotonic() - began:08.0f}"
             partial = directory / f".{name}"
             partial.write_bytes(orjson.dumps(rows))
             partial.rename(directory / f"{name}{SUFFIX}")  # a reader never sees half a file
+            del held, rows  # or the next snapshot would count them
 
     thread = threading.Thread(target=dump_forever, name="memory-trace", daemon=True)
     thread.start()
@@ -116,11 +114,16 @@ def _load(path: Path) -> dict[tuple[str, ...], tuple[int, int]]:
 
 
 def _where(frame: tracemalloc.Frame) -> str:
-    """``file:line``, from the project's root or from the installed package on."""
-    path = Path(frame.filename)
+    return f"{_file(frame.filename)}:{frame.lineno}"
+
+
+@functools.cache
+def _file(filename: str) -> str:
+    """The file from the project's root, or from the installed package, on."""
+    path = Path(filename)
     if path.is_relative_to(ROOT):
-        return f"{path.relative_to(ROOT)}:{frame.lineno}"
+        return str(path.relative_to(ROOT))
     parts = path.parts
     if "site-packages" in parts:
         parts = parts[parts.index("site-packages") + 1 :]
-    return f"{'/'.join(parts[-3:])}:{frame.lineno}"
+    return "/".join(parts[-3:])
