@@ -50,7 +50,8 @@ def bench(
         "--trace-memory",
         help="--soak: the monitor traces its allocations (tracemalloc, a snapshot a minute) and the soak "
         "prints the sites that grew most over the measured minutes, in bytes per request. Slows the "
-        "monitor: its CPU figures are then not comparable.",
+        "monitor several times over (at 300/s it may lag, and a lagging consumer's buffers then show as "
+        "growth): its CPU figures are not comparable, and its resident memory includes the traces.",
     ),
     json_path: Path | None = typer.Option(
         None, "--json", metavar="PATH", help="Write every figure as JSON here (targets and details included)."
