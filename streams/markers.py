@@ -73,11 +73,12 @@ def _swapped(hashes: array[int]) -> array[int]:
 
 class HashSet:
     """A set of 64-bit hashes in sorted ``array('Q')`` shards, by a hash's top bits: 8 bytes a member plus
-    the arrays' headroom (about 6%) and a header per shard of 256 to 512 members, no Python object per
-    member. A lookup is a binary search in one shard; adding or removing a member moves the shard's tail
-    (4 kB at most); the shards double (each split in two, O(n) once per doubling) when they average
-    :data:`SHARD_MEMBERS`. An open-addressing table kept at most half full, before, cost 2 to 4 slots (16 to
-    32 bytes) a member and grew in doublings of the whole table."""
+    the arrays' headroom (about 6%) and a header per shard of 256 to 512 members on average, no Python
+    object per member. A lookup is a binary search in one shard; adding or removing a member moves the
+    shard's tail (a few kB); the shards double (each split in two, O(n) once per doubling) when they
+    average :data:`SHARD_MEMBERS`, and are not merged again when the set shrinks (an empty one is
+    freed). An open-addressing table kept at most half full, before, cost 2 to 4 slots (16 to 32 bytes) a
+    member and grew in doublings of the whole table."""
 
     def __init__(self) -> None:
         self._shards: list[array[int] | None] = [None]
