@@ -67,6 +67,8 @@ def monitor(
     metrics per model version and window (modelwatch_monitor_*), /healthz (alive) and /readyz (tables
     recovered).
     """
+    if trace_memory is not None and trace_memory.exists() and not trace_memory.is_dir():
+        raise ConfigError(f"--trace-memory names {trace_memory}, which is not a directory")
     if config is not None:
         if not config.is_file():
             raise ConfigError(f"--config names {config}, which is not a file")

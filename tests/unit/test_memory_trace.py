@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import orjson
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from services.bench.memory_trace import ROOT, growth, snapshots
 from services.bench.soak import SoakPlan, growth_table, soak_summary
 from services.bench.steady import SteadyRun
 from services.cli import app as cli_app
+from services.cli import main
 
 #: A process that keeps 100 kB more every 10 ms at one line (GROWS_AT) until four snapshots are written,
 #: and holds 1 MB allocated once before tracing's first snapshot (which must not show as growth).
@@ -90,3 +92,13 @@ def test_the_soak_reports_what_grew_per_request() -> None:
 def test_trace_memory_needs_the_soak() -> None:
     result = CliRunner().invoke(cli_app, ["bench", "--quick", "--trace-memory"])
     assert result.exit_code != 0 and "add --soak" in result.output
+
+
+def test_trace_memory_into_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert main(["monitor", "--trace-memory", str(taken)]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"modelwatch: error: --trace-memory names {taken}, which is not a directory"
+    )
