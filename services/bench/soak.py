@@ -71,7 +71,6 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
         ).version
         say(f"soak: {plan.warmup_minutes:g} min warm-up, then {plan.minutes:g} min at {plan.rate:,.0f}/s")
         traces = rig.workdir / "memory-trace"
-        traced = ["--trace-memory", str(traces), "--trace-every", f"{plan.trace_every_s:g}"]
         run = run_steady(
             rig,
             version,
@@ -82,7 +81,11 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
             monitor=True,
             progress=say,
             progress_every_s=plan.progress_every_s,
-            monitor_args=traced if plan.trace_memory else (),
+            monitor_args=(
+                ["--trace-memory", str(traces), "--trace-every", f"{plan.trace_every_s:g}"]
+                if plan.trace_memory
+                else ()
+            ),
         )
         if plan.trace_memory:
             # The measured minutes ended as run_steady returned (give or take its teardown).
@@ -100,9 +103,10 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
         contended = (pressure_end - pressure) / 1e4 / (time.monotonic() - started)
     summary = soak_summary(plan, run, {**machine(), "cpu_pressure_pct": contended})
     if grown is not None:
-        worked = run.as_dict().get("monitor_requests_worked") or 0
-        per_request = worked and grown["traced_grown_mb"] * 2**20 / (worked * grown["minutes"] / plan.minutes)
-        summary["memory_growth"] = {**grown, "bytes_per_request": per_request or None}
+        # The requests worked off in the minutes between the two snapshots, at the run's average pace.
+        worked = (run.monitor_requests_worked or 0) * grown["minutes"] / plan.minutes
+        per_request = grown["traced_grown_mb"] * 2**20 / worked if worked else None
+        summary["memory_growth"] = {**grown, "bytes_per_request": per_request}
     return summary
 
 
@@ -115,6 +119,7 @@ def soak_summary(plan: SoakPlan, run: SteadyRun, on: dict[str, Any]) -> dict[str
         "soak": run.as_dict(),
         "soak_monitor_rss_drift": run.monitor_rss_drift,
         "soak_replica_rss_drift": run.rss_drift,
+        "trace_memory": plan.trace_memory,
     }
     summary["targets"] = [t for t in judge_targets(summary) if t["key"].startswith("soak_")]
     return summary
@@ -129,7 +134,7 @@ def soak_table(summary: dict[str, Any]) -> Table:
         + f"); after {run['warmup_s'] / 60:g} min warm-up, {run['seconds'] / 60:g} min measured"
         + (
             "; the monitor traced its allocations, so its CPU is not comparable"
-            if "trace-memory" in summary["command"]
+            if summary.get("trace_memory")
             else ""
         ),
         title_justify="left",

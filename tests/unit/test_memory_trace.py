@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from services.bench.memory_trace import ROOT, growth, snapshots
-from services.bench.soak import SoakPlan, growth_table, soak_summary
+from services.bench.soak import SoakPlan, growth_table, soak_summary, soak_table
 from services.bench.steady import SteadyRun
 from services.cli import app as cli_app
 from services.cli import main
@@ -64,6 +64,10 @@ def test_the_soak_reports_what_grew_per_request() -> None:
     run = SteadyRun(300.0, 1800.0, warmup_s=300.0, monitor=True, monitor_requests_worked=540_000)
     summary = soak_summary(plan, run, {"nproc": 2})
     assert summary["command"].endswith("--trace-memory")
+    titled = Console(width=400, record=True)
+    titled.print(soak_table(summary))
+    titled.print(soak_table(soak_summary(SoakPlan(minutes=30, rate=300), run, {"nproc": 2})))
+    assert titled.export_text().count("traced its allocations") == 1  # the traced run's table only
     summary["memory_growth"] = {
         "from_s": 30.0,
         "minutes": 29.0,
