@@ -19,9 +19,8 @@ per evaluation, holding only the new ones), in the ``windows`` table beside the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from streams.markers import MarkerRecord, Markers, request_hash
+from streams.markers import MarkerRecord, Markers, MarkerValue, request_hash
 
 #: Buckets of the run's event-time clock, in ms.
 BUCKET_MS = 10_000
@@ -29,7 +28,7 @@ BUCKET_MS = 10_000
 HORIZON_MS = 600_000
 
 #: A record to write in the ``windows`` table: (key, value, or ``None`` to delete it).
-Record = tuple[str, dict[str, Any] | None]
+Record = tuple[str, MarkerValue | None]
 
 
 class CountedRequests:

@@ -148,7 +148,7 @@ class Experiments:
     every_ms: int = 5000
     #: Keys of the ``windows`` table to write after this evaluation: (partition, the run's state, or
     #: ``None`` to delete it).
-    dirty: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    dirty: dict[str, tuple[int, dict[str, Any] | str | None]] = field(default_factory=dict)
     _last_event: dict[str, int] = field(default_factory=dict)
     #: The last run that ended on this worker, as its final event: the metrics still show its decision.
     ended: dict[str, Any] | None = None
@@ -170,10 +170,12 @@ class Experiments:
         for key, value in records:
             if key.startswith(PRE_PERIOD_KEYS):
                 continue
-            if not key.startswith(KEY_PREFIX) or not isinstance(value, dict):
+            if not key.startswith(KEY_PREFIX):
                 continue
-            if (seen := CountedRequests.parse_key(key)) is not None:
+            if (seen := CountedRequests.parse_key(key)) is not None:  # a string (a dict, from older monitors)
                 counted.setdefault(seen[0], []).append((seen[1], seen[2], value))
+                continue
+            if not isinstance(value, dict):
                 continue
             try:
                 run = Run.from_dict(value)
@@ -405,7 +407,7 @@ class Experiments:
         ]
         self.pre_periods.hold_ms = min(starts) if starts else None
 
-    def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | None]]:
+    def take_dirty(self) -> list[tuple[str, int, dict[str, Any] | str | None]]:
         """(key, partition, the state or ``None`` to delete it) to write now: the runs', the pre-periods'."""
         out = [(key, partition, value) for key, (partition, value) in self.dirty.items()]
         self.dirty = {}

@@ -47,7 +47,7 @@ from schemas.metrics import request_counts
 from streams.labelled import Labelled, Paired
 from streams.labelled import decode_bundle as decode_bundle  # re-exported: the join's output, read here
 from streams.labelled import encode_bundle as encode_bundle
-from streams.markers import MarkerRecord, Markers, request_hash
+from streams.markers import MarkerRecord, Markers, MarkerValue, request_hash
 from streams.watermarks import ALL_IDLE, Clocks
 
 Unlabelled = Literal["no_purchase", "drop"]
@@ -105,7 +105,7 @@ class PendingStore(Protocol):
 
     def items(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
 
-    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None: ...
+    def put_markers(self, bucket: int, chunk: int, value: MarkerValue) -> None: ...
 
     def delete_markers(self, bucket: int, chunks: list[int | None]) -> None: ...
 
@@ -117,7 +117,7 @@ class DictStore:
 
     def __init__(self) -> None:
         self.data: dict[str, dict[str, Any]] = {}
-        self.markers: dict[tuple[int, int | None], dict[str, Any]] = {}
+        self.markers: dict[tuple[int, int | None], MarkerValue] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
@@ -137,7 +137,7 @@ class DictStore:
     def __len__(self) -> int:
         return len(self.data)
 
-    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None:
+    def put_markers(self, bucket: int, chunk: int, value: MarkerValue) -> None:
         self.markers[bucket, chunk] = value
 
     def delete_markers(self, bucket: int, chunks: list[int | None]) -> None:

@@ -3,12 +3,13 @@
 A marker lives until both watermarks are two label windows past its request (:mod:`streams.join`): at the
 storefront's pace that is an hour of traffic, a million requests at 300/s. Kept as a Python ``str`` in a
 dict and in a list per bucket (and a copy of the list in the table), a marker cost some 200 bytes and the
-monitor's memory grew with traffic times hours. Here a marker is an 8-byte hash in its bucket's
-``array('Q')`` and in one :class:`HashSet` (sorted shards of 8-byte hashes): about 18 bytes each
-(tracemalloc, 300,000 markers; 39 with the half-full open-addressing table used before), and no Python
-object per request. Marking, looking up and forgetting cost O(1) per request, amortized: a shard holds
-a few hundred members (a binary search; an insertion moves its tail), and the shards' doubling copies
-each member once.
+monitor's memory grew with traffic times hours. Here a marker is an 8-byte hash in one :class:`HashSet`
+(sorted shards of 8-byte hashes) and its 11 characters of base64 in its bucket's record, the string the
+table holds: about 22 bytes each (tracemalloc, 100,000 markers; 39 with a half-full open-addressing table
+and an array per bucket beside the table, before), and no Python object per request. Marking, looking up
+and forgetting cost O(1) per request, amortized: a shard holds a few hundred members (a binary search; an
+insertion moves its tail), and the shards' doubling copies each member once; forgetting a bucket decodes
+its records once.
 
 Hash collisions. Two different request ids with the same 64-bit hash would make the second look like a
 replay of the first while the first's marker lives: with ``n`` markers live, a new request collides with
@@ -17,15 +18,16 @@ markers, a lost request every ~10**13 at that load.
 
 Persistence: each batch writes the markers it added, one record per bucket touched (:meth:`Markers.unwritten`,
 a *chunk* of that bucket), rather than writing every bucket it touched again in full; forgetting a bucket
-deletes its chunks. A chunk is ``{"h": <base64 of little-endian uint64s>}``; a marker record of an older
-monitor (``{"ids": [...]}``, one per bucket) is read as a chunk too.
+deletes its chunks. A chunk is the base64 of its hashes (little-endian uint64s), a bare string: the table's
+dict per record, held for an hour, cost more than the hashes it wrapped. An older monitor's chunk
+(``{"h": <base64>}``) and bucket (``{"ids": [...]}``) are read too.
 
 At a live pace a batch holds a few markers, and a bucket (a second of traffic) gets a chunk from each of
 the ~10 batches that touch it: the records' keys and dicts then cost more than the markers (118 bytes a
 request in all at 5 a batch, against 56 at 50). So once a bucket is *closed* (the prediction clock is past
 it: no marker goes there any more) its chunks are written again as one (:meth:`Markers.merge_closed`)
 and deleted, once per bucket. The merged record goes to the changelog before the deletions: a crash in
-between leaves the bucket's markers twice, which :meth:`Markers.load` takes once.
+between leaves the bucket's markers twice: the set takes them once, and the next merge writes them once.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ EMPTY, DELETED = 0, 1  # values no hash takes (stored hashes keep that rule): EM
 #: A :class:`HashSet`'s shards double when they hold this many members on average.
 SHARD_MEMBERS = 512
 
+#: A stored chunk of markers: the base64 of its hashes (little-endian uint64s), or an older monitor's
+#: ``{"h": <that base64>}`` or ``{"ids": [...]}`` (a whole bucket).
+MarkerValue = str | dict[str, Any]
 #: A stored marker record: (bucket, chunk, value); chunk ``None`` for an older monitor's whole bucket.
-MarkerRecord = tuple[int, int | None, dict[str, Any]]
+MarkerRecord = tuple[int, int | None, MarkerValue]
 
 
 def request_hash(request_id: str) -> int:
@@ -53,15 +58,17 @@ def request_hash(request_id: str) -> int:
     return h if h > DELETED else h + 2
 
 
-def encode_hashes(hashes: array[int]) -> dict[str, Any]:
+def encode_hashes(hashes: array[int]) -> str:
     data = hashes if sys.byteorder == "little" else _swapped(hashes)
-    return {"h": base64.b64encode(data.tobytes()).decode("ascii")}
+    return base64.b64encode(data.tobytes()).decode("ascii")
 
 
-def decode_hashes(value: dict[str, Any]) -> array[int]:
-    if "ids" in value:  # an older monitor's bucket: the ids themselves
-        return array("Q", (request_hash(str(rid)) for rid in value["ids"]))
-    hashes = array("Q", base64.b64decode(value["h"]))
+def decode_hashes(value: MarkerValue) -> array[int]:
+    if isinstance(value, dict):  # an older monitor's chunk: in a dict, or the ids themselves
+        if "ids" in value:
+            return array("Q", (request_hash(str(rid)) for rid in value["ids"]))
+        value = str(value["h"])
+    hashes = array("Q", base64.b64decode(value))
     return hashes if sys.byteorder == "little" else _swapped(hashes)
 
 
@@ -135,13 +142,16 @@ class HashSet:
 
 class Markers:
     """The markers of one join partition, in buckets of the prediction clock (:data:`streams.join.
-    MARKER_BUCKET_MS`), forgotten a bucket at a time."""
+    MARKER_BUCKET_MS`), forgotten a bucket at a time.
+
+    A bucket's hashes are kept twice: in the set (to look them up) and in the records written for it,
+    which are the very strings the table holds (:meth:`unwritten` returns them; :meth:`load` keeps what
+    the table gives back), not a copy: forgetting a bucket decodes them to take its hashes out of the set."""
 
     def __init__(self) -> None:
         self._set = HashSet()
-        self._buckets: dict[int, array[int]] = {}
         self._order: list[int] = []  # a heap of the buckets' numbers
-        self._chunks: dict[int, list[int | None]] = {}  # chunks of each bucket in the store
+        self._chunks: dict[int, dict[int | None, MarkerValue]] = {}  # each bucket's records in the store
         self._unwritten: dict[int, array[int]] = {}  # hashes marked since the last write, by bucket
         self._split: set[int] = set()  # buckets in more than one chunk in the store
 
@@ -152,11 +162,9 @@ class Markers:
         return len(self._set)
 
     def mark(self, h: int, bucket: int) -> None:
-        hashes = self._buckets.get(bucket)
-        if hashes is None:
-            hashes = self._buckets[bucket] = array("Q")
+        if bucket not in self._chunks:
+            self._chunks[bucket] = {}
             heapq.heappush(self._order, bucket)
-        hashes.append(h)
         self._unwritten.setdefault(bucket, array("Q")).append(h)
         self._set.add(h)
 
@@ -166,26 +174,27 @@ class Markers:
     def forget_oldest(self) -> tuple[int, list[int | None]]:
         """Forget the oldest bucket; return it and its chunks in the store (to delete)."""
         bucket = heapq.heappop(self._order)
-        for h in self._buckets.pop(bucket, array("Q")):
-            self._set.discard(h)
-        self._unwritten.pop(bucket, None)
+        chunks = self._chunks.pop(bucket, {})
+        for hashes in [self._unwritten.pop(bucket, ()), *map(decode_hashes, chunks.values())]:
+            for h in hashes:
+                self._set.discard(h)
         self._split.discard(bucket)
-        return bucket, self._chunks.pop(bucket, [])
+        return bucket, list(chunks)
 
-    def unwritten(self) -> list[tuple[int, int, dict[str, Any]]]:
+    def unwritten(self) -> list[tuple[int, int, str]]:
         """The records to write for the markers added since the last call: (bucket, chunk, value)."""
         out = []
         for bucket in sorted(self._unwritten):
-            chunks = self._chunks.setdefault(bucket, [])
+            chunks = self._chunks[bucket]
             chunk = _next_chunk(chunks)
-            chunks.append(chunk)
+            chunks[chunk] = value = encode_hashes(self._unwritten[bucket])
             if len(chunks) > 1:
                 self._split.add(bucket)
-            out.append((bucket, chunk, encode_hashes(self._unwritten[bucket])))
+            out.append((bucket, chunk, value))
         self._unwritten.clear()
         return out
 
-    def merge_closed(self, before: int) -> list[tuple[int, int, dict[str, Any], list[int | None]]]:
+    def merge_closed(self, before: int) -> list[tuple[int, int, str, list[int | None]]]:
         """Each bucket below ``before`` (closed: no marker goes there any more) that the store holds in
         several chunks, as one: (bucket, its new chunk, the value of all its markers, the chunks to delete).
         Call it after :meth:`unwritten`, whose chunks it may replace."""
@@ -193,9 +202,15 @@ class Markers:
         for bucket in sorted(b for b in self._split if b < before):
             self._split.discard(bucket)
             replaced = self._chunks[bucket]
+            hashes = array("Q")
+            for value in replaced.values():
+                hashes.extend(decode_hashes(value))
+            if len(set(hashes)) < len(hashes):  # a merge cut short by a crash left some in two chunks
+                hashes = array("Q", dict.fromkeys(hashes))
             chunk = _next_chunk(replaced)
-            self._chunks[bucket] = [chunk]
-            out.append((bucket, chunk, encode_hashes(self._buckets[bucket]), replaced))
+            value = encode_hashes(hashes)
+            self._chunks[bucket] = {chunk: value}
+            out.append((bucket, chunk, value, list(replaced)))
         return out
 
     @classmethod
@@ -203,26 +218,20 @@ class Markers:
         """The markers as the store holds them (a restart)."""
         markers = cls()
         for bucket, chunk, value in records:
-            if bucket not in markers._buckets:
-                markers._buckets[bucket] = array("Q")
+            chunks = markers._chunks.get(bucket)
+            if chunks is None:
+                chunks = markers._chunks[bucket] = {}
                 markers._order.append(bucket)
-            hashes = decode_hashes(value)
-            markers._buckets[bucket].extend(hashes)
-            chunks = markers._chunks.setdefault(bucket, [])
-            chunks.append(chunk)
+            chunks[chunk] = value
             if len(chunks) > 1:
                 markers._split.add(bucket)
-            for h in hashes:
+            for h in decode_hashes(value):
                 markers._set.add(h)
-        for bucket in markers._split:  # a merge cut short by a crash leaves some markers in two chunks
-            hashes = markers._buckets[bucket]
-            if len(set(hashes)) < len(hashes):
-                markers._buckets[bucket] = array("Q", dict.fromkeys(hashes))
         heapq.heapify(markers._order)
         return markers
 
 
-def _next_chunk(chunks: list[int | None]) -> int:
+def _next_chunk(chunks: Iterable[int | None]) -> int:
     return 1 + max((c for c in chunks if c is not None), default=-1)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from streams.markers import MarkerRecord
+from streams.markers import MarkerRecord, MarkerValue
 from streams.watermarks import Clocks
 
 #: A segment stops growing past this many bytes of UTF-8 (one request may take it over): under Kafka's 1 MB
@@ -71,7 +71,7 @@ class PendingStore:
         # This batch's changes: requests added or changed (packed JSON), ids removed from segments.
         self._added: dict[str, bytes] = {}
         self._removed: list[str] = []
-        self._markers: dict[str, dict[str, Any] | None] = {}  # full keys; None deletes
+        self._markers: dict[str, MarkerValue | None] = {}  # full keys; None deletes
         self._legacy: list[str] = []  # older monitors' per-request keys, deleted at the next flush
         self.written_offset: int | None = None  # the next offset in the last clocks record written
 
@@ -114,7 +114,7 @@ class PendingStore:
     def __contains__(self, key: str) -> bool:
         return key in self._added or key in self._index
 
-    def put_markers(self, bucket: int, chunk: int, value: dict[str, Any]) -> None:
+    def put_markers(self, bucket: int, chunk: int, value: MarkerValue) -> None:
         self._markers[_marker_key(self.partition, bucket, chunk)] = value
 
     def delete_markers(self, bucket: int, chunks: list[int | None]) -> None:
@@ -285,7 +285,7 @@ def _marker_key(partition: int, bucket: int, chunk: int | None) -> str:
     return f"m:{partition}:{bucket}" if chunk is None else f"m:{partition}:{bucket}:{chunk}"
 
 
-def marker_record(where: str, value: dict[str, Any]) -> MarkerRecord:
+def marker_record(where: str, value: MarkerValue) -> MarkerRecord:
     """A marker record from what follows ``m:<partition>:`` in its key: ``<bucket>:<chunk>``, or an older
     monitor's ``<bucket>``."""
     bucket, _, chunk = where.partition(":")

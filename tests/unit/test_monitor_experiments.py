@@ -179,7 +179,7 @@ def test_one_decision_one_command_across_a_restart_and_a_replay() -> None:
 
     # A restart from the state written before the send: the log is checked first.
     restarted = Experiments(SMALL)
-    before = {k: {**v, "commanded": None} for k, v in state.items()}
+    before = {k: {**v, "commanded": None} if isinstance(v, dict) else v for k, v in state.items()}
     restarted.restore(before.items(), owned={2})
     assert restarted.count(shadow_message(100, worse=True), 2, 10) is None  # counted before
     on_log = [*log, command]
