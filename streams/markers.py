@@ -5,7 +5,7 @@ storefront's pace that is an hour of traffic, a million requests at 300/s. Kept 
 dict and in a list per bucket (and a copy of the list in the table), a marker cost some 200 bytes and the
 monitor's memory grew with traffic times hours. Here a marker is an 8-byte hash in one :class:`HashSet`
 (sorted shards of 8-byte hashes) and its 11 characters of base64 in its bucket's record, the string the
-table holds: about 22 bytes each (tracemalloc, 100,000 markers; 39 with a half-full open-addressing table
+table holds: about 20 bytes each (tracemalloc, 100,000 markers; 39 with a half-full open-addressing table
 and an array per bucket beside the table, before), and no Python object per request. Marking, looking up
 and forgetting cost O(1) per request, amortized: a shard holds a few hundred members (a binary search; an
 insertion moves its tail), and the shards' doubling copies each member once; forgetting a bucket decodes
