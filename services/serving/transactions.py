@@ -3,11 +3,12 @@
 **Exactly-once** (``--exactly-once``). Consume-transform-produce in Kafka transactions: predictions,
 dead letters and the consumer's positions (``send_offsets_to_transaction`` with the group metadata) commit
 atomically. One transaction gathers batches for ``transaction_ms`` to spread the commit's cost. An
-abortable error aborts and rewinds the consumer to the last committed offsets. A fenced or otherwise
-fatally failed producer is replaced by a new one with the same transactional id and the work since the last
-commit is redone: the usual cause is a transaction that outlived ``transaction.timeout.ms`` while a broker
-failed over, which the coordinator aborts by bumping the epoch. Fenced more than
-``FENCINGS_PER_MINUTE`` times in a minute, the replica gives up: another one runs with its instance id.
+abortable error aborts, renews the producer (a new epoch: see :meth:`ExactlyOnce._fresh_epoch`) and
+rewinds the consumer to the last committed offsets. A fenced or otherwise fatally failed producer is
+replaced by a new one with the same transactional id and the work since the last commit is redone: the
+usual cause is a transaction that outlived ``transaction.timeout.ms`` while a broker failed over, which
+the coordinator aborts by bumping the epoch. Fenced more than ``FENCINGS_PER_MINUTE`` times in a minute,
+the replica gives up: another one runs with its instance id.
 Readers of the output use ``isolation.level=read_committed``.
 """
 
@@ -130,6 +131,18 @@ class ExactlyOnce(Delivery):
         self._abandon(why)
         self.init()
 
+    def _fresh_epoch(self) -> None:
+        """After a clean abort, a new producer for the redone work. The old one keeps its epoch and its
+        per-partition sequences, and those are wrong after a send that timed out yet was written (a leader
+        that died or froze before answering): the broker takes the redone batches that reuse those
+        sequences for duplicates, acknowledges them and writes nothing, so the requests are never answered
+        (seen when a broker is SIGKILLed; cf. confluentinc/librdkafka#4134, #4953). A new producer's
+        init_transactions bumps the epoch, which starts every partition's sequence afresh. Nothing hangs
+        in the old one, so it is dropped rather than kept."""
+        self.log.warning("producer_renewed_after_abort")
+        self.producer = self.make_producer()
+        self.init()
+
     def _replace_fatal(self, what: str, error: KafkaError) -> None:
         """This producer is finished (fenced, or a fatal idempotence error): carry on with a new one. The
         coordinator fences a producer whose transaction outlived transaction.timeout.ms (a broker failover
@@ -226,6 +239,7 @@ class ExactlyOnce(Delivery):
                 self._guarded(self.producer.abort_transaction, self.timeout_s)
                 self.in_transaction = False
                 self.metrics.rewinds.inc()
+                self._fresh_epoch()
             except (KafkaException, _Stuck) as exc:
                 error = exc.args[0] if isinstance(exc, KafkaException) else None
                 if error is not None and error.fatal():
