@@ -4,46 +4,27 @@
 outside the repository (once), formats storage on first start, and runs one or three combined
 broker+controller nodes on 127.0.0.1. Node *i* (from 1) listens for clients on ``port + 2*(i-1)`` and for
 the controller quorum on the port after it. The layout and pids are kept in ``<data_dir>/cluster.json``.
+
+The jars come from :mod:`services.sandbox.kafka_jars`; each node's ports, directory and process from
+:mod:`services.sandbox.kafka_node`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import BrokerError
 from services.config import BrokerSettings
+from services.sandbox.kafka_jars import ensure_jars
+from services.sandbox.kafka_node import Node, alive, port_open, reap
 from services.sandbox.listeners import anonymous_super_user_exposure
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>modelwatch</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>1</version>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version>
-    </dependency>
-    <!-- Kafka 3.9 logs through slf4j 1.x to reload4j, which core only compiles against. -->
-    <dependency>
-      <groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version>
-    </dependency>
-    <dependency>
-      <groupId>ch.qos.reload4j</groupId><artifactId>reload4j</artifactId><version>1.2.25</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 _LOG4J = """log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.RollingFileAppender
@@ -55,87 +36,6 @@ log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.request.logger=WARN
 log4j.logger.state.change.logger=WARN
 """
-
-
-def ensure_jars(settings: BrokerSettings, say: Callable[[str], None] = print) -> Path:
-    """The directory holding the broker's classpath, fetched with ``mvn`` on first use."""
-    home = settings.jar_cache / settings.kafka_version
-    lib = home / "lib"
-    done = home / ".complete"
-    if done.exists():
-        return lib
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError("Maven (mvn) is not on PATH: it fetches the Kafka jars from Maven Central")
-    if shutil.which("java") is None:
-        raise BrokerError("java is not on PATH: the broker needs JDK 17")
-    home.mkdir(parents=True, exist_ok=True)
-    # One fetch at a time: two processes starting brokers at once (the tests' two workers) would otherwise
-    # both run mvn into the same directory; the second waits, then finds the jars complete.
-    with (home / ".fetch.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return lib
-        (home / "pom.xml").write_text(_POM.format(version=settings.kafka_version))
-        say(f"fetching Apache Kafka {settings.kafka_version} jars from Maven Central into {lib} (once) ...")
-        proc = subprocess.run(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={lib}",
-                "-DincludeScope=runtime",
-            ],
-            cwd=home,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-            raise BrokerError(f"mvn could not fetch kafka_2.13:{settings.kafka_version}: " + " | ".join(tail))
-        done.write_text(settings.kafka_version)
-    return lib
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); look at its state.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
-
-
-@dataclass
-class Node:
-    node_id: int
-    port: int
-    controller_port: int
-    directory: Path
-    pid: int | None = None
-
-    @property
-    def log(self) -> Path:
-        return self.directory / "server.log"
-
-    @property
-    def running(self) -> bool:
-        return _alive(self.pid)
 
 
 class LocalCluster:
@@ -200,7 +100,7 @@ class LocalCluster:
 
     @staticmethod
     def _any_running(state: dict) -> bool:
-        return any(_alive(pid) for pid in state.get("pids", {}).values())
+        return any(alive(pid) for pid in state.get("pids", {}).values())
 
     def _write_state(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +189,7 @@ class LocalCluster:
             self._wait_ready(timeout, say)
             return self.bootstrap
         for n in self.nodes:
-            if not n.running and (_port_open(n.port) or _port_open(n.controller_port)):
+            if not n.running and (port_open(n.port) or port_open(n.controller_port)):
                 raise BrokerError(
                     f"port {n.port} or {n.controller_port} is in use by another process; "
                     "choose another with --port"
@@ -367,7 +267,7 @@ class LocalCluster:
                 raise BrokerError(
                     f"broker node {n.node_id} exited during start; see {n.log}: {self._tail(n)}"
                 )
-            if not all(_port_open(n.port) for n in self.nodes):
+            if not all(port_open(n.port) for n in self.nodes):
                 time.sleep(0.2)
                 continue
             # Created only once every port listens, so librdkafka has no refused connections to log.
@@ -409,7 +309,7 @@ class LocalCluster:
                 os.kill(n.pid, signal.SIGKILL)
             if n.pid:
                 stopped.append(n.node_id)
-                _reap(n.pid)
+                reap(n.pid)
             n.pid = None
         self._write_state()
         return stopped
@@ -434,7 +334,7 @@ class LocalCluster:
             os.kill(n.pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while n.running and time.monotonic() < deadline:
-                _reap(n.pid)
+                reap(n.pid)
                 time.sleep(0.05)
         n.pid = None
         self._write_state()
@@ -446,13 +346,8 @@ class LocalCluster:
                 "pid": n.pid if n.running else None,
                 "running": n.running,
                 "port": n.port,
-                "answers": _port_open(n.port),
+                "answers": port_open(n.port),
                 "log": str(n.log),
             }
             for n in self.nodes
         ]
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)

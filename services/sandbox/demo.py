@@ -8,8 +8,9 @@ delivery (:mod:`services.sandbox.demo_stages`): a good retrain goes shadow, cana
 monitor; the degraded version, as a canary, is aborted by it. Then stop everything that was started, print
 the timeline, and draw the report.
 
-The demo judges the story only from what crosses Kafka (its own consumer reads every output topic from
-the offsets they had when it began), so it shows exactly what an operator tailing the topics would see.
+The demo judges the story only from what crosses Kafka (its own consumer,
+:mod:`services.sandbox.demo_watcher`, reads every output topic from the offsets they had when it began), so
+it shows exactly what an operator tailing the topics would see.
 """
 
 from __future__ import annotations
@@ -17,22 +18,18 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-from confluent_kafka import TopicPartition
-
-from services import kafka
 from services.config import Settings
 from services.deployment import orders as deployment
 from services.kafka.topics import create_topics
 from services.registry import Registry
 from services.sandbox.broker import LocalCluster
 from services.sandbox.demo_stages import StagedResult, staged_story
+from services.sandbox.demo_watcher import Watcher
 from services.sandbox.processes import ManagedProcess, wait_for
 from services.sandbox.storefront import DEFAULT_WORLD_SEED, SimulationPlan, simulate
 from services.sandbox.versions import train_on_world
@@ -84,16 +81,6 @@ margin = 0.2
 max_duration_s = 300
 """
 
-WATCHED = (
-    "predictions",
-    "requests.dlq",
-    "metrics",
-    "alerts",
-    "model-commands",
-    "model-events",
-    "experiments",
-)
-
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -111,82 +98,6 @@ class DemoPlan:
     canary_share: float = 0.2
     #: Longest the demo waits for each of the monitor's experiment decisions.
     decision_timeout_s: float = 120.0
-
-
-@dataclass
-class Watcher:
-    """Reads the demo's output topics from where they stood at the start, in a background thread."""
-
-    settings: Settings
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    predictions: Counter[str] = field(default_factory=Counter)
-    #: (version, instance, ts, user) of every prediction, in the order read.
-    _made: list[tuple[str, str, int, str]] = field(default_factory=list)
-    dead_letters: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> None:
-        self.consumer = kafka.consumer(self.settings, group_id=f"{self.settings.topic_prefix}demo-watcher")
-        partitions = []
-        for suffix in WATCHED:
-            topic = self.settings.topic(suffix)
-            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-            for p in meta.partitions:
-                _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                partitions.append(TopicPartition(topic, p, hi))
-        self.consumer.assign(partitions)  # assign, not subscribe: nothing is committed, no group joins
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="demo-watcher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        suffix_of = {self.settings.topic(s): s for s in WATCHED}
-        while not self._stop.is_set():
-            for msg in self.consumer.consume(500, timeout=0.2):
-                if msg.error() is not None or msg.value() is None:
-                    continue
-                suffix = suffix_of[msg.topic() or ""]
-                try:
-                    value = orjson.loads(msg.value() or b"")
-                except orjson.JSONDecodeError:
-                    continue
-                with self._lock:
-                    if suffix == "predictions":
-                        self.predictions[value.get("model_version", "?")] += 1
-                        self._made.append(
-                            (
-                                value.get("model_version", "?"),
-                                value.get("instance"),
-                                value.get("ts", 0),
-                                str(value.get("user_id")),
-                            )
-                        )
-                    elif suffix == "requests.dlq":
-                        self.dead_letters += 1
-                    else:
-                        self.events.setdefault(suffix, []).append(value)
-
-    def of(self, suffix: str, **match: Any) -> list[dict[str, Any]]:
-        with self._lock:
-            found = list(self.events.get(suffix, []))
-        return [e for e in found if all(e.get(k) == v for k, v in match.items())]
-
-    def made(self) -> list[tuple[str, str, int, str]]:
-        with self._lock:
-            return list(self._made)
-
-    def acks(self, command: dict[str, Any], instances: list[str]) -> dict[str, int] | None:
-        """Each instance's activation delay (ms) for ``command``, once all have acknowledged it."""
-        got = {
-            e["instance"]: e["ts"] - command["ts"]
-            for e in self.of("model-events", event="activated", command_id=command["command_id"])
-        }
-        return got if set(instances) <= set(got) else None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.consumer.close()
 
 
 @dataclass
