@@ -48,9 +48,9 @@ def _explain(exc: ValidationError, path: Path | None) -> str:
     if unknown:
         keys = sum(len(names) for names in unknown.values())
         named = "; ".join(f"{', '.join(names)} {where}" for where, names in unknown.items())
-        # The hint names the module the settings lived in before it became this package (services/config/);
-        # kept word for word: README.md and tests/integration/test_settings_at_start.py quote it.
-        return f"unknown setting{'s' if keys > 1 else ''} {named} (a typo? see services/config.py)"
+        # The hint names the package that defines every key; README.md and
+        # tests/integration/test_settings_at_start.py quote it.
+        return f"unknown setting{'s' if keys > 1 else ''} {named} (a typo? see services/config/)"
     first = errors[0]
     loc, why = tuple(first["loc"]), first["msg"].removeprefix("Value error, ")
     if not loc:

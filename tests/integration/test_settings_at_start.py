@@ -26,7 +26,7 @@ def test_a_misspelt_section_in_modelwatch_toml_stops_it_at_start(tmp_path: Path,
     done = run(command, tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "modelwatch: error: unknown setting 'alert' in modelwatch.toml (a typo? see services/config.py)"
+        "modelwatch: error: unknown setting 'alert' in modelwatch.toml (a typo? see services/config/)"
     ], done.stderr[-2000:]
 
 
