@@ -9,10 +9,10 @@ with. Reading history and live commands with one consumer leaves no gap between 
 fall into.
 
 Loading and verifying a version (the registry checks the digest and signature before unpickling) happen
-on this thread, off the hot path. The loaded model is handed to the poll loop through a
-:class:`ModelSlot`; the loop swaps it in between two batches and only then acknowledges, so every
-prediction is tagged with the version that computed it, and the acknowledgement's ``ts`` separates the
-two versions' predictions. Events on ``rec.model-events`` (key: instance):
+on this thread, off the hot path. The loaded model is handed to the poll loop through a :class:`ModelSlot`
+(:mod:`services.serving.slot`); the loop swaps it in between two batches and only then acknowledges, so
+every prediction is tagged with the version that computed it, and the acknowledgement's ``ts`` separates
+the two versions' predictions. Events on ``rec.model-events`` (key: instance):
 
 - ``activated``: version and command_id, after the swap. The version is the one this replica serves to
   everyone: for a ``shadow`` or ``canary``, the incumbent, with the candidate loaded beside it
@@ -34,8 +34,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -56,58 +55,10 @@ from services.model.protocol import Served, served
 from services.serving.experiment import ShadowScorer, Trial
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
+from services.serving.slot import Activation, ModelSlot, ModelSource
 
-
-class ModelSource(Protocol):
-    """Where versions come from (:class:`services.registry.Registry`): verified before unpickled."""
-
-    def load(self, version: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Activation:
-    """A loaded, verified version, the experiment running beside it (if any), and the command that
-    ordered it."""
-
-    version: str
-    model: Served
-    command: dict[str, Any]
-    trial: Trial | None = None
-
-
-class ModelSlot:
-    """The hand-over between the control thread (offers) and the poll loop (swaps between batches)."""
-
-    def __init__(self) -> None:
-        self.active: Activation | None = None
-        self.pending: Activation | None = None
-        self._changed = threading.Condition()
-
-    def offer(self, activation: Activation, stop: threading.Event, idle: Any = None) -> bool:
-        """Hand ``activation`` to the poll loop and wait until it is swapped in (or ``stop``)."""
-        with self._changed:
-            self.pending = activation
-            self._changed.notify_all()
-            while self.pending is activation and not stop.is_set():
-                self._changed.wait(0.1)
-                if idle is not None:
-                    idle()
-            return self.pending is not activation
-
-    def swap(self) -> Activation:
-        """Poll loop only, between batches: make the pending version the active one."""
-        with self._changed:
-            activation = self.pending
-            assert activation is not None, "swap() with nothing pending"
-            self.active, self.pending = activation, None
-            self._changed.notify_all()
-            return activation
-
-    def wait_offered(self, timeout: float) -> bool:
-        with self._changed:
-            if self.pending is None:
-                self._changed.wait(timeout)
-            return self.pending is not None
+# The slot's names are also importable from here, where they used to live.
+__all__ = ["Activation", "Control", "ModelSlot", "ModelSource", "load_logged"]
 
 
 def load_logged(registry: ModelSource, version: str, log: EventLog) -> Served:

@@ -14,6 +14,9 @@ the request topic and loops:
 5. produce the predictions keyed by request_id, under the delivery mode's rules
    (:mod:`~services.serving.delivery`), and commit what is confirmed.
 
+Steps 3-5 are :mod:`~services.serving.batches`; this module is the loop around them: the broker, the
+control threads, the consumer group and its rebalances, the swaps between batches, the stop.
+
 ``stop`` (SIGTERM/SIGINT in the CLI) ends the loop after the batch in hand: its predictions are flushed,
 offsets committed (or the transaction committed) and the consumer closed, which hands its partitions to
 the other replicas at once.
@@ -32,24 +35,25 @@ import os
 import re
 import socket
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import orjson
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from schemas.errors import ConfigError, ServingError
 from services.config import Settings
-from services.serving.clients import produce_when_room, replica_clients, wait_for_broker
-from services.serving.control import Activation, Control, ModelSlot, ModelSource
+from services.serving.batches import Batches, Counts
+from services.serving.clients import replica_clients, wait_for_broker
+from services.serving.control import Control
 from services.serving.delivery import AtLeastOnce, Delivery
 from services.serving.intake import Decoder
 from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
-from services.serving.models import route
 from services.serving.process import tune_gc_for_serving
+from services.serving.slot import Activation, ModelSlot, ModelSource
 from services.serving.transactions import ExactlyOnce
+
+# Counts lives in batches now; importable from here as before.
+__all__ = ["Counts", "Service", "default_instance", "serve"]
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -58,16 +62,6 @@ def default_instance() -> str:
     """``<host>-<pid>``: unique per process, so no two replicas share a transactional id by accident."""
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60] or "host"
     return f"{host}-{os.getpid()}"
-
-
-@dataclass
-class Counts:
-    """What a replica has done so far (the Prometheus metrics say the same, for people)."""
-
-    requests: int = 0
-    predictions: int = 0
-    dead_letters: int = 0
-    batches: int = 0
 
 
 class Service:
@@ -115,11 +109,12 @@ class Service:
         self.serving = threading.Event()  # set once the replica has a model and has joined the group
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._last_ts = 0
         self._partitions: set[int] = set()
         self.requests_topic = settings.topic("requests")
-        self.predictions_topic = settings.topic("predictions")
-        self.dlq_topic = settings.topic("requests.dlq")
+        #: The batch handling: decode, route, score, produce, count (and the predictions' clock).
+        self.batches = Batches(settings, self.instance, self.slots, self.log, self.metrics, self.counts)
+        self.predictions_topic = self.batches.predictions_topic
+        self.dlq_topic = self.batches.dlq_topic
 
     # -- in-process control ---------------------------------------------------------------------------
 
@@ -236,8 +231,7 @@ class Service:
         activation: Activation = slot.swap()
         # Strictly later than every prediction so far, and no later than any to come: the ack's ts
         # separates the versions.
-        self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
-        control.acknowledge(activation, self._last_ts)
+        control.acknowledge(activation, self.batches.ack_ts())
 
     def _serve(self, controls: dict[str, Control], stop: threading.Event) -> None:
         serve = self.settings.serve
@@ -293,6 +287,7 @@ class Service:
         decoder = Decoder(int(m.future_tolerance_s * 1000), int(m.past_tolerance * 1000))
         if decoder.fast_path_off:  # correct, but every request meets the full validator
             self.log.warning("fast_request_check_off", why="; ".join(decoder.fast_path_off))
+        handle = self.batches.handle
         closed = False
         if self.own_process:
             tune_gc_for_serving()  # the model and the clients are loaded by now
@@ -302,7 +297,7 @@ class Service:
                 self._swap_pending(controls)
                 if messages:
                     # The delivery's producer: exactly-once may replace one that hung.
-                    self._handle(messages, decoder, delivery.producer, delivery)
+                    handle(messages, decoder, delivery.producer, delivery)
                 delivery.tick()
                 self._check(controls)
             delivery.close()
@@ -327,93 +322,6 @@ class Service:
         rest = consumer.consume(batch_size - 1, 0)
         rest.insert(0, first)
         return rest
-
-    def _handle(
-        self, messages: list[Message], decoder: Decoder, producer: Producer, delivery: Delivery
-    ) -> None:
-        arrived = time.perf_counter()
-        intake = decoder.decode(messages)
-        for problem in intake.errors:
-            self.log.warning("consume_error", error=problem)
-        requests, sources = intake.requests, intake.sources
-        dead = intake.dead
-        routed = route(
-            requests,
-            sources,
-            dead,
-            self.slots,
-            self.settings.default_model,
-            self.settings.serve.default_k,
-            self.log,
-        )
-        model_dead = routed.failed
-
-        callback = delivery.begin()
-        produced = predictions = 0
-        now_ms = max(int(time.time() * 1000), self._last_ts)
-        self._last_ts = now_ms
-        latency_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
-        instance, topic = self.instance, self.predictions_topic
-        produce, dumps = producer.produce, orjson.dumps
-        try:
-            # One pass over parallel lists: no per-request indexing.
-            for request, version, scores, selected, model in zip(
-                requests, routed.versions, routed.scores, routed.selected, routed.models, strict=True
-            ):
-                if scores is None or selected is None:
-                    continue
-                items = request["items"]
-                rid = request["request_id"]
-                value = dumps(
-                    {
-                        "request_id": rid,
-                        "user_id": request["user_id"],
-                        "model_version": version,  # a canary's candidate, or the active version
-                        "scores": dict(zip(items, scores, strict=False)),  # lengths checked in scoring
-                        "recommended": [items[j] for j in selected],
-                        "instance": instance,
-                        "ts": now_ms,
-                        "request_ts": request["ts"],  # the storefront's clock: the join's event time
-                        "latency_ms": latency_ms,
-                        "model": model,
-                    }
-                )
-                try:
-                    produce(topic, value, rid, on_delivery=callback)
-                except BufferError:
-                    produce_when_room(producer, topic, value, rid, callback)
-                produced += 1
-            predictions = produced
-            for key, value in dead:
-                try:
-                    produce(self.dlq_topic, value, key, on_delivery=callback)
-                except BufferError:
-                    produce_when_room(producer, self.dlq_topic, value, key, callback)
-                produced += 1
-        except KafkaException as exc:
-            # The producer refused (a transaction in error, a fatal producer): the batch is redone.
-            delivery.failed(exc.args[0])
-        delivery.end(messages, produced)
-
-        n = len(messages) - len(intake.errors)
-        self.counts.requests += n
-        self.counts.predictions += predictions
-        self.counts.dead_letters += len(dead)
-        self.counts.batches += 1
-        m = self.metrics
-        m.requests.inc(n)
-        if predictions:
-            for made_by, count in routed.made_by.items():
-                m.predictions.labels(made_by).inc(count)
-        contract_dead = len(dead) - model_dead - routed.unserved
-        if contract_dead:
-            m.dead_letters.labels("contract").inc(contract_dead)
-        if model_dead:
-            m.dead_letters.labels("model").inc(model_dead)
-        if routed.unserved:
-            m.dead_letters.labels("unserved_model").inc(routed.unserved)
-        m.batch_size.observe(n)
-        m.latency.observe(latency_ms / 1000.0, predictions)
 
 
 def serve(
