@@ -6,10 +6,12 @@
     replica.stop()                                            # finishes the batch, commits, closes
 
 ``modelwatch serve --instance serve-1 [--exactly-once]`` runs one replica as a process (SIGTERM stops it
-the same way). Modules: :mod:`.service` (the poll loop), :mod:`.intake` (decode, validate, dead letters),
-:mod:`.scoring` (one model call per batch, failures isolated), :mod:`.delivery` (at-least-once),
-:mod:`.transactions` (exactly-once), :mod:`.clients` (the Kafka clients), :mod:`.control` (commands, model
-swaps, model events), :mod:`.process` (the GC of a serving process), :mod:`.metrics`, :mod:`.logs`.
+the same way). Modules: :mod:`.service` (the poll loop), :mod:`.batches` (one polled batch: decode, score,
+produce, count), :mod:`.intake` (decode, validate, dead letters), :mod:`.scoring` (one model call per
+batch, failures isolated), :mod:`.delivery` (at-least-once), :mod:`.transactions` (exactly-once),
+:mod:`.clients` (the Kafka clients), :mod:`.control` (commands, model swaps, model events), :mod:`.slot`
+(how a loaded version reaches the poll loop), :mod:`.process` (the GC of a serving process),
+:mod:`.metrics`, :mod:`.logs`.
 """
 
 from services.serving.clients import wait_for_broker
