@@ -15,10 +15,11 @@ partition, where that worker keeps the users' pre-periods a canary is adjusted b
   the same outcome (:class:`streams.join.Paired`). A shadow prediction is never a labelled request of its
   version: it reached no user, so it counts in no version's windows, alerts or rollbacks.
 
-**Since the experiment started.** Nothing in a prediction says which command was in force when it was
-made, and a command's ``ts`` is its issuer's clock. The experiment's start in event time is therefore the
-earliest request time of the first candidate evidence (a canary's candidate answers nobody before the
-command, a shadow scores nothing before it); the incumbent's requests from before it are left out.
+**Since the experiment started** (:mod:`streams.experiment_counting`). Nothing in a prediction says which
+command was in force when it was made, and a command's ``ts`` is its issuer's clock. The experiment's start
+in event time is therefore the earliest request time of the first candidate evidence (a canary's candidate
+answers nobody before the command, a shadow scores nothing before it); the incumbent's requests from before
+it are left out.
 
 **The decision** (:class:`streams.comparison.Comparison`) becomes a command the monitor sends itself:
 ``promote`` or ``abort`` (an inconclusive experiment is aborted, saying why), naming the candidate and the
@@ -39,7 +40,6 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
 from schemas.errors import ExperimentError
@@ -47,11 +47,12 @@ from services.config import ExperimentSettings
 from services.deployment import commands
 from services.deployment.experiments import Experiment
 from services.registry.keys import Signer
-from streams.comparison import Comparison, Decision, Mode, request_f1
+from streams.comparison import Comparison, Decision, Mode
+from streams.experiment_counting import add_rows, deadline, fresh_rows, run_clock
 from streams.experiment_replays import CountedRequests
 from streams.markers import MarkerRecord
 from streams.pre_periods import KEY_PREFIX as PRE_PERIOD_KEYS
-from streams.pre_periods import PrePeriods, add_canary
+from streams.pre_periods import PrePeriods
 from streams.rollback import ISSUER
 
 log = logging.getLogger("modelwatch.monitor")
@@ -86,7 +87,8 @@ class Run:
     commanded: str | None = None  # the decision's command id, once it is on its way
     changed: bool = True  # counted since its last experiment event
     #: The monitor's event-time clock when it first saw the experiment run (not before the command was
-    #: issued): its start for the deadline while no candidate evidence says more (Experiments._deadline).
+    #: issued): its start for the deadline while no candidate evidence says more
+    #: (:func:`streams.experiment_counting.deadline`).
     since_ms: int | None = None
     #: The requests counted lately, against the join's replays (:mod:`streams.experiment_replays`).
     counted: CountedRequests = field(init=False)
@@ -215,15 +217,15 @@ class Experiments:
         run.offset, run.partition = offset, partition
         before = (run.comparison.labelled, run.comparison.decision, run.comparison.latest_ms)
         try:
-            clock = self._clock(run, arms, pairs, watermark)
+            clock = run_clock(run, arms, pairs, watermark)
             shadow = run.comparison.mode is Mode.SHADOW
             # Remembered at the run's clock (it never goes back: a replayed message may carry an earlier one).
             at = max(clock or 0, run.comparison.latest_ms or 0)
             arms, pairs = (
-                ([], self._fresh(run, pairs, 7, at)) if shadow else (self._fresh(run, arms, 6, at), [])
+                ([], fresh_rows(run, pairs, 7, at)) if shadow else (fresh_rows(run, arms, 6, at), [])
             )
-            self._add(run.comparison, arms, pairs, watermark, self.pre_periods, experiment.incumbent)
-            self._deadline(run, clock)
+            add_rows(run.comparison, arms, pairs, watermark, self.pre_periods, experiment.incumbent)
+            deadline(run, clock)
         except (ExperimentError, TypeError, ValueError, IndexError) as exc:
             self.invalid += 1
             log.warning("skipped an experiment message at offset %d: %r", offset, exc)
@@ -233,85 +235,6 @@ class Experiments:
         for key, record in run.counted.changes(run.comparison.latest_ms):
             self.dirty[key] = (run.partition, record)
         return run
-
-    @staticmethod
-    def _clock(run: Run, arms: list[list[Any]], pairs: list[list[Any]], watermark: int | None) -> int | None:
-        """The experiment's event-time clock by this message: the join's watermark, where the message has it
-        (one far-future timestamp cannot move it: it is the least of the source partitions' latest
-        plausible event times); else, from an older monitor's join, the latest request of the evidence.
-        The first one is where the experiment started as far as the monitor knows (:attr:`Run.since_ms`)."""
-        ts = [int(p[0]) for p in pairs] if run.comparison.mode is Mode.SHADOW else [int(a[2]) for a in arms]
-        clock = watermark if watermark is not None else max(ts, default=None)
-        if run.since_ms is None and clock is not None and clock >= 0:
-            # Not before the command was issued: a monitor behind its traffic (a backlog, a restart after an
-            # outage) first sees the experiment at a clock that old, and would count the backlog against
-            # max_duration_s. The issuer's clock can only make the deadline later, never a decision wrong.
-            issued = run.experiment.issued_ms
-            run.since_ms = clock if issued is None else max(clock, issued)
-        return clock
-
-    @staticmethod
-    def _fresh(run: Run, rows: list[list[Any]], width: int, clock: int) -> list[list[Any]]:
-        """The rows whose request was not counted before (a row from an older join has no request id)."""
-        ids = [str(r[width]) if len(r) > width else None for r in rows]
-        fresh = iter(run.counted.fresh([rid for rid in ids if rid is not None], clock))
-        return [r for r, rid in zip(rows, ids, strict=True) if rid is None or next(fresh)]
-
-    @staticmethod
-    def _add(
-        comparison: Comparison,
-        arms: list[list[Any]],
-        pairs: list[list[Any]],
-        watermark: int | None = None,
-        pre_periods: PrePeriods | None = None,
-        incumbent: str = "",
-    ) -> None:
-        if comparison.mode is Mode.SHADOW:
-            if not pairs:
-                return
-            a = np.asarray([p[1:7] for p in pairs], dtype=np.float64)
-            ts = [int(p[0]) for p in pairs]
-            if comparison.started_ms is None:
-                comparison.started_ms = min(ts)
-            clock = watermark if watermark is not None else max(ts)
-            comparison.add_paired(request_f1(*a[:, 0:3].T), request_f1(*a[:, 3:6].T), clock)
-            return
-        if comparison.started_ms is None:
-            first = [int(a[2]) for a in arms if a[0] == 1]
-            if not first:
-                return  # no candidate answer labelled yet: the experiment's start is not known
-            comparison.started_ms = min(first)
-        start = comparison.started_ms
-        kept = [a for a in arms if a[0] == 1 or int(a[2]) >= start]
-        if not kept:
-            return
-        c = [a for a in kept if a[0] == 1]
-        i = [a for a in kept if a[0] == 0]
-
-        def f1(rows: list[list[Any]]) -> np.ndarray:
-            counts = np.asarray([r[3:6] for r in rows], dtype=np.float64).reshape(-1, 3)
-            return request_f1(counts[:, 0], counts[:, 1], counts[:, 2])
-
-        latest = watermark if watermark is not None else max(int(a[2]) for a in kept)
-        # With the users' pre-periods under the incumbent before the start (a shadow's pairs need none:
-        # a request's own difficulty, and its user's, cancels in its paired difference).
-        c_users, i_users = [str(r[1]) for r in c], [str(r[1]) for r in i]
-        add_canary(comparison, f1(c), c_users, f1(i), i_users, latest, pre_periods, incumbent)
-
-    @staticmethod
-    def _deadline(run: Run, clock: int | None) -> None:
-        """Move the run's clock to ``clock``, and end it as inconclusive once ``max_duration_s`` of event
-        time has passed since its start: the earliest of its first labelled candidate request and the
-        clock when the monitor first saw it run, so an experiment without labelled traffic ends too."""
-        comparison = run.comparison
-        if clock is None or comparison.decision is not Decision.RUNNING:
-            return
-        latest = comparison.latest_ms = max(clock, comparison.latest_ms or clock)
-        starts = [t for t in (comparison.started_ms, run.since_ms) if t is not None]
-        if starts and latest - min(starts) >= comparison.settings.max_duration_s * 1000:
-            # Moved only now, as it decides (a decision is final): a canary's arms never saw this start.
-            comparison.started_ms = min(starts)
-            comparison.tick(latest)
 
     def decide(
         self, applied: Sequence[dict[str, Any]], running: Experiment | None, now_ms: int

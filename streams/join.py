@@ -4,8 +4,8 @@ A prediction's event time is the ``request_ts`` the service copied from its requ
 older producer left it out); an outcome's is its ``ts``. The monitor first repartitions both streams by
 request_id through one internal topic with one partitioner (:mod:`streams.routing`), so a request's
 prediction and outcome meet in one :class:`Joiner` whatever partitioner their producers used. Either may
-arrive first: whichever comes first waits in the pending store (a Faust table with a changelog, in the
-worker) until the other comes or the label window closes.
+arrive first: whichever comes first waits in the pending store (:mod:`streams.join_store`; a Faust table
+with a changelog, in the worker) until the other comes or the label window closes.
 
 Clocks (:mod:`streams.watermarks`). Each stream has a watermark, the smallest of its source partitions'
 latest plausible event times less the out-of-order allowance; a bad timestamp never reaches it. A
@@ -39,15 +39,17 @@ version's windows remember their last ``dedupe_horizon`` request ids (:mod:`stre
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from schemas.metrics import request_counts
+from streams.join_store import DictStore as DictStore  # re-exported: tests' and the baseline's store
+from streams.join_store import PendingStore, pending_outcome, pending_prediction, pending_shadow
 from streams.labelled import Labelled, Paired
 from streams.labelled import decode_bundle as decode_bundle  # re-exported: the join's output, read here
 from streams.labelled import encode_bundle as encode_bundle
-from streams.markers import MarkerRecord, Markers, MarkerValue, request_hash
+from streams.markers import MarkerRecord, Markers, request_hash
 from streams.watermarks import ALL_IDLE, Clocks
 
 Unlabelled = Literal["no_purchase", "drop"]
@@ -88,64 +90,6 @@ def joinable_outcome(o: dict[str, Any], source: int = 0) -> dict[str, Any]:
         "purchased": o["purchased"],
         "source": source,
     }
-
-
-class PendingStore(Protocol):
-    """Where pending requests live: a dict in tests and in the plain baseline, a Faust table in the worker."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def put(self, key: str, value: dict[str, Any]) -> None: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def __contains__(self, key: str) -> bool: ...
-
-    def __len__(self) -> int: ...
-
-    def items(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
-
-    def put_markers(self, bucket: int, chunk: int, value: MarkerValue) -> None: ...
-
-    def delete_markers(self, bucket: int, chunks: list[int | None]) -> None: ...
-
-    def marker_records(self) -> Iterable[MarkerRecord]: ...
-
-
-class DictStore:
-    """A :class:`PendingStore` in memory."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
-        self.markers: dict[tuple[int, int | None], MarkerValue] = {}
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.data
-
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return iter(list(self.data.items()))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def put_markers(self, bucket: int, chunk: int, value: MarkerValue) -> None:
-        self.markers[bucket, chunk] = value
-
-    def delete_markers(self, bucket: int, chunks: list[int | None]) -> None:
-        for chunk in chunks:
-            self.markers.pop((bucket, chunk), None)
-
-    def marker_records(self) -> Iterator[MarkerRecord]:
-        return iter([(b, c, v) for (b, c), v in self.markers.items()])
 
 
 @dataclass
@@ -216,12 +160,12 @@ class Joiner:
             return []
         entry = self.store.get(rid)
         if entry is None:
-            self.store.put(rid, {"kind": SHADOW, "ts": int(s["ts"]), "shadow": _pending_shadow(s)})
+            self.store.put(rid, {"kind": SHADOW, "ts": int(s["ts"]), "shadow": pending_shadow(s)})
             heapq.heappush(self._predictions, (int(s["ts"]), rid))
         elif "shadow" in entry:
             self.stats.duplicates += 1
         else:
-            self.store.put(rid, {**entry, "shadow": _pending_shadow(s)})
+            self.store.put(rid, {**entry, "shadow": pending_shadow(s)})
         return []
 
     def take_paired(self) -> list[Paired]:
@@ -235,7 +179,7 @@ class Joiner:
         out: list[Labelled] = []
         marked = request_hash(rid) in self.markers
         entry = None if marked else self.store.get(rid)
-        pending = _pending_prediction(p)
+        pending = pending_prediction(p)
         if entry is not None and entry["kind"] == SHADOW:  # its shadow came first: they wait together
             pending["shadow"], entry = entry["shadow"], None
         if marked or (entry is not None and entry["kind"] == PREDICTION):
@@ -259,7 +203,7 @@ class Joiner:
         out: list[Labelled] = []
         marked = request_hash(rid) in self.markers
         entry = None if marked else self.store.get(rid)
-        pending = _pending_outcome(o)
+        pending = pending_outcome(o)
         if entry is not None and entry["kind"] == SHADOW:  # only the shadow so far: they wait together
             pending["shadow"], entry = entry["shadow"], None
         if marked or (entry is not None and entry["kind"] == OUTCOME):
@@ -410,18 +354,3 @@ class Joiner:
     def pending(self) -> int:
         """Requests waiting for their other half (markers excluded); heaps may hold stale entries."""
         return len(self._predictions) + len(self._outcomes)
-
-
-def _pending_prediction(p: dict[str, Any]) -> dict[str, Any]:
-    pending = {k: p[k] for k in ("kind", "ts", "version", "candidates", "recommended")}
-    if "user" in p:
-        pending["user"] = p["user"]
-    return pending
-
-
-def _pending_shadow(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s[k] for k in ("version", "candidates", "recommended")}
-
-
-def _pending_outcome(o: dict[str, Any]) -> dict[str, Any]:
-    return {k: o[k] for k in ("kind", "ts", "purchased")}

@@ -3,7 +3,7 @@
 A :class:`VersionTracker` takes the version's labelled requests in the order its partition delivers them
 and says when to emit: every ``emit_every_n`` labelled requests (and whenever the worker's timer asks,
 every ``emit_every_s`` seconds). An emission is one metrics event per window kind, each judged by the
-alert rules of that window.
+alert rules of that window (:mod:`streams.version_alerts`).
 
 Persistence, for a worker killed at any moment. The state goes to a compacted changelog as records:
 
@@ -33,17 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.config import AlertRule, MonitorSettings
-from streams.alerts import (
-    AlertState,
-    Baseline,
-    DriftWatch,
-    direction,
-    ended,
-    judge,
-    no_baseline,
-    threshold_of,
-)
-from streams.epochs import epoch_token
+from streams import version_alerts
+from streams.alerts import AlertState, Baseline, DriftWatch, no_baseline
 from streams.join import Labelled
 from streams.markers import SeqHashes, request_hash
 from streams.windows import CountWindow, Entry, ServingWindows, TimeWindow, decode_entries, encode_entries
@@ -231,22 +222,7 @@ class VersionTracker:
         emission = Emission(metrics=list(by_kind.values()))
         if self.retired:
             return emission
-        for rule in self.config.rules:
-            snap = by_kind[rule.window]
-            threshold, _why = threshold_of(rule, self.version, baseline)
-            event = judge(
-                rule,
-                self.alerts.setdefault(rule.name, AlertState()),
-                version=self.version,
-                value=snap[rule.metric],
-                n=snap["error_n" if rule.metric == "error_rate" else "n"],
-                position=self.total,
-                threshold=threshold,
-                ts=snap["ts"],
-                epoch=epoch_token(self.epoch),
-            )
-            if event is not None:
-                emission.alerts.append((rule, event))
+        emission.alerts += version_alerts.judged(self, by_kind, baseline)
         return emission
 
     # -- deployment epochs -------------------------------------------------------------------------------
@@ -259,7 +235,7 @@ class VersionTracker:
     def retire(self, why: str, baseline: Baseline = no_baseline, cause: str = "not_served") -> Emission:
         """Another version is served: end the firing alerts (``why`` says so) and judge no more."""
         self.left_firing = self.left_firing or bool(self.firing("rollback"))
-        emission = self._end_alerts(why, cause, baseline)
+        emission = Emission(alerts=version_alerts.ended_alerts(self, why, cause, baseline))
         self.retired = True
         self._changed = True
         return emission
@@ -267,7 +243,7 @@ class VersionTracker:
     def begin_epoch(self, epoch: str, why: str, baseline: Baseline = no_baseline) -> Emission:
         """The version is deployed again by the command ``epoch``: its firing alerts end, its windows and
         alert states start afresh (its total and the requests remembered against replays go on)."""
-        emission = self._end_alerts(why, "redeployed", baseline)
+        emission = Emission(alerts=version_alerts.ended_alerts(self, why, "redeployed", baseline))
         self.epoch, self.epoch_start = epoch, self.total
         self.retired = self.left_firing = False
         self.count = CountWindow(self.config.count_window)
@@ -278,63 +254,14 @@ class VersionTracker:
         self._changed = True
         return emission
 
-    def _end_alerts(self, why: str, cause: str, baseline: Baseline) -> Emission:
-        emission = Emission()
-        by_kind = {kind: self.snapshot(kind) for kind in ("count", "time")}
-        for rule in self.config.rules:
-            snap = by_kind[rule.window]
-            threshold, _why = threshold_of(rule, self.version, baseline)
-            event = ended(
-                rule,
-                self.alerts.setdefault(rule.name, AlertState()),
-                version=self.version,
-                value=snap[rule.metric],
-                threshold=threshold,
-                n=snap["error_n" if rule.metric == "error_rate" else "n"],
-                position=self.total,
-                ts=snap["ts"],
-                cause=cause,
-                why=why,
-            )
-            if event is not None:
-                emission.alerts.append((rule, event))
-        if self.drift is not None and self.drift.state.firing:
-            drift = self.drift.end(
-                version=self.version, position=self.total, ts=by_kind["count"]["ts"], why=why
-            )
-            emission.alerts.append((None, drift))
-        return emission
-
     def firing(self, action: str | None = None) -> list[str]:
         """Names of the rules firing now (of ``action`` only, if given)."""
-        actions = {r.name: r.action for r in self.config.rules}
-        return [
-            name
-            for name, s in self.alerts.items()
-            if s.firing and (action is None or actions.get(name) == action)
-        ]
+        return version_alerts.firing(self, action)
 
     def firing_alerts(self, action: str, baseline: Baseline = no_baseline) -> list[dict[str, Any]]:
         """The firing alerts of ``action``'s rules, each with its metric's value now (for a decision that
         is taken again after the firing event was sent)."""
-        out = []
-        for rule in self.config.rules:
-            state = self.alerts.get(rule.name)
-            if rule.action != action or state is None or not state.firing or state.alert_id is None:
-                continue
-            threshold, _why = threshold_of(rule, self.version, baseline)
-            out.append(
-                {
-                    "alert_id": state.alert_id,
-                    "rule": rule.name,
-                    "model_version": self.version,
-                    "metric": rule.metric,
-                    "value": self.snapshot(rule.window)[rule.metric],
-                    "threshold": threshold,
-                    "direction": direction(rule),
-                }
-            )
-        return out
+        return version_alerts.firing_alerts(self, action, baseline)
 
     # -- persistence -------------------------------------------------------------------------------------
 
