@@ -25,25 +25,31 @@ if TYPE_CHECKING:
 Transition = tuple[AlertRule | None, dict[str, Any]]
 
 
+def _reading(
+    tracker: VersionTracker, rule: AlertRule, snap: dict[str, Any], baseline: Baseline
+) -> dict[str, Any]:
+    """What a rule is judged on in its window's snapshot ``snap``: the metric's value, the requests it is
+    taken over, the version's position, the threshold (maybe relative to the baseline) and the time."""
+    threshold, _why = threshold_of(rule, tracker.version, baseline)
+    return {
+        "version": tracker.version,
+        "value": snap[rule.metric],
+        "n": snap["error_n" if rule.metric == "error_rate" else "n"],
+        "position": tracker.total,
+        "threshold": threshold,
+        "ts": snap["ts"],
+    }
+
+
 def judged(
     tracker: VersionTracker, by_kind: dict[str, dict[str, Any]], baseline: Baseline
 ) -> list[Transition]:
     """The transitions of the tracker's rules, each judging the snapshot of its window kind (``by_kind``)."""
     out: list[Transition] = []
     for rule in tracker.config.rules:
-        snap = by_kind[rule.window]
-        threshold, _why = threshold_of(rule, tracker.version, baseline)
-        event = judge(
-            rule,
-            tracker.alerts.setdefault(rule.name, AlertState()),
-            version=tracker.version,
-            value=snap[rule.metric],
-            n=snap["error_n" if rule.metric == "error_rate" else "n"],
-            position=tracker.total,
-            threshold=threshold,
-            ts=snap["ts"],
-            epoch=epoch_token(tracker.epoch),
-        )
+        state = tracker.alerts.setdefault(rule.name, AlertState())
+        reading = _reading(tracker, rule, by_kind[rule.window], baseline)
+        event = judge(rule, state, **reading, epoch=epoch_token(tracker.epoch))
         if event is not None:
             out.append((rule, event))
     return out
@@ -54,20 +60,9 @@ def ended_alerts(tracker: VersionTracker, why: str, cause: str, baseline: Baseli
     out: list[Transition] = []
     by_kind = {kind: tracker.snapshot(kind) for kind in ("count", "time")}
     for rule in tracker.config.rules:
-        snap = by_kind[rule.window]
-        threshold, _why = threshold_of(rule, tracker.version, baseline)
-        event = ended(
-            rule,
-            tracker.alerts.setdefault(rule.name, AlertState()),
-            version=tracker.version,
-            value=snap[rule.metric],
-            threshold=threshold,
-            n=snap["error_n" if rule.metric == "error_rate" else "n"],
-            position=tracker.total,
-            ts=snap["ts"],
-            cause=cause,
-            why=why,
-        )
+        state = tracker.alerts.setdefault(rule.name, AlertState())
+        reading = _reading(tracker, rule, by_kind[rule.window], baseline)
+        event = ended(rule, state, **reading, cause=cause, why=why)
         if event is not None:
             out.append((rule, event))
     if tracker.drift is not None and tracker.drift.state.firing:
