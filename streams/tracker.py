@@ -75,8 +75,12 @@ class Emission:
 
 
 class VersionTracker:
-    def __init__(self, version: str, config: TrackerConfig, partition: int = 0) -> None:
+    def __init__(self, version: str, config: TrackerConfig, partition: int = 0, durable: bool = True) -> None:
         self.version = version
+        #: Whether it keeps its requests for the changelog blocks :meth:`changes` writes. A tracker kept in
+        #: memory only (the bench's plain loop) never asks for them, so it must not keep them: they would
+        #: hold every request it ever counted, two Python objects each.
+        self.durable = durable
         self.config = config
         self.partition = partition  # of the labelled stream: where the version's changelog records go
         self.count = CountWindow(config.count_window)
@@ -155,7 +159,8 @@ class VersionTracker:
             return None
         self.total += 1
         entry = Entry(self.total, item.ts, key, item.counts, item.expired)
-        self._open.setdefault((entry.seq - 1) // BLOCK, []).append(entry)
+        if self.durable:
+            self._open.setdefault((entry.seq - 1) // BLOCK, []).append(entry)
         self._place(entry)
         alerts: list[tuple[AlertRule | None, dict[str, Any]]] = []
         if self.drift is not None and entry.counts.items and not self.retired:

@@ -2,9 +2,10 @@
 
 The benchmark compares the Faust monitor with this. Both run the same join (:mod:`streams.join`) and the
 same windows (:mod:`streams.tracker`), so they emit the same metrics on the same events; what differs is
-the transport and the durability: this loop keeps its state in memory, commits nothing and survives no
-crash, and joins in one place instead of repartitioning by request_id. A source partition counts as idle
-while it is at its end (the consumer's partition EOF), where the monitor waits ``idle_timeout_s``.
+the transport and the durability: this loop keeps its state in memory (its trackers keep no changelog
+blocks), commits nothing and survives no crash, and joins in one place instead of repartitioning by
+request_id. A source partition counts as idle while it is at its end (the consumer's partition EOF), where
+the monitor waits ``idle_timeout_s``.
 It reads predictions and outcomes from the beginning and stops when the topics have been idle.
 """
 
@@ -33,7 +34,7 @@ def metrics_of(labelled: Iterable[Labelled], config: TrackerConfig) -> list[dict
     for item in labelled:
         tracker = trackers.get(item.model_version)
         if tracker is None:
-            tracker = trackers[item.model_version] = VersionTracker(item.model_version, config)
+            tracker = trackers[item.model_version] = VersionTracker(item.model_version, config, durable=False)
         emission = tracker.add(item)
         if emission is not None:
             out += emission.metrics
@@ -115,7 +116,9 @@ def run(settings: Settings, idle_s: float = 2.0, batch: int = 1000, max_events: 
                 for item in labelled:
                     tracker = trackers.get(item.model_version)
                     if tracker is None:
-                        tracker = trackers[item.model_version] = VersionTracker(item.model_version, config)
+                        tracker = trackers[item.model_version] = VersionTracker(
+                            item.model_version, config, durable=False
+                        )
                     result.labelled += 1
                     emission = tracker.add(item)
                     if emission is not None:
