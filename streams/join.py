@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.metrics import request_counts
-from streams.join_store import DictStore as DictStore  # re-exported: tests' and the baseline's store
 from streams.join_store import PendingStore, pending_outcome, pending_prediction, pending_shadow
 from streams.labelled import Labelled, Paired
 from streams.labelled import decode_bundle as decode_bundle  # re-exported: the join's output, read here

@@ -22,7 +22,8 @@ from confluent_kafka import KafkaError
 from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
-from streams.join import DictStore, Joiner, Labelled
+from streams.join import Joiner, Labelled
+from streams.join_store import DictStore
 from streams.routing import Router
 from streams.tracker import TrackerConfig, VersionTracker
 

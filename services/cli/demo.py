@@ -10,8 +10,9 @@ from rich.table import Table
 
 from schemas.errors import ModelwatchError
 from services.cli.common import console, current_settings
-from services.sandbox.demo import DemoPlan, Watcher, run_demo
+from services.sandbox.demo import DemoPlan, run_demo
 from services.sandbox.demo_stages import decided_line
+from services.sandbox.demo_watcher import Watcher
 
 app = typer.Typer()
 

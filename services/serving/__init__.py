@@ -14,7 +14,8 @@ batch, failures isolated), :mod:`.delivery` (at-least-once), :mod:`.transactions
 :mod:`.metrics`, :mod:`.logs`.
 """
 
+from services.serving.batches import Counts
 from services.serving.clients import wait_for_broker
-from services.serving.service import Counts, Service, default_instance, serve
+from services.serving.service import Service, default_instance, serve
 
 __all__ = ["Counts", "Service", "default_instance", "serve", "wait_for_broker"]

@@ -57,9 +57,6 @@ from services.serving.logs import EventLog, KafkaReporter
 from services.serving.metrics import ServeMetrics
 from services.serving.slot import Activation, ModelSlot, ModelSource
 
-# The slot's names are also importable from here, where they used to live.
-__all__ = ["Activation", "Control", "ModelSlot", "ModelSource", "load_logged"]
-
 
 def load_logged(registry: ModelSource, version: str, log: EventLog) -> Served:
     """``registry.load(version)`` wrapped for serving, its warnings (a version built with other library

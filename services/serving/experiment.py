@@ -34,7 +34,7 @@ from services.serving.logs import EventLog
 from services.serving.scoring import Scored, score
 
 if TYPE_CHECKING:
-    from services.serving.control import Activation
+    from services.serving.slot import Activation
 
 #: 2**64: the bucket is the hash's first 8 bytes over this.
 _SPAN = float(1 << 64)

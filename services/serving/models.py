@@ -20,10 +20,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from services.serving.control import ModelSlot
 from services.serving.experiment import predictions_by_version, score_with_experiment
 from services.serving.intake import dead_letter
 from services.serving.logs import EventLog
+from services.serving.slot import ModelSlot
 
 
 @dataclass

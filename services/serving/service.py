@@ -52,9 +52,6 @@ from services.serving.process import tune_gc_for_serving
 from services.serving.slot import Activation, ModelSlot, ModelSource
 from services.serving.transactions import ExactlyOnce
 
-# Counts lives in batches now; importable from here as before.
-__all__ = ["Counts", "Service", "default_instance", "serve"]
-
 _INSTANCE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
@@ -113,8 +110,6 @@ class Service:
         self.requests_topic = settings.topic("requests")
         #: The batch handling: decode, route, score, produce, count (and the predictions' clock).
         self.batches = Batches(settings, self.instance, self.slots, self.log, self.metrics, self.counts)
-        self.predictions_topic = self.batches.predictions_topic
-        self.dlq_topic = self.batches.dlq_topic
 
     # -- in-process control ---------------------------------------------------------------------------
 

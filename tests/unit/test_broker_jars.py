@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.config import BrokerSettings
-from services.sandbox.broker import ensure_jars
+from services.sandbox.kafka_jars import ensure_jars
 
 
 def test_two_brokers_starting_at_once_fetch_the_jars_once(

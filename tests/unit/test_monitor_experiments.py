@@ -20,7 +20,8 @@ from streams.experiment_agents import event_clock
 from streams.experiment_replays import BUCKET_MS, HORIZON_MS
 from streams.experiments import Experiments, command_id
 from streams.exposition import MonitorMetrics
-from streams.join import SHADOW, DictStore, Joiner, Labelled, Paired, joinable_outcome, joinable_prediction
+from streams.join import SHADOW, Joiner, Labelled, Paired, joinable_outcome, joinable_prediction
+from streams.join_store import DictStore
 from streams.routing import Router
 from streams.watch import Watch
 

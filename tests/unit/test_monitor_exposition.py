@@ -8,7 +8,8 @@ from typing import Any, cast
 
 from services.config import AlertRule
 from streams.exposition import FiringAlert, JoinPartition, MonitorMetrics, firing_alerts
-from streams.join import DictStore, Joiner
+from streams.join import Joiner
+from streams.join_store import DictStore
 from streams.metrics_agents import MetricsAgents
 from streams.tracker import TrackerConfig, VersionTracker
 

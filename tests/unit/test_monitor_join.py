@@ -16,12 +16,12 @@ from streams import join
 from streams.join import (
     HEAP_SLACK,
     SHADOW,
-    DictStore,
     Joiner,
     Labelled,
     joinable_outcome,
     joinable_prediction,
 )
+from streams.join_store import DictStore
 from streams.watermarks import Clocks
 
 W = 1000  # label window, ms

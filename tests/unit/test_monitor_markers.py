@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import tracemalloc
 
-from streams.join import MARKER_BUCKET_MS, DictStore, Joiner
+from streams.join import MARKER_BUCKET_MS, Joiner
+from streams.join_store import DictStore
 from streams.markers import (
     SHARD_MEMBERS,
     HashSet,

@@ -213,7 +213,8 @@ def test_the_join_on_segments_with_restarts_labels_as_the_join_on_a_dict(
     the expiry heaps compacted often (by which requests the store holds): the same labelled requests
     and counts as the plain join's."""
     from streams import join
-    from streams.join import DictStore, Joiner
+    from streams.join import Joiner
+    from streams.join_store import DictStore
 
     monkeypatch.setattr(join, "HEAP_SLACK", 16)
 

@@ -13,7 +13,8 @@ from confluent_kafka import Message
 
 from schemas import codec
 from schemas.eventtime import implausible
-from streams.join import DictStore, Joiner
+from streams.join import Joiner
+from streams.join_store import DictStore
 from streams.routing import Router, decode_bundle, partition_of
 from streams.watch_agents import WatchAgents
 

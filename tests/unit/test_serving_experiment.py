@@ -11,7 +11,6 @@ from services.deployment.experiments import Experiment
 from services.model.protocol import served
 from services.model.recommender import Recommender
 from services.sandbox.world import World
-from services.serving.control import Activation
 from services.serving.experiment import (
     ShadowScorer,
     Trial,
@@ -22,6 +21,7 @@ from services.serving.experiment import (
 )
 from services.serving.logs import EventLog
 from services.serving.scoring import score
+from services.serving.slot import Activation
 
 
 @pytest.mark.parametrize("traffic", [0.05, 0.2, 0.5])

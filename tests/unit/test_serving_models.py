@@ -10,9 +10,9 @@ from confluent_kafka import Message
 
 from schemas import codec
 from services.model.protocol import ModelBase, served
-from services.serving.control import Activation, ModelSlot
 from services.serving.logs import EventLog
 from services.serving.models import route
+from services.serving.slot import Activation, ModelSlot
 
 
 class Constant(ModelBase):
