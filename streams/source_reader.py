@@ -24,6 +24,14 @@ between them, independently of the Faust group, which reads the monitor's intern
 the group has no offset for starts where the Faust group had one (its route agent read the sources until
 this change), so an upgraded monitor does not route again what it routed before; else at the earliest.
 
+**Memory: what is fetched and not yet routed is bounded.** A batch waits for every partition that has
+messages left to read (see :meth:`SourceReader._batch`), so on a backlog the reader fetches ahead of what
+it routes. A partition that holds ``monitor.batch_size`` fetched messages is paused (librdkafka then drops
+what it had prefetched of it and fetches the others) and resumed once under half of that; it fetches again
+from the message after the last one handed over. Without this, a million-request backlog held 330,000
+fetched messages in the reader (each keeping its fetch buffer alive in librdkafka) and the worker's resident
+memory grew with the backlog.
+
 **Idle.** A source partition is idle when it has been quiet for the idle timeout *and* is read to its end:
 the high watermark librdkafka learned from its last fetch response for that partition (cached, no request),
 against the offset after the last message routed, or where the partition started (streams.routing).
@@ -99,6 +107,8 @@ class SourceReader:
         self._owned: set[tuple[str, int]] = set()  # the partitions assigned now
         self._buffered: dict[tuple[str, int], deque[Any]] = {}  # fetched, not yet routed (_batch)
         self._fetched: dict[tuple[str, int], int] = {}  # the offset after the last message fetched
+        self._paused: set[tuple[str, int]] = set()  # holding a full buffer: not fetched (_hold)
+        self.most_held = 0  # the most messages fetched and not yet routed at once, for the stats line
         router.highwater = self._highwater
 
     def start(self) -> None:
@@ -143,6 +153,7 @@ class SourceReader:
         )
         producer = kafka.producer(self.settings)
         self._consumer = consumer
+        self._paused.clear()  # a new consumer: nothing paused
         failed: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
@@ -206,6 +217,7 @@ class SourceReader:
         deadline: float | None = None
         while True:
             held = sum(len(q) for q in buffered.values())
+            self.most_held = max(self.most_held, held)
             if held >= m.batch_size and not self._starving():
                 break
             if deadline is None:
@@ -228,7 +240,24 @@ class SourceReader:
                 if key in self._owned:  # a rebalance inside the poll may have taken it away
                     buffered.setdefault(key, deque()).append(msg)
                     self._fetched[key] = cast(int, msg.offset()) + 1
-        return in_turn(buffered.values(), m.batch_size)
+            self._hold(consumer, m.batch_size)
+        batch = in_turn(buffered.values(), m.batch_size)
+        self._hold(consumer, m.batch_size)
+        return batch
+
+    def _hold(self, consumer: Consumer, most: int) -> None:
+        """Pause the partitions holding ``most`` fetched messages or more, resume those under half of it
+        (a margin, so that a partition is not paused and resumed batch after batch: each pause drops what
+        librdkafka had prefetched of it)."""
+        buffered, paused = self._buffered, self._paused
+        full = [key for key, q in buffered.items() if len(q) >= most and key not in paused]
+        if full:
+            consumer.pause([TopicPartition(t, p) for t, p in full])
+            paused.update(full)
+        low = [key for key in paused if len(buffered.get(key, ())) < most // 2]
+        if low:
+            consumer.resume([TopicPartition(t, p) for t, p in low])
+            paused.difference_update(low)
 
     def _starving(self) -> bool:
         """Whether a partition has nothing fetched while the broker holds more of it (by the high watermark
@@ -294,6 +323,12 @@ class SourceReader:
         )
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition paused by the application across an unassign and a later assign:
+        # resumed here, or a partition that comes back would never be fetched again.
+        mine = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
+        if mine:
+            consumer.resume(mine)
+            self._paused.difference_update((tp.topic, tp.partition) for tp in mine)
         for tp in partitions:  # fetched, not routed: left to the next owner, from the last commit
             self._owned.discard((tp.topic, tp.partition))
             self._buffered.pop((tp.topic, tp.partition), None)

@@ -172,10 +172,12 @@ class WatchAgents(ExperimentAgents, JoinAgents, MetricsAgents, AlertmanagerAgent
             self._last_stats = time.monotonic()
             s = self.join_stats
             log.info(
-                "routed %d source messages; joined %d (outcome first %d), expired %d, duplicates %d, "
-                "orphan outcomes %d, invalid %d; shadow predictions paired %d, unpaired %d; %d versions",
-                self.source_reader.routed, s.joined, s.outcome_first, s.expired, s.duplicates,
-                s.orphan_outcomes, self.invalid + self.watching.invalid, s.paired, s.shadow_unpaired,
+                "routed %d source messages (at most %d fetched ahead); joined %d (outcome first %d), "
+                "expired %d, duplicates %d, orphan outcomes %d, invalid %d; shadow predictions paired %d, "
+                "unpaired %d; %d versions",
+                self.source_reader.routed, self.source_reader.most_held, s.joined, s.outcome_first,
+                s.expired, s.duplicates, s.orphan_outcomes, self.invalid + self.watching.invalid, s.paired,
+                s.shadow_unpaired,
                 len(self.watching.trackers),
             )  # fmt: skip
 
