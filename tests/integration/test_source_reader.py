@@ -132,3 +132,27 @@ def test_a_backlog_is_fetched_only_so_far_ahead_of_what_is_routed(settings: Sett
         r.stop()
     assert sorted(set(routed(settings, name))) == sorted(q.request_id for q in reqs)  # none skipped
     assert 0 < r.most_held <= 2 * batch * PARTITIONS
+
+
+def test_paused_partitions_are_read_again_after_a_rebalance(settings: Settings) -> None:
+    """A second reader joins the group in the middle of a backlog, while the first has partitions paused:
+    whoever owns a partition afterwards reads it to its end (a pause left behind would stop it for good)."""
+    n, batch = 12_000, 50
+    reqs = traffic("v1", n, seed=5, t0=int(time.time() * 1000) - 60_000, step_ms=1, hit=0.5, miss=0.1)
+    Storefront(settings).predictions(reqs)
+    small = settings.model_copy(update={"monitor": settings.monitor.model_copy(update={"batch_size": batch})})
+    name = joinable(settings)
+    first, second = reader(small, name), reader(small, name)
+    first.start()
+    try:
+        # Partitions held full come and go as batches drain them: one is paused when the group rebalances
+        # more often than not, not every time (librdkafka's fetches decide).
+        wait_for(lambda: first.routed >= 1_000 and bool(first._paused), 60, "a partition paused")
+        second.start()
+        wait_for(
+            lambda: set(routed(settings, name)) >= {q.request_id for q in reqs}, 120, "every request routed"
+        )
+    finally:
+        second.stop()
+        first.stop()
+    assert second.routed > 0  # the group did rebalance
