@@ -25,8 +25,9 @@ from schemas.codec import MAX_EVENT_BYTES
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
 Millis = Annotated[int, Meta(ge=0)]
 Score = Annotated[float, Meta(ge=0, le=1)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=100, pattern="^[A-Za-z0-9._-]+$")]
 #: orjson (the codec's parser) reads integers past 64 bits as floats: such a ``ts`` is the codec's to judge.
-_LARGEST = 2**63 - 1
+LARGEST_FAST_INT = 2**63 - 1
 
 
 class Prediction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,7 +43,7 @@ class Prediction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ts: Millis
     request_ts: Millis | UnsetType = UNSET
     latency_ms: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
-    model: Annotated[str, Meta(min_length=1, max_length=100, pattern="^[A-Za-z0-9._-]+$")] | UnsetType = UNSET
+    model: ModelName | UnsetType = UNSET
 
     @property
     def event_ts(self) -> int:
@@ -74,9 +75,9 @@ def read_prediction(value: bytes | None) -> Prediction | None:
         p = _decode(value)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    if len(set(p.recommended)) != len(p.recommended) or p.ts > _LARGEST:
+    if len(set(p.recommended)) != len(p.recommended) or p.ts > LARGEST_FAST_INT:
         return None
-    if p.request_ts is not UNSET and p.request_ts > _LARGEST:
+    if p.request_ts is not UNSET and p.request_ts > LARGEST_FAST_INT:
         return None
     if p.model is not UNSET and p.model.endswith("\n"):  # msgspec's pattern lets "home\n" through
         return None

@@ -41,6 +41,7 @@ from schemas import codec
 from schemas.errors import ContractError
 from schemas.eventtime import implausible
 from streams.join import PREDICTION, SHADOW, joinable_outcome, joinable_prediction
+from streams.outcome_check import read_outcome
 from streams.prediction_check import read_prediction
 
 #: A dead letter carries at most this much of the original payload, as the service's do.
@@ -241,8 +242,8 @@ def _read(
     prediction: bool, partition: int, value: bytes | None, kind: str = PREDICTION
 ) -> tuple[dict[str, Any], Any, str]:
     """A source message as the join needs it, the model it names and the field its event time came from;
-    :class:`ContractError` if it breaks the contract. A prediction is read by the fast path when it can
-    vouch for it (:mod:`streams.prediction_check`), otherwise by the codec."""
+    :class:`ContractError` if it breaks the contract. Each is read by its fast path when that can vouch
+    for it (:mod:`streams.prediction_check`, :mod:`streams.outcome_check`), otherwise by the codec."""
     if prediction:
         fast = read_prediction(value)
         if fast is not None:
@@ -254,6 +255,9 @@ def _read(
         event = codec("prediction").decode(value)
         ts_field = "request_ts" if "request_ts" in event else "ts"
         return joinable_prediction(event, partition, kind), event.get("model"), ts_field
+    outcome = read_outcome(value)
+    if outcome is not None:
+        return outcome.joinable(partition), outcome.model, "ts"
     event = codec("outcome").decode(value)
     return joinable_outcome(event, partition), event.get("model"), "ts"
 

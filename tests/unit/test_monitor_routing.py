@@ -271,6 +271,79 @@ def test_a_prediction_the_fast_read_leaves_to_the_codec_is_routed_or_rejected_by
     assert [e["request_id"] for e in r.take()] == ["r1"]
 
 
+# -- the fast read of an outcome (streams.outcome_check) ----------------------------------------------------
+
+
+def test_the_fast_read_of_an_outcome_enforces_exactly_the_contract() -> None:
+    from schemas import load_schema
+    from services.serving.request_check import FastCheck
+    from streams.outcome_check import Outcome
+
+    check = FastCheck(Outcome, ("model",), unique=("purchased",), wide_ints=("ts",))
+    assert check.differences(load_schema("outcome")) == []
+
+
+OUTCOME_EVENT = {"request_id": "r1", "purchased": ["a", "c"], "ts": NOW, "model": "home"}
+
+
+@pytest.mark.parametrize(
+    ("change", "codec_accepts"),
+    [
+        ({}, True),
+        ({"model": None}, True),  # absent: the storefront does not know it
+        ({"purchased": []}, True),
+        ({"extra": "a field the contract does not name"}, True),  # allowed: left to the codec, which takes it
+        ({"ts": 1.0}, True),  # an integer to JSON Schema, not to msgspec: the codec's to take
+        ({"ts": 2**64}, True),  # past 64 bits orjson reads a float, an integer to the codec: its to judge
+        ({"request_id": ""}, False),
+        ({"request_id": None}, False),
+        ({"purchased": ["a", "a"]}, False),
+        ({"purchased": [""]}, False),
+        ({"purchased": [str(i) for i in range(1001)]}, False),
+        ({"purchased": "a"}, False),
+        ({"ts": -1}, False),
+        ({"ts": "soon"}, False),
+        ({"model": "no spaces"}, False),
+        ({"model": "home\n"}, False),  # a pattern's $ matches before a final newline in Python's re
+        ({"pad": 1_000_000}, False),  # whitespace past the codec's message size: JSON, but not taken
+    ],
+)
+def test_the_fast_read_of_an_outcome_vouches_only_for_what_the_codec_accepts(
+    change: dict, codec_accepts: bool
+) -> None:
+    from schemas.errors import ContractError
+    from streams.join import joinable_outcome
+    from streams.outcome_check import read_outcome
+
+    event = {**OUTCOME_EVENT, **change}
+    for name in ("model", "request_id"):
+        if name in change and change[name] is None:
+            del event[name]
+    pad = event.pop("pad", 0)
+    value = json.dumps(event).encode() + b" " * pad  # orjson cannot write 2**64
+    fast = read_outcome(value)
+    try:
+        decoded = codec("outcome").decode(value)
+    except ContractError:
+        decoded = None
+    assert (decoded is not None) == codec_accepts
+    if fast is not None:  # what it vouches for, the codec accepts, and the join gets the same
+        assert decoded is not None
+        assert fast.joinable(2) == joinable_outcome(decoded, 2)
+        assert (fast.model if isinstance(fast.model, str) else None) == decoded.get("model")
+    assert fast is not None or bool(change), "the contract's own outcome takes the fast path"
+
+
+def test_an_outcome_the_fast_read_leaves_to_the_codec_is_routed_or_rejected_by_it() -> None:
+    r = router()
+    taken = orjson.dumps({**OUTCOME_EVENT, "ts": float(NOW), "note": "the storefront's own field"})
+    assert r.route("outcomes", 0, 1, NOW, taken) is None
+    bad = orjson.dumps({**OUTCOME_EVENT, "purchased": ["a", "a"]})
+    rejected = r.route("outcomes", 0, 1, NOW, bad)
+    assert rejected is not None and "purchased" in rejected[0] and rejected[1] == "invalid"
+    assert [e["request_id"] for e in r.take()] == ["r1"]
+
+
 def test_the_first_dead_letters_the_consumer_passed_over_after_a_rebalance_are_read_first() -> None:
     """Faust's consumer, right after a rebalance, can deliver a partition from past its committed offset
     and commit past the messages in between (streams.offsets). The failures agent compares each dead-letter
