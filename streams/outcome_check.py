@@ -20,9 +20,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from schemas.codec import MAX_EVENT_BYTES
 from streams.join import OUTCOME
-from streams.prediction_check import LARGEST_FAST_INT, Id, Millis, ModelName
+from streams.prediction_check import LARGEST_FAST_INT, Id, Millis, ModelName, decoded, plain_model
 
 
 class Outcome(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,19 +44,12 @@ class Outcome(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         }
 
 
-_decode = msgspec.json.Decoder(Outcome).decode
+_decoder = msgspec.json.Decoder(Outcome)
 
 
 def read_outcome(value: bytes | None) -> Outcome | None:
     """The outcome in a message value if the fast path vouches for it; ``None``: ask the codec."""
-    if value is None or len(value) > MAX_EVENT_BYTES:
+    o = decoded(_decoder, value)
+    if o is None or len(set(o.purchased)) != len(o.purchased) or o.ts > LARGEST_FAST_INT:
         return None
-    try:
-        o = _decode(value)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
-    if len(set(o.purchased)) != len(o.purchased) or o.ts > LARGEST_FAST_INT:
-        return None
-    if o.model is not UNSET and o.model.endswith("\n"):  # msgspec's pattern lets "home\n" through
-        return None
-    return o
+    return o if plain_model(o.model) else None

@@ -15,7 +15,7 @@ invalid prediction) goes to the codec, which accepts it after all or names the f
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -64,21 +64,34 @@ class Prediction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         }
 
 
-_decode = msgspec.json.Decoder(Prediction).decode
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def decoded(decoder: msgspec.json.Decoder[S], value: bytes | None) -> S | None:
+    """``value`` decoded and checked by ``decoder``'s types, or ``None`` (too large for the codec, not
+    JSON, or out of contract): the codec then judges it."""
+    if value is None or len(value) > MAX_EVENT_BYTES:
+        return None
+    try:
+        return decoder.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def plain_model(model: str | UnsetType) -> bool:
+    """Whether a decoded ``model`` is absent or what the contract's pattern means (msgspec's pattern lets
+    ``"home\n"`` through: a ``$`` matches before a final newline in Python's ``re``)."""
+    return model is UNSET or not model.endswith("\n")
+
+
+_decoder = msgspec.json.Decoder(Prediction)
 
 
 def read_prediction(value: bytes | None) -> Prediction | None:
     """The prediction in a message value if the fast path vouches for it; ``None``: ask the codec."""
-    if value is None or len(value) > MAX_EVENT_BYTES:
-        return None
-    try:
-        p = _decode(value)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
-    if len(set(p.recommended)) != len(p.recommended) or p.ts > LARGEST_FAST_INT:
+    p = decoded(_decoder, value)
+    if p is None or len(set(p.recommended)) != len(p.recommended) or p.ts > LARGEST_FAST_INT:
         return None
     if p.request_ts is not UNSET and p.request_ts > LARGEST_FAST_INT:
         return None
-    if p.model is not UNSET and p.model.endswith("\n"):  # msgspec's pattern lets "home\n" through
-        return None
-    return p
+    return p if plain_model(p.model) else None

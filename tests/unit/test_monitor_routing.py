@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -209,6 +210,24 @@ def test_the_fast_read_of_a_prediction_enforces_exactly_the_contract() -> None:
     assert check.differences(load_schema("prediction")) == []
 
 
+def both_reads(read: Callable[[bytes], Any], schema: str, good: dict, change: dict) -> tuple[Any, Any]:
+    """``good`` with ``change`` (a field changed to ``None`` is left out; ``pad`` adds trailing whitespace)
+    read by the fast path ``read`` and by the codec: (its result, the codec's event or ``None``)."""
+    from schemas.errors import ContractError
+
+    event = {**good, **change}
+    for name, new in change.items():
+        if new is None:
+            del event[name]
+    pad = event.pop("pad", 0)
+    value = json.dumps(event).encode() + b" " * pad  # orjson cannot write 2**64
+    try:
+        decoded = codec(schema).decode(value)
+    except ContractError:
+        decoded = None
+    return read(value), decoded
+
+
 GOOD = {"request_id": "r1", "user_id": "u", "model_version": "v1", "scores": {"a": 0.5, "b": 1, "c": 0},
         "recommended": ["a", "c"], "instance": "s", "ts": NOW, "request_ts": NOW - 5, "latency_ms": 1.5,
         "model": "home"}  # fmt: skip
@@ -238,22 +257,10 @@ GOOD = {"request_id": "r1", "user_id": "u", "model_version": "v1", "scores": {"a
     ],
 )
 def test_the_fast_read_vouches_only_for_what_the_codec_accepts(change: dict, codec_accepts: bool) -> None:
-    from schemas.errors import ContractError
     from streams.join import joinable_prediction
     from streams.prediction_check import read_prediction
 
-    event = {**GOOD, **change}
-    if change.get("request_ts", 0) is None:
-        del event["request_ts"]
-    if change.get("instance", 0) is None:
-        del event["instance"]
-    pad = event.pop("pad", 0)
-    value = json.dumps(event).encode() + b" " * pad  # orjson cannot write 2**64
-    fast = read_prediction(value)
-    try:
-        decoded = codec("prediction").decode(value)
-    except ContractError:
-        decoded = None
+    fast, decoded = both_reads(read_prediction, "prediction", GOOD, change)
     assert (decoded is not None) == codec_accepts
     if fast is not None:  # what it vouches for, the codec accepts, and the join gets the same
         assert decoded is not None
@@ -311,21 +318,10 @@ OUTCOME_EVENT = {"request_id": "r1", "purchased": ["a", "c"], "ts": NOW, "model"
 def test_the_fast_read_of_an_outcome_vouches_only_for_what_the_codec_accepts(
     change: dict, codec_accepts: bool
 ) -> None:
-    from schemas.errors import ContractError
     from streams.join import joinable_outcome
     from streams.outcome_check import read_outcome
 
-    event = {**OUTCOME_EVENT, **change}
-    for name in ("model", "request_id"):
-        if name in change and change[name] is None:
-            del event[name]
-    pad = event.pop("pad", 0)
-    value = json.dumps(event).encode() + b" " * pad  # orjson cannot write 2**64
-    fast = read_outcome(value)
-    try:
-        decoded = codec("outcome").decode(value)
-    except ContractError:
-        decoded = None
+    fast, decoded = both_reads(read_outcome, "outcome", OUTCOME_EVENT, change)
     assert (decoded is not None) == codec_accepts
     if fast is not None:  # what it vouches for, the codec accepts, and the join gets the same
         assert decoded is not None
