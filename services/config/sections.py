@@ -99,7 +99,12 @@ class MonitorSettings(Section):
     emit_every_n: int = Field(200, ge=1, description="Emit metrics every N labelled requests per version...")
     emit_every_s: float = Field(5.0, gt=0, description="...or every S seconds, whichever comes first.")
     rollback_cooldown_s: float = Field(60.0, ge=0)
-    batch_size: int = Field(1000, ge=1, description="Most events an agent takes per batch (stream.take).")
+    batch_size: int = Field(
+        1000,
+        ge=1,
+        description="Most events an agent takes per batch (stream.take), and the most fetched messages the "
+        "source reader holds per partition.",
+    )
     batch_within_s: float = Field(0.1, gt=0, description="How long a batch waits to fill.")
     commit_interval_s: float = Field(1.0, gt=0, description="Offset commits; less is redone after a crash.")
     session_timeout_s: float = Field(30.0, ge=6, description="A dead worker's partitions move after this.")
