@@ -27,7 +27,7 @@ this change), so an upgraded monitor does not route again what it routed before;
 **Memory: what is fetched and not yet routed is bounded.** A batch waits for every partition that has
 messages left to read (see :meth:`SourceReader._batch`), so on a backlog the reader fetches ahead of what
 it routes. A partition that holds ``monitor.batch_size`` fetched messages is paused (librdkafka then drops
-what it had prefetched of it and fetches the others) and resumed once under half of that; it fetches again
+what it had prefetched of it and fetches the others) and resumed once down to half of that; it fetches again
 from the message after the last one handed over. Without this, a million-request backlog held 330,000
 fetched messages in the reader (each keeping its fetch buffer alive in librdkafka) and the worker's resident
 memory grew with the backlog.
@@ -246,15 +246,15 @@ class SourceReader:
         return batch
 
     def _hold(self, consumer: Consumer, most: int) -> None:
-        """Pause the partitions holding ``most`` fetched messages or more, resume those under half of it
+        """Pause the partitions holding ``most`` fetched messages or more, resume those down to half of it
         (a margin, so that a partition is not paused and resumed batch after batch: each pause drops what
-        librdkafka had prefetched of it)."""
+        librdkafka had prefetched of it; with ``most`` 1, once empty)."""
         buffered, paused = self._buffered, self._paused
         full = [key for key, q in buffered.items() if len(q) >= most and key not in paused]
         if full:
             consumer.pause([TopicPartition(t, p) for t, p in full])
             paused.update(full)
-        low = [key for key in paused if len(buffered.get(key, ())) < most // 2]
+        low = [key for key in paused if len(buffered.get(key, ())) <= most // 2]
         if low:
             consumer.resume([TopicPartition(t, p) for t, p in low])
             paused.difference_update(low)

@@ -156,3 +156,17 @@ def test_paused_partitions_are_read_again_after_a_rebalance(settings: Settings) 
         second.stop()
         first.stop()
     assert second.routed > 0  # the group did rebalance
+
+
+def test_a_reader_taking_one_message_a_batch_reads_every_partition_to_its_end(settings: Settings) -> None:
+    """``batch_size`` 1: a partition is paused as soon as it holds a message, and resumed once it holds
+    none (half of one, rounded down), not never."""
+    at = predictions(settings, 30)
+    small = settings.model_copy(update={"monitor": settings.monitor.model_copy(update={"batch_size": 1})})
+    name = joinable(settings)
+    r = reader(small, name)
+    r.start()
+    try:
+        wait_for(lambda: sorted(set(routed(settings, name))) == sorted(at), 60, "every request routed")
+    finally:
+        r.stop()
