@@ -248,7 +248,11 @@ class SourceReader:
     def _hold(self, consumer: Consumer, most: int) -> None:
         """Pause the partitions holding ``most`` fetched messages or more, resume those down to half of it
         (a margin, so that a partition is not paused and resumed batch after batch: each pause drops what
-        librdkafka had prefetched of it; with ``most`` 1, once empty)."""
+        librdkafka had prefetched of it; with ``most`` 1, once empty).
+
+        A paused partition given up in a rebalance has its buffer dropped, so it is resumed here too, owned
+        or not: librdkafka keeps an application's pause across an unassign and a later assign, and resuming
+        a partition no longer assigned clears it (both checked by hand against the broker)."""
         buffered, paused = self._buffered, self._paused
         full = [key for key, q in buffered.items() if len(q) >= most and key not in paused]
         if full:
@@ -323,12 +327,6 @@ class SourceReader:
         )
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # librdkafka keeps a partition paused by the application across an unassign and a later assign:
-        # resumed here, or a partition that comes back would never be fetched again.
-        mine = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
-        if mine:
-            consumer.resume(mine)
-            self._paused.difference_update((tp.topic, tp.partition) for tp in mine)
         for tp in partitions:  # fetched, not routed: left to the next owner, from the last commit
             self._owned.discard((tp.topic, tp.partition))
             self._buffered.pop((tp.topic, tp.partition), None)

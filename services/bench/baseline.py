@@ -33,13 +33,18 @@ def metrics_of(labelled: Iterable[Labelled], config: TrackerConfig) -> list[dict
     trackers: dict[str, VersionTracker] = {}
     out: list[dict[str, Any]] = []
     for item in labelled:
-        tracker = trackers.get(item.model_version)
-        if tracker is None:
-            tracker = trackers[item.model_version] = VersionTracker(item.model_version, config, durable=False)
-        emission = tracker.add(item)
+        emission = _tracker(trackers, item.model_version, config).add(item)
         if emission is not None:
             out += emission.metrics
     return out
+
+
+def _tracker(trackers: dict[str, VersionTracker], version: str, config: TrackerConfig) -> VersionTracker:
+    """The version's tracker, made on its first request; kept in memory only (no changelog blocks)."""
+    tracker = trackers.get(version)
+    if tracker is None:
+        tracker = trackers[version] = VersionTracker(version, config, durable=False)
+    return tracker
 
 
 @dataclass
@@ -115,13 +120,8 @@ def run(settings: Settings, idle_s: float = 2.0, batch: int = 1000, max_events: 
                         continue
                     labelled = [item for e in router.take() for item in joiner.event(e)]
                 for item in labelled:
-                    tracker = trackers.get(item.model_version)
-                    if tracker is None:
-                        tracker = trackers[item.model_version] = VersionTracker(
-                            item.model_version, config, durable=False
-                        )
                     result.labelled += 1
-                    emission = tracker.add(item)
+                    emission = _tracker(trackers, item.model_version, config).add(item)
                     if emission is not None:
                         result.metrics += emission.metrics
         result.seconds = (last - started) if started else 0.0

@@ -116,7 +116,7 @@ def test_a_batch_is_committed_only_once_its_bundles_are_on_the_broker(
 
 def test_a_backlog_is_fetched_only_so_far_ahead_of_what_is_routed(settings: Settings) -> None:
     """On a backlog the reader fetches ahead while a batch waits for every partition with messages left;
-    a partition holding ``batch_size`` fetched messages is paused until it is under half of that, so the
+    a partition holding ``batch_size`` fetched messages is paused until it is down to half of that, so the
     reader never holds more than two batches' worth per partition, however long the backlog. Without the
     pause it held the backlog: 330,000 messages on the bench's million requests."""
     n, batch = 12_000, 50
