@@ -1,12 +1,13 @@
 """The Faust monitor: a thin layer that feeds Kafka to the plain modules beside it.
 
-Three agents, each with concurrency 1 and batches from ``stream.take_events``:
+A source reader and three agents, each agent with concurrency 1 and batches from ``stream.take_events``:
 
-``route``  reads predictions, outcomes and shadow predictions as produced, checks them (the contract,
-           plausible event times: :mod:`schemas.eventtime`; bad outcomes go to ``<prefix>outcomes.dlq``)
-           and repartitions them by request_id to the internal topic ``<prefix>monitor-joinable``, one
-           message per join partition and batch, with a report on its source partitions
-           (:mod:`streams.routing`); a timer repeats the reports when the sources are quiet.
+``route``  (:mod:`streams.source_reader`, a plain consumer in a thread) reads predictions, outcomes and
+           shadow predictions as produced, checks them (the contract, plausible event times:
+           :mod:`schemas.eventtime`; bad outcomes go to ``<prefix>outcomes.dlq``) and repartitions them by
+           request_id to the internal topic ``<prefix>monitor-joinable``, one message per join partition
+           and batch, with a report on its source partitions (:mod:`streams.routing`); it repeats the
+           reports every second or so while the sources are quiet.
 ``join``   reads ``<prefix>monitor-joinable``, joins predictions with outcomes per partition in event time
            (:mod:`streams.join`) with the pending requests in the ``pending`` table, and sends the
            labelled requests to the internal topic ``<prefix>monitor-labelled``, one message per version

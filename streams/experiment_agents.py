@@ -31,8 +31,13 @@ from streams.watermarks import ALL_IDLE
 
 log = logging.getLogger("modelwatch.monitor")
 
-#: A batch without evidence sends the experiment's clock once it has moved this much event time (ms).
+#: A batch without evidence sends the experiment's clock once it has moved this much event time (ms)...
 CLOCK_EVERY_MS = 1000
+#: ...or, when it has moved less, once this long (s) has passed since the last one: a clock that stops a
+#: little past the last one sent (traffic that pauses or ends) still reaches the experiment. The monitor's
+#: own clock only paces the messages; the source reader's reports, repeated while the sources are quiet,
+#: bring the join a batch at least every second (streams.source_reader), so it is sent within two or so.
+CLOCK_EVERY_S = 1.0
 
 
 def event_clock(joiners: Iterable[Joiner], out_of_order_ms: int) -> int | None:
@@ -66,8 +71,9 @@ class ExperimentAgents:
     experiments: Experiments
     experiments_out: faust.TopicT
     _experiments_generation: int = -1
-    #: The clock last sent for the running experiment (this worker's join), to pace the clock-only ones.
-    _clock_sent: tuple[str, int] | None = None
+    #: The clock last sent for the running experiment (this worker's join), and when (time.monotonic()),
+    #: to pace the clock-only ones.
+    _clock_sent: tuple[str, int, float] | None = None
 
     def _install_experiments(self, signing_key: str | None, signer: Any) -> None:
         self.experiments_out = self.app.topic(
@@ -86,8 +92,8 @@ class ExperimentAgents:
     def experiment_messages(self, by_version: dict[str, list[Labelled]]) -> list[tuple[str, bytes]]:
         """The join's side: this batch's evidence for the running experiment (the shadow pairs the joiners
         labelled, or a canary's arms), as labelled-topic messages, with the join's event-time clock; a
-        batch without evidence still sends the clock once it has moved :data:`CLOCK_EVERY_MS` (an
-        experiment nobody's outcomes reach still ends at its ``max_duration_s``)."""
+        batch without evidence still sends the clock when it has moved (:meth:`_clock_due`): an
+        experiment nobody's outcomes reach still ends at its ``max_duration_s``."""
         paired = [p for joiner in self.joiners.values() for p in joiner.take_paired()]
         if not self.follower.ready.is_set():
             return []  # which experiment runs is not known yet; its evidence starts a little later
@@ -97,15 +103,22 @@ class ExperimentAgents:
         clock = event_clock(self.joiners.values(), int(self.settings.monitor.out_of_order * 1000))
         labelled = [item for items in by_version.values() for item in items]
         arms, pairs = evidence_rows(running, labelled, paired)
-        last = self._clock_sent
-        if not (arms or pairs) and (
-            clock is None
-            or (last is not None and last[0] == running.experiment_id and clock < last[1] + CLOCK_EVERY_MS)
-        ):
-            return []  # nothing to count, and the clock has hardly moved
+        if not (arms or pairs) and not self._clock_due(running.experiment_id, clock):
+            return []  # nothing to count, and the clock has not moved, or hardly and only just
         if clock is not None:
-            self._clock_sent = (running.experiment_id, clock)
+            self._clock_sent = (running.experiment_id, clock, time.monotonic())
         return evidence_messages(running, arms, pairs, clock)
+
+    def _clock_due(self, experiment_id: str, clock: int | None) -> bool:
+        """Whether a batch without evidence sends ``clock``: it has moved :data:`CLOCK_EVERY_MS` since the
+        last one sent, or moved at all and :data:`CLOCK_EVERY_S` has passed since."""
+        last = self._clock_sent
+        if clock is None:
+            return False
+        if last is None or last[0] != experiment_id:
+            return True
+        moved = clock - last[1]
+        return moved >= CLOCK_EVERY_MS or (moved > 0 and time.monotonic() - last[2] >= CLOCK_EVERY_S)
 
     def _restore_experiments(self) -> Experiments:
         runs = self.experiments

@@ -413,3 +413,46 @@ def test_a_canary_without_labelled_candidate_traffic_ends_inconclusive_at_max_du
         f"\ninconclusive: monitor ready in {ready:.0f} s; clock after the first 10 s {clock - t0} ms; "
         f"decided at {final['ts'] - t0} ms of event time, {took:.0f} s after the monitor was ready"
     )
+
+
+def test_the_experiments_clock_reaches_where_the_join_stopped_a_little_past_the_last_it_sent(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A batch without evidence sends the experiment's clock once it has moved a second of event time, or
+    moved at all a second after the last one sent. Traffic that stops 400 ms of event time past the last
+    clock sent leaves the experiment there without the second rule, for as long as the traffic stays away:
+    an experiment's clock must reach where the join's stands. The join's clock here is the outcomes'
+    watermark, moved on every partition at once by outcomes of no known request."""
+    key = "experiment-clock-key"
+    with topic_world(kafka_bootstrap, 3) as plain:
+        settings = plain.model_copy(update={"signing_key": SecretStr(key)})
+        config = write_config(
+            tmp_path / "monitor.toml",
+            # The out-of-order allowance is the label window's 1 s; no partition goes idle in the test.
+            {"label_window_s": 1, "emit_every_s": 1.0, "commit_interval_s": 0.3, "idle_timeout_s": 3600},
+            [],
+        )
+        monitor = MonitorProcess(settings, config, tmp_path, {"MODELWATCH_SIGNING_KEY": key})
+        for action, version, share in (("deploy", "v1", None), ("canary", "v2", 0.5)):
+            publish(settings, make(action, version, "test", key=key, issued_by="test", traffic=share))
+        experiment = read_history(settings).experiment
+        assert experiment is not None
+        shop = MonitorStorefront(settings)
+
+        eid = experiment.experiment_id
+
+        def clock() -> int:
+            events = read_events(settings, "experiments", "experiment")
+            return max((e["ts"] for e in events if e["experiment_id"] == eid), default=-1)
+
+        monitor.start()
+        try:
+            t1 = int(time.time() * 1000)
+            shop.tick(t1, 3)
+            first = wait_for(lambda: clock() >= t1 - 1000, 60, "the experiment's first clock", every=0.5)
+            assert first and clock() == t1 - 1000
+            shop.tick(t1 + 400, 3)
+            wait_for(lambda: clock() >= t1 - 600, 30, "the experiment's clock 400 ms on", every=0.5)
+        finally:
+            monitor.stop()
+        assert clock() == t1 - 600
