@@ -176,7 +176,8 @@ class Joiner:
         rid, ts = p["request_id"], p["ts"]
         watermarks = self.clocks
         out: list[Labelled] = []
-        marked = request_hash(rid) in self.markers
+        key = request_hash(rid)
+        marked = key in self.markers
         entry = None if marked else self.store.get(rid)
         pending = pending_prediction(p)
         if entry is not None and entry["kind"] == SHADOW:  # its shadow came first: they wait together
@@ -185,10 +186,10 @@ class Joiner:
             self.stats.duplicates += 1
         elif entry is not None:
             self.stats.outcome_first += 1
-            out.append(self._resolve(rid, pending, entry))
+            out.append(self._resolve(rid, pending, entry, key))
         elif ts + self.label_window_ms < watermarks.outcomes.watermark:
             # Every outcome within its window has been seen already, and none was this one's.
-            out.append(self._resolve(rid, pending, None))
+            out.append(self._resolve(rid, pending, None, key))
         else:
             self.store.put(rid, pending)
             heapq.heappush(self._predictions, (ts, rid))
@@ -200,7 +201,8 @@ class Joiner:
         rid, ts = o["request_id"], o["ts"]
         watermarks = self.clocks
         out: list[Labelled] = []
-        marked = request_hash(rid) in self.markers
+        key = request_hash(rid)
+        marked = key in self.markers
         entry = None if marked else self.store.get(rid)
         pending = pending_outcome(o)
         if entry is not None and entry["kind"] == SHADOW:  # only the shadow so far: they wait together
@@ -208,7 +210,7 @@ class Joiner:
         if marked or (entry is not None and entry["kind"] == OUTCOME):
             self.stats.duplicates += 1
         elif entry is not None:
-            out.append(self._resolve(rid, entry, pending))
+            out.append(self._resolve(rid, entry, pending, key))
         elif ts + self.prediction_wait_ms < watermarks.outcomes.watermark:
             # Its prediction would have come by now: nothing can be judged with it.
             self.stats.orphan_outcomes += 1
@@ -252,12 +254,16 @@ class Joiner:
 
     # -- bookkeeping -------------------------------------------------------------------------------------
 
-    def _resolve(self, rid: str, pred: dict[str, Any], outcome: dict[str, Any] | None) -> Labelled:
-        """Label ``pred`` with ``outcome`` (``None``: the window closed without one), leave a marker."""
+    def _resolve(
+        self, rid: str, pred: dict[str, Any], outcome: dict[str, Any] | None, key: int | None = None
+    ) -> Labelled:
+        """Label ``pred`` with ``outcome`` (``None``: the window closed without one), leave a marker
+        (``key``: the request id's hash, when the caller has it already)."""
         ts = int(pred["ts"])
         self.store.delete(rid)
         # The bucket ends after ts: the marker outlives ts + 2 windows.
-        self.markers.mark(request_hash(rid), max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS)
+        key = request_hash(rid) if key is None else key
+        self.markers.mark(key, max(self.clocks.predictions.watermark, ts) // MARKER_BUCKET_MS)
         version, candidates, recommended = pred["version"], pred["candidates"], pred["recommended"]
         user = str(pred.get("user", ""))
         shadow = pred.get("shadow") or (outcome or {}).get("shadow")

@@ -24,6 +24,8 @@ from typing import Any
 
 #: What :meth:`StreamClock.candidate` returns when every partition of the stream is idle.
 ALL_IDLE = None
+#: The least latest event time of a stream none of whose partitions is active (below any event time).
+_NONE_ACTIVE = -(2**63)
 
 
 @dataclass
@@ -42,14 +44,23 @@ class StreamClock:
     partitions: int = 0
     sources: dict[int, SourceClock] = field(default_factory=dict)
     watermark: int = -1
+    #: The least latest event time of the active partitions (:data:`_NONE_ACTIVE` with none), kept while
+    #: nothing can have moved it (``None``: to be found again). The join asks at every event, and an event
+    #: moves the least only when it comes from the partition that had it: its clock is dropped then.
+    _low: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def observe(self, source: int, ts: int) -> None:
         """A plausible event at ``ts`` came from ``source``."""
         clock = self.sources.get(source)
         if clock is None:
             clock = self.sources[source] = SourceClock()
-        clock.idle = False
+            self._low = None
+        if clock.idle:
+            clock.idle = False
+            self._low = None
         if ts > clock.latest:
+            if self._low is not None and clock.latest <= self._low:
+                self._low = None  # it may have been the least
             clock.latest = ts
 
     def expect(self, partitions: int) -> None:
@@ -64,15 +75,19 @@ class StreamClock:
             clock = self.sources[source] = SourceClock()
         clock.latest = max(clock.latest, latest)
         clock.idle = idle
+        self._low = None
 
     def candidate(self, out_of_order_ms: int) -> int | None:
         """The watermark its partitions allow now (``-1``: none yet), or :data:`ALL_IDLE`."""
         if self.partitions and len(self.sources) < self.partitions:
             return -1  # a partition not heard of yet may still hold anything
-        active = [c.latest for c in self.sources.values() if not c.idle]
-        if not active:
+        low = self._low
+        if low is None:
+            low = self._low = min(
+                (c.latest for c in self.sources.values() if not c.idle), default=_NONE_ACTIVE
+            )
+        if low == _NONE_ACTIVE:
             return ALL_IDLE if self.sources else -1
-        low = min(active)
         return low - out_of_order_ms if low >= 0 else -1
 
     def advance(self, to: int) -> bool:
