@@ -72,7 +72,6 @@ def ensure_internal_topics(
     Faust creates them too, but on a first start it subscribes before the new topics reach the metadata it
     fetched, and then ignores them until its next metadata refresh (minutes): the watch agent would idle.
     """
-    client = kafka.admin(settings)
     wanted = []
     for name, cleanup in internal_topics(app_id).items():
         config = {"cleanup.policy": cleanup}
@@ -92,7 +91,7 @@ def ensure_internal_topics(
             config={"cleanup.policy": "delete", "retention.ms": str(contract.OUTCOMES_DLQ.retention_ms)},
         )
     )
-    ensure_topics(client, wanted, timeout)
+    ensure_topics(settings, wanted, timeout)
 
 
 def source_layout(settings: Settings, timeout: float = 20.0, client: Any = None) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
-from services.kafka.topics import create_topics
+from services.kafka.topics import create_topics, ensure_topics
 from services.sandbox.broker import LocalCluster
 from services.sandbox.processes import ManagedProcess
 
@@ -163,25 +163,11 @@ APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 
 def create_plain_topics(settings: Settings, names: Sequence[str], timeout: float = 30.0) -> None:
     """Topics outside the contract (the contenders' outputs), partitioned like the request topic."""
-    client = kafka.admin(settings)
     wanted = [
         NewTopic(name, num_partitions=PARTITIONS, replication_factor=1, config=dict(APPEND_TIME))
         for name in names
     ]
-    for name, fut in client.create_topics(wanted, request_timeout=timeout).items():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
-    deadline = time.monotonic() + timeout
-    while True:
-        meta = client.list_topics(timeout=timeout).topics
-        if all(len(getattr(meta.get(n), "partitions", {})) == PARTITIONS for n in names):
-            return
-        if time.monotonic() > deadline:
-            raise KafkaClientError(f"topics {', '.join(names)} did not appear within {timeout:.0f}s")
-        time.sleep(0.1)
+    ensure_topics(settings, wanted, timeout)
 
 
 def stamp_on_append(settings: Settings, topics: Sequence[str], timeout: float = 30.0) -> None:

@@ -8,6 +8,7 @@ command topic created with more partitions is refused by every reader with one l
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from schemas import topics as contract
 from schemas.errors import KafkaClientError
 from services import kafka
 from services.config import Settings
+from services.kafka.retry import retry
+
+log = logging.getLogger(__name__)
 
 #: Partitions of the command topic: one, so that its offsets are the order of the commands.
 COMMAND_LOG_PARTITIONS = 1
@@ -102,7 +106,7 @@ def create_topics(
                 config=config,
             )
         )
-    states = ensure_topics(client, wanted, timeout)
+    states = ensure_topics(settings, wanted, timeout, client)
     commands = contract.MODEL_COMMANDS.name(settings.topic_prefix)
     for state in states:
         if state.name == commands:
@@ -110,22 +114,98 @@ def create_topics(
     return states
 
 
-def ensure_topics(client: AdminClient, wanted: list[NewTopic], timeout: float = 30.0) -> list[TopicState]:
+#: CreateTopics errors that a moment cures: the request's broker went away or was retired by the client
+#: (librdkafka retires a broker handle that the metadata stops listing, failing what was in flight on it
+#: with _DESTROY_BROKER: seen once on a just-started three-broker cluster), or the controller the client
+#: knows did not answer in time (a broker paused or overloaded; the next attempt reads the metadata first,
+#: so it asks the controller the cluster names then).
+TRANSIENT_CREATE_ERRORS = frozenset(
+    {
+        KafkaError._DESTROY_BROKER,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_CONTROLLER,
+    }
+)
+
+
+#: How long one CreateTopics attempt may wait (a healthy cluster answers in well under a second).
+ATTEMPT_S = 10.0
+
+
+class _CreateFailed(Exception):
+    """Some topics failed to be created with a transient error (:data:`TRANSIENT_CREATE_ERRORS`)."""
+
+    def __init__(self, errors: dict[str, KafkaError]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+def ensure_topics(
+    settings: Settings, wanted: list[NewTopic], timeout: float = 30.0, client: AdminClient | None = None
+) -> list[TopicState]:
     """Create ``wanted`` where missing (existing topics are left as they are) and return once the cluster's
     metadata shows every one with its partitions: a new topic reaches the metadata cache a moment after
-    CreateTopics returns. Used for the contract's topics, the monitor's internal topics and the bench's."""
+    CreateTopics returns. Used for the contract's topics, the monitor's internal topics and the bench's.
+
+    A transient error (:data:`TRANSIENT_CREATE_ERRORS`) is retried, with backoff and a new client, until
+    ``timeout`` has passed; any other error, or a transient one that lasts, raises
+    :class:`KafkaClientError`. A topic that a failed attempt created after all is reported as existing
+    (``created`` False). ``client``, if given, makes the first attempt (one that has read the metadata)."""
+    started = time.monotonic()
     created: dict[str, bool] = {}
-    for name, fut in client.create_topics(wanted, request_timeout=timeout).items():
-        try:
-            fut.result()
-            created[name] = True
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaClientError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
-            created[name] = False
+    pending = list(wanted)
+    current = client if client is not None else kafka.admin(settings)  # a client with nothing queued is falsy
+
+    def attempt(number: int) -> None:
+        nonlocal pending, current
+        if number > 1:
+            # A new client learns the cluster afresh: librdkafka keeps waiting for the controller its
+            # metadata names, even one that never answers (a broker paused or stuck), and a broker it
+            # has retired (_DESTROY_BROKER) is gone from the old one for good.
+            current = kafka.admin(settings)
+        # One attempt waits at most ATTEMPT_S, so that a controller that does not answer costs one attempt.
+        wait_s = min(ATTEMPT_S, max(1.0, timeout - (time.monotonic() - started)))
+        transient: dict[str, KafkaError] = {}
+        for name, fut in current.create_topics(pending, request_timeout=wait_s).items():
+            try:
+                fut.result()
+                created[name] = True
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    created[name] = False
+                elif error.code() in TRANSIENT_CREATE_ERRORS:
+                    transient[name] = error
+                else:
+                    raise KafkaClientError(f"cannot create topic {name}: {error.str()}") from exc
+        pending = [t for t in pending if t.topic in transient]
+        if transient:
+            raise _CreateFailed(transient)
+
+    def report(number: int, wait_s: float, error: BaseException) -> None:
+        assert isinstance(error, _CreateFailed)
+        name, first = next(iter(error.errors.items()))
+        log.warning(
+            "creating topics failed (%s and %d more): %s; trying again in %.1fs",
+            name,
+            len(error.errors) - 1,
+            first.str(),
+            wait_s,
+        )
+
+    try:
+        retry(attempt, retry_on=(_CreateFailed,), retry_max_s=2.0, within_s=timeout, on_retry=report)
+    except _CreateFailed as exc:
+        name, error = next(iter(exc.errors.items()))
+        raise KafkaClientError(
+            f"cannot create topic {name}: {error.str()} (still so after {timeout:.0f}s of trying)"
+        ) from exc
     deadline = time.monotonic() + timeout
     while True:
-        meta = client.list_topics(timeout=timeout)
+        meta = current.list_topics(timeout=timeout)
         if all(t.topic in meta.topics and meta.topics[t.topic].partitions for t in wanted):
             break
         if time.monotonic() > deadline:

@@ -7,16 +7,20 @@ broker is never stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import NewTopic
 
+from services import kafka
 from services.config import BrokerSettings
-from services.kafka.topics import create_topics
+from services.kafka.topics import create_topics, ensure_topics
 from services.model.recommender import Recommender
 from services.sandbox.broker import LocalCluster
 from services.sandbox.processes import ManagedProcess
@@ -151,3 +155,69 @@ def test_no_broker_at_start_then_a_broker_restart_mid_run(
         for p in (replica, monitor):
             p.stop()
         print_tails(("serve-a", replica.log()), ("monitor", monitor.log()))
+
+
+def test_topics_are_created_when_the_broker_dies_with_the_request_in_flight(
+    lone_broker: LocalCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fault: FaultRow,
+) -> None:
+    """CreateTopics in flight when the broker is SIGKILLed: tried again, done once the broker is back."""
+    lone_broker.start()
+    settings = fresh_world(lone_broker.bootstrap, monkeypatch)
+    wanted = [NewTopic(settings.topic(f"in-flight-{i}"), 3, 1) for i in range(3)]
+    client = kafka.admin(settings)
+    # A topic first, so that the client is connected to the controller and the next CreateTopics goes out
+    # at once; then its metadata once more, which only the broker by its id can answer (librdkafka retires
+    # its bootstrap connection once the metadata names the brokers).
+    ensure_topics(settings, [NewTopic(settings.topic("in-flight-warm-up"), 1, 1)], 30, client)
+    client.list_topics(timeout=10)
+    broker = lone_broker.nodes[0]
+    assert broker.pid is not None
+    outcome: list[object] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(_outcome(ensure_topics, settings, wanted, 90, client))
+    )
+    # Frozen, the broker reads nothing: the request waits in its socket until the kill resets the connection.
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.kafka.topics"):
+            worker.start()
+            wait_for(lambda: unread_bytes(broker.port) > 0, 30, "the request in the frozen broker's socket")
+            lone_broker.kill(1)
+            # Guards the retry: the request fails with _TRANSPORT (connection reset), which ensure_topics
+            # must take for a moment's trouble and try again, not for an answer.
+            wait_for(lambda: "creating topics failed" in caplog.text, 30, "a failed CreateTopics, retried")
+            lone_broker.start()
+            worker.join(90)
+    finally:
+        if broker.running:
+            os.kill(broker.pid, signal.SIGCONT)
+    assert not worker.is_alive()
+    states = outcome[0]
+    assert isinstance(states, list), states
+    assert [(s.name, s.partitions, s.created) for s in states] == [(t.topic, 3, True) for t in wanted]
+    retried = [r.getMessage() for r in caplog.records]
+    fault.note(f"{len(retried)} attempts failed, then done; the first: {retried[0]}")
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes received and not yet read by the listener on ``port``, over its accepted sockets (Linux; the JVM
+    listens on an IPv6 socket that also takes IPv4)."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # ESTABLISHED, the broker's end
+                total += int(fields[4].split(":")[1], 16)  # rx_queue
+    return total
+
+
+def _outcome(call: Callable[..., object], *args: object) -> object:
+    """``call(*args)``'s result, or the exception it raised: a thread's outcome, for the test to assert."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        return exc

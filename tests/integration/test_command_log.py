@@ -41,7 +41,7 @@ def three_partition_log(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MODELWATCH_BOOTSTRAP", kafka_bootstrap)
     monkeypatch.setenv("MODELWATCH_TOPIC_PREFIX", prefix)
     settings = load_settings(bootstrap=kafka_bootstrap, topic_prefix=prefix)
-    ensure_topics(kafka.admin(settings), [NewTopic(settings.topic("model-commands"), 3, 1)])
+    ensure_topics(settings, [NewTopic(settings.topic("model-commands"), 3, 1)])
     yield settings
     delete_topics(settings)
 

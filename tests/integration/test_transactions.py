@@ -40,9 +40,7 @@ def test_an_aborted_transaction_is_redone_by_a_new_producer_and_committed_once(s
     # A topic that refuses anything over 1 KiB: a larger record fails on the broker, inside the
     # transaction, which makes the transaction abortable (the client's own limit is 1 MB).
     refusing = f"{settings.topic_prefix}refusing"
-    ensure_topics(
-        kafka.admin(settings), [NewTopic(refusing, 1, 1, config={"max.message.bytes": "1024"})], timeout=30
-    )
+    ensure_topics(settings, [NewTopic(refusing, 1, 1, config={"max.message.bytes": "1024"})], timeout=30)
     feeder = kafka.producer(settings)
     for i in range(INPUTS):
         feeder.produce(inputs, f"in-{i}".encode(), f"k{i}".encode())
