@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, cast
 
@@ -209,6 +210,7 @@ class Monitor(WatchAgents):
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     async def follow_commands(self) -> None:
+        log_at_debug(self.settings.monitor.debug_loggers)  # the worker has set its logging up by now
         self._start_follower()
         self.source_reader.start()
 
@@ -233,6 +235,19 @@ class Monitor(WatchAgents):
         self.follower.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.source_reader.stop)
         await self._close_alert_sender()
+
+
+def log_at_debug(names: Iterable[str]) -> None:
+    """Log the loggers ``names`` at DEBUG whatever the worker's level: the root's handlers are lowered to
+    DEBUG, and every other logger keeps the root's level, so only these say more."""
+    names = list(names)
+    if not names:
+        return
+    for handler in logging.root.handlers:
+        handler.setLevel(logging.DEBUG)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    log.info("logging at DEBUG: %s", ", ".join(names))
 
 
 def monitor_app_id(settings: Settings) -> str:

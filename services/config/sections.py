@@ -115,6 +115,11 @@ class MonitorSettings(Section):
     )
     data_dir: Path = Field(default_factory=lambda: _data_home() / "monitor")
     log_level: str = "info"
+    debug_loggers: list[str] = Field(
+        default_factory=list,
+        description="Loggers logged at DEBUG whatever log_level says; aiokafka.consumer.fetcher and "
+        "faust.tables.recovery tell what a table recovery fetched and what it received.",
+    )
     dedupe_horizon: int = Field(
         50_000, ge=0, description="Recent requests per version remembered, so a replay is not counted twice."
     )

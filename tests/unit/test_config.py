@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -159,3 +160,20 @@ def test_model_picks_the_model_and_keeps_the_default_one(monkeypatch: pytest.Mon
     assert Registry.from_settings(cart).model_root.endswith("/models/cart")
     with pytest.raises(ConfigError, match="model name 'home feed'"):
         home.for_model("home feed")
+
+
+def test_debug_loggers_say_more_and_no_other_logger_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.app import log_at_debug
+
+    monkeypatch.setenv("MODELWATCH_MONITOR__DEBUG_LOGGERS", '["faust.tables.recovery"]')
+    names = load_settings().monitor.debug_loggers
+    assert names == ["faust.tables.recovery"]
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO)  # as the Faust worker sets up its root handler
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logging.root, "level", logging.INFO)
+    chosen, other = logging.getLogger(names[0]), logging.getLogger("aiokafka.consumer.group_coordinator")
+    monkeypatch.setattr(chosen, "level", logging.NOTSET)
+    log_at_debug(names)
+    assert chosen.isEnabledFor(logging.DEBUG) and handler.level == logging.DEBUG
+    assert not other.isEnabledFor(logging.DEBUG)
