@@ -43,7 +43,8 @@ Delivery is at-least-once (Faust's ``exactly_once`` has open duplicate bugs) wit
 Faust flushes everything produced before it commits offsets. Each output (joinable events, labelled
 requests, metrics, alerts, commands) is acknowledged before the state that says it was sent is written, so
 a crash repeats work rather than lose it; the repeats are recognised: the join's markers, the windows' last
-counted offset and recent request ids, the alert transitions and commands already on their topics.
+counted offset and recent request ids, the alert transitions and commands already on their topics. A
+fetch left over from before a rebalance takes no records (:mod:`streams.fetch_guard`).
 
 Start it with ``modelwatch monitor`` or ``faust -A streams.app worker -l info``.
 """
@@ -61,7 +62,7 @@ import faust
 
 from services.config import Settings, load_settings
 from services.registry.keys import signer_of
-from streams import READY
+from streams import READY, fetch_guard
 from streams.alerts import RegistryBaselines
 from streams.connection import broker_credentials, ensure_internal_topics, wait_for_sources
 from streams.decisions import Decisions
@@ -88,6 +89,7 @@ class Monitor(WatchAgents):
         partitions, replication = wait_for_sources(settings)
         self.app_id = monitor_app_id(settings)
         ensure_internal_topics(settings, self.app_id, partitions, replication)
+        fetch_guard.install()  # a fetch left over from before a rebalance takes nothing
         self.app = faust.App(
             self.app_id,
             broker=[f"kafka://{host}" for host in settings.bootstrap_servers.split(",")],

@@ -31,9 +31,9 @@ from tests.integration.monitor_support import (
 
 pytestmark = pytest.mark.faults
 
-#: What the survivor's table recovery fetched and received, in its log: once (1 run in about 40) its
-#: recovery never ended, three changelog partitions receiving nothing, and the cause was not found
-#: (README, Reliability). Should it happen again, the log says where their records went.
+#: What the survivor's table recovery fetched and received, in its log: once its recovery never ended,
+#: three changelog partitions receiving nothing (README, Reliability; streams.fetch_guard is the mend).
+#: Should it happen again, the log says where their records went.
 DIAGNOSE = {"MODELWATCH_MONITOR__DEBUG_LOGGERS": '["aiokafka.consumer.fetcher", "faust.tables.recovery"]'}
 
 
