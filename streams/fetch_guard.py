@@ -2,15 +2,15 @@
 
 Why. Faust (faust-streaming 0.15) reads through aiokafka in a thread of its own. Each fetch of the
 worker's drain loop is a call into that thread, ``fetcher.fetched_records(active)``, given the consumer's
-live set of active partitions, which waits up to a second for records. When a rebalance begins, Faust
-cancels the drain loop, but not that call: it goes on in the thread (it first waits out the rebalance),
-and when records come it takes them, moving aiokafka's positions past them, and hands them to a caller
-that is gone. Worse, aiokafka reads an empty set of partitions as *all* of them, and the live set is
-empty while Faust holds every partition paused for the recovery of its tables. So records fetched in that
-moment are lost, whichever partition they belong to; among them, those of a changelog partition that the
-recovery has just sought to its start. Such a partition then never receives an event, and the recovery
-never ends: the worker stands still, with whatever rollback it had pending (seen once in
-``tests/faults/test_monitor_workers.py``; the README's Reliability section tells the run).
+live set of active partitions, which waits up to a second for records. A rebalance does not interrupt
+that call: it waits out the rebalance in the thread, then takes the first records that come, moving
+aiokafka's positions past them. Meanwhile Faust has stopped its flow and paused every partition, and
+aiokafka reads the empty set of active partitions as *every* partition; Faust drops what a fetch returns
+while its flow is stopped. So records fetched in that moment are lost, whichever partition they belong to:
+among them, those of a changelog partition that the table recovery has just sought to its start, which
+then never receives an event, and the recovery never ends. The worker stands still, with whatever rollback
+it had pending (seen once in ``tests/faults/test_monitor_workers.py``; the README's Reliability section
+tells the run).
 
 What this does. The call is given a view of the live set that holds nothing once another generation has
 begun or the flow has stopped, and that is never empty-as-all. The records stay in aiokafka's buffer for
