@@ -47,7 +47,7 @@ class CurrentPartitions:
 async def fetch_current(
     thread: Any,
     consumer: Any,
-    active_partitions: Set[Any],
+    active_partitions: Set[Any] | None,
     timeout: float | None = None,
     max_records: int | None = None,
 ) -> Any:
@@ -57,12 +57,14 @@ async def fetch_current(
     fetcher = consumer._fetcher
     if consumer._closed or fetcher._closed:
         raise ConsumerStoppedError()
+    # None: a client-only app (no group) reads every partition it has; nothing to guard.
+    partitions = (
+        None
+        if active_partitions is None
+        else CurrentPartitions(active_partitions, thread.app, thread.consumer)
+    )
     with fetcher._subscriptions.fetch_context():
-        return await fetcher.fetched_records(
-            CurrentPartitions(active_partitions, thread.app, thread.consumer),
-            timeout=timeout,
-            max_records=max_records,
-        )
+        return await fetcher.fetched_records(partitions, timeout=timeout, max_records=max_records)
 
 
 def install() -> None:
