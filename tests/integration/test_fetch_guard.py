@@ -21,7 +21,7 @@ from streams import fetch_guard
 RECORDS = 10
 
 
-def test_a_fetch_from_a_past_generation_or_with_every_partition_paused_takes_nothing(
+def test_a_fetch_of_a_past_generation_paused_or_stopped_takes_nothing(
     settings: Settings,
 ) -> None:
     fetch_guard.install()  # as the monitor does when it builds its app
