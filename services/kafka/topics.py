@@ -117,8 +117,8 @@ def create_topics(
 #: CreateTopics errors that a moment cures: the request's broker went away or was retired by the client
 #: (librdkafka retires a broker handle that the metadata stops listing, failing what was in flight on it
 #: with _DESTROY_BROKER: seen once on a just-started three-broker cluster), or the controller the client
-#: knows did not answer in time (a broker paused or overloaded; the next attempt reads the metadata first,
-#: so it asks the controller the cluster names then).
+#: knows did not answer in time (a broker paused or overloaded; the next attempt's new client asks the
+#: controller the cluster names then).
 TRANSIENT_CREATE_ERRORS = frozenset(
     {
         KafkaError._DESTROY_BROKER,
