@@ -1,6 +1,6 @@
 """A fetch left over from before a rebalance takes no records (streams.fetch_guard), on the real broker with
-aiokafka and Faust's consumer-thread fetch. Without the guard, Faust's fetch takes them in both cases below
-and hands them to a caller that is gone: the recovery stall seen once in the two-workers fault test."""
+aiokafka and Faust's consumer-thread fetch. Without the guard, Faust's fetch takes them in each of the three
+cases below, for a caller that drops them: the recovery stall seen once in the two-workers fault test."""
 
 from __future__ import annotations
 

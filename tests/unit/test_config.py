@@ -177,3 +177,4 @@ def test_debug_loggers_say_more_and_no_other_logger_does(monkeypatch: pytest.Mon
     log_at_debug(names)
     assert chosen.isEnabledFor(logging.DEBUG) and handler.level == logging.DEBUG
     assert not other.isEnabledFor(logging.DEBUG)
+    chosen.setLevel(logging.NOTSET)  # clears the loggers' cached levels, which monkeypatch's undo does not
