@@ -23,6 +23,7 @@ from services.config import BrokerSettings
 from services.kafka.topics import create_topics, ensure_topics
 from services.model.recommender import Recommender
 from services.sandbox.broker import LocalCluster
+from services.sandbox.kafka_node import port_open
 from services.sandbox.processes import ManagedProcess
 from services.sandbox.storefront import SimulationPlan, SimulationStats, simulate
 from tests.faults.conftest import FaultRow
@@ -189,6 +190,12 @@ def test_topics_are_created_when_the_broker_dies_with_the_request_in_flight(
             # Guards the retry: the request fails with _TRANSPORT (connection reset), which ensure_topics
             # must take for a moment's trouble and try again, not for an answer.
             wait_for(lambda: "creating topics failed" in caplog.text, 30, "a failed CreateTopics, retried")
+            # The killed JVM's listeners close a moment after it is reaped; start() refuses ports in use.
+            wait_for(
+                lambda: not (port_open(broker.port) or port_open(broker.controller_port)),
+                30,
+                "the killed broker's ports closed",
+            )
             lone_broker.start()
             worker.join(90)
     finally:
