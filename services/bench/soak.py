@@ -8,6 +8,10 @@ least-squares slope and the drift, for the monitor and for the replica, and the 
 With ``trace_memory`` the monitor traces its allocations (:mod:`services.bench.memory_trace`) and the soak
 reports the sites that grew most over the measured minutes, and by how many bytes a request; its CPU
 figures are then those of a traced process, and the table says so.
+
+Always, the monitor writes its memory accounts a minute (:mod:`services.bench.memory_accounts`: resident,
+Python's live blocks, glibc's heap and its free part), which cost nothing measurable, and the soak reports
+how each moved over the measured minutes: whether live objects or only the memory around them grew.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from rich.table import Table
 
 from schemas.errors import BenchmarkError
 from services.bench.cpu import cpu_pressure_us, machine
+from services.bench.memory_accounts import ACCOUNTS, accounts_growth
 from services.bench.memory_trace import growth
 from services.bench.rig import Rig
 from services.bench.stats import TARGETS, judge_targets
@@ -62,6 +67,7 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
     started, pressure = time.monotonic(), cpu_pressure_us()
     failed = True
     grown: dict[str, Any] | None = None
+    moved: dict[str, Any] | None = None
     try:
         rig.start_broker()
         settings = rig.settings("soak")
@@ -71,6 +77,7 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
         ).version
         say(f"soak: {plan.warmup_minutes:g} min warm-up, then {plan.minutes:g} min at {plan.rate:,.0f}/s")
         traces = rig.workdir / "memory-trace"
+        accounts = rig.workdir / "memory-accounts.jsonl"
         run = run_steady(
             rig,
             version,
@@ -81,14 +88,14 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
             monitor=True,
             progress=say,
             progress_every_s=plan.progress_every_s,
-            monitor_args=(
-                ["--trace-memory", str(traces), "--trace-every", f"{plan.trace_every_s:g}"]
-                if plan.trace_memory
-                else ()
-            ),
+            monitor_args=[
+                *(["--trace-memory", str(traces)] if plan.trace_memory else ()),
+                *("--memory-accounts", str(accounts), "--trace-every", f"{plan.trace_every_s:g}"),
+            ],
         )
+        # The measured minutes ended as run_steady returned (give or take its teardown).
+        moved = accounts_growth(accounts, since=time.time() - plan.minutes * 60.0)
         if plan.trace_memory:
-            # The measured minutes ended as run_steady returned (give or take its teardown).
             grown = growth(traces, since=time.time() - plan.minutes * 60.0)
             if grown is None:
                 say(f"--trace-memory: fewer than two snapshots after the warm-up in {traces}")
@@ -107,6 +114,7 @@ def run_soak(base: Settings, plan: SoakPlan, say: Say = print) -> dict[str, Any]
         worked = (run.monitor_requests_worked or 0) * grown["minutes"] / plan.minutes
         per_request = grown["traced_grown_mb"] * 2**20 / worked if worked else None
         summary["memory_growth"] = {**grown, "bytes_per_request": per_request}
+    summary["memory_accounts"] = moved
     return summary
 
 
@@ -197,4 +205,39 @@ def growth_table(summary: dict[str, Any]) -> Table | None:
             f"{site['blocks_grown']:+,}",
             " > ".join(site["via"][:-1]),
         )
+    return table
+
+
+#: How each memory account reads in the soak's table.
+_ACCOUNT_NAMES = {
+    "rss_kb": "resident",
+    "rss_anon_kb": "resident, anonymous",
+    "py_blocks": "Python's live blocks (a count)",
+    "heap_kb": "glibc's heaps",
+    "heap_free_kb": "  of which free",
+    "mmapped_kb": "glibc's own mappings",
+    "other_anon_kb": "other anonymous (Python's arenas, stacks)",
+}
+
+
+def accounts_table(summary: dict[str, Any]) -> Table | None:
+    """How the monitor's memory accounts moved over the measured minutes, or ``None`` if not read."""
+    moved = summary.get("memory_accounts")
+    if moved is None:
+        return None
+    table = Table(
+        title=f"the monitor's memory accounts over {moved['minutes']:g} min ({moved['readings']} readings)",
+        title_justify="left",
+    )
+    for column in ("account", "first", "last", "change"):
+        table.add_column(column, justify="left" if column == "account" else "right")
+    for name in ACCOUNTS:
+        row = moved["accounts"][name]
+        if name == "py_blocks":
+            cells = [f"{v:,}" if v is not None else "-" for v in (row["first"], row["last"])]
+            cells.append("-" if row["change"] is None else f"{row['change']:+,}")
+        else:
+            cells = [f"{v / 1024:,.1f} MB" if v is not None else "-" for v in (row["first"], row["last"])]
+            cells.append("-" if row["change"] is None else f"{row['change'] / 1024:+,.1f} MB")
+        table.add_row(_ACCOUNT_NAMES[name], *cells)
     return table

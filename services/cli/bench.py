@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from services.bench import DEFAULT, FULL, QUICK, run_bench
 from services.bench.experiments import report_lines
 from services.bench.plot import draw
-from services.bench.soak import SoakPlan, growth_table, run_soak, soak_table
+from services.bench.soak import SoakPlan, accounts_table, growth_table, run_soak, soak_table
 from services.bench.table import bench_table
 from services.cli.common import console, current_settings, err
 
@@ -134,9 +134,9 @@ def _soak(plan: SoakPlan, json_path: Path | None) -> None:
     summary = run_soak(current_settings(), plan, say=lambda text: err.print(text, highlight=False))
     out = console if console.is_terminal else Console(width=150, highlight=False)
     out.print(soak_table(summary))
-    grown = growth_table(summary)
-    if grown is not None:
-        out.print(grown)
+    for table in (accounts_table(summary), growth_table(summary)):
+        if table is not None:
+            out.print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -47,7 +47,19 @@ def monitor(
         "--trace-memory reads them). Tracing slows every allocation: do not measure CPU with it.",
     ),
     trace_every_s: float = typer.Option(
-        60.0, "--trace-every", min=1.0, metavar="SECONDS", help="--trace-memory: seconds between snapshots."
+        60.0,
+        "--trace-every",
+        min=1.0,
+        metavar="SECONDS",
+        help="--trace-memory, --memory-accounts: seconds between snapshots.",
+    ),
+    memory_accounts: Path | None = typer.Option(
+        None,
+        "--memory-accounts",
+        metavar="FILE",
+        help="Diagnostics: append a JSON line of cheap memory accounts (resident, Python's live blocks, "
+        "glibc's heap and its free part) to FILE every --trace-every seconds; costs nothing measurable "
+        "(modelwatch bench --soak reads it).",
     ),
 ) -> None:
     """Run the monitor: a faust-streaming worker that joins predictions with outcomes, keeps rolling
@@ -69,6 +81,8 @@ def monitor(
     """
     if trace_memory is not None and trace_memory.exists() and not trace_memory.is_dir():
         raise ConfigError(f"--trace-memory names {trace_memory}, which is not a directory")
+    if memory_accounts is not None and memory_accounts.is_dir():
+        raise ConfigError(f"--memory-accounts names {memory_accounts}, which is a directory")
     if config is not None:
         if not config.is_file():
             raise ConfigError(f"--config names {config}, which is not a file")
@@ -84,6 +98,10 @@ def monitor(
         from services.bench.memory_trace import start_tracing
 
         start_tracing(trace_memory, trace_every_s)  # before Faust and the app allocate anything
+    if memory_accounts is not None:
+        from services.bench.memory_accounts import start_accounting
+
+        start_accounting(memory_accounts, trace_every_s)
 
     from streams.app import run  # Faust is slow to import: only when the monitor really starts
 
