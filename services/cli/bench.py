@@ -3,7 +3,9 @@ references, print the table, write the JSON and the plot."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 
 import orjson
 import typer
@@ -78,6 +80,9 @@ def bench(
     """
     if quick + full + soak > 1:
         raise typer.BadParameter("choose one of --quick, --full and --soak")
+    # SIGTERM (kill, a supervisor; a shell's background job ignores Ctrl-C) ends the run as Ctrl-C does:
+    # its replicas, monitor and broker are stopped, not left running in their own sessions.
+    signal.signal(signal.SIGTERM, _interrupt)
     if trace_memory and not soak:
         raise typer.BadParameter("--trace-memory traces the soak's monitor: add --soak")
     if soak:
@@ -128,6 +133,10 @@ def bench(
         for line in report_lines(result.experiments):
             out.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"plot: {draw(summary, plot)}")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _soak(plan: SoakPlan, json_path: Path | None) -> None:
