@@ -22,12 +22,16 @@ deletes its chunks. A chunk is the base64 of its hashes (little-endian uint64s),
 dict per record, held for an hour, cost more than the hashes it wrapped. An older monitor's chunk
 (``{"h": <base64>}``) and bucket (``{"ids": [...]}``) are read too.
 
-At a live pace a batch holds a few markers, and a bucket (a second of traffic) gets a chunk from each of
-the ~10 batches that touch it: the records' keys and dicts then cost more than the markers (118 bytes a
-request in all at 5 a batch, against 56 at 50). So once a bucket is *closed* (the prediction clock is past
-it: no marker goes there any more) its chunks are written again as one (:meth:`Markers.merge_closed`)
-and deleted, once per bucket. The merged record goes to the changelog before the deletions: a crash in
+At a live pace a batch holds a few markers, and a bucket (ten seconds of traffic) gets a chunk from each
+of the batches that touch it: the records' keys and dicts then cost more than the markers (118 bytes a
+request in all at 5 a batch, against 56 at 50, with buckets of a second). So once a bucket is *closed*
+(the prediction clock is past it: no marker goes there any more) its chunks are written again as one
+(:meth:`Markers.merge_closed`; several past :data:`MERGED_MARKERS`, for Kafka's message limit) and
+deleted, once per bucket. The merged record goes to the changelog before the deletions: a crash in
 between leaves the bucket's markers twice: the set takes them once, and the next merge writes them once.
+A merged bucket's record, its key and its entries still cost ~900 bytes whatever it holds, so buckets are
+ten seconds wide, not one (:data:`streams.join.MARKER_BUCKET_S`): at 50 requests a second and partition a
+joined request leaves 28 bytes rather than 36.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from typing import Any
 EMPTY, DELETED = 0, 1  # values no hash takes (stored hashes keep that rule): EMPTY is a gap in SeqHashes
 #: A :class:`HashSet`'s shards double when they hold this many members on average.
 SHARD_MEMBERS = 512
+#: A merged chunk holds at most this many markers (300 kB of base64, as a pending segment: under Kafka's
+#: 1 MB message limit); a closed bucket that holds more is merged into several.
+MERGED_MARKERS = 300_000 // 11
 
 #: A stored chunk of markers: the base64 of its hashes (little-endian uint64s), or an older monitor's
 #: ``{"h": <that base64>}`` or ``{"ids": [...]}`` (a whole bucket).
@@ -142,7 +149,7 @@ class HashSet:
 
 class Markers:
     """The markers of one join partition, in buckets of the prediction clock (:data:`streams.join.
-    MARKER_BUCKET_MS`), forgotten a bucket at a time.
+    MARKER_BUCKET_S`), forgotten a bucket at a time.
 
     A bucket's hashes are kept twice: in the set (to look them up) and in the records written for it,
     which are the very strings the table holds (:meth:`unwritten` returns them; :meth:`load` keeps what
@@ -194,10 +201,11 @@ class Markers:
         self._unwritten.clear()
         return out
 
-    def merge_closed(self, before: int) -> list[tuple[int, int, str, list[int | None]]]:
+    def merge_closed(self, before: int) -> list[tuple[int, list[tuple[int, str]], list[int | None]]]:
         """Each bucket below ``before`` (closed: no marker goes there any more) that the store holds in
-        several chunks, as one: (bucket, its new chunk, the value of all its markers, the chunks to delete).
-        Call it after :meth:`unwritten`, whose chunks it may replace."""
+        more chunks than it needs, as few as it needs (one, unless it holds more than
+        :data:`MERGED_MARKERS`): (bucket, its new chunks and their values, the chunks to delete). Call it
+        after :meth:`unwritten`, whose chunks it may replace."""
         out = []
         for bucket in sorted(b for b in self._split if b < before):
             self._split.discard(bucket)
@@ -207,26 +215,33 @@ class Markers:
                 hashes.extend(decode_hashes(value))
             if len(set(hashes)) < len(hashes):  # a merge cut short by a crash left some in two chunks
                 hashes = array("Q", dict.fromkeys(hashes))
-            chunk = _next_chunk(replaced)
-            value = encode_hashes(hashes)
-            self._chunks[bucket] = {chunk: value}
-            out.append((bucket, chunk, value, list(replaced)))
+            first = _next_chunk(replaced)
+            merged = [
+                (first + i, encode_hashes(hashes[at : at + MERGED_MARKERS]))
+                for i, at in enumerate(range(0, len(hashes), MERGED_MARKERS))
+            ]
+            self._chunks[bucket] = dict(merged)
+            out.append((bucket, merged, list(replaced)))
         return out
 
     @classmethod
     def load(cls, records: Iterable[MarkerRecord]) -> Markers:
         """The markers as the store holds them (a restart)."""
         markers = cls()
+        held: dict[int, int] = {}  # bucket -> markers in its chunks
         for bucket, chunk, value in records:
             chunks = markers._chunks.get(bucket)
             if chunks is None:
                 chunks = markers._chunks[bucket] = {}
                 markers._order.append(bucket)
             chunks[chunk] = value
-            if len(chunks) > 1:
-                markers._split.add(bucket)
-            for h in decode_hashes(value):
+            hashes = decode_hashes(value)
+            held[bucket] = held.get(bucket, 0) + len(hashes)
+            for h in hashes:
                 markers._set.add(h)
+        for bucket, chunks in markers._chunks.items():
+            if len(chunks) > -(-held[bucket] // MERGED_MARKERS):  # more chunks than a merge leaves
+                markers._split.add(bucket)
         heapq.heapify(markers._order)
         return markers
 

@@ -15,6 +15,7 @@ from schemas.metrics import request_counts
 from streams import join
 from streams.join import (
     HEAP_SLACK,
+    MARKER_BUCKET_S,
     SHADOW,
     Joiner,
     Labelled,
@@ -125,11 +126,16 @@ def test_markers_are_forgotten_two_windows_on_and_a_replay_after_that_is_expired
     j = Joiner(DictStore(), W)
     j.prediction(prediction("r1", 100))
     j.outcome(outcome("r1", 200))
-    j.prediction(prediction("p", 5000))
-    j.outcome(outcome("o", 5000))  # both clocks past 100 + 2W: the marker is gone
+    later = MARKER_BUCKET_S * 1000 + 2 * W + 1  # the marker's bucket ends at 10 s
+    j.prediction(prediction("p", later - 1))
+    j.outcome(outcome("o", later - 1))
     j.sync()
     store = j.store
-    assert isinstance(store, DictStore) and store.get("r1") is None and not store.markers
+    assert isinstance(store, DictStore) and store.markers  # not yet: one ms short
+    j.prediction(prediction("p2", later))
+    j.outcome(outcome("o2", later))  # both clocks two windows past the bucket's end: the marker is gone
+    j.sync()
+    assert store.get("r1") is None and not [b for b, _ in store.markers if b == 0]
     assert j.prediction(prediction("r1", 100)) == [Labelled("r1", "v1", 100, NOTHING, expired=True)]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 import tracemalloc
 
-from streams.join import MARKER_BUCKET_MS, Joiner
+from streams.join import MARKER_BUCKET_S, Joiner
 from streams.join_store import DictStore
 from streams.markers import (
+    MERGED_MARKERS,
     SHARD_MEMBERS,
     HashSet,
     Markers,
@@ -88,7 +89,7 @@ def test_an_older_monitors_chunks_and_buckets_are_read() -> None:
         [(3, None, {"ids": ["a"]}), (3, 0, {"h": encode_hashes(decode_hashes({"ids": ["b"]}))})]
     )
     assert request_hash("a") in old and request_hash("b") in old
-    [(bucket, chunk, value, replaced)] = old.merge_closed(4)  # written again in this monitor's form
+    [(bucket, [(chunk, value)], replaced)] = old.merge_closed(4)  # written again in this monitor's form
     assert (bucket, chunk, sorted(replaced, key=str)) == (3, 1, [0, None])
     assert sorted(decode_hashes(value)) == sorted([request_hash("a"), request_hash("b")])
     assert old.forget_oldest() == (3, [1]) and len(old) == 0
@@ -124,7 +125,7 @@ def test_the_join_writes_only_new_markers_per_batch() -> None:
     j.sync()  # nothing new: nothing written
     assert sorted(store.markers) == [(0, 0), (0, 1)]
     assert [len(decode_hashes(v)) for v in store.markers.values()] == [1, 1]
-    assert MARKER_BUCKET_MS == 1000
+    assert MARKER_BUCKET_S == 10
 
 
 def test_seq_hashes_keep_what_is_not_forgotten() -> None:
@@ -162,7 +163,7 @@ def test_a_closed_bucket_is_merged_into_one_chunk_once() -> None:
     markers.mark(request_hash("b"), 5)
     second = markers.unwritten()
     assert markers.merge_closed(5) == []  # still open: markers may still go there
-    [(bucket, chunk, value, replaced)] = markers.merge_closed(6)
+    [(bucket, [(chunk, value)], replaced)] = markers.merge_closed(6)
     assert (bucket, chunk, replaced) == (5, 2, [0, 1])
     assert sorted(decode_hashes(value)) == sorted(request_hash(r) for r in "ab")
     assert markers.merge_closed(7) == []  # once
@@ -172,7 +173,7 @@ def test_a_closed_bucket_is_merged_into_one_chunk_once() -> None:
     # Killed between the merged record and the deletions: each marker once, every chunk deleted with it.
     both = Markers.load(first + second + merged)
     assert len(both) == 2
-    [(_, again, value, replaced)] = both.merge_closed(6)  # written again once, each marker once
+    [(_, [(again, value)], replaced)] = both.merge_closed(6)  # written again once, each marker once
     assert (again, replaced) == (3, [0, 1, 2]) and sorted(decode_hashes(value)) == sorted(
         decode_hashes(merged[0][2])
     )
@@ -182,7 +183,7 @@ def test_a_closed_bucket_is_merged_into_one_chunk_once() -> None:
 
 
 def test_at_a_live_pace_the_store_holds_about_a_record_per_closed_bucket() -> None:
-    """Five requests a batch, fifty a bucket: ten chunks a bucket until it closes, then one."""
+    """Five requests a batch, 500 a bucket: a hundred chunks a bucket until it closes, then one."""
     store = DictStore()
     j = Joiner(store, 1_800_000)
     for i in range(5000):
@@ -193,5 +194,55 @@ def test_at_a_live_pace_the_store_holds_about_a_record_per_closed_bucket() -> No
         if i % 5 == 4:
             j.sync()
     buckets = {bucket for bucket, _ in store.markers}
-    assert len(buckets) == 100 and len(store.markers) <= len(buckets) + 10
+    assert len(buckets) == 10 and len(store.markers) <= len(buckets) + 100
     assert sum(len(decode_hashes(v)) for v in store.markers.values()) == 5000
+
+
+def test_an_older_monitors_buckets_of_a_second_are_kept_as_long_as_ten_second_ones_that_start_there() -> None:
+    """Buckets are named by their first second: an older monitor's (a second wide) read back are merged once
+    the clock is past where a bucket of this width would end, and forgotten two label windows after that."""
+    window = 1_000
+    old = [
+        (1001, 0, encode_hashes(decode_hashes({"ids": ["a"]}))),
+        (1001, 1, encode_hashes(decode_hashes({"ids": ["b"]}))),
+    ]
+    store = DictStore()
+    for record in old:
+        store.put_markers(*record)
+    j = Joiner(store, window)
+    j.rebuild([], store.marker_records())
+    assert request_hash("a") in j.markers and request_hash("b") in j.markers
+
+    def clock(ms: int) -> None:
+        rid = f"r{ms}"
+        j.prediction({"kind": "prediction", "request_id": rid, "ts": ms, "version": "v", "candidates": ["a"],
+                      "recommended": ["a"]})  # fmt: skip
+        j.outcome({"kind": "outcome", "request_id": rid, "ts": ms, "purchased": ["a"]})
+        j.sync()
+
+    clock(1_010_999)  # past the old bucket's own second, not past where a ten-second one would end
+    assert {(1001, 0), (1001, 1)} <= set(store.markers)
+    clock(1_011_000)
+    assert [c for b, c in store.markers if b == 1001] == [2]  # merged, once
+    clock((1001 + MARKER_BUCKET_S) * 1000 + 2 * window)
+    assert request_hash("a") in j.markers
+    clock((1001 + MARKER_BUCKET_S) * 1000 + 2 * window + 1)
+    assert request_hash("a") not in j.markers and not [b for b, _ in store.markers if b == 1001]
+    # This monitor's own buckets start at multiples of the width.
+    assert {b for b, _ in store.markers} <= {b for b in range(1000, 1100, MARKER_BUCKET_S)}
+
+
+def test_a_closed_bucket_past_the_message_limit_is_merged_into_several_chunks() -> None:
+    markers = Markers()
+    n = 2 * MERGED_MARKERS + 5
+    for i in range(n):
+        markers.mark(request_hash(f"req-{i}"), 7)
+        if i % 1000 == 999:
+            markers.unwritten()
+    written = markers.unwritten()
+    [(bucket, merged, replaced)] = markers.merge_closed(8)
+    assert bucket == 7 and len(merged) == 3 and len(replaced) == n // 1000 + 1 > len(written)
+    assert all(len(value) <= 300_000 for _, value in merged)  # under Kafka's message limit, as JSON too
+    assert sum(len(decode_hashes(v)) for _, v in merged) == n
+    restored = Markers.load([(bucket, chunk, value) for chunk, value in merged])
+    assert len(restored) == n and restored.merge_closed(8) == []  # as few chunks as it needs: not again
