@@ -36,6 +36,7 @@ from typing import Any
 from schemas.errors import BenchmarkError
 from services.bench import baseline, workload
 from services.bench.cpu import CpuSampler, process_cpu_seconds
+from services.bench.memory_accounts import read_accounts
 from services.bench.rig import Rig, stamp_on_append
 from services.bench.stats import per_thousand, ratio
 from services.bench.tap import Tap
@@ -59,6 +60,8 @@ class MonitorRun:
     cpu_per_1000: float | None
     rss_mb: float | None = None  # resident memory once every labelled request was counted (Faust worker)
     startup_cpu_s: float | None = None  # the worker's CPU until it was ready, left out of the figures above
+    #: The worker's memory accounts (:mod:`services.bench.memory_accounts`) last read before ``rss_mb``.
+    memory: dict[str, Any] | None = None
 
     @property
     def cpu_us_per_labelled(self) -> float | None:
@@ -78,6 +81,9 @@ def monitor_config(path: Path, data_dir: Path, emit_every_n: int) -> Path:
     )
     return path
 
+
+#: Seconds between the worker's memory accounts: the last is at most this old when its memory is read.
+ACCOUNTS_EVERY_S = 5.0
 
 #: Labelled requests made and produced at a time: a million at once would hold gigabytes of records.
 CHUNK = 100_000
@@ -130,9 +136,11 @@ def faust_monitor(
     name = f"monitor-bench-{n}"
     config = monitor_config(rig.workdir / f"{name}.toml", rig.workdir / f"{name}-data", emit_every_n)
     tap = Tap(settings, ["metrics"])
-    proc = rig.command(name, ["monitor", "--config", str(config)], settings, env)
+    accounts = rig.workdir / f"{name}-memory.jsonl"
+    every = ["--memory-accounts", str(accounts), "--trace-every", f"{ACCOUNTS_EVERY_S:g}"]
+    proc = rig.command(name, ["monitor", "--config", str(config), *every], settings, env)
     sampler = CpuSampler(proc.pid).start()
-    rss = None
+    rss = memory = None
     try:
         proc.wait_for_log(READY, min(timeout, 180.0))
         startup_cpu = _settled_cpu(proc.pid)
@@ -158,6 +166,8 @@ def faust_monitor(
                 raise TimeoutError(f"the monitor did not count {n} labelled requests within {timeout:.0f}s")
             time.sleep(0.1)  # the tap reads in its own thread; this only checks its findings
         rss = resident_mb(proc.pid)
+        read = read_accounts(accounts) if accounts.exists() else []
+        memory = read[-1] if read else None
     finally:
         sampler.stop()
         proc.stop(30)
@@ -167,7 +177,9 @@ def faust_monitor(
     )
     seconds = ended - started
     cpu = sampler.between(started, ended)
-    return MonitorRun("faust", n, seconds, ratio(n, seconds), cpu, per_thousand(cpu, n), rss, startup_cpu)
+    return MonitorRun(
+        "faust", n, seconds, ratio(n, seconds), cpu, per_thousand(cpu, n), rss, startup_cpu, memory
+    )
 
 
 def _settled_cpu(pid: int, quiet_s: float = 1.0, most: float = 0.05, timeout: float = 30.0) -> float | None:
