@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 import tracemalloc
 from typing import Any
@@ -290,3 +291,47 @@ def test_at_a_live_pace_a_joined_request_leaves_under_32_bytes_table_included() 
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(j.markers) == n and held / n < 32, f"{held / n:.0f} bytes a request"
+
+
+def test_at_a_steady_pace_the_joins_markers_level_off_after_two_label_windows() -> None:
+    """Markers live two label windows: past that, each bucket forgotten makes room for one marked, so what
+    they hold (the set, their records in the table and the keys) stops growing. A hundred requests a
+    second, outcomes 1-3 s later, batches of five, label windows of a minute, six windows of event time:
+    from the fourth window to the sixth it holds the same, where it grew by a window's markers (~20 bytes
+    each) in the second, and would go on so without forgetting. (The expiry heaps are left out: they
+    rise and fall by their compaction's slack, a fixed amount.)"""
+    from streams.join import Joiner
+
+    class Unlogged(dict[str, Any]):  # the table without Table's log of every write
+        writing_partition: int | None = None
+
+    window_ms = 60_000
+    j = Joiner(PendingStore(Unlogged(), 0), window_ms)
+    rng = random.Random(5)
+    outcomes: list[tuple[int, str]] = []
+    held: dict[int, int] = {}
+    kept = [
+        tracemalloc.Filter(True, "*/streams/markers.py"),
+        tracemalloc.Filter(True, "*/streams/pending.py"),
+    ]
+    tracemalloc.start()
+    for n, ts in enumerate(range(1_000_000, 1_000_000 + 6 * window_ms, 10), start=1):
+        rid = f"{n:08x}-4b1c-9a7e-{rng.getrandbits(48):012x}"
+        j.event({"kind": "prediction", "user": "u", "request_id": rid, "ts": ts, "version": "v1",
+                 "candidates": ["a", "b", "c"], "recommended": ["a"], "source": 0})  # fmt: skip
+        heapq.heappush(outcomes, (ts + rng.randint(1000, 3000), rid))
+        while outcomes[0][0] <= ts:
+            due, done = heapq.heappop(outcomes)
+            j.event({"kind": "outcome", "request_id": done, "ts": due, "purchased": ["a"], "source": 0})
+        if n % 5 == 0:
+            j.sync()
+            store = j.store
+            assert isinstance(store, PendingStore)
+            store.flush(j.clocks, n)
+        if n % (window_ms // 10) == 0:
+            snapshot = tracemalloc.take_snapshot().filter_traces(kept)
+            held[n // (window_ms // 10)] = sum(stat.size for stat in snapshot.statistics("filename"))
+    tracemalloc.stop()
+    marking = held[2] - held[1]  # a window of markers added, none forgotten
+    assert marking > 6_000 * 15, held
+    assert abs(held[6] - held[4]) / 2 < 0.1 * marking, held  # a window's markers forgotten as many added
