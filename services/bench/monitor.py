@@ -83,7 +83,7 @@ def monitor_config(path: Path, data_dir: Path, emit_every_n: int) -> Path:
 
 
 #: Seconds between the worker's memory accounts: the last is at most this old when its memory is read.
-ACCOUNTS_EVERY_S = 5.0
+ACCOUNTS_EVERY_S = 1.0
 
 #: Labelled requests made and produced at a time: a million at once would hold gigabytes of records.
 CHUNK = 100_000
