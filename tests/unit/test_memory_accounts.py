@@ -15,8 +15,9 @@ from services.bench.memory_trace import ROOT
 from services.bench.soak import accounts_table
 
 #: A process that writes its accounts every 0.2 s; after its first line it keeps 200,000 small objects
-#: (Python's live blocks) and 20 buffers of 1 MB (each its own glibc mapping: above the mmap threshold),
-#: written into, then waits for two more lines.
+#: (Python's live blocks) and 20 buffers of 1 MB, written into, then waits for two more lines. glibc puts a
+#: 1 MB block in a mapping of its own or in its heap, depending on its dynamic mmap threshold (raised when a
+#: mapped block is freed), so the buffers are looked for in the two together.
 ACCOUNTED = textwrap.dedent(
     """
     import sys, threading, time
@@ -36,7 +37,7 @@ ACCOUNTED = textwrap.dedent(
 )
 
 
-def test_accounts_tell_live_objects_from_big_buffers(tmp_path: Path) -> None:
+def test_accounts_see_live_objects_and_big_buffers(tmp_path: Path) -> None:
     script, path = tmp_path / "accounted.py", tmp_path / "accounts.jsonl"
     script.write_text(ACCOUNTED)
     subprocess.run([sys.executable, str(script), str(path)], cwd=ROOT, check=True, timeout=90)
@@ -46,7 +47,7 @@ def test_accounts_tell_live_objects_from_big_buffers(tmp_path: Path) -> None:
     assert moved is not None and moved["readings"] == len(rows)
     change = {name: moved["accounts"][name]["change"] for name in ACCOUNTS}
     assert change["py_blocks"] >= 200_000
-    assert change["mmapped_kb"] >= 20 * 976  # 20 MB, each buffer mapped on its own
+    assert change["heap_kb"] + change["mmapped_kb"] >= 20 * 976  # 20 MB from glibc, wherever it put them
     assert change["rss_kb"] >= 20 * 976
     assert accounts_growth(path, since=rows[-1]["t"]) is None  # one reading: nothing to compare
 
