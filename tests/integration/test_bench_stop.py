@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,21 +41,29 @@ def test_sigterm_stops_the_soaks_replica_and_monitor(kafka_bootstrap: str, tmp_p
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    children: dict[int, str] = {}
     try:
-        # The replica serving (its partitions assigned) and the monitor started beside it.
+        # The soak's replica and monitor started.
         wait_for(
             lambda: len(_children_of_run(tmp_path, bench.pid)) >= 2, 180, "the soak's replica and monitor"
         )
         children = _children_of_run(tmp_path, bench.pid)
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(120) == 130  # as Ctrl-C: interrupted, after stopping what it started
+        # A stopped child's /proc entry goes once it is reaped (the bench waits for each it stops).
+        wait_for(
+            lambda: not set(children) & set(_children_of_run(tmp_path, bench.pid)),
+            5,
+            "the children to be gone",
+        )
     finally:
         if bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)
-    # A stopped child's /proc entry goes once it is reaped (the bench waits for each it stops).
-    wait_for(
-        lambda: not set(children) & set(_children_of_run(tmp_path, bench.pid)), 5, "the children to be gone"
-    )
+        for pid in set(children) & set(
+            _children_of_run(tmp_path, bench.pid)
+        ):  # failed: leave nothing running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # each child leads its own session
     (prefix,) = {p.rsplit(".", 2)[0] for p in children.values()}  # bench-<id>.<area>. -> the run's prefix
     topics = kafka.admin(load_settings(bootstrap=kafka_bootstrap)).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(prefix)]
