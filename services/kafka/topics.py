@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
 from schemas import topics as contract
 from schemas.errors import KafkaClientError
@@ -64,6 +64,12 @@ class TopicState:
     name: str
     partitions: int
     created: bool
+    #: Replicas of its first partition, as the metadata lists them once it is there.
+    replication: int = 0
+
+
+#: Asks the cluster for its own ``default.replication.factor`` (CreateTopics with -1, KIP-464).
+CLUSTER_DEFAULT = -1
 
 
 def create_topics(
@@ -71,28 +77,29 @@ def create_topics(
 ) -> list[TopicState]:
     """Create every contract topic under ``settings.topic_prefix``; existing ones are left as they are.
 
-    ``replication`` defaults to 1 on a one-broker cluster and 3 (with min.insync.replicas=2) on larger ones.
-    Requests, predictions and outcomes get ``partitions`` partitions so the monitor's join is
-    co-partitioned; control topics get fewer, and the command topic one. An existing command topic with
-    more than one partition is refused (:func:`check_command_log`).
+    ``replication`` defaults to the cluster's own ``default.replication.factor`` and ``min.insync.replicas``
+    (``modelwatch broker start --nodes 3`` sets 3 and 2), applied by the controller: a count of the brokers
+    taken from one broker's metadata is a moment's view, which lists fewer right after a broker joins (a
+    broker that has not applied its unfencing yet) and while one is down, and would make replication 1
+    topics on a cluster of three without a word. The controller places its replicas on the registered
+    brokers, a down one included (its replicas catch up when it returns); where it cannot place as many as
+    asked (more than the cluster has), creating fails with Kafka's reason and what to do. A replication
+    named here of 3 or more also sets ``min.insync.replicas=2``. Requests, predictions and outcomes get
+    ``partitions`` partitions so the monitor's join is co-partitioned; control topics get fewer, and the
+    command topic one. An existing command topic with more than one partition is refused
+    (:func:`check_command_log`).
     """
     client = kafka.admin(settings)
     try:
-        brokers = len(client.list_topics(timeout=timeout).brokers)
+        client.list_topics(timeout=timeout)  # one clear line when the cluster is not there at all
     except KafkaException as exc:
         raise KafkaClientError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
-    if replication is None:
-        replication = 1 if brokers < 3 else 3
-    if replication > brokers:
-        raise KafkaClientError(
-            f"replication {replication} needs {replication} brokers; the cluster has {brokers}"
-        )
     wanted = []
     for t in contract.ALL:
         config = {"cleanup.policy": t.cleanup.value}
         if t.retention_ms is not None:
             config["retention.ms"] = str(t.retention_ms)
-        if replication >= 3:
+        if replication is not None and replication >= 3:
             config["min.insync.replicas"] = "2"  # an acked write is on two brokers: one may die
         if t.joined:
             # The broker's clock stamps each message: what event times are judged by (schemas/eventtime.py),
@@ -102,7 +109,7 @@ def create_topics(
             NewTopic(
                 t.name(settings.topic_prefix),
                 num_partitions=partitions_of(t, partitions),
-                replication_factor=replication,
+                replication_factor=CLUSTER_DEFAULT if replication is None else replication,
                 config=config,
             )
         )
@@ -179,6 +186,11 @@ def ensure_topics(
                     created[name] = False
                 elif error.code() in TRANSIENT_CREATE_ERRORS:
                     transient[name] = error
+                elif error.code() == KafkaError.INVALID_REPLICATION_FACTOR:
+                    raise KafkaClientError(
+                        f"cannot create topic {name}: {error.str()}; start the missing brokers, or name a "
+                        f"replication the cluster can place (modelwatch topics create --replication N)"
+                    ) from exc
                 else:
                     raise KafkaClientError(f"cannot create topic {name}: {error.str()}") from exc
         pending = [t for t in pending if t.topic in transient]
@@ -212,7 +224,12 @@ def ensure_topics(
             missing = [t.topic for t in wanted if t.topic not in meta.topics]
             raise KafkaClientError(f"topics {', '.join(missing)} did not appear within {timeout:.0f}s")
         time.sleep(0.1)
-    return [TopicState(t.topic, len(meta.topics[t.topic].partitions), created[t.topic]) for t in wanted]
+    return [_state(t.topic, meta.topics[t.topic], created[t.topic]) for t in wanted]
+
+
+def _state(name: str, topic: TopicMetadata, created: bool) -> TopicState:
+    first = topic.partitions.get(0) or next(iter(topic.partitions.values()))
+    return TopicState(name, len(topic.partitions), created, len(first.replicas))
 
 
 def delete_topics(settings: Settings, timeout: float = 30.0) -> None:

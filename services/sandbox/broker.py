@@ -257,8 +257,7 @@ class LocalCluster:
         clients: list[AdminClient] = []
         # Each node asked alone: every broker must know every other before the cluster is ready. A broker
         # learns the others' registrations from the metadata log a moment after the controller, and a
-        # client that asks a lagging one then sees fewer brokers (create_topics would pick replication 1
-        # on a three-node cluster: seen once in the broker-kill fault test).
+        # client that asks a lagging one then sees fewer brokers (a tool counting them would count two).
         own = [{**conf, "bootstrap.servers": f"127.0.0.1:{n.port}"} for n in self.nodes]
         while time.monotonic() < deadline:
             dead = [n for n in self.nodes if not n.running]

@@ -19,6 +19,7 @@ import pytest
 
 from schemas import topics as contract
 from schemas.errors import KafkaClientError
+from services import kafka
 from services.config import BrokerSettings
 from services.kafka.topics import create_topics
 from services.model.recommender import Recommender
@@ -61,14 +62,28 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         three.stop()
 
 
-def _created(settings: Any) -> bool:
-    try:
-        create_topics(settings, replication=3)
-    except KafkaClientError as exc:
-        if "needs 3 brokers" not in str(exc):
-            raise
-        return False
-    return True
+def test_topics_are_never_made_with_fewer_replicas_while_a_broker_of_three_is_down(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one broker of three down (fenced: the metadata lists two), `topics create` without a replication
+    still makes the cluster's three replicas (the down broker's catch up when it returns), where counting
+    the brokers in one metadata response made replication-1 topics on a three-broker cluster without a
+    word; a replication the cluster cannot place is refused with Kafka's reason and what to do."""
+    settings = fresh_world(cluster.bootstrap, monkeypatch)
+    cluster.kill(cluster.nodes[2].node_id)
+    wait_for(
+        lambda: len(kafka.admin(settings).list_topics(timeout=10).brokers) == 2,
+        60,
+        "the controller to fence the killed broker",
+    )
+    states = create_topics(settings)
+    assert all(s.created for s in states)
+    assert {s.replication for s in states} == {3}, states
+
+    too_many = fresh_world(cluster.bootstrap, monkeypatch)
+    with pytest.raises(KafkaClientError, match="start the missing brokers") as refused:
+        create_topics(too_many, replication=4)
+    assert "--replication N" in str(refused.value)
 
 
 def test_sigkill_of_one_of_three_brokers(
@@ -81,10 +96,9 @@ def test_sigkill_of_one_of_three_brokers(
 ) -> None:
     """SIGKILL of one broker of three (replication 3, min.insync.replicas 2) mid-run; it rejoins."""
     settings = fresh_world(cluster.bootstrap, monkeypatch)
-    # Replication 3 named, asked until a broker that knows all three answers: one that has not yet applied
-    # the third's unfencing lists two, and the default would then be replication 1 (seen once in a fresh
-    # clone's run: CreateTopics with replicationFactor=1, 0.3 s after the third broker was unfenced).
-    wait_for(lambda: _created(settings), 30, "a broker that knows all three to create the topics")
+    # The cluster's defaults (replication 3, min.insync.replicas 2), applied by its controller: a broker
+    # that has not yet applied the third's unfencing lists two, and a count of them made replication 1 once.
+    create_topics(settings)
     layout = topic_layout(settings, [t.suffix for t in contract.ALL])
     assert {(r, isr) for _p, r, isr in layout.values()} == {(3, "2")}, layout
 

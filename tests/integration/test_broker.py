@@ -23,6 +23,8 @@ def test_topics_exist_with_co_partitioned_join(settings: Settings) -> None:
     # Idempotent: a second create changes nothing and says so.
     again = create_topics(settings)
     assert not any(s.created for s in again)
+    # The cluster's default replication: the one test broker's, 1.
+    assert {s.replication for s in again} == {1}
 
 
 def test_an_event_round_trips_through_the_broker(settings: Settings) -> None:
