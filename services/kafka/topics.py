@@ -65,7 +65,7 @@ class TopicState:
     partitions: int
     created: bool
     #: Replicas of its first partition, as the metadata lists them once it is there.
-    replication: int = 0
+    replication: int
 
 
 #: Asks the cluster for its own ``default.replication.factor`` (CreateTopics with -1, KIP-464).
@@ -113,7 +113,17 @@ def create_topics(
                 config=config,
             )
         )
-    states = ensure_topics(settings, wanted, timeout, client)
+    try:
+        states = ensure_topics(settings, wanted, timeout, client)
+    except KafkaClientError as exc:
+        cause = exc.__cause__  # the refusal, for a tool's hint; ensure_topics serves other callers too
+        unplaceable = KafkaError.INVALID_REPLICATION_FACTOR
+        if isinstance(cause, KafkaException) and cause.args[0].code() == unplaceable:
+            raise KafkaClientError(
+                f"{exc}; start the missing brokers, or name a replication the cluster can place "
+                f"(modelwatch topics create --replication N)"
+            ) from cause
+        raise
     commands = contract.MODEL_COMMANDS.name(settings.topic_prefix)
     for state in states:
         if state.name == commands:
@@ -186,11 +196,6 @@ def ensure_topics(
                     created[name] = False
                 elif error.code() in TRANSIENT_CREATE_ERRORS:
                     transient[name] = error
-                elif error.code() == KafkaError.INVALID_REPLICATION_FACTOR:
-                    raise KafkaClientError(
-                        f"cannot create topic {name}: {error.str()}; start the missing brokers, or name a "
-                        f"replication the cluster can place (modelwatch topics create --replication N)"
-                    ) from exc
                 else:
                     raise KafkaClientError(f"cannot create topic {name}: {error.str()}") from exc
         pending = [t for t in pending if t.topic in transient]
@@ -228,8 +233,7 @@ def ensure_topics(
 
 
 def _state(name: str, topic: TopicMetadata, created: bool) -> TopicState:
-    first = topic.partitions.get(0) or next(iter(topic.partitions.values()))
-    return TopicState(name, len(topic.partitions), created, len(first.replicas))
+    return TopicState(name, len(topic.partitions), created, len(topic.partitions[0].replicas))
 
 
 def delete_topics(settings: Settings, timeout: float = 30.0) -> None:

@@ -59,11 +59,11 @@ def test_sigterm_stops_the_soaks_replica_and_monitor(kafka_bootstrap: str, tmp_p
     finally:
         if bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)
-        for pid in set(children) & set(
-            _children_of_run(tmp_path, bench.pid)
-        ):  # failed: leave nothing running
+        # Failed: leave nothing of the run behind (each child leads its own session, so killing the
+        # bench's group does not reach them), whether or not it was found before the signal.
+        for pid in _children_of_run(tmp_path, bench.pid):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # each child leads its own session
+                os.killpg(pid, signal.SIGKILL)
     (prefix,) = {p.rsplit(".", 2)[0] for p in children.values()}  # bench-<id>.<area>. -> the run's prefix
     topics = kafka.admin(load_settings(bootstrap=kafka_bootstrap)).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(prefix)]
